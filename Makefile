@@ -1,0 +1,48 @@
+# Vigil's two entry points: `make demo` and `make test`. Everything else is a helper.
+# Each target installs what it needs once (.venv, Python packages, Kafka jars, Redis,
+# Prometheus) and starts the local stack; a second run reuses all of it.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.vigil-installed
+
+.PHONY: setup lint rules stack-up stack-down stack-status test test-unit demo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet "uv>=0.4,<1"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,stack]'
+	@touch $@
+
+setup: $(STAMP)
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+rules: setup
+	$(BIN)/vigil stack check-rules
+
+stack-up: setup
+	$(BIN)/vigil stack up
+
+stack-down: setup
+	$(BIN)/vigil stack down
+
+stack-status: setup
+	$(BIN)/vigil stack status
+
+test-unit: setup
+	$(BIN)/pytest -m "not integration"
+
+test: lint stack-up
+	$(BIN)/pytest
+
+demo: stack-up
+	$(BIN)/vigil demo
+
+clean: stack-down
+	rm -rf .vigil

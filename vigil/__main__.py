@@ -1,0 +1,5 @@
+"""``python -m vigil`` runs the command line."""
+
+from vigil.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""The ``vigil`` command line.
+
+Errors are reported as one line on stderr (``vigil: error: ...``) with a non-zero exit:
+2 for a bad argument or setting, 1 for anything else that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from vigil.errors import ConfigError, VigilError
+from vigil.stack.manager import Stack, parse_only
+from vigil.stack.settings import StackSettings
+
+__all__ = ["app", "main", "run"]
+
+app = typer.Typer(
+    name="vigil",
+    help="Vigil: event-driven ICU patient monitoring (Kafka, Faust, Triton).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stack_app = typer.Typer(
+    help=(
+        "Run the real Kafka, Redis, Triton and Prometheus as local processes on loopback. "
+        "Ports and directories come from VIGIL_STACK_* environment variables "
+        "(e.g. VIGIL_STACK_KAFKA_PORT, VIGIL_STACK_STATE_DIR); see docs/stack.md."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(stack_app, name="stack")
+
+OnlyOption = Annotated[
+    str | None,
+    typer.Option("--only", help="Comma-separated subset: kafka,redis,triton,prometheus."),
+]
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _stack() -> Stack:
+    try:
+        return Stack(StackSettings())
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from exc
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "settings"
+    return f"invalid setting {where}: {first['msg']} ({exc.error_count()} error(s))"
+
+
+@stack_app.command("up")
+def stack_up(only: OnlyOption = None) -> None:
+    """Start the services (idempotent) and wait until each is healthy."""
+    names = parse_only(only)
+    stack = _stack()
+    with _err.status(f"starting {', '.join(names)} ..."):
+        statuses = stack.up(names)
+    for status in statuses:
+        _err.print(f"[green]healthy[/green] {status.name:<10} {status.address}")
+
+
+@stack_app.command("down")
+def stack_down(only: OnlyOption = None) -> None:
+    """Stop the services that `vigil stack up` started."""
+    stopped = _stack().down(parse_only(only))
+    _err.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status(
+    only: OnlyOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for other tools.")] = False,
+) -> None:
+    """Show each service's address, pid and health. Exit 1 if any is not healthy."""
+    statuses = _stack().status(parse_only(only))
+    if as_json:
+        sys.stdout.write(json.dumps([s.as_dict() for s in statuses], indent=2) + "\n")
+    else:
+        table = Table("service", "address", "pid", "health")
+        for s in statuses:
+            health = "healthy" if s.healthy else ("running" if s.running else "stopped")
+            table.add_row(s.name, s.address, str(s.pid or "-"), health)
+        _out.print(table)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vigil`` console script; returns the exit status."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("vigil: aborted\n")
+        return 130
+    except typer.TyperException as exc:  # usage errors: unknown command, bad option value
+        message = getattr(exc, "format_message", exc.__str__)()
+        sys.stderr.write(f"vigil: error: {message}\n")
+        return 2
+    except ConfigError as exc:
+        sys.stderr.write(f"vigil: error: {exc}\n")
+        return 2
+    except VigilError as exc:
+        sys.stderr.write(f"vigil: error: {exc}\n")
+        return 1
+    # With standalone_mode=False, a `typer.Exit` raised by a command comes back as its code.
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    """Console-script wrapper: exit with :func:`main`'s status."""
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Vigil's one exception tree.
+
+Every error Vigil raises on purpose derives from :class:`VigilError`, mixed with the
+standard exception it specialises so callers can catch either::
+
+    VigilError
+    ├── ConfigError(VigilError, ValueError)        bad setting or CLI argument
+    ├── SchemaError(VigilError, ValueError)        an event that fails validation
+    │   └── (carries a machine-readable ``reason`` for the dead-letter topic)
+    ├── StackError(VigilError, RuntimeError)       a local service failed to start or stop
+    ├── TopicError(VigilError, RuntimeError)       Kafka topics missing or misconfigured
+    ├── InferenceError(VigilError, RuntimeError)   a model request failed
+    │   └── CircuitOpenError                       the circuit breaker refuses calls
+    └── ModelError(VigilError, RuntimeError)       training, export or artifact problems
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigError",
+    "InferenceError",
+    "ModelError",
+    "SchemaError",
+    "StackError",
+    "TopicError",
+    "VigilError",
+]
+
+
+class VigilError(Exception):
+    """Base class of every error Vigil raises deliberately."""
+
+
+class ConfigError(VigilError, ValueError):
+    """A setting or command-line argument is invalid."""
+
+
+class SchemaError(VigilError, ValueError):
+    """An event failed validation.
+
+    Args:
+        reason: Short machine-readable reason (for example ``"unknown_code"``); it is the
+            ``reason`` field of the dead-letter record and a bounded metric label.
+        detail: Human-readable explanation.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class StackError(VigilError, RuntimeError):
+    """A local service failed to start, become healthy, or stop."""
+
+
+class TopicError(VigilError, RuntimeError):
+    """Kafka topics are missing or misconfigured."""
+
+
+class InferenceError(VigilError, RuntimeError):
+    """A model inference request failed."""
+
+
+class CircuitOpenError(InferenceError):
+    """The circuit breaker is open: calls are refused until the cool-down ends."""
+
+
+class ModelError(VigilError, RuntimeError):
+    """Training, export or loading of a model artifact failed."""
