@@ -7,6 +7,7 @@ Errors are reported as one line on stderr (``vigil: error: ...``) with a non-zer
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Annotated
 
@@ -15,7 +16,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from vigil.errors import ConfigError, VigilError
+from models.cli import export_app, train_app
+from streams.adapters.topics import create_topics, missing_topics
+from streams.settings import WorkerSettings
+from streams.worker import run_worker
+from vigil.errors import ConfigError, TopicError, VigilError
 from vigil.stack.manager import Stack, parse_only
 from vigil.stack.settings import StackSettings
 
@@ -37,6 +42,10 @@ stack_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(stack_app, name="stack")
+topics_app = typer.Typer(help="Create and check Vigil's Kafka topics.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(train_app, name="train")
+app.add_typer(export_app, name="export")
 
 OnlyOption = Annotated[
     str | None,
@@ -95,6 +104,88 @@ def stack_status(
         _out.print(table)
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)
+
+
+def _worker_settings(**overrides: object) -> WorkerSettings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return WorkerSettings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from exc
+
+
+KafkaOption = Annotated[
+    str | None,
+    typer.Option("--kafka-bootstrap", envvar="VIGIL_KAFKA_BOOTSTRAP", help="Kafka bootstrap."),
+]
+PrefixOption = Annotated[
+    str | None,
+    typer.Option("--topic-prefix", envvar="VIGIL_TOPIC_PREFIX", help="Topic name prefix."),
+]
+PartitionsOption = Annotated[
+    int | None,
+    typer.Option("--partitions", envvar="VIGIL_TOPIC_PARTITIONS", help="Partitions per topic (8)."),
+]
+
+
+@topics_app.command("create")
+def topics_create(
+    kafka_bootstrap: KafkaOption = None,
+    topic_prefix: PrefixOption = None,
+    partitions: PartitionsOption = None,
+) -> None:
+    """Create the missing input, output and dead-letter topics."""
+    settings = _worker_settings(
+        kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, topic_partitions=partitions
+    )
+    created = create_topics(settings)
+    _err.print(f"created: {', '.join(created) if created else 'all topics already exist'}")
+
+
+@topics_app.command("check")
+def topics_check(kafka_bootstrap: KafkaOption = None, topic_prefix: PrefixOption = None) -> None:
+    """Exit 1 and list what is missing unless every topic exists."""
+    missing = missing_topics(
+        _worker_settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
+    )
+    if missing:
+        raise TopicError(f"missing topics: {', '.join(missing)} (run `vigil topics create`)")
+    _err.print("all topics exist")
+
+
+@app.command("worker")
+def worker(
+    kafka_bootstrap: KafkaOption = None,
+    topic_prefix: PrefixOption = None,
+    triton_url: Annotated[
+        str | None,
+        typer.Option("--triton-url", envvar="VIGIL_TRITON_URL", help="Triton gRPC host:port."),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", envvar="VIGIL_REDIS_URL", help="Redis URL.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", envvar="VIGIL_METRICS_PORT", help="/metrics port."),
+    ] = None,
+    app_id: Annotated[
+        str | None,
+        typer.Option("--app-id", envvar="VIGIL_APP_ID", help="Consumer group / app id."),
+    ] = None,
+) -> None:
+    """Run the streaming worker (Faust) until stopped. Other settings: VIGIL_* variables."""
+    settings = _worker_settings(
+        kafka_bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        triton_url=triton_url,
+        redis_url=redis_url,
+        metrics_port=metrics_port,
+        app_id=app_id,
+    )
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_worker(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,301 @@
+"""Triton adapter: micro-batched, asynchronous gRPC scoring with retries and a breaker.
+
+Callers ``await scorer.score(window, images)`` one patient at a time; a background task
+gathers concurrent requests (up to ``batch_max_size`` patients, waiting at most
+``batch_max_wait_ms``) into one gRPC ``infer`` call. Transient failures (unavailable,
+deadline exceeded) are retried with a short back-off; repeated failures open the circuit
+breaker and calls fail fast with :class:`~vigil.errors.CircuitOpenError` until Triton
+recovers. A request Triton rejects as invalid is split so that only the bad patient fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from streams.core.breaker import CircuitBreaker
+from streams.core.features import FeatureWindow
+from streams.metrics import WorkerMetrics
+from vigil.errors import CircuitOpenError, InferenceError
+
+__all__ = ["ImageInput", "ModelOutput", "TritonScorer"]
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One imaging embedding for the fusion head."""
+
+    age_hours: float
+    embedding: Sequence[float]
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """One patient's model answer.
+
+    Attributes:
+        risk: Calibrated probability, 0-1.
+        fused: ``[F]`` fused representation (input of the OOD detector).
+        contributions: ``[P]`` per-parameter contributions, model order.
+        extra: Any further outputs the model declares, by name.
+    """
+
+    risk: float
+    fused: npt.NDArray[np.float32]
+    contributions: npt.NDArray[np.float32]
+    extra: dict[str, npt.NDArray[Any]]
+
+
+@dataclass
+class _Pending:
+    arrays: dict[str, npt.NDArray[Any]]
+    future: asyncio.Future[ModelOutput]
+
+
+class TritonScorer:
+    """Scores feature windows on Triton's deterioration model.
+
+    Args:
+        url: Triton gRPC ``host:port``.
+        model: Model name in the repository.
+        timeout_seconds: Per-request deadline.
+        retries: Extra attempts for a transient failure.
+        breaker: Circuit breaker guarding the calls.
+        batch_max_size: Most patients per gRPC call.
+        batch_max_wait_ms: Longest wait to fill a batch.
+        metrics: Where latency, batch size and errors are counted.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        timeout_seconds: float,
+        retries: int,
+        breaker: CircuitBreaker,
+        batch_max_size: int,
+        batch_max_wait_ms: int,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.url = url
+        self.model = model
+        self.timeout_seconds = timeout_seconds
+        self.retries = retries
+        self.breaker = breaker
+        self.batch_max_size = batch_max_size
+        self.batch_max_wait = batch_max_wait_ms / 1000
+        self.metrics = metrics
+        self.model_version = "unknown"
+        self._client: grpcaio.InferenceServerClient | None = None
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._inputs: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self._outputs: list[str] = []
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the channel and start the batching task (metadata is read lazily)."""
+        self._client = grpcaio.InferenceServerClient(self.url)
+        self._task = asyncio.create_task(self._run(), name="vigil-triton-batcher")
+
+    async def close(self) -> None:
+        """Stop the batching task and close the channel; waiting callers get an error."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(InferenceError("scorer closed"))
+        if self._client is not None:
+            await self._client.close()
+
+    async def _ensure_metadata(self) -> None:
+        if self._inputs:
+            return
+        client = self._require_client()
+        meta = await client.get_model_metadata(
+            self.model, as_json=True, client_timeout=self.timeout_seconds
+        )
+        config = await client.get_model_config(
+            self.model, as_json=True, client_timeout=self.timeout_seconds
+        )
+        self.model_version = str(max((int(v) for v in meta.get("versions", ["1"])), default=1))
+        for spec in config["config"]["input"]:
+            dims = tuple(int(d) for d in spec["dims"])
+            self._inputs[spec["name"]] = (str(spec["data_type"]).removeprefix("TYPE_"), dims)
+        self._outputs = [spec["name"] for spec in config["config"]["output"]]
+
+    def _require_client(self) -> grpcaio.InferenceServerClient:
+        if self._client is None:
+            raise InferenceError("scorer not started")
+        return self._client
+
+    # -- public API ----------------------------------------------------------------------
+
+    async def score(self, window: FeatureWindow, images: Sequence[ImageInput] = ()) -> ModelOutput:
+        """Score one patient's window.
+
+        Raises:
+            CircuitOpenError: The breaker is open (Triton is considered down).
+            InferenceError: The request failed after retries, or was invalid.
+        """
+        if not self.breaker.allow():
+            raise CircuitOpenError("Triton circuit open")
+        try:
+            await self._ensure_metadata()
+        except InferenceServerException as exc:
+            self.breaker.record_failure()
+            self.metrics.inference_errors.labels(self.model, "metadata").inc()
+            raise InferenceError(f"model metadata unavailable: {exc.status()}") from exc
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ModelOutput] = loop.create_future()
+        self._queue.put_nowait(_Pending(self._arrays(window, images), future))
+        return await future
+
+    def _arrays(
+        self, window: FeatureWindow, images: Sequence[ImageInput]
+    ) -> dict[str, npt.NDArray[Any]]:
+        arrays: dict[str, npt.NDArray[Any]] = {
+            "values": window.values,
+            "mask": window.mask,
+            "delta_hours": window.delta_hours,
+            "statics": window.statics,
+            "static_mask": window.static_mask,
+        }
+        if "image_embeddings" in self._inputs:
+            k, e = self._inputs["image_embeddings"][1]
+            emb = np.zeros((k, e), dtype=np.float32)
+            age = np.zeros((k,), dtype=np.float32)
+            present = np.zeros((k,), dtype=np.float32)
+            for i, image in enumerate(list(images)[-k:]):
+                vec = np.asarray(image.embedding, dtype=np.float32)[:e]
+                emb[i, : vec.shape[0]] = vec
+                age[i] = image.age_hours
+                present[i] = 1.0
+            arrays.update(image_embeddings=emb, image_age_hours=age, image_mask=present)
+        return arrays
+
+    # -- batching ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            deadline = time.monotonic() + self.batch_max_wait
+            while len(batch) < self.batch_max_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            try:
+                await self._dispatch(batch)
+            except Exception as exc:  # never let the batcher die
+                log.exception("triton batch failed unexpectedly")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(InferenceError(f"unexpected: {exc!r}"))
+
+    async def _dispatch(self, batch: list[_Pending]) -> None:
+        try:
+            outputs = await self._infer_with_retries([item.arrays for item in batch])
+        except InferenceError as exc:
+            invalid = "INVALID_ARG" in str(exc)
+            if invalid and len(batch) > 1:
+                # Split so the invalid patient fails alone and the others are scored.
+                middle = len(batch) // 2
+                await self._dispatch(batch[:middle])
+                await self._dispatch(batch[middle:])
+                return
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for i, item in enumerate(batch):
+            if item.future.done():
+                continue
+            extra = {
+                k: v[i] for k, v in outputs.items() if k not in {"risk", "fused", "contributions"}
+            }
+            item.future.set_result(
+                ModelOutput(
+                    risk=float(np.clip(outputs["risk"][i].reshape(-1)[0], 0.0, 1.0)),
+                    fused=outputs["fused"][i].astype(np.float32),
+                    contributions=outputs["contributions"][i].astype(np.float32),
+                    extra=extra,
+                )
+            )
+
+    async def _infer_with_retries(
+        self, rows: list[dict[str, npt.NDArray[Any]]]
+    ) -> dict[str, npt.NDArray[Any]]:
+        client = self._require_client()
+        inputs = []
+        for name, (dtype, _dims) in self._inputs.items():
+            stacked = np.stack([row[name] for row in rows]).astype(_np_dtype(dtype))
+            tensor = InferInput(name, list(stacked.shape), dtype)
+            tensor.set_data_from_numpy(stacked)
+            inputs.append(tensor)
+        requested = [InferRequestedOutput(name) for name in self._outputs]
+        self.metrics.triton_batch.labels(self.model).observe(len(rows))
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await client.infer(
+                    self.model, inputs, outputs=requested, client_timeout=self.timeout_seconds
+                )
+            except InferenceServerException as exc:
+                status = str(exc.status() or "")
+                transient = any(code in status for code in _TRANSIENT) or not status
+                kind = status.removeprefix("StatusCode.").lower() or "unknown"
+                self.metrics.inference_errors.labels(self.model, kind).inc()
+                if transient and attempt < self.retries:
+                    attempt += 1
+                    await asyncio.sleep(0.05 * 2**attempt)
+                    continue
+                if transient:
+                    self.breaker.record_failure()
+                raise InferenceError(f"{status or 'error'}: {exc.message()}") from exc
+            self.metrics.triton_latency.labels(self.model).observe(time.perf_counter() - started)
+            self.breaker.record_success()
+            out: dict[str, npt.NDArray[Any]] = {}
+            for name in self._outputs:
+                array = result.as_numpy(name)
+                if array is None:
+                    raise InferenceError(f"model returned no {name!r}")
+                out[name] = array
+            return out
+
+
+_NP_DTYPES: dict[str, npt.DTypeLike] = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+}
+
+
+def _np_dtype(triton_dtype: str) -> npt.DTypeLike:
+    return _NP_DTYPES[triton_dtype]

@@ -1,0 +1,464 @@
+"""Wire records of every Vigil topic: pydantic v2 models, JSON on the wire.
+
+Every record is frozen, forbids unknown fields and carries ``schema_version: 1``.
+Datetimes are timezone-aware and normalised to UTC; on the wire they are RFC 3339
+strings (``2024-05-01T12:00:00Z``). Bytes travel as base64url (RFC 4648 §5).
+
+Input topics (keyed by ``patient_id``): ``vitals`` and ``labs`` carry
+:class:`ObservationEvent`, ``adt`` carries :class:`AdtEvent`, ``imaging`` carries
+:class:`ImagingEvent`. Output topics: ``scores`` (:class:`ScoreRecord`), ``alerts``
+(:class:`AlertRecord`), ``deadletter`` (:class:`DeadLetterRecord`). ``findings``, ``acks``
+and ``audit`` are named now; their records come with later issues.
+
+These models check structure only. Code vocabulary, units, physiological ranges and
+clock checks live in :mod:`streams.core.validation`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Final, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from vigil.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "INPUT_TOPICS",
+    "MAX_INLINE_IMAGE_BYTES",
+    "MAX_OBSERVATIONS",
+    "AdtEvent",
+    "AlertRecord",
+    "DeadLetterReason",
+    "DeadLetterRecord",
+    "IcuType",
+    "ImagingEvent",
+    "InputEvent",
+    "News2Score",
+    "Observation",
+    "ObservationEvent",
+    "OffsetRange",
+    "Provenance",
+    "ScoreRecord",
+    "TopicKind",
+    "make_alert_id",
+    "topic_name",
+]
+
+DEFAULT_PREFIX: Final = "vigil"
+MAX_OBSERVATIONS: Final = 256
+MAX_INLINE_IMAGE_BYTES: Final = 1_048_576
+_TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+class TopicKind(StrEnum):
+    """The kinds of topic Vigil uses; the full name is ``<prefix>.<kind>``."""
+
+    VITALS = "vitals"
+    LABS = "labs"
+    IMAGING = "imaging"
+    ADT = "adt"
+    SCORES = "scores"
+    ALERTS = "alerts"
+    DEADLETTER = "deadletter"
+    FINDINGS = "findings"
+    ACKS = "acks"
+    AUDIT = "audit"
+
+
+INPUT_TOPICS: Final = frozenset(
+    {TopicKind.VITALS, TopicKind.LABS, TopicKind.IMAGING, TopicKind.ADT}
+)
+
+
+def topic_name(kind: TopicKind, prefix: str = DEFAULT_PREFIX) -> str:
+    """Return the full Kafka topic name, for example ``vigil.vitals``.
+
+    Raises:
+        ConfigError: ``prefix`` is empty or has characters Kafka does not allow.
+    """
+    if _TOPIC_PREFIX.fullmatch(prefix) is None:
+        raise ConfigError(f"invalid topic prefix {prefix!r}: use 1-200 of [A-Za-z0-9._-]")
+    return f"{prefix}.{kind.value}"
+
+
+class DeadLetterReason(StrEnum):
+    """Why a record went to the dead-letter topic (a bounded metric label)."""
+
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_JSON = "invalid_json"
+    MISSING_FIELD = "missing_field"
+    INVALID_FIELD = "invalid_field"
+    NAIVE_TIMESTAMP = "naive_timestamp"
+    UNKNOWN_CODE = "unknown_code"
+    UNKNOWN_UNIT = "unknown_unit"
+    NON_FINITE = "non_finite"
+    FUTURE_EVENT = "future_event"
+    TOO_LATE = "too_late"
+    DUPLICATE = "duplicate"
+
+
+class IcuType(StrEnum):
+    """ICU type; PhysioNet 2012 ``ICUType`` 1-4 in :meth:`from_physionet` order."""
+
+    CORONARY_CARE = "coronary_care"
+    CARDIAC_SURGERY_RECOVERY = "cardiac_surgery_recovery"
+    MEDICAL = "medical"
+    SURGICAL = "surgical"
+
+    @classmethod
+    def from_physionet(cls, icu_type: int) -> IcuType:
+        """Map PhysioNet 2012 ``ICUType`` (1 coronary, 2 cardiac surgery, 3 medical,
+        4 surgical) to a member.
+
+        Raises:
+            ValueError: ``icu_type`` is not 1-4.
+        """
+        members = list(cls)
+        if not 1 <= icu_type <= len(members):
+            raise ValueError(f"ICUType must be 1-4, got {icu_type}")
+        return members[icu_type - 1]
+
+    @property
+    def physionet(self) -> int:
+        """The PhysioNet 2012 ``ICUType`` number (1-4)."""
+        return list(IcuType).index(self) + 1
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+]
+PatientId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
+Code = Annotated[
+    str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+]
+Unit = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+Version = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Text = Annotated[str, StringConstraints(max_length=2000)]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Probability = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+
+class _Record(_Frozen):
+    """Top-level record of a topic."""
+
+    schema_version: Literal[1] = 1
+
+
+class Observation(_Frozen):
+    """One measurement as sent by the source, in the source's unit.
+
+    Attributes:
+        code: Vigil code (see :mod:`streams.core.codes`), for example ``HR``.
+        value: Finite number in ``unit``.
+        unit: Unit spelling (see :mod:`streams.core.units`), for example ``/min``.
+    """
+
+    code: Code
+    value: FiniteFloat
+    unit: Unit
+
+
+class _InputEvent(_Record):
+    event_id: Identifier
+    patient_id: PatientId
+    event_time: UtcDatetime
+    source: Identifier
+
+
+class ObservationEvent(_InputEvent):
+    """Vitals or labs measured at one time (topics ``vitals`` and ``labs``).
+
+    Attributes:
+        event_id: Unique id of this event, chosen by the producer (a UUID is fine).
+        patient_id: Stay identifier; also the Kafka key.
+        event_time: When the values were measured or sampled (UTC).
+        source: Device or system that produced the event.
+        observations: 1 to 256 observations, at most one per code.
+    """
+
+    observations: tuple[Observation, ...] = Field(min_length=1, max_length=MAX_OBSERVATIONS)
+
+    @model_validator(mode="after")
+    def _codes_unique(self) -> Self:
+        codes = [observation.code for observation in self.observations]
+        if len(set(codes)) != len(codes):
+            raise ValueError("each code may appear at most once per event")
+        return self
+
+
+class AdtEvent(_InputEvent):
+    """Admit, transfer or discharge, with the static descriptors known at the time.
+
+    Descriptors are optional: ``None`` means not measured (``-1`` in PhysioNet data).
+
+    Attributes:
+        action: ``admit``, ``transfer`` or ``discharge``.
+        age_years: Age in years.
+        sex: ``female``, ``male`` or ``other``.
+        height_cm: Height in centimetres.
+        weight_kg: Weight in kilograms.
+        icu_type: Kind of ICU.
+        care_unit: Care unit identifier (ward or bed), free text.
+        hospital_admit_time: Hospital admission time (UTC), before or at ICU admission.
+    """
+
+    action: Literal["admit", "transfer", "discharge"]
+    age_years: FiniteFloat | None = None
+    sex: Literal["female", "male", "other"] | None = None
+    height_cm: FiniteFloat | None = None
+    weight_kg: FiniteFloat | None = None
+    icu_type: IcuType | None = None
+    care_unit: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    hospital_admit_time: UtcDatetime | None = None
+
+
+def _check_inline_size(value: bytes | None) -> bytes | None:
+    if value is not None and len(value) > MAX_INLINE_IMAGE_BYTES:
+        raise ValueError(f"inline_data exceeds {MAX_INLINE_IMAGE_BYTES} bytes")
+    return value
+
+
+class ImagingEvent(_InputEvent):
+    """An imaging study is available (topic ``imaging``).
+
+    Pixels travel by reference (``image_uri``) or, for small images, inline.
+
+    Attributes:
+        study_id: Study identifier (for example a DICOM Study Instance UID).
+        modality: DICOM modality code, for example ``CR``, ``DX``, ``CT``, ``MR``, ``US``.
+        image_uri: Where the pixels are: ``file:``, ``redis:``, ``s3:``, ``http(s):``.
+        inline_data: The encoded image itself, at most 1 MiB (base64url on the wire).
+        content_type: Media type of the pixels, for example ``application/dicom``.
+        metadata: Study metadata (flat; at most 64 entries).
+    """
+
+    study_id: Identifier
+    modality: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2,3}$")]
+    image_uri: (
+        Annotated[
+            str,
+            StringConstraints(max_length=2048, pattern=r"^(file|redis|rediss|s3|https?)://\S+$"),
+        ]
+        | None
+    ) = None
+    inline_data: Annotated[bytes | None, AfterValidator(_check_inline_size)] = None
+    content_type: Annotated[str, StringConstraints(pattern=r"^[a-z]+/[A-Za-z0-9.+-]+$")] | None = (
+        None
+    )
+    metadata: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=64)], str | float | bool
+    ] = Field(default_factory=dict, max_length=64)
+
+    @model_validator(mode="after")
+    def _has_pixels(self) -> Self:
+        if self.image_uri is None and self.inline_data is None:
+            raise ValueError("one of image_uri or inline_data is required")
+        return self
+
+
+InputEvent = ObservationEvent | AdtEvent | ImagingEvent
+
+News2Parameter = Literal[
+    "respiration_rate",
+    "spo2",
+    "air_or_oxygen",
+    "systolic_bp",
+    "pulse",
+    "consciousness",
+    "temperature",
+]
+
+
+class News2Score(_Frozen):
+    """A NEWS2 score (Royal College of Physicians, 2017).
+
+    Attributes:
+        total: Aggregate score, 0-20.
+        band: ``low`` (0-4), ``low_medium`` (a 3 in one parameter), ``medium`` (5-6),
+            ``high`` (7+).
+        parameters: Sub-score (0-3) of each parameter that was available.
+        missing: Parameters that had no recent value (scored as absent).
+        spo2_scale: SpO2 scale used, 1 or 2 (hypercapnic respiratory failure).
+    """
+
+    total: Annotated[int, Field(strict=True, ge=0, le=20)]
+    band: Literal["low", "low_medium", "medium", "high"]
+    parameters: dict[News2Parameter, Annotated[int, Field(strict=True, ge=0, le=3)]]
+    missing: tuple[News2Parameter, ...] = ()
+    spo2_scale: Literal[1, 2] = 1
+
+
+class OffsetRange(_Frozen):
+    """Inclusive range of Kafka offsets of one partition that a score consumed."""
+
+    topic: Annotated[str, StringConstraints(min_length=1, max_length=249)]
+    partition: Annotated[int, Field(strict=True, ge=0)]
+    first_offset: Annotated[int, Field(strict=True, ge=0)]
+    last_offset: Annotated[int, Field(strict=True, ge=0)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.last_offset < self.first_offset:
+            raise ValueError("last_offset must be >= first_offset")
+        return self
+
+
+class Provenance(_Frozen):
+    """What produced a score and which inputs it saw.
+
+    Attributes:
+        code_version: Version of the Vigil code (package version or git describe).
+        event_ids: ``event_id`` of the input events in the state (at most 1024).
+        offsets: Kafka offset ranges consumed (at most 64).
+    """
+
+    code_version: Version
+    event_ids: tuple[Identifier, ...] = Field(default=(), max_length=1024)
+    offsets: tuple[OffsetRange, ...] = Field(default=(), max_length=64)
+
+
+class ScoreRecord(_Record):
+    """A deterioration score for one patient at one state time (topic ``scores``).
+
+    Attributes:
+        patient_id: Stay identifier; also the Kafka key.
+        event_time: Event time of the patient state that was scored (UTC).
+        risk: Model probability of deterioration, 0-1; ``None`` when degraded.
+        news2: NEWS2 score of the same state, ``None`` when it could not be computed.
+        model: Model name.
+        model_version: Model version.
+        degraded: True when the model was not used (for example Triton unavailable).
+        degraded_reason: Short reason when degraded, for example ``circuit_open``.
+        provenance: Code version and inputs seen.
+        processing_time: Wall-clock time the score was produced (UTC).
+    """
+
+    patient_id: PatientId
+    event_time: UtcDatetime
+    risk: Probability | None
+    news2: News2Score | None
+    model: Version
+    model_version: Version
+    degraded: bool
+    degraded_reason: Label | None = None
+    provenance: Provenance
+    processing_time: UtcDatetime
+
+    @model_validator(mode="after")
+    def _risk_or_degraded(self) -> Self:
+        if self.risk is None and not self.degraded:
+            raise ValueError("risk is required unless degraded")
+        return self
+
+
+class AlertRecord(_Record):
+    """An alert state change for one patient (topic ``alerts``).
+
+    Attributes:
+        alert_id: Deterministic id (see :func:`make_alert_id`): every state change of one
+            alert carries the same id, so consumers can upsert.
+        patient_id: Stay identifier; also the Kafka key.
+        event_time: Event time of the state that caused this change (UTC).
+        kind: What fired, for example ``deterioration`` or ``news2``.
+        severity: ``low``, ``medium`` or ``high``.
+        state: ``open``, ``escalated``, ``acknowledged`` or ``resolved``.
+        risk: Model risk at that time, 0-1, ``None`` when degraded.
+        news2: NEWS2 at that time.
+        reason: Machine-readable reason, for example ``risk_above_threshold``.
+        explanation: Human-readable explanation (no patient identifiers).
+        contributing: Codes or NEWS2 parameters that drove the alert.
+        policy_version: Version of the alert policy.
+        degraded: True when the alert was raised without the model.
+        processing_time: Wall-clock time the record was produced (UTC).
+    """
+
+    alert_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    patient_id: PatientId
+    event_time: UtcDatetime
+    kind: Label
+    severity: Literal["low", "medium", "high"]
+    state: Literal["open", "escalated", "acknowledged", "resolved"]
+    risk: Probability | None
+    news2: News2Score | None
+    reason: Label
+    explanation: Text
+    contributing: tuple[Annotated[str, StringConstraints(min_length=1, max_length=64)], ...] = (
+        Field(default=(), max_length=32)
+    )
+    policy_version: Version
+    degraded: bool
+    processing_time: UtcDatetime
+
+
+def make_alert_id(patient_id: str, kind: str, opened_time: datetime) -> str:
+    """Return the deterministic id of the alert of ``kind`` opened at ``opened_time``.
+
+    The id is the first 32 hex digits of a SHA-256, so it reveals no patient identifier.
+
+    Raises:
+        ValueError: ``opened_time`` is naive.
+    """
+    if opened_time.tzinfo is None:
+        raise ValueError("opened_time must be timezone-aware")
+    stamp = opened_time.astimezone(UTC).isoformat()
+    return hashlib.sha256(f"{patient_id}\x1f{kind}\x1f{stamp}".encode()).hexdigest()[:32]
+
+
+class DeadLetterRecord(_Record):
+    """An input record that failed validation (topic ``deadletter``).
+
+    Attributes:
+        reason: Why it failed (bounded set).
+        detail: Human-readable detail, without field values.
+        payload: The original bytes, as UTF-8 text or base64url (see ``payload_encoding``),
+            truncated to the first ``max_payload_bytes`` of the original.
+        payload_encoding: ``utf-8`` or ``base64url``.
+        payload_size_bytes: Size of the original payload in bytes.
+        payload_truncated: True when ``payload`` holds only a prefix of the original.
+        source_topic: Topic the record was read from.
+        partition: Kafka partition, ``None`` when not read from Kafka.
+        offset: Kafka offset, ``None`` when not read from Kafka.
+        key: Kafka key as text or base64url (see ``key_encoding``); ``None`` if absent.
+        key_encoding: ``utf-8`` or ``base64url``.
+        received_time: Wall-clock time the record was received (UTC).
+    """
+
+    reason: DeadLetterReason
+    detail: Text
+    payload: str
+    payload_encoding: Literal["utf-8", "base64url"]
+    payload_size_bytes: Annotated[int, Field(strict=True, ge=0)]
+    payload_truncated: bool
+    source_topic: Annotated[str, StringConstraints(min_length=1, max_length=249)]
+    partition: Annotated[int, Field(strict=True, ge=0)] | None
+    offset: Annotated[int, Field(strict=True, ge=0)] | None
+    key: str | None
+    key_encoding: Literal["utf-8", "base64url"] = "utf-8"
+    received_time: UtcDatetime

@@ -1,0 +1,324 @@
+"""The worker's logic without I/O: record in, state change and records out.
+
+:class:`Processor` is what the Faust agent calls. :meth:`Processor.ingest` validates one
+Kafka record, applies it to the patient's :class:`~streams.core.state.PatientState` and,
+when the patient is due for a score, freezes a :class:`Snapshot` of the model input and
+NEWS2 at that moment. The adapter sends the snapshot to Triton (or not, when Triton is
+down) and hands the answer to :meth:`Processor.finish`, which builds the score record and
+runs the alert policy. Everything here is deterministic given the records and the
+injected clock, so agent tests and offline replays see exactly what the worker does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+from streams.core.alerting import POLICY_VERSION, AlertPolicy, evaluate
+from streams.core.events import (
+    AdtEvent,
+    AlertRecord,
+    DeadLetterReason,
+    DeadLetterRecord,
+    ImagingEvent,
+    News2Score,
+    OffsetRange,
+    Provenance,
+    ScoreRecord,
+    TopicKind,
+)
+from streams.core.features import SERIES_CODES, FeatureWindow
+from streams.core.news2 import News2Result
+from streams.core.state import Origin, Outcome, PatientState, from_ms
+from streams.core.validation import dead_letter, decode_input
+from vigil.errors import SchemaError
+
+__all__ = ["IngestResult", "ModelAnswer", "Processor", "ProcessorConfig", "Snapshot"]
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """Event-time and policy parameters of the processor (from ``WorkerSettings``)."""
+
+    window: timedelta = timedelta(hours=48)
+    score_interval: timedelta = timedelta(minutes=30)
+    lateness: timedelta = timedelta(hours=2)
+    max_future: timedelta = timedelta(minutes=5)
+    max_event_bytes: int = 256 * 1024
+    news2_max_age: timedelta = timedelta(hours=6)
+    policy: AlertPolicy = field(default_factory=AlertPolicy)
+    code_version: str = "0.0.0"
+    model_name: str = "deterioration"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A patient's model input and NEWS2 frozen at the moment the score became due."""
+
+    patient_id: str
+    at: datetime
+    window: FeatureWindow
+    news2: News2Result
+    event_ids: tuple[str, ...]
+    offsets: tuple[OffsetRange, ...]
+    images: tuple[tuple[float, tuple[float, ...]], ...]
+    latest: dict[str, tuple[float, datetime]]
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """What the model said about one snapshot (from the Triton adapter)."""
+
+    risk: float
+    contributions: npt.NDArray[np.float32]
+    model_version: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The effect of one input record."""
+
+    patient_id: str | None
+    outcome: Outcome | None
+    deadletter: DeadLetterRecord | None = None
+    snapshot: Snapshot | None = None
+    artifacts: tuple[str, ...] = ()
+    imaging: ImagingEvent | None = None
+
+
+class Processor:
+    """Validates records, updates patient states, and turns model answers into records.
+
+    Args:
+        config: Event-time and policy parameters.
+        clock: Wall clock (timezone-aware), injected for tests.
+    """
+
+    def __init__(self, config: ProcessorConfig, clock: Callable[[], datetime]) -> None:
+        self.config = config
+        self.clock = clock
+
+    def ingest(
+        self,
+        states: MutableMapping[str, PatientState],
+        kind: TopicKind,
+        key: bytes | None,
+        raw: bytes,
+        origin: Origin,
+    ) -> IngestResult:
+        """Validate one input record and apply it to its patient's state.
+
+        Args:
+            states: Patient states by id (a cache over the Faust table); updated in place.
+            kind: Input topic kind.
+            key: Kafka key (must equal the payload's ``patient_id``).
+            raw: Kafka value.
+            origin: Topic, partition and offset of the record.
+        """
+        now = self.clock()
+        try:
+            decoded = decode_input(
+                kind,
+                raw,
+                now=now,
+                max_future=self.config.max_future,
+                max_bytes=self.config.max_event_bytes,
+            )
+            event = decoded.event
+            if key is not None and key != event.patient_id.encode():
+                raise SchemaError(
+                    DeadLetterReason.INVALID_FIELD,
+                    "record key does not match patient_id (records must be keyed by patient)",
+                )
+        except SchemaError as error:
+            return IngestResult(None, None, deadletter=self._dead(error, origin, key, raw, now))
+        pid = event.patient_id
+        state = states.get(pid)
+        if state is None:
+            state = PatientState(pid)
+            states[pid] = state
+        artifacts = tuple(obs.code for obs in decoded.artifacts)
+        if isinstance(event, AdtEvent):
+            outcome = state.apply_adt(
+                event, origin=origin, lateness=self.config.lateness, artifacts=decoded.artifacts
+            )
+        elif isinstance(event, ImagingEvent):
+            # The imaging branch (Triton segmentation/embedding) handles the study; here
+            # it only counts as an input of the patient's state for provenance.
+            outcome = state.apply_observations(
+                event.event_id,
+                event.event_time,
+                (),
+                origin=origin,
+                lateness=self.config.lateness,
+                window=self.config.window,
+                stream=kind.value,
+            )
+        else:
+            outcome = state.apply_observations(
+                event.event_id,
+                event.event_time,
+                decoded.observations,
+                origin=origin,
+                lateness=self.config.lateness,
+                window=self.config.window,
+                stream=kind.value,
+            )
+        if outcome is Outcome.TOO_LATE:
+            late = SchemaError(
+                DeadLetterReason.TOO_LATE,
+                f"event time is more than {self.config.lateness} behind the patient's latest",
+            )
+            return IngestResult(pid, outcome, deadletter=self._dead(late, origin, key, raw, now))
+        snapshot = None
+        if outcome is Outcome.ACCEPTED and state.due_for_score(self.config.score_interval):
+            snapshot = self.snapshot(state)
+        return IngestResult(
+            pid,
+            outcome,
+            snapshot=snapshot,
+            artifacts=artifacts,
+            imaging=event if isinstance(event, ImagingEvent) else None,
+        )
+
+    def snapshot(self, state: PatientState) -> Snapshot:
+        """Freeze the patient's model input and NEWS2 now and mark the state scored."""
+        at = state.state_time
+        window = state.features(self.config.window)
+        news2 = state.news2(self.config.news2_max_age)
+        event_ids, offsets = state.take_provenance()
+        at_ms = state.watermark_ms or 0
+        images = tuple(
+            ((at_ms - t) / 3_600_000, tuple(emb)) for t, emb in state.images if t <= at_ms
+        )
+        latest = {code: (pts[-1][1], from_ms(pts[-1][0])) for code, pts in state.series.items()}
+        state.mark_scored({"at_ms": at_ms})
+        return Snapshot(state.patient_id, at, window, news2, event_ids, offsets, images, latest)
+
+    def finish(
+        self,
+        states: MutableMapping[str, PatientState],
+        snapshot: Snapshot,
+        answer: ModelAnswer | None,
+        degraded_reason: str | None = None,
+    ) -> tuple[ScoreRecord, list[AlertRecord]]:
+        """Build the score record and apply the alert policy for one snapshot.
+
+        Args:
+            states: Patient states; the patient's alert state is updated in place.
+            snapshot: What was scored.
+            answer: The model's answer, or None in degraded mode.
+            degraded_reason: Why there is no answer (for example ``circuit_open``).
+        """
+        now = self.clock()
+        state = states[snapshot.patient_id]
+        news2 = _news2_record(snapshot.news2)
+        risk = None if answer is None else float(answer.risk)
+        score = ScoreRecord(
+            patient_id=snapshot.patient_id,
+            event_time=snapshot.at,
+            risk=risk,
+            news2=news2,
+            model=self.config.model_name if answer is not None else "news2",
+            model_version=answer.model_version if answer is not None else "rcp-2017",
+            degraded=answer is None,
+            degraded_reason=None if answer is not None else (degraded_reason or "unavailable"),
+            provenance=Provenance(
+                code_version=self.config.code_version,
+                event_ids=snapshot.event_ids,
+                offsets=snapshot.offsets,
+            ),
+            processing_time=now,
+        )
+        state.last_score = {
+            "at_ms": int(snapshot.at.timestamp() * 1000),
+            "risk": risk,
+            "news2": snapshot.news2.total,
+            "degraded": answer is None,
+        }
+        new_alert, decisions = evaluate(
+            state.alert,
+            patient_id=snapshot.patient_id,
+            at=snapshot.at,
+            risk=risk,
+            news2=snapshot.news2,
+            policy=self.config.policy,
+        )
+        state.alert = new_alert
+        contributing = _top_contributors(answer, snapshot)
+        alerts = [
+            AlertRecord(
+                alert_id=d.alert_id,
+                patient_id=snapshot.patient_id,
+                event_time=snapshot.at,
+                kind=d.kind,
+                severity=d.severity,
+                state=d.state,
+                risk=risk,
+                news2=news2,
+                reason=d.reason,
+                explanation=_explain(d.reason, risk, snapshot, contributing),
+                contributing=contributing,
+                policy_version=POLICY_VERSION,
+                degraded=d.degraded,
+                processing_time=now,
+            )
+            for d in decisions
+        ]
+        return score, alerts
+
+    def _dead(
+        self, error: SchemaError, origin: Origin, key: bytes | None, raw: bytes, now: datetime
+    ) -> DeadLetterRecord:
+        return dead_letter(
+            error,
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
+            key=key,
+            raw=raw,
+            received_time=now,
+        )
+
+
+def _news2_record(result: News2Result) -> News2Score:
+    return News2Score(
+        total=result.total,
+        band=result.band.value,
+        parameters={p: s for p, s in result.sub_scores.items() if s is not None},
+        missing=result.missing,
+    )
+
+
+def _top_contributors(
+    answer: ModelAnswer | None, snapshot: Snapshot, k: int = 3
+) -> tuple[str, ...]:
+    if answer is not None and answer.contributions.size == len(SERIES_CODES):
+        order = np.argsort(-np.abs(answer.contributions), kind="stable")
+        return tuple(SERIES_CODES[i] for i in order[:k] if answer.contributions[i] != 0)
+    # Degraded: the NEWS2 parameters that scored highest.
+    scored = sorted(((s, p.value) for p, s in snapshot.news2.sub_scores.items() if s), reverse=True)
+    return tuple(name for _, name in scored[:k])
+
+
+def _explain(
+    reason: str, risk: float | None, snapshot: Snapshot, contributing: Sequence[str]
+) -> str:
+    parts = []
+    if risk is not None:
+        parts.append(f"model risk {risk:.2f}")
+    parts.append(f"NEWS2 {snapshot.news2.total} ({snapshot.news2.band.value})")
+    shown = []
+    for code in contributing:
+        if code in snapshot.latest:
+            value, at = snapshot.latest[code]
+            shown.append(f"{code} {value:g} at {at.strftime('%H:%M')}Z")
+        else:
+            shown.append(code)
+    if shown:
+        parts.append("top inputs: " + ", ".join(shown))
+    return f"{reason}: " + "; ".join(parts)

@@ -1,0 +1,413 @@
+"""Per-patient, time-aware state: the pure core of the worker.
+
+A :class:`PatientState` holds what the model and NEWS2 need about one patient at any
+moment: the last ``window`` of irregular observations per parameter (times and values,
+in canonical units, artifacts excluded), static descriptors, imaging embeddings, the
+event-time watermark, recent event ids (for de-duplication), what the next score must cite
+as provenance, the last score and the alert state.
+
+Lifecycle (all in event time, never wall time):
+
+* :meth:`PatientState.apply_observations` / :meth:`PatientState.apply_adt` take one
+  validated event and return an :class:`Outcome` (accepted, duplicate, too late).
+* :meth:`PatientState.due_for_score` says whether the patient should be re-scored.
+* :meth:`PatientState.features` and :meth:`PatientState.news2` build the model input and
+  the NEWS2 score from the same observations.
+* :meth:`PatientState.take_provenance` hands over the inputs seen since the last score.
+* :meth:`PatientState.expired` says when the state may be dropped (discharge or silence).
+
+State is bounded: observations older than the window are pruned, each parameter keeps at
+most :data:`MAX_POINTS_PER_CODE` points, and at most :data:`MAX_RECENT_IDS` event ids are
+remembered. It round-trips through a JSON-ready ``dict`` (:meth:`to_dict` /
+:meth:`from_dict`) for the Faust table and its changelog.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from streams.core.events import AdtEvent, OffsetRange
+from streams.core.features import FeatureWindow, build_features
+from streams.core.news2 import News2Result, news2_from_observations
+from streams.core.validation import CanonicalObservation
+from vigil.errors import ConfigError
+
+__all__ = [
+    "MAX_IMAGES",
+    "MAX_POINTS_PER_CODE",
+    "MAX_RECENT_IDS",
+    "Origin",
+    "Outcome",
+    "PatientState",
+    "from_ms",
+    "to_ms",
+]
+
+MAX_POINTS_PER_CODE = 512
+"""Most observations kept per parameter (beyond the time window), bounding memory."""
+MAX_RECENT_IDS = 4096
+"""Most event ids remembered for de-duplication."""
+MAX_PROVENANCE_IDS = 1024
+"""Most event ids cited by one score (the rest are covered by offset ranges)."""
+MAX_IMAGES = 4
+"""Most imaging embeddings kept (the model's K)."""
+
+_ICU_TYPE_NUMBER = {
+    "coronary_care": 1.0,
+    "cardiac_surgery_recovery": 2.0,
+    "medical": 3.0,
+    "surgical": 4.0,
+}
+_SEX_NUMBER = {"female": 0.0, "male": 1.0}
+
+
+def to_ms(moment: datetime) -> int:
+    """Epoch milliseconds of a timezone-aware datetime."""
+    if moment.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(epoch_ms: int) -> datetime:
+    """UTC datetime of epoch milliseconds."""
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+
+
+class Outcome(StrEnum):
+    """What happened to one event applied to a state."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    TOO_LATE = "too_late"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an event was read: Kafka topic, partition and offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class PatientState:
+    """Everything Vigil keeps about one patient; see the module docstring.
+
+    Times are epoch milliseconds (``*_ms``) so the state serialises compactly.
+    """
+
+    patient_id: str
+    admit_ms: int | None = None
+    statics: dict[str, float | None] = field(default_factory=dict)
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    watermark_ms: int | None = None
+    stream_watermarks: dict[str, int] = field(default_factory=dict)
+    recent_ids: dict[str, int] = field(default_factory=dict)
+    last_scored_ms: int | None = None
+    changed: bool = False
+    pending_ids: list[str] = field(default_factory=list)
+    pending_offsets: dict[str, list[int]] = field(default_factory=dict)
+    discharged_ms: int | None = None
+    images: list[tuple[int, list[float]]] = field(default_factory=list)
+    last_score: dict[str, Any] | None = None
+    alert: dict[str, Any] = field(default_factory=dict)
+    artifacts: int = 0
+
+    # -- event application ---------------------------------------------------------------
+
+    def _admit_default(self, event_ms: int) -> None:
+        # Streams without an ADT admit still need a time origin for the feature grid.
+        if self.admit_ms is None:
+            self.admit_ms = event_ms
+
+    def _check_order(
+        self, event_id: str, event_ms: int, lateness: timedelta, stream: str
+    ) -> Outcome | None:
+        # Lateness is judged per input stream: Kafka orders records only within a
+        # partition, so a lab that trails the vitals topic is not "late" for that.
+        if event_id in self.recent_ids:
+            return Outcome.DUPLICATE
+        mark = self.stream_watermarks.get(stream)
+        if mark is not None and event_ms < mark - _td_ms(lateness):
+            return Outcome.TOO_LATE
+        return None
+
+    def _remember(self, event_id: str, event_ms: int, origin: Origin | None, stream: str) -> None:
+        self.stream_watermarks[stream] = max(self.stream_watermarks.get(stream, event_ms), event_ms)
+        self.recent_ids[event_id] = event_ms
+        if len(self.recent_ids) > MAX_RECENT_IDS:
+            oldest = sorted(self.recent_ids.items(), key=lambda kv: kv[1])
+            for stale_id, _ in oldest[: len(self.recent_ids) - MAX_RECENT_IDS]:
+                del self.recent_ids[stale_id]
+        if len(self.pending_ids) < MAX_PROVENANCE_IDS:
+            self.pending_ids.append(event_id)
+        if origin is not None:
+            key = f"{origin.topic}\x1f{origin.partition}"
+            span = self.pending_offsets.get(key)
+            if span is None:
+                self.pending_offsets[key] = [origin.offset, origin.offset]
+            else:
+                span[0] = min(span[0], origin.offset)
+                span[1] = max(span[1], origin.offset)
+        self.watermark_ms = (
+            event_ms if self.watermark_ms is None else max(self.watermark_ms, event_ms)
+        )
+        self.changed = True
+
+    def apply_observations(
+        self,
+        event_id: str,
+        event_time: datetime,
+        observations: Iterable[CanonicalObservation],
+        *,
+        origin: Origin | None,
+        lateness: timedelta,
+        window: timedelta,
+        stream: str = "observations",
+    ) -> Outcome:
+        """Add one vitals or labs event's observations in event-time order.
+
+        Artifacts (outside the physiological range) are counted and kept out of the
+        series. An event older than its stream's ``watermark - lateness`` is rejected as
+        too late.
+
+        Args:
+            event_id: Unique event id (duplicates are ignored).
+            event_time: Event time, timezone-aware.
+            observations: Canonical observations of the event.
+            origin: Kafka position of the event, for provenance; None in offline use.
+            lateness: Out-of-order bound.
+            window: How much history to keep.
+            stream: Input stream (topic kind) the event came from; lateness is judged
+                against that stream's own watermark.
+        """
+        event_ms = to_ms(event_time)
+        rejected = self._check_order(event_id, event_ms, lateness, stream)
+        if rejected is not None:
+            return rejected
+        self._admit_default(event_ms)
+        for obs in observations:
+            if obs.artifact:
+                self.artifacts += 1
+                continue
+            points = self.series.setdefault(obs.code, [])
+            item = (event_ms, float(obs.value))
+            if not points or points[-1][0] <= event_ms:
+                points.append(item)
+            else:  # late but within bound: insert after equal times, keeping arrival order
+                index = bisect.bisect_right([t for t, _ in points], event_ms)
+                points.insert(index, item)
+        self._remember(event_id, event_ms, origin, stream)
+        self.prune(window)
+        return Outcome.ACCEPTED
+
+    def apply_adt(
+        self,
+        event: AdtEvent,
+        *,
+        origin: Origin | None,
+        lateness: timedelta,
+        artifacts: Iterable[CanonicalObservation] = (),
+    ) -> Outcome:
+        """Apply an admit, transfer or discharge event and its descriptors.
+
+        Args:
+            event: The ADT event.
+            origin: Kafka position of the event.
+            lateness: Out-of-order bound.
+            artifacts: Canonical descriptor observations flagged as artifacts (their
+                values are not used as descriptors).
+        """
+        event_ms = to_ms(event.event_time)
+        rejected = self._check_order(event.event_id, event_ms, lateness, "adt")
+        if rejected is not None:
+            return rejected
+        bad = {obs.code for obs in artifacts if obs.artifact}
+        self.artifacts += len(bad)
+        if event.action == "admit":
+            self.admit_ms = event_ms if self.admit_ms is None else min(self.admit_ms, event_ms)
+            self.discharged_ms = None
+        elif event.action == "discharge":
+            self.discharged_ms = event_ms
+        self._admit_default(event_ms)
+        descriptors = {
+            "Age": event.age_years,
+            "Height": event.height_cm,
+            "Weight": event.weight_kg,
+            "Gender": None if event.sex is None else _SEX_NUMBER.get(event.sex),
+            "ICUType": None if event.icu_type is None else _ICU_TYPE_NUMBER[event.icu_type],
+        }
+        for code, value in descriptors.items():
+            if value is not None and code not in bad:
+                self.statics[code] = float(value)
+        self._remember(event.event_id, event_ms, origin, "adt")
+        return Outcome.ACCEPTED
+
+    def add_image(self, event_time: datetime, embedding: Iterable[float]) -> None:
+        """Keep an imaging embedding (the :data:`MAX_IMAGES` most recent)."""
+        self.images.append((to_ms(event_time), [float(x) for x in embedding]))
+        self.images.sort(key=lambda item: item[0])
+        del self.images[:-MAX_IMAGES]
+        self.changed = True
+
+    def prune(self, window: timedelta) -> None:
+        """Drop observations older than the window before the watermark."""
+        if self.watermark_ms is None:
+            return
+        horizon = self.watermark_ms - _td_ms(window)
+        for code, points in self.series.items():
+            if points and (points[0][0] < horizon or len(points) > MAX_POINTS_PER_CODE):
+                cut = bisect.bisect_left([t for t, _ in points], horizon)
+                cut = max(cut, len(points) - MAX_POINTS_PER_CODE)
+                self.series[code] = points[cut:]
+        self.series = {code: points for code, points in self.series.items() if points}
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def due_for_score(self, interval: timedelta) -> bool:
+        """True when the state changed and ``interval`` of event time passed since the last
+        score (or the patient was never scored)."""
+        if not self.changed or self.watermark_ms is None:
+            return False
+        if self.last_scored_ms is None:
+            return True
+        return self.watermark_ms - self.last_scored_ms >= _td_ms(interval)
+
+    @property
+    def state_time(self) -> datetime:
+        """Event time of the state: the watermark.
+
+        Raises:
+            ValueError: No event was applied yet.
+        """
+        if self.watermark_ms is None:
+            raise ValueError("state has no event time yet")
+        return from_ms(self.watermark_ms)
+
+    def observations(self) -> dict[str, list[tuple[datetime, float]]]:
+        """Per-code ``(time, value)`` series, time-sorted, as the feature code expects."""
+        return {code: [(from_ms(t), v) for t, v in points] for code, points in self.series.items()}
+
+    def features(self, window: timedelta, at: datetime | None = None) -> FeatureWindow:
+        """The model input at ``at`` (default: the watermark), via the shared feature code."""
+        end = self.state_time if at is None else at
+        admit = from_ms(self.admit_ms) if self.admit_ms is not None else end
+        return build_features(
+            self.observations(), self.statics, admit_time=admit, end_time=end, window=window
+        )
+
+    def news2(self, max_age: timedelta, at: datetime | None = None) -> News2Result:
+        """NEWS2 from the latest observation of each input at ``at`` (default: watermark).
+
+        Values a proxy cannot use (for example a ``MechVent`` that is not 0 or 1) are
+        treated as missing rather than failing the whole score.
+        """
+        end = self.state_time if at is None else at
+        end_ms = to_ms(end)
+        latest: dict[str, tuple[float, datetime] | None] = {}
+        for code, points in self.series.items():
+            index = bisect.bisect_right([t for t, _ in points], end_ms) - 1
+            if index >= 0:
+                t, v = points[index]
+                latest[code] = (v, from_ms(t))
+        try:
+            return news2_from_observations(latest, at=end, max_age=max_age)
+        except ConfigError:
+            cleaned = {k: v for k, v in latest.items() if k not in {"MechVent", "FiO2"}}
+            return news2_from_observations(cleaned, at=end, max_age=max_age)
+
+    def take_provenance(self) -> tuple[tuple[str, ...], tuple[OffsetRange, ...]]:
+        """Return and clear the event ids and offset ranges seen since the last score."""
+        ids = tuple(self.pending_ids)
+        ranges = []
+        for key, (first, last) in sorted(self.pending_offsets.items()):
+            topic, partition = key.split("\x1f")
+            ranges.append(
+                OffsetRange(
+                    topic=topic, partition=int(partition), first_offset=first, last_offset=last
+                )
+            )
+        self.pending_ids = []
+        self.pending_offsets = {}
+        return ids, tuple(ranges)
+
+    def mark_scored(self, score: Mapping[str, Any]) -> None:
+        """Record that the current state was scored."""
+        self.last_scored_ms = self.watermark_ms
+        self.last_score = dict(score)
+        self.changed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def expired(self, now: datetime, silence: timedelta) -> bool:
+        """True when the patient was discharged, or silent for ``silence``, as of ``now``
+        (an event time, for example the worker's global watermark)."""
+        if self.discharged_ms is not None:
+            return True
+        if self.watermark_ms is None:
+            return False
+        return to_ms(now) - self.watermark_ms >= _td_ms(silence)
+
+    # -- serialisation ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for the Faust table and its changelog)."""
+        return {
+            "v": 1,
+            "patient_id": self.patient_id,
+            "admit_ms": self.admit_ms,
+            "statics": self.statics,
+            "series": {code: [[t, v] for t, v in pts] for code, pts in self.series.items()},
+            "watermark_ms": self.watermark_ms,
+            "stream_watermarks": self.stream_watermarks,
+            "recent_ids": self.recent_ids,
+            "last_scored_ms": self.last_scored_ms,
+            "changed": self.changed,
+            "pending_ids": self.pending_ids,
+            "pending_offsets": self.pending_offsets,
+            "discharged_ms": self.discharged_ms,
+            "images": [[t, emb] for t, emb in self.images],
+            "last_score": self.last_score,
+            "alert": self.alert,
+            "artifacts": self.artifacts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PatientState:
+        """Rebuild a state from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: The dict is not a version-1 state.
+        """
+        if data.get("v") != 1:
+            raise ValueError(f"unsupported state version {data.get('v')!r}")
+        return cls(
+            patient_id=str(data["patient_id"]),
+            admit_ms=data["admit_ms"],
+            statics=dict(data["statics"]),
+            series={
+                code: [(int(t), float(v)) for t, v in pts] for code, pts in data["series"].items()
+            },
+            watermark_ms=data["watermark_ms"],
+            stream_watermarks={str(k): int(v) for k, v in data["stream_watermarks"].items()},
+            recent_ids={str(k): int(v) for k, v in data["recent_ids"].items()},
+            last_scored_ms=data["last_scored_ms"],
+            changed=bool(data["changed"]),
+            pending_ids=list(data["pending_ids"]),
+            pending_offsets={k: list(v) for k, v in data["pending_offsets"].items()},
+            discharged_ms=data["discharged_ms"],
+            images=[(int(t), list(emb)) for t, emb in data["images"]],
+            last_score=data["last_score"],
+            alert=dict(data["alert"]),
+            artifacts=int(data["artifacts"]),
+        )
+
+
+def _td_ms(delta: timedelta) -> int:
+    return int(delta / timedelta(milliseconds=1))

@@ -1,0 +1,103 @@
+"""Settings of the Vigil worker (``vigil worker``): one frozen class, env prefix ``VIGIL_``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["WorkerSettings"]
+
+
+class WorkerSettings(BaseSettings):
+    """Everything the streaming worker needs, read from ``VIGIL_*`` environment variables.
+
+    Durations are given in seconds (``*_seconds``) and exposed as ``timedelta`` properties.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", frozen=True, extra="forbid")
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    topic_prefix: str = Field(default="vigil", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    topic_partitions: int = Field(default=8, ge=1, le=1024)
+    topic_replication: int = Field(default=1, ge=1, le=16)
+    app_id: str = Field(default="vigil-worker", description="Consumer group and changelog prefix.")
+    store: str = Field(
+        default="memory://",
+        description="Faust table store: memory:// (tests) or rocksdb:// (production).",
+    )
+    data_dir: str = Field(default=".vigil/worker", description="Faust data directory.")
+
+    # --- Redis -------------------------------------------------------------------------
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0")
+    redis_password: SecretStr | None = None
+    redis_ttl_seconds: int = Field(default=6 * 3600, ge=60, description="TTL of per-patient keys.")
+
+    # --- Triton ------------------------------------------------------------------------
+    triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC host:port.")
+    triton_model: str = Field(default="deterioration")
+    triton_timeout_seconds: float = Field(default=2.0, gt=0)
+    triton_retries: int = Field(default=2, ge=0, le=10)
+    breaker_failures: int = Field(default=3, ge=1, description="Failures that open the breaker.")
+    breaker_reset_seconds: float = Field(default=10.0, gt=0, description="Open-state cool-down.")
+    batch_max_size: int = Field(default=64, ge=1, le=1024)
+    batch_max_wait_ms: int = Field(default=20, ge=0, le=5000)
+
+    # --- Event time --------------------------------------------------------------------
+    window_hours: int = Field(default=48, ge=1, le=24 * 14)
+    score_interval_seconds: int = Field(
+        default=1800, ge=0, description="Re-score a patient at most once per this event time."
+    )
+    lateness_seconds: int = Field(default=2 * 3600, ge=0, description="Out-of-order bound.")
+    max_future_seconds: int = Field(default=300, ge=0, description="Allowed clock skew ahead.")
+    silence_expiry_hours: int = Field(default=24, ge=1, description="Expire silent patients.")
+    max_event_bytes: int = Field(default=256 * 1024, ge=1024)
+    news2_max_age_hours: float = Field(default=6.0, gt=0, description="NEWS2 stale cut-off.")
+
+    # --- Alerting (first policy; see docs/alerts.md) -----------------------------------
+    alert_arm_risk: float = Field(default=0.5, gt=0, lt=1)
+    alert_disarm_risk: float = Field(default=0.35, gt=0, lt=1)
+    alert_refractory_hours: float = Field(default=6.0, ge=0)
+    alert_news2_threshold: int = Field(default=7, ge=1, le=20, description="Degraded-mode alert.")
+
+    # --- Observability -----------------------------------------------------------------
+    metrics_host: str = Field(default="127.0.0.1")
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables /metrics.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def topic(self, suffix: str) -> str:
+        """Full topic name for a suffix such as ``"vitals"``."""
+        return f"{self.topic_prefix}.{suffix}"
+
+    @property
+    def window(self) -> timedelta:
+        """Feature window."""
+        return timedelta(hours=self.window_hours)
+
+    @property
+    def score_interval(self) -> timedelta:
+        """Minimum event time between two scores of one patient."""
+        return timedelta(seconds=self.score_interval_seconds)
+
+    @property
+    def lateness(self) -> timedelta:
+        """How far behind a patient's latest event time an event may arrive."""
+        return timedelta(seconds=self.lateness_seconds)
+
+    @property
+    def max_future(self) -> timedelta:
+        """How far ahead of the wall clock an event time may be."""
+        return timedelta(seconds=self.max_future_seconds)
+
+    @property
+    def silence_expiry(self) -> timedelta:
+        """Event-time silence after which a patient's state is dropped."""
+        return timedelta(hours=self.silence_expiry_hours)
