@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,65 +55,89 @@ class VigilWorker:
     settings: WorkerSettings
     processor: Processor
     scorer: TritonScorer
+    explainer: TritonScorer
     store: RedisStore
     metrics: WorkerMetrics
     tables: Any
     kinds: dict[str, TopicKind]
     outputs: dict[TopicKind, Any]
-    global_watermark: datetime | None = None
+    stream_clock_ms: dict[str, int] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def kind_of(self, topic: str) -> TopicKind:
         """Topic kind of an input topic name."""
         return self.kinds[topic]
 
     async def process_batch(self, events: list[Any]) -> None:
-        """Process a batch of Faust events (the agent's body)."""
-        states: dict[str, PatientState] = {}
-        loaded: set[str] = set()
-        table = self.tables
-        cache = _TableCache(table, states, loaded)
-        snapshots: list[tuple[Snapshot, float]] = []
-        dead: list[DeadLetterRecord] = []
-        for event in events:
-            message = event.message
-            kind = self.kind_of(message.topic)
-            key = (
-                message.key if isinstance(message.key, bytes | None) else str(message.key).encode()
-            )
-            value = event.value if isinstance(event.value, bytes) else bytes(event.value)
-            origin = Origin(message.topic, message.partition, message.offset)
-            result = self.processor.ingest(cache, kind, key, value, origin)
-            if result.deadletter is not None:
-                dead.append(result.deadletter)
-                self.metrics.deadletter.labels(result.deadletter.reason.value).inc()
-                self.metrics.events_in.labels(kind.value, "deadletter").inc()
-                continue
-            outcome = result.outcome or Outcome.ACCEPTED
-            self.metrics.events_in.labels(kind.value, outcome.value).inc()
-            for code in result.artifacts:
-                self.metrics.observations_artifact.labels(code).inc()
-            if result.patient_id is not None and outcome is Outcome.ACCEPTED:
-                state = states[result.patient_id]
-                if state.watermark_ms is not None:
-                    lag = time.time() - state.watermark_ms / 1000
-                    self.metrics.event_lag.labels(kind.value).observe(max(lag, 0.0))
-                stamp = state.state_time
-                if self.global_watermark is None or stamp > self.global_watermark:
-                    self.global_watermark = stamp
-            if result.snapshot is not None:
-                snapshots.append((result.snapshot, time.perf_counter()))
-        for record in dead:
-            await self.outputs[TopicKind.DEADLETTER].send(
-                key=None, value=record.model_dump_json().encode()
-            )
-        answers = await asyncio.gather(*(self._score(snapshot) for snapshot, _ in snapshots))
-        for (snapshot, started), (answer, reason) in zip(snapshots, answers, strict=True):
-            score, alerts = self.processor.finish(cache, snapshot, answer, reason)
-            await self._emit(score, alerts)
-            self.metrics.score_latency.observe(time.perf_counter() - started)
-        for pid in loaded | set(states):
-            table[pid] = states[pid].to_dict()
-        self.metrics.active_patients.set(len(table))
+        """Process a batch of Faust events (the agent's body); see the module docstring.
+
+        Side effects happen only after every await on Triton, in one synchronous stretch:
+        if the worker is stopped while waiting for Triton, nothing of the batch was
+        written, no event was acknowledged, and the batch is read again on restart.
+        """
+        await self.ready.wait()  # Triton and Redis clients are up
+        async with self.lock:
+            states: dict[str, PatientState] = {}
+            cache = _TableCache(self.tables, states)
+            snapshots: list[tuple[Snapshot, float]] = []
+            dead: list[tuple[DeadLetterRecord, str]] = []
+            for event in events:
+                self._ingest_one(event, cache, states, snapshots, dead)
+            answers = await asyncio.gather(*(self._score(s) for s, _ in snapshots))
+            results = []
+            for (snapshot, started), (answer, reason) in zip(snapshots, answers, strict=True):
+                score, decisions = self.processor.finish(cache, snapshot, answer, reason)
+                contributions = None
+                if decisions and answer is not None:
+                    contributions = await self._explain(snapshot)
+                results.append((snapshot, started, score, decisions, contributions))
+            # --- no awaits from here: write state and queue outputs together ---------------
+            for record, kind in dead:
+                self.outputs[TopicKind.DEADLETTER].send_soon(
+                    key=None, value=record.model_dump_json().encode()
+                )
+                self.metrics.deadletter.labels(record.reason.value).inc()
+                self.metrics.events_in.labels(kind, "deadletter").inc()
+            for snapshot, started, score, decisions, contributions in results:
+                alerts = self.processor.alert_records(snapshot, score, decisions, contributions)
+                self._emit(score, alerts)
+                self.metrics.score_latency.observe(time.perf_counter() - started)
+            for pid, state in states.items():
+                self.tables[pid] = state.to_dict()
+            self.metrics.active_patients.set(len(self.tables))
+
+    def _ingest_one(
+        self,
+        event: Any,
+        cache: _TableCache,
+        states: dict[str, PatientState],
+        snapshots: list[tuple[Snapshot, float]],
+        dead: list[tuple[DeadLetterRecord, str]],
+    ) -> None:
+        message = event.message
+        kind = self.kind_of(message.topic)
+        key = message.key if isinstance(message.key, bytes | None) else str(message.key).encode()
+        value = event.value if isinstance(event.value, bytes) else bytes(event.value)
+        origin = Origin(message.topic, message.partition, message.offset)
+        result = self.processor.ingest(cache, kind, key, value, origin)
+        if result.deadletter is not None:
+            dead.append((result.deadletter, kind.value))
+            return
+        outcome = result.outcome or Outcome.ACCEPTED
+        self.metrics.events_in.labels(kind.value, outcome.value).inc()
+        for code in result.artifacts:
+            self.metrics.observations_artifact.labels(code).inc()
+        if result.patient_id is not None and outcome is Outcome.ACCEPTED:
+            state = states[result.patient_id]
+            event_ms = state.stream_watermarks.get(kind.value)
+            if event_ms is not None:
+                lag = time.time() - event_ms / 1000
+                self.metrics.event_lag.labels(kind.value).observe(max(lag, 0.0))
+                previous = self.stream_clock_ms.get(kind.value, event_ms)
+                self.stream_clock_ms[kind.value] = max(previous, event_ms)
+        if result.snapshot is not None:
+            snapshots.append((result.snapshot, time.perf_counter()))
 
     async def _score(self, snapshot: Snapshot) -> tuple[ModelAnswer | None, str | None]:
         images = [ImageInput(age, emb) for age, emb in snapshot.images]
@@ -127,49 +151,75 @@ class VigilWorker:
             log.warning("scoring failed, degraded to NEWS2: %s", exc)
             return None, "inference_error"
         self.metrics.degraded.set(0)
-        return ModelAnswer(output.risk, output.contributions, self.scorer.model_version), None
+        return ModelAnswer(output.risk, self.scorer.model_version), None
 
-    async def _emit(self, score: ScoreRecord, alerts: list[AlertRecord]) -> None:
+    async def _explain(self, snapshot: Snapshot) -> Any:
+        """Per-parameter contributions for an alert; None if the explain model fails."""
+        images = [ImageInput(age, emb) for age, emb in snapshot.images]
+        try:
+            output = await self.explainer.score(snapshot.window, images)
+        except InferenceError as exc:
+            log.warning("explanation unavailable, alert explained by NEWS2: %s", exc)
+            return None
+        return output.contributions
+
+    def _emit(self, score: ScoreRecord, alerts: list[AlertRecord]) -> None:
         key = score.patient_id.encode()
-        await self.outputs[TopicKind.SCORES].send(key=key, value=score.model_dump_json().encode())
+        self.outputs[TopicKind.SCORES].send_soon(key=key, value=score.model_dump_json().encode())
         self.metrics.scores.labels(score.model, str(score.degraded).lower()).inc()
-        await self.store.put_score(score)
+        if score.risk is not None:
+            self.metrics.risk.labels(score.model).observe(score.risk)
+        self.store.put_score(score)
         for alert in alerts:
-            await self.outputs[TopicKind.ALERTS].send(
+            self.outputs[TopicKind.ALERTS].send_soon(
                 key=key, value=alert.model_dump_json().encode()
             )
             self.metrics.alerts.labels(alert.severity, alert.kind, alert.state).inc()
-            await self.store.put_alert(alert)
+            self.store.put_alert(alert)
 
-    def expire(self) -> int:
+    @property
+    def expiry_clock(self) -> datetime | None:
+        """Event time that every input stream has reached (the slowest stream's clock).
+
+        Expiry is judged on it so that a stream running ahead (a replay's ADT topic, say)
+        never expires patients whose vitals are still on their way.
+        """
+        if not self.stream_clock_ms:
+            return None
+        return datetime.fromtimestamp(min(self.stream_clock_ms.values()) / 1000, tz=UTC)
+
+    async def expire(self) -> int:
         """Drop states discharged or silent for too long (event time); returns how many."""
-        if self.global_watermark is None:
+        clock = self.expiry_clock
+        if clock is None:
             return 0
-        expired = []
-        for pid, data in list(self.tables.items()):
-            state = PatientState.from_dict(data)
-            if state.expired(self.global_watermark, self.settings.silence_expiry):
+        async with self.lock:
+            expired = []
+            for pid, data in list(self.tables.items()):
+                state = PatientState.from_dict(data)
+                if not state.expired(clock, self.settings.silence_expiry):
+                    continue
                 # Keep a discharged state while late events may still arrive.
                 if (
                     state.discharged_ms is not None
-                    and self.global_watermark.timestamp() * 1000 - state.discharged_ms
+                    and clock.timestamp() * 1000 - state.discharged_ms
                     < self.settings.lateness_seconds * 1000
                 ):
                     continue
                 expired.append(pid)
-        for pid in expired:
-            del self.tables[pid]
-        return len(expired)
+            for pid in expired:
+                del self.tables[pid]
+            return len(expired)
 
 
 class _TableCache(dict[str, PatientState]):
-    """A dict of states that loads missing patients from the Faust table on first use."""
+    """States of one batch: missing patients are loaded from the Faust table on first use;
+    new or loaded states land in ``states``, which the batch writes back at its end."""
 
-    def __init__(self, table: Any, states: dict[str, PatientState], loaded: set[str]) -> None:
+    def __init__(self, table: Any, states: dict[str, PatientState]) -> None:
         super().__init__()
         self._table = table
         self._states = states
-        self._loaded = loaded
 
     def get(self, key: str, default: Any = None) -> Any:
         if key in self._states:
@@ -179,7 +229,6 @@ class _TableCache(dict[str, PatientState]):
             return default
         state = PatientState.from_dict(data)
         self._states[key] = state
-        self._loaded.add(key)
         return state
 
     def __getitem__(self, key: str) -> PatientState:
@@ -280,6 +329,18 @@ def create_worker(
         batch_max_wait_ms=settings.batch_max_wait_ms,
         metrics=worker_metrics,
     )
+    explainer = TritonScorer(
+        settings.triton_url,
+        settings.triton_explain_model,
+        timeout_seconds=max(settings.triton_timeout_seconds, 5.0),
+        retries=settings.triton_retries,
+        breaker=CircuitBreaker(
+            settings.breaker_failures, settings.breaker_reset_seconds, time.monotonic
+        ),
+        batch_max_size=8,
+        batch_max_wait_ms=settings.batch_max_wait_ms,
+        metrics=worker_metrics,
+    )
     password = settings.redis_password
     redis_client = aioredis.Redis.from_url(
         settings.redis_url,
@@ -298,6 +359,7 @@ def create_worker(
         settings=settings,
         processor=Processor(config, clock),
         scorer=scorer,
+        explainer=explainer,
         store=store,
         metrics=worker_metrics,
         tables=table,
@@ -307,17 +369,23 @@ def create_worker(
 
     @app.agent(inputs, name="vigil-ingest")
     async def ingest(stream: Any) -> None:
-        async for batch in stream.take_events(_BATCH_EVENTS, within=_BATCH_WITHIN_SECONDS):
+        # noack_take: events are acknowledged (and their offsets committed) only after
+        # the batch's state and outputs have been written.
+        async for batch in stream.noack_take(_BATCH_EVENTS, within=_BATCH_WITHIN_SECONDS):
             await worker.process_batch(batch)
+            for event in batch:
+                await stream.ack(event)
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_adapters() -> None:
         await scorer.start()
+        await explainer.start()
         await store.start()
+        worker.ready.set()
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def expire_states() -> None:
-        removed = worker.expire()
+        removed = await worker.expire()
         if removed:
             log.info("expired %d patient states", removed)
 

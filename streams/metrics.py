@@ -89,6 +89,13 @@ class WorkerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        self.risk = Histogram(
+            "vigil_risk_score",
+            "Model risk of each score (0-1), by model; the clinical risk distribution.",
+            ["model"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=registry,
+        )
         self.inference_errors = Counter(
             "vigil_inference_errors_total",
             "Failed Triton requests by model and error kind.",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +30,7 @@ __all__ = [
     "ReplayReport",
     "physionet2012_events",
     "produce",
+    "read_length_of_stay",
     "read_physionet2012",
 ]
 
@@ -70,8 +71,36 @@ def _minutes(text: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
-def read_physionet2012(path: Path, anchor: datetime = DEFAULT_ANCHOR) -> list[ReplayEvent]:
+def read_length_of_stay(outcomes: Path) -> dict[str, float]:
+    """ICU length of stay in days per RecordID from ``Outcomes-a.txt`` (known ones only).
+
+    Raises:
+        ConfigError: The file cannot be read or has no ``Length_of_stay`` column.
+    """
+    try:
+        rows = outcomes.read_text().splitlines()
+        header = rows[0].split(",")
+        rid, los = header.index("RecordID"), header.index("Length_of_stay")
+    except (OSError, IndexError, ValueError) as exc:
+        raise ConfigError(f"{outcomes.name}: not a PhysioNet 2012 outcomes file: {exc}") from exc
+    result: dict[str, float] = {}
+    for row in rows[1:]:
+        cells = row.split(",")
+        if len(cells) == len(header) and float(cells[los]) > 0:
+            result[str(int(cells[rid]))] = float(cells[los])
+    return result
+
+
+def read_physionet2012(
+    path: Path,
+    anchor: datetime = DEFAULT_ANCHOR,
+    length_of_stay: Mapping[str, float] | None = None,
+) -> list[ReplayEvent]:
     """Turn one PhysioNet 2012 stay file into time-ordered input events.
+
+    When ``length_of_stay`` (days per RecordID, from ``Outcomes-a.txt``) knows the stay,
+    a ``discharge`` ADT event closes it at admission plus that length of stay (and never
+    before the last observation).
 
     Raises:
         ConfigError: The file cannot be read or is not a PhysioNet 2012 stay; the message
@@ -125,6 +154,22 @@ def read_physionet2012(path: Path, anchor: datetime = DEFAULT_ANCHOR) -> list[Re
             events.append(
                 ReplayEvent(at, patient_id, len(events), kind, event.model_dump_json().encode())
             )
+    length_of_stay_days = None if length_of_stay is None else length_of_stay.get(patient_id)
+    if length_of_stay_days is not None:
+        last = max(e.event_time for e in events)
+        at = max(anchor + timedelta(days=length_of_stay_days), last + timedelta(minutes=1))
+        discharge = AdtEvent(
+            event_id=f"p12-{patient_id}-discharge",
+            patient_id=patient_id,
+            event_time=at,
+            source=_SOURCE,
+            action="discharge",
+        )
+        events.append(
+            ReplayEvent(
+                at, patient_id, len(events), TopicKind.ADT, discharge.model_dump_json().encode()
+            )
+        )
     return events
 
 
@@ -154,14 +199,22 @@ def physionet2012_events(
     paths: Sequence[Path],
     *,
     anchor: datetime = DEFAULT_ANCHOR,
+    length_of_stay: Mapping[str, float] | None = None,
     on_error: Callable[[Path, str], None] | None = None,
 ) -> Iterator[ReplayEvent]:
     """All stays' events merged in event-time order; unreadable files are reported and
-    skipped."""
+    skipped.
+
+    Args:
+        paths: Stay files.
+        anchor: Admission time of every stay.
+        length_of_stay: Days per RecordID; stays found there end with a discharge.
+        on_error: Called with the path and reason of an unreadable file; None to raise.
+    """
     per_stay: list[list[ReplayEvent]] = []
     for path in paths:
         try:
-            per_stay.append(read_physionet2012(path, anchor))
+            per_stay.append(read_physionet2012(path, anchor, length_of_stay))
         except ConfigError as exc:
             if on_error is None:
                 raise

@@ -43,7 +43,10 @@ class WorkerSettings(BaseSettings):
 
     # --- Triton ------------------------------------------------------------------------
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC host:port.")
-    triton_model: str = Field(default="deterioration")
+    triton_model: str = Field(default="deterioration", description="Scoring model.")
+    triton_explain_model: str = Field(
+        default="deterioration_explain", description="Model giving alert explanations."
+    )
     triton_timeout_seconds: float = Field(default=2.0, gt=0)
     triton_retries: int = Field(default=2, ge=0, le=10)
     breaker_failures: int = Field(default=3, ge=1, description="Failures that open the breaker.")
@@ -66,7 +69,7 @@ class WorkerSettings(BaseSettings):
     alert_arm_risk: float = Field(default=0.5, gt=0, lt=1)
     alert_disarm_risk: float = Field(default=0.35, gt=0, lt=1)
     alert_refractory_hours: float = Field(default=6.0, ge=0)
-    alert_news2_threshold: int = Field(default=7, ge=1, le=20, description="Degraded-mode alert.")
+    alert_news2_threshold: int = Field(default=7, ge=2, le=20, description="Degraded-mode alert.")
 
     # --- Observability -----------------------------------------------------------------
     metrics_host: str = Field(default="127.0.0.1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from models.cli import export_app, train_app
 from streams.adapters.topics import create_topics, missing_topics
+from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
 from streams.worker import run_worker
 from vigil.errors import ConfigError, TopicError, VigilError
@@ -186,6 +188,88 @@ def worker(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     run_worker(settings)
+
+
+@app.command("replay")
+def replay(
+    paths: Annotated[list[Path], typer.Argument(help="Stay files or folders of them.")],
+    data_format: Annotated[
+        str, typer.Option("--format", help="Input format: physionet2012.")
+    ] = "physionet2012",
+    outcomes: Annotated[
+        Path | None,
+        typer.Option("--outcomes", help="Outcomes-a.txt: adds discharge events at the LOS."),
+    ] = None,
+    speed: Annotated[str, typer.Option("--speed", help="N times real time, or 'max'.")] = "max",
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Stop after N events.")
+    ] = None,
+    kafka_bootstrap: KafkaOption = None,
+    topic_prefix: PrefixOption = None,
+) -> None:
+    """Replay recorded stays into the input topics, merged in event-time order."""
+    if data_format != "physionet2012":
+        raise ConfigError(f"unsupported --format {data_format!r}; supported: physionet2012")
+    rate = _speed(speed)
+    settings = _worker_settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.txt")))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise ConfigError(f"no such file or folder: {path}")
+    failures: list[str] = []
+
+    def on_error(path: Path, reason: str) -> None:
+        failures.append(reason)
+        _err.print(f"[red]skipped[/red] {reason}")
+
+    los = read_length_of_stay(outcomes) if outcomes is not None else None
+    events = physionet2012_events(files, length_of_stay=los, on_error=on_error)
+
+    def progress(count: int, at: object) -> None:
+        _err.print(f"{count} events, event time {at}", end="\r")
+
+    sent = produce(
+        events,
+        bootstrap=settings.kafka_bootstrap,
+        topic_prefix=settings.topic_prefix,
+        speed=rate,
+        limit=limit,
+        progress=progress,
+    )
+    _err.print(f"produced {sent} events from {len(files) - len(failures)} of {len(files)} files")
+    if failures:
+        raise typer.Exit(1)
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--speed must be a positive number or 'max', got {text!r}") from None
+    if not value > 0:
+        raise ConfigError(f"--speed must be a positive number or 'max', got {text!r}")
+    return value
+
+
+@app.command("demo")
+def demo(
+    limit_stays: Annotated[
+        int | None, typer.Option("--stays", min=1, help="Replay only the first N demo stays.")
+    ] = None,
+    kafka_bootstrap: KafkaOption = None,
+) -> None:
+    """Replay the demo stays through the whole pipeline and show it live."""
+    from streams.demo import run_demo
+
+    summary = run_demo(_worker_settings(kafka_bootstrap=kafka_bootstrap), limit_stays=limit_stays)
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    _err.print(f"summary written to {summary['report']}/summary.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ Key layout (``<prefix>`` is the topic prefix, default ``vigil``), every key with
 
 Redis is a cache for dashboards, never the source of truth: when a write fails the
 latest value per patient is kept in memory, the worker goes on scoring, and a background
-task writes everything pending once Redis answers again.
+task writes everything pending once Redis answers again. Writes never block the stream:
+``put_*`` only queue, the flusher batches them into pipelines.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class RedisStore:
         ttl_seconds: TTL of each key.
         metrics: Where failed writes are counted.
         retry_seconds: Pause between attempts to flush while Redis is down.
+        flush_seconds: Pause between two writes (batches writes under load).
     """
 
     def __init__(
@@ -48,12 +50,15 @@ class RedisStore:
         ttl_seconds: int,
         metrics: WorkerMetrics,
         retry_seconds: float = 1.0,
+        flush_seconds: float = 0.05,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
         self.metrics = metrics
         self.retry_seconds = retry_seconds
+        self.flush_seconds = flush_seconds
+        self._wake = asyncio.Event()
         self._pending_scores: dict[str, ScoreRecord] = {}
         self._pending_alerts: dict[tuple[str, str], AlertRecord] = {}
         self._task: asyncio.Task[None] | None = None
@@ -85,21 +90,15 @@ class RedisStore:
             await self.flush()
         await self.client.aclose()
 
-    async def put_score(self, record: ScoreRecord) -> None:
-        """Store a score now, or keep it for later if Redis is down."""
+    def put_score(self, record: ScoreRecord) -> None:
+        """Queue a patient's latest score; the flusher writes it within ``flush_seconds``."""
         self._pending_scores[record.patient_id] = record
-        await self._try_flush()
+        self._wake.set()
 
-    async def put_alert(self, record: AlertRecord) -> None:
-        """Store an alert change now, or keep it for later if Redis is down."""
+    def put_alert(self, record: AlertRecord) -> None:
+        """Queue an alert change; the flusher writes it within ``flush_seconds``."""
         self._pending_alerts[(record.patient_id, record.alert_id)] = record
-        await self._try_flush()
-
-    async def _try_flush(self) -> None:
-        try:
-            await self.flush()
-        except (RedisError, OSError):
-            self.metrics.redis_errors.inc()
+        self._wake.set()
 
     async def flush(self) -> None:
         """Write everything pending in one pipeline; raises when Redis is unreachable."""
@@ -126,11 +125,21 @@ class RedisStore:
                 del self._pending_alerts[alert_key]
 
     async def _flush_loop(self) -> None:
+        failing = False
         while True:
-            await asyncio.sleep(self.retry_seconds)
-            if self.pending:
-                try:
-                    await self.flush()
-                    log.info("redis reachable again; pending writes flushed")
-                except (RedisError, OSError):
-                    self.metrics.redis_errors.inc()
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except (RedisError, OSError):
+                self.metrics.redis_errors.inc()
+                if not failing:
+                    log.warning("redis unreachable; keeping the latest values to write later")
+                failing = True
+                await asyncio.sleep(self.retry_seconds)
+                self._wake.set()
+                continue
+            if failing:
+                log.info("redis reachable again; pending writes flushed")
+                failing = False
+            await asyncio.sleep(self.flush_seconds)

@@ -51,13 +51,14 @@ class ModelOutput:
     Attributes:
         risk: Calibrated probability, 0-1.
         fused: ``[F]`` fused representation (input of the OOD detector).
-        contributions: ``[P]`` per-parameter contributions, model order.
+        contributions: ``[P]`` per-parameter contributions, model order (only from a
+            model that declares them, such as ``deterioration_explain``).
         extra: Any further outputs the model declares, by name.
     """
 
     risk: float
     fused: npt.NDArray[np.float32]
-    contributions: npt.NDArray[np.float32]
+    contributions: npt.NDArray[np.float32] | None
     extra: dict[str, npt.NDArray[Any]]
 
 
@@ -166,10 +167,17 @@ class TritonScorer:
             self.breaker.record_failure()
             self.metrics.inference_errors.labels(self.model, "metadata").inc()
             raise InferenceError(f"model metadata unavailable: {exc.status()}") from exc
+        if self._task is None or self._task.done():
+            raise InferenceError("scorer not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ModelOutput] = loop.create_future()
         self._queue.put_nowait(_Pending(self._arrays(window, images), future))
-        return await future
+        # A backstop: a caller never waits longer than every attempt could take.
+        limit = self.timeout_seconds * (self.retries + 2) + 1.0
+        try:
+            return await asyncio.wait_for(future, limit)
+        except TimeoutError as exc:
+            raise InferenceError(f"no answer within {limit:.1f}s") from exc
 
     def _arrays(
         self, window: FeatureWindow, images: Sequence[ImageInput]
@@ -198,17 +206,20 @@ class TritonScorer:
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            batch = [first]
+            batch = [await self._queue.get()]
             deadline = time.monotonic() + self.batch_max_wait
+            # Drain without `wait_for(queue.get())`: on Python 3.11 a timeout racing a
+            # completed get can drop the item, and its caller would wait forever.
             while len(batch) < self.batch_max_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+                await asyncio.sleep(min(remaining, 0.001))
             try:
                 await self._dispatch(batch)
             except Exception as exc:  # never let the batcher die
@@ -242,7 +253,11 @@ class TritonScorer:
                 ModelOutput(
                     risk=float(np.clip(outputs["risk"][i].reshape(-1)[0], 0.0, 1.0)),
                     fused=outputs["fused"][i].astype(np.float32),
-                    contributions=outputs["contributions"][i].astype(np.float32),
+                    contributions=(
+                        outputs["contributions"][i].astype(np.float32)
+                        if "contributions" in outputs
+                        else None
+                    ),
                     extra=extra,
                 )
             )

@@ -6,9 +6,13 @@ One alert episode per patient at a time:
   model, when NEWS2 reaches ``news2_threshold``), unless the patient is in the refractory
   period after a resolved episode and the risk has not risen by ``realert_margin``;
 * **escalated** when the severity of an open episode rises;
-* **resolved** when the risk falls to ``disarm_risk`` or below (NEWS2 below
-  ``news2_threshold - 2`` in degraded mode). Hysteresis (``disarm < arm``) stops an alert
-  flapping around one threshold.
+* **resolved** when the risk falls to ``disarm_risk`` or below (NEWS2 at or below
+  ``news2_threshold - 2`` for an episode NEWS2 opened). Hysteresis (``disarm < arm``) stops
+  an alert flapping around one threshold.
+
+An episode NEWS2 opened (degraded mode) is judged by NEWS2 until it resolves, even once
+the model is back; an episode the model opened waits for the model. The refractory
+period applies to a new episode of the same kind as the one that resolved.
 
 Alert ids are deterministic (patient, kind, episode start), so reprocessing the same
 events cannot create a second alert. State lives in the patient state as a plain dict.
@@ -45,6 +49,11 @@ class AlertPolicy:
     def __post_init__(self) -> None:
         if not 0 < self.disarm_risk < self.arm_risk < 1:
             raise ValueError("need 0 < disarm_risk < arm_risk < 1")
+        if self.refractory < timedelta(0) or self.realert_margin < 0:
+            raise ValueError("need refractory >= 0 and realert_margin >= 0")
+        # NEWS2 is 0-20 and resolves at news2_threshold - 2: below 2 it could never resolve.
+        if not 2 <= self.news2_threshold <= 20:
+            raise ValueError("need 2 <= news2_threshold <= 20")
 
 
 @dataclass(frozen=True)
@@ -96,9 +105,12 @@ def evaluate(
         The new alert state and the decisions to publish (possibly none).
     """
     new = dict(state)
-    degraded = risk is None
     at_s = at.timestamp()
     active = new.get("active")
+    # NEWS2 is computed with the model on too, so an episode NEWS2 opened keeps being
+    # judged by it; otherwise it could never resolve once the model is back, and would
+    # block model alerts for ever.
+    degraded = risk is None or (active is not None and active["kind"] == "news2")
     if degraded:
         value = None if news2 is None else float(news2.total)
         arm = float(policy.news2_threshold)
@@ -131,6 +143,7 @@ def evaluate(
             new["active"] = None
             new["last_resolved_s"] = at_s
             new["last_peak"] = active.get("peak", value)
+            new["last_kind"] = kind
         else:
             active = dict(active)
             active["peak"] = max(float(active.get("peak", value)), value)
@@ -146,7 +159,13 @@ def evaluate(
     if value < arm:
         return new, []
     last_resolved = new.get("last_resolved_s")
-    if last_resolved is not None and at_s - last_resolved < policy.refractory.total_seconds():
+    # The last peak is in the resolved episode's own unit (risk 0-1 or NEWS2 points).
+    same_kind = new.get("last_kind", kind) == kind
+    if (
+        same_kind
+        and last_resolved is not None
+        and at_s - last_resolved < policy.refractory.total_seconds()
+    ):
         margin = policy.realert_margin if not degraded else 2.0
         if value < float(new.get("last_peak", arm)) + margin:
             return new, []

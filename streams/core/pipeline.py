@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import numpy.typing as npt
 
-from streams.core.alerting import POLICY_VERSION, AlertPolicy, evaluate
+from streams.core.alerting import POLICY_VERSION, AlertDecision, AlertPolicy, evaluate
 from streams.core.events import (
     AdtEvent,
     AlertRecord,
@@ -74,7 +74,6 @@ class ModelAnswer:
     """What the model said about one snapshot (from the Triton adapter)."""
 
     risk: float
-    contributions: npt.NDArray[np.float32]
     model_version: str
 
 
@@ -142,7 +141,12 @@ class Processor:
             state = PatientState(pid)
             states[pid] = state
         artifacts = tuple(obs.code for obs in decoded.artifacts)
+        final_at: datetime | None = None
         if isinstance(event, AdtEvent):
+            # A discharge closes the stay: whatever changed since the last score gets a
+            # final score, at the time of the last clinical observation.
+            if event.action == "discharge" and state.watermark_ms is not None:
+                final_at = state.observation_time
             outcome = state.apply_adt(
                 event, origin=origin, lateness=self.config.lateness, artifacts=decoded.artifacts
             )
@@ -175,23 +179,33 @@ class Processor:
             )
             return IngestResult(pid, outcome, deadletter=self._dead(late, origin, key, raw, now))
         snapshot = None
-        if outcome is Outcome.ACCEPTED and state.due_for_score(self.config.score_interval):
+        if outcome is Outcome.ACCEPTED and final_at is not None:
+            snapshot = self.snapshot(state, at=final_at)
+        elif outcome is Outcome.ACCEPTED and state.due_for_score(self.config.score_interval):
             snapshot = self.snapshot(state)
         return IngestResult(
             pid,
             outcome,
             snapshot=snapshot,
-            artifacts=artifacts,
+            # Artifacts count once: a duplicate or late copy adds nothing to the state.
+            artifacts=artifacts if outcome is Outcome.ACCEPTED else (),
             imaging=event if isinstance(event, ImagingEvent) else None,
         )
 
-    def snapshot(self, state: PatientState) -> Snapshot:
-        """Freeze the patient's model input and NEWS2 now and mark the state scored."""
-        at = state.state_time
-        window = state.features(self.config.window)
-        news2 = state.news2(self.config.news2_max_age)
+    def snapshot(self, state: PatientState, at: datetime | None = None) -> Snapshot:
+        """Freeze the patient's model input and NEWS2 and mark the state scored.
+
+        Args:
+            state: The patient's state.
+            at: Scoring time; defaults to the state's watermark (after a discharge, to the
+                latest observation: a stay is not scored on the empty days after it).
+        """
+        if at is None:
+            at = state.observation_time if state.discharged_ms is not None else state.state_time
+        window = state.features(self.config.window, at=at)
+        news2 = state.news2(self.config.news2_max_age, at=at)
         event_ids, offsets = state.take_provenance()
-        at_ms = state.watermark_ms or 0
+        at_ms = int(at.timestamp() * 1000)
         images = tuple(
             ((at_ms - t) / 3_600_000, tuple(emb)) for t, emb in state.images if t <= at_ms
         )
@@ -205,7 +219,7 @@ class Processor:
         snapshot: Snapshot,
         answer: ModelAnswer | None,
         degraded_reason: str | None = None,
-    ) -> tuple[ScoreRecord, list[AlertRecord]]:
+    ) -> tuple[ScoreRecord, list[AlertDecision]]:
         """Build the score record and apply the alert policy for one snapshot.
 
         Args:
@@ -213,16 +227,19 @@ class Processor:
             snapshot: What was scored.
             answer: The model's answer, or None in degraded mode.
             degraded_reason: Why there is no answer (for example ``circuit_open``).
+
+        Returns:
+            The score and the alert decisions (turn them into records with
+            :meth:`alert_records` once their explanation is known).
         """
         now = self.clock()
         state = states[snapshot.patient_id]
-        news2 = _news2_record(snapshot.news2)
         risk = None if answer is None else float(answer.risk)
         score = ScoreRecord(
             patient_id=snapshot.patient_id,
             event_time=snapshot.at,
             risk=risk,
-            news2=news2,
+            news2=_news2_record(snapshot.news2),
             model=self.config.model_name if answer is not None else "news2",
             model_version=answer.model_version if answer is not None else "rcp-2017",
             degraded=answer is None,
@@ -249,8 +266,27 @@ class Processor:
             policy=self.config.policy,
         )
         state.alert = new_alert
-        contributing = _top_contributors(answer, snapshot)
-        alerts = [
+        return score, decisions
+
+    def alert_records(
+        self,
+        snapshot: Snapshot,
+        score: ScoreRecord,
+        decisions: Sequence[AlertDecision],
+        contributions: npt.NDArray[np.float32] | None,
+    ) -> list[AlertRecord]:
+        """Alert records for the decisions of one score, with their explanation.
+
+        Args:
+            snapshot: The scored snapshot (recent values for the explanation).
+            score: The score the decisions came from.
+            decisions: Output of :meth:`finish`.
+            contributions: ``[P]`` per-parameter contributions from the explain model,
+                or None (the explanation then names the NEWS2 parameters that scored).
+        """
+        now = self.clock()
+        contributing = _top_contributors(contributions, snapshot)
+        return [
             AlertRecord(
                 alert_id=d.alert_id,
                 patient_id=snapshot.patient_id,
@@ -258,10 +294,10 @@ class Processor:
                 kind=d.kind,
                 severity=d.severity,
                 state=d.state,
-                risk=risk,
-                news2=news2,
+                risk=score.risk,
+                news2=score.news2,
                 reason=d.reason,
-                explanation=_explain(d.reason, risk, snapshot, contributing),
+                explanation=_explain(d.reason, score.risk, snapshot, contributing),
                 contributing=contributing,
                 policy_version=POLICY_VERSION,
                 degraded=d.degraded,
@@ -269,7 +305,6 @@ class Processor:
             )
             for d in decisions
         ]
-        return score, alerts
 
     def _dead(
         self, error: SchemaError, origin: Origin, key: bytes | None, raw: bytes, now: datetime
@@ -295,12 +330,13 @@ def _news2_record(result: News2Result) -> News2Score:
 
 
 def _top_contributors(
-    answer: ModelAnswer | None, snapshot: Snapshot, k: int = 3
+    contributions: npt.NDArray[np.float32] | None, snapshot: Snapshot, k: int = 3
 ) -> tuple[str, ...]:
-    if answer is not None and answer.contributions.size == len(SERIES_CODES):
-        order = np.argsort(-np.abs(answer.contributions), kind="stable")
-        return tuple(SERIES_CODES[i] for i in order[:k] if answer.contributions[i] != 0)
-    # Degraded: the NEWS2 parameters that scored highest.
+    if contributions is not None and contributions.size == len(SERIES_CODES):
+        # Inputs that pushed the risk up, largest first.
+        order = np.argsort(-contributions, kind="stable")
+        return tuple(SERIES_CODES[i] for i in order[:k] if contributions[i] > 0)
+    # No model explanation: the NEWS2 parameters that scored highest.
     scored = sorted(((s, p.value) for p, s in snapshot.news2.sub_scores.items() if s), reverse=True)
     return tuple(name for _, name in scored[:k])
 

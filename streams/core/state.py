@@ -25,6 +25,7 @@ remembered. It round-trips through a JSON-ready ``dict`` (:meth:`to_dict` /
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -122,8 +123,11 @@ class PatientState:
     # -- event application ---------------------------------------------------------------
 
     def _admit_default(self, event_ms: int) -> None:
-        # Streams without an ADT admit still need a time origin for the feature grid.
-        if self.admit_ms is None:
+        # Streams without an ADT admit still need a time origin for the feature grid: the
+        # earliest event time, so a late-arriving earlier event is not "before admission".
+        if self.admit_ms is None or (
+            "adt" not in self.stream_watermarks and event_ms < self.admit_ms
+        ):
             self.admit_ms = event_ms
 
     def _check_order(
@@ -141,10 +145,12 @@ class PatientState:
     def _remember(self, event_id: str, event_ms: int, origin: Origin | None, stream: str) -> None:
         self.stream_watermarks[stream] = max(self.stream_watermarks.get(stream, event_ms), event_ms)
         self.recent_ids[event_id] = event_ms
-        if len(self.recent_ids) > MAX_RECENT_IDS:
-            oldest = sorted(self.recent_ids.items(), key=lambda kv: kv[1])
-            for stale_id, _ in oldest[: len(self.recent_ids) - MAX_RECENT_IDS]:
-                del self.recent_ids[stale_id]
+        excess = len(self.recent_ids) - MAX_RECENT_IDS
+        if excess > 0:
+            # Linear, not a full sort: this runs on every event of a long stay.
+            ids = self.recent_ids
+            for stale_id in heapq.nsmallest(excess, ids, key=ids.__getitem__):
+                del ids[stale_id]
         if len(self.pending_ids) < MAX_PROVENANCE_IDS:
             self.pending_ids.append(event_id)
         if origin is not None:
@@ -272,10 +278,12 @@ class PatientState:
 
     def due_for_score(self, interval: timedelta) -> bool:
         """True when the state changed and ``interval`` of event time passed since the last
-        score (or the patient was never scored)."""
+        score (or the patient was never scored, or was discharged)."""
         if not self.changed or self.watermark_ms is None:
             return False
-        if self.last_scored_ms is None:
+        if self.last_scored_ms is None or self.discharged_ms is not None:
+            # After discharge every late arrival is scored at once: nothing may stay
+            # uncited in a state that is about to expire.
             return True
         return self.watermark_ms - self.last_scored_ms >= _td_ms(interval)
 
@@ -289,6 +297,17 @@ class PatientState:
         if self.watermark_ms is None:
             raise ValueError("state has no event time yet")
         return from_ms(self.watermark_ms)
+
+    @property
+    def observation_time(self) -> datetime:
+        """Event time of the latest observation (vitals, labs, imaging), ignoring ADT
+        events; the state time when there is none.
+
+        Raises:
+            ValueError: No event was applied yet.
+        """
+        marks = [ms for stream, ms in self.stream_watermarks.items() if stream != "adt"]
+        return from_ms(max(marks)) if marks else self.state_time
 
     def observations(self) -> dict[str, list[tuple[datetime, float]]]:
         """Per-code ``(time, value)`` series, time-sorted, as the feature code expects."""

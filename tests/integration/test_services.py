@@ -87,8 +87,13 @@ def test_redis_round_trip(stack: StackSettings, unique: str) -> None:
         client.close()
 
 
-_NP_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP64": np.float64, "TYPE_INT64": np.int64,
-              "TYPE_INT32": np.int32, "TYPE_BOOL": np.bool_}
+_NP_DTYPES = {
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_INT64": np.int64,
+    "TYPE_INT32": np.int32,
+    "TYPE_BOOL": np.bool_,
+}
 
 
 def _example_inputs(config: dict[str, object], batch: int) -> dict[str, np.ndarray]:
@@ -114,7 +119,9 @@ def test_every_triton_model_answers_over_grpc_and_http(stack: StackSettings) -> 
     http = httpclient.InferenceServerClient(stack.triton_http_url)
     grpc = grpcclient.InferenceServerClient(stack.triton_grpc_url)
     models = [m["name"] for m in http.get_model_repository_index() if m.get("state") == "READY"]
-    repo_models = sorted(p.name for p in stack.triton_repo.iterdir() if (p / "config.pbtxt").exists())
+    repo_models = sorted(
+        p.name for p in stack.triton_repo.iterdir() if (p / "config.pbtxt").exists()
+    )
     assert sorted(models) == repo_models, "every model in triton_repo/ must load"
     metrics_url = f"http://{stack.host}:{stack.triton_metrics_port}/metrics"
     for name in models:
@@ -128,18 +135,23 @@ def test_every_triton_model_answers_over_grpc_and_http(stack: StackSettings) -> 
             tensor = httpclient.InferInput(key, list(array.shape), config_dtype(config, key))
             tensor.set_data_from_numpy(array)
             h_in.append(tensor)
-        h_res = http.infer(name, h_in, outputs=[httpclient.InferRequestedOutput(o) for o in outputs])
+        h_res = http.infer(
+            name, h_in, outputs=[httpclient.InferRequestedOutput(o) for o in outputs]
+        )
 
         g_in = []
         for key, array in arrays.items():
             tensor = grpcclient.InferInput(key, list(array.shape), config_dtype(config, key))
             tensor.set_data_from_numpy(array)
             g_in.append(tensor)
-        g_res = grpc.infer(name, g_in, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
+        g_res = grpc.infer(
+            name, g_in, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs]
+        )
 
         for out in outputs:
             h_arr, g_arr = h_res.as_numpy(out), g_res.as_numpy(out)
-            assert h_arr is not None and g_arr is not None
+            assert h_arr is not None
+            assert g_arr is not None
             assert h_arr.shape[0] == 2
             assert np.all(np.isfinite(h_arr))
             np.testing.assert_allclose(h_arr, g_arr, rtol=0, atol=1e-6)
@@ -175,13 +187,13 @@ def test_prometheus_scrapes_triton_and_answers_a_query(stack: StackSettings) -> 
         time.sleep(1)
     else:
         pytest.fail(f"Prometheus never saw Triton up: {result}")
-    series = httpx.get(
-        query, params={"query": "count(nv_inference_count)"}, timeout=5
-    ).json()["data"]["result"]
+    series = httpx.get(query, params={"query": "count(nv_inference_count)"}, timeout=5).json()[
+        "data"
+    ]["result"]
     deadline = time.monotonic() + 20
     while not series and time.monotonic() < deadline:
         time.sleep(1)
-        series = httpx.get(
-            query, params={"query": "count(nv_inference_count)"}, timeout=5
-        ).json()["data"]["result"]
+        series = httpx.get(query, params={"query": "count(nv_inference_count)"}, timeout=5).json()[
+            "data"
+        ]["result"]
     assert series, "Triton's inference counters never reached Prometheus"

@@ -1,0 +1,249 @@
+"""``vigil demo``: the whole pipeline on the bundled demo stays, live in the terminal.
+
+It creates a fresh set of topics, starts a worker process, replays the 500 demo stays of
+PhysioNet 2012 (from the model's held-out test split, see data/physionet2012-demo) as
+fast as Kafka takes them, shows scores and alerts as they arrive, and ends with a
+summary of what the pipeline did, measured against the stays' real outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from models.metrics import auprc, auroc
+from streams.adapters.topics import create_topics
+from streams.replay import physionet2012_events, produce, read_length_of_stay
+from streams.settings import WorkerSettings
+from vigil.errors import ConfigError, VigilError
+
+__all__ = ["DEMO_DATA", "DemoResult", "run_demo"]
+
+DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "physionet2012-demo"
+
+
+@dataclass
+class DemoResult:
+    """What the demo saw (also written as JSON to the report directory)."""
+
+    produced: int = 0
+    scores: int = 0
+    degraded_scores: int = 0
+    deadletters: int = 0
+    alerts: Counter[str] = field(default_factory=Counter)
+    max_risk: dict[str, float] = field(default_factory=dict)
+    max_news2: dict[str, int] = field(default_factory=dict)
+    alerted: set[str] = field(default_factory=set)
+    cited: set[str] = field(default_factory=set)
+    recent_alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=8))
+
+
+def _outcomes(path: Path) -> dict[str, int]:
+    rows = path.read_text().splitlines()
+    header = rows[0].split(",")
+    rid, death = header.index("RecordID"), header.index("In-hospital_death")
+    return {str(int(r.split(",")[rid])): int(r.split(",")[death]) for r in rows[1:] if r}
+
+
+def _view(result: DemoResult, expected: int, started: float) -> Group:
+    summary = Table.grid(padding=(0, 2))
+    elapsed = time.monotonic() - started
+    summary.add_row(
+        f"events produced [bold]{result.produced}[/]/{expected}",
+        f"scores [bold]{result.scores}[/] ({result.degraded_scores} degraded)",
+        f"dead-letter [bold]{result.deadletters}[/]",
+        f"alerts {dict(result.alerts)}",
+        f"{elapsed:.0f}s",
+    )
+    alerts = Table("stay", "state", "severity", "risk", "explanation", title="latest alerts")
+    for alert in reversed(result.recent_alerts):
+        risk = "-" if alert["risk"] is None else f"{alert['risk']:.2f}"
+        alerts.add_row(
+            alert["patient_id"], alert["state"], alert["severity"], risk, alert["explanation"]
+        )
+    return Group(summary, alerts)
+
+
+def _consume(settings: WorkerSettings, result: DemoResult, stop: threading.Event) -> None:
+    consumer = KafkaConsumer(
+        settings.topic("scores"),
+        settings.topic("alerts"),
+        settings.topic("deadletter"),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=500,
+    )
+    try:
+        while not stop.is_set():
+            for message in consumer:
+                record = json.loads(message.value)
+                topic = message.topic.rsplit(".", 1)[1]
+                if topic == "scores":
+                    pid = record["patient_id"]
+                    result.scores += 1
+                    result.cited.update(record["provenance"]["event_ids"])
+                    if record["degraded"]:
+                        result.degraded_scores += 1
+                    else:
+                        result.max_risk[pid] = max(result.max_risk.get(pid, 0.0), record["risk"])
+                    news2 = record["news2"]["total"] if record["news2"] else 0
+                    result.max_news2[pid] = max(result.max_news2.get(pid, 0), news2)
+                elif topic == "alerts":
+                    result.alerts[record["state"]] += 1
+                    if record["state"] == "open":
+                        result.alerted.add(record["patient_id"])
+                    result.recent_alerts.append(record)
+                else:
+                    result.deadletters += 1
+                if stop.is_set():
+                    break
+    finally:
+        consumer.close()
+
+
+def _summary(result: DemoResult, outcomes: dict[str, int], hours: float) -> dict[str, Any]:
+    stays = sorted(set(result.max_risk) & set(outcomes))
+    labels = np.array([outcomes[s] for s in stays])
+    summary: dict[str, Any] = {
+        "data": "500 PhysioNet 2012 set-A stays from the model's held-out test split",
+        "stays_scored_by_model": len(stays),
+        "events_produced": result.produced,
+        "scores": result.scores,
+        "degraded_scores": result.degraded_scores,
+        "deadletters": result.deadletters,
+        "alert_changes": dict(result.alerts),
+    }
+    if len(stays) and 0 < labels.sum() < len(labels):
+        risk = np.array([result.max_risk[s] for s in stays])
+        news2 = np.array([result.max_news2.get(s, 0) for s in stays], dtype=float)
+        alerted = np.array([s in result.alerted for s in stays])
+        summary.update(
+            {
+                "deaths": int(labels.sum()),
+                "auroc_max_risk": round(auroc(labels, risk), 4),
+                "auprc_max_risk": round(auprc(labels, risk), 4),
+                "auroc_max_news2": round(auroc(labels, news2), 4),
+                "stays_alerted": int(alerted.sum()),
+                "deaths_alerted_fraction": round(float(alerted[labels == 1].mean()), 4),
+                "survivors_alerted_fraction": round(float(alerted[labels == 0].mean()), 4),
+                "alerts_opened_per_patient_day": round(
+                    result.alerts["open"] / max(len(stays) * hours / 24, 1e-9), 4
+                ),
+            }
+        )
+    return summary
+
+
+def run_demo(
+    settings: WorkerSettings,
+    *,
+    data_dir: Path = DEMO_DATA,
+    limit_stays: int | None = None,
+    report_dir: Path = Path("reports"),
+    timeout_seconds: float = 900.0,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the demo end to end; returns (and writes) the summary.
+
+    Raises:
+        ConfigError: The demo data are missing.
+        VigilError: The worker died or the pipeline did not finish in time.
+    """
+    console = console or Console(stderr=True)
+    paths = sorted((data_dir / "set-a").glob("*.txt"))[:limit_stays]
+    if not paths:
+        raise ConfigError(f"no demo stays in {data_dir / 'set-a'}")
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    run = settings.model_copy(update={"topic_prefix": f"demo{stamp}", "app_id": f"demo{stamp}"})
+    created = create_topics(run)
+    console.print(f"topics created under prefix [bold]{run.topic_prefix}[/] ({len(created)})")
+    los = read_length_of_stay(data_dir / "Outcomes-a.txt")
+    events = list(physionet2012_events(paths, length_of_stay=los))
+    expected_ids = {json.loads(e.payload)["event_id"] for e in events}
+    report = report_dir / f"demo-{stamp}"
+    report.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "VIGIL_KAFKA_BOOTSTRAP": run.kafka_bootstrap,
+        "VIGIL_TOPIC_PREFIX": run.topic_prefix,
+        "VIGIL_APP_ID": run.app_id,
+        "VIGIL_REDIS_URL": run.redis_url,
+        "VIGIL_TRITON_URL": run.triton_url,
+        "VIGIL_METRICS_PORT": str(run.metrics_port),
+        "VIGIL_DATA_DIR": str(report / "worker-data"),
+    }
+    log = report / "worker.log"
+    with log.open("ab") as handle:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "vigil", "worker"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    result = DemoResult()
+    stop = threading.Event()
+    reader = threading.Thread(target=_consume, args=(run, result, stop), daemon=True)
+    reader.start()
+
+    def progress(count: int, _at: datetime) -> None:
+        result.produced = count
+
+    producer = threading.Thread(
+        target=lambda: setattr(
+            result,
+            "produced",
+            produce(
+                events,
+                bootstrap=run.kafka_bootstrap,
+                topic_prefix=run.topic_prefix,
+                progress=progress,
+            ),
+        ),
+        daemon=True,
+    )
+    started = time.monotonic()
+    producer.start()
+    try:
+        with Live(
+            _view(result, len(events), started), console=console, refresh_per_second=4
+        ) as live:
+            while True:
+                live.update(_view(result, len(events), started))
+                if worker.poll() is not None:
+                    raise VigilError(f"the worker exited; see {log}")
+                accounted = len(result.cited) + result.deadletters
+                if not producer.is_alive() and accounted >= len(expected_ids):
+                    break
+                if time.monotonic() - started > timeout_seconds:
+                    raise VigilError(
+                        f"pipeline did not finish in {timeout_seconds:.0f}s "
+                        f"({accounted}/{len(expected_ids)} events accounted); see {log}"
+                    )
+                time.sleep(0.25)
+    finally:
+        stop.set()
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(60)
+        reader.join(5)
+    summary = _summary(result, _outcomes(data_dir / "Outcomes-a.txt"), hours=48.0)
+    summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return {"report": str(report), **summary}

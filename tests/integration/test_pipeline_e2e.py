@@ -1,0 +1,190 @@
+"""End to end on the real stack: 200 real stays through Kafka, the worker, Triton, Redis.
+
+The worker is stopped (SIGTERM) and restarted mid-stream; afterwards every input event
+must be accounted for exactly once (cited by one score's provenance, or in dead-letter),
+every stay must be scored by the trained model, alerts must follow the policy, and Redis
+must hold each patient's latest score.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kafka import KafkaConsumer
+
+from streams.adapters.topics import create_topics
+from streams.replay import physionet2012_events, produce, read_length_of_stay
+from streams.settings import WorkerSettings
+from vigil.stack.settings import StackSettings
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
+N_STAYS = 200
+
+
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as handle:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "vigil", "worker"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _read_all(bootstrap: str, topic: str, idle_ms: int = 3000) -> list[Any]:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=idle_ms,
+    )
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
+def _cited(scores: list[Any]) -> list[str]:
+    return [i for m in scores for i in json.loads(m.value)["provenance"]["event_ids"]]
+
+
+def _dead_ids(dead: list[Any]) -> list[str]:
+    ids = []
+    for m in dead:
+        payload = json.loads(m.value)["payload"]
+        try:
+            ids.append(json.loads(payload)["event_id"])
+        except (ValueError, KeyError):
+            ids.append("<unparseable>")
+    return ids
+
+
+@pytest.mark.slow
+def test_replay_200_stays_with_restart(stack: StackSettings, unique: str, tmp_path: Path) -> None:
+    prefix, app_id = f"e2e{unique}", f"e2e-{unique}"
+    settings = WorkerSettings(
+        kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=prefix, app_id=app_id
+    )
+    create_topics(settings)
+    env = {
+        **os.environ,
+        "VIGIL_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+        "VIGIL_TOPIC_PREFIX": prefix,
+        "VIGIL_APP_ID": app_id,
+        "VIGIL_REDIS_URL": stack.redis_url,
+        "VIGIL_TRITON_URL": stack.triton_grpc_url,
+        "VIGIL_METRICS_PORT": "0",
+        "VIGIL_DATA_DIR": str(tmp_path / "worker"),
+    }
+    paths = sorted((DEMO / "set-a").glob("*.txt"))[:N_STAYS]
+    events = list(
+        physionet2012_events(paths, length_of_stay=read_length_of_stay(DEMO / "Outcomes-a.txt"))
+    )
+    produced_ids = [json.loads(e.payload)["event_id"] for e in events]
+    patients = {e.patient_id for e in events}
+    assert len(patients) == N_STAYS
+    half = len(events) // 2
+
+    log = tmp_path / "worker.log"
+    worker = _start_worker(env, log)
+    try:
+        produce(events[:half], bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
+        # Let the first worker get well into the first half, then stop it mid-stream.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            done = len(_cited(_read_all(stack.kafka_bootstrap, f"{prefix}.scores", 1000)))
+            if done >= half // 3:
+                break
+            assert worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(2)
+        _stop(worker)
+        produce(events[half:], bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
+        worker = _start_worker(env, log)
+        deadline = time.monotonic() + 600
+        expected = set(produced_ids)
+        while time.monotonic() < deadline:
+            scores = _read_all(stack.kafka_bootstrap, f"{prefix}.scores")
+            dead = _read_all(stack.kafka_bootstrap, f"{prefix}.deadletter", 500)
+            seen = set(_cited(scores)) | set(_dead_ids(dead))
+            if seen >= expected:
+                break
+            assert worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(3)
+    finally:
+        _stop(worker)
+
+    scores = _read_all(stack.kafka_bootstrap, f"{prefix}.scores")
+    dead = _read_all(stack.kafka_bootstrap, f"{prefix}.deadletter", 500)
+    alerts = _read_all(stack.kafka_bootstrap, f"{prefix}.alerts", 500)
+    cited = _cited(scores)
+    dead_ids = _dead_ids(dead)
+
+    # Every input event accounted for exactly once: no loss, no duplicate output.
+    missing = set(produced_ids) - set(cited) - set(dead_ids)
+    assert not missing, f"{len(missing)} events never reached a score or dead-letter"
+    assert len(cited) == len(set(cited)), "an event was cited by two scores"
+    assert len(cited) + len(dead_ids) == len(produced_ids)
+
+    # Every stay scored by the trained model from Triton.
+    by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for m in scores:
+        record = json.loads(m.value)
+        assert m.key.decode() == record["patient_id"]
+        by_patient[record["patient_id"]].append(record)
+    assert set(by_patient) == patients
+    for pid, records in by_patient.items():
+        model_scores = [r for r in records if not r["degraded"]]
+        assert model_scores, f"stay {pid} never scored by the model"
+        assert all(r["model"] == "deterioration" for r in model_scores)
+        assert all(0.0 <= r["risk"] <= 1.0 for r in model_scores)
+
+    # Alerts follow the policy: one open episode at a time, opened at or above the arm
+    # threshold, resolved at or below the disarm threshold, unique ids per episode.
+    episodes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for m in alerts:
+        record = json.loads(m.value)
+        episodes[record["alert_id"]].append(record)
+    for alert_id, changes in episodes.items():
+        states = [c["state"] for c in changes]
+        assert states[0] == "open", (alert_id, states)
+        assert states.count("open") == 1, (alert_id, states)
+        assert "resolved" not in states[:-1], (alert_id, states)
+        opened = changes[0]
+        if not opened["degraded"]:
+            assert opened["risk"] >= settings.alert_arm_risk
+            assert opened["explanation"]
+        if states[-1] == "resolved" and not changes[-1]["degraded"]:
+            assert changes[-1]["risk"] <= settings.alert_disarm_risk
+
+    # Redis holds the latest score of each patient.
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        for pid, records in list(by_patient.items())[:20]:
+            stored = client.get(f"{prefix}:patient:{pid}:score")
+            assert stored is not None, pid
+            latest = max(records, key=lambda r: r["event_time"])
+            assert json.loads(stored)["event_time"] == latest["event_time"]
+    finally:
+        client.close()
