@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vigil-installed
 
-.PHONY: setup lint rules stack-up stack-down stack-status test test-unit demo clean
+.PHONY: setup lint stack-up stack-down stack-status test test-unit demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,6 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-
-rules: setup
-	$(BIN)/vigil stack check-rules
 
 stack-up: setup
 	$(BIN)/vigil stack up
@@ -42,6 +39,7 @@ test: lint stack-up
 	$(BIN)/pytest
 
 demo: stack-up
+	$(BIN)/vigil topics create
 	$(BIN)/vigil demo
 
 clean: stack-down
