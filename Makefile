@@ -39,7 +39,6 @@ test: lint stack-up
 	$(BIN)/pytest
 
 demo: stack-up
-	$(BIN)/vigil topics create
 	$(BIN)/vigil demo
 
 clean: stack-down

@@ -1,8 +1,8 @@
 """The Faust worker: a thin adapter between Kafka, the pure core, Triton and Redis.
 
-One agent reads the four input topics (co-partitioned: every record is keyed by patient
-id, so a patient's records land in the same partition number everywhere). It takes
-records in small batches, lets :class:`~streams.core.pipeline.Processor` validate and
+One agent per input topic (the topics are co-partitioned: every record is keyed by
+patient id, so a patient's records land in the same partition number everywhere) takes
+records in small batches and, lets :class:`~streams.core.pipeline.Processor` validate and
 apply them to the ``patients`` table, scores every patient that became due in one
 micro-batched Triton call, and sends scores, alerts and dead letters. The table is
 changelog-backed; its keys are partitioned exactly like the input topics
@@ -280,14 +280,17 @@ def create_worker(
         producer_acks=-1,
     )
     kinds = {settings.topic(kind.value): kind for kind in _INPUT_ORDER}
-    inputs = app.topic(
-        *kinds.keys(),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        acks=True,
-    )
+    inputs = {
+        kind: app.topic(
+            settings.topic(kind.value),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            acks=True,
+        )
+        for kind in _INPUT_ORDER
+    }
     outputs = {
         kind: app.topic(settings.topic(kind.value), key_serializer="raw", value_serializer="raw")
         for kind in (TopicKind.SCORES, TopicKind.ALERTS, TopicKind.DEADLETTER)
@@ -367,7 +370,6 @@ def create_worker(
         outputs=outputs,
     )
 
-    @app.agent(inputs, name="vigil-ingest")
     async def ingest(stream: Any) -> None:
         # noack_take: events are acknowledged (and their offsets committed) only after
         # the batch's state and outputs have been written.
@@ -375,6 +377,11 @@ def create_worker(
             await worker.process_batch(batch)
             for event in batch:
                 await stream.ack(event)
+
+    # One agent per input topic (the topic names its kind); the worker's lock serialises
+    # their batches, so a patient's state is never updated by two batches at once.
+    for kind, topic in inputs.items():
+        app.agent(topic, name=f"vigil-{kind.value}")(ingest)
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_adapters() -> None:

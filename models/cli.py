@@ -1,0 +1,168 @@
+"""Command-line entry points: ``vigil train deterioration`` and ``vigil export deterioration``.
+
+The lead mounts :data:`train_app` and :data:`export_app` under the ``vigil`` command. Every
+training flag mirrors a field of :class:`models.train.TrainSettings` (environment prefix
+``VIGIL_TRAIN_``); flags left out fall back to the environment, then to the defaults.
+Bad arguments print one line and exit with status 2; a failed run exits with status 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import typer
+from rich.console import Console
+
+from models.settings import TrainSettings
+from vigil.errors import VigilError
+
+__all__ = ["export_app", "train_app"]
+
+train_app = typer.Typer(help="Train models.", no_args_is_help=True, add_completion=False)
+export_app = typer.Typer(
+    help="Export trained models to the Triton repository.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+_console = Console(stderr=True)
+_ENV = "VIGIL_TRAIN_"
+
+
+@train_app.callback()
+def _train_group() -> None:
+    """Train models."""
+
+
+@export_app.callback()
+def _export_group() -> None:
+    """Export trained models to the Triton repository."""
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    _console.print(f"error: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+@train_app.command("deterioration")
+def train_deterioration(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="PhysioNet 2012 folder.", envvar=f"{_ENV}DATA_DIR")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint to write.", envvar=f"{_ENV}CHECKPOINT")
+    ] = None,
+    encoder: Annotated[
+        str | None, typer.Option(help="grud or gru.", envvar=f"{_ENV}ENCODER")
+    ] = None,
+    hidden: Annotated[
+        int | None, typer.Option(help="Hidden width.", envvar=f"{_ENV}HIDDEN")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the first member.", envvar=f"{_ENV}SEED")
+    ] = None,
+    members: Annotated[
+        int | None, typer.Option(help="Networks averaged.", envvar=f"{_ENV}MEMBERS")
+    ] = None,
+    wide: Annotated[
+        str | None, typer.Option(help="Wide branch: none or joint.", envvar=f"{_ENV}WIDE")
+    ] = None,
+    split_seed: Annotated[
+        int | None, typer.Option(help="Split seed.", envvar=f"{_ENV}SPLIT_SEED")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Most epochs.", envvar=f"{_ENV}EPOCHS")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early-stopping patience.", envvar=f"{_ENV}PATIENCE")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size.", envvar=f"{_ENV}BATCH_SIZE")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Adam learning rate.", envvar=f"{_ENV}LEARNING_RATE")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Adam weight decay.", envvar=f"{_ENV}WEIGHT_DECAY")
+    ] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout.", envvar=f"{_ENV}DROPOUT")] = None,
+    hours_per_stay: Annotated[
+        int | None, typer.Option(help="Hours sampled per stay.", envvar=f"{_ENV}HOURS_PER_STAY")
+    ] = None,
+    min_hour: Annotated[
+        int | None, typer.Option(help="Earliest hour sampled.", envvar=f"{_ENV}MIN_HOUR")
+    ] = None,
+    max_stays: Annotated[
+        int | None, typer.Option(help="Use only N stays.", envvar=f"{_ENV}MAX_STAYS")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads.", envvar=f"{_ENV}THREADS")
+    ] = None,
+    baselines: Annotated[
+        bool | None,
+        typer.Option(
+            "--baselines/--no-baselines", help="Fit baselines.", envvar=f"{_ENV}BASELINES"
+        ),
+    ] = None,
+) -> None:
+    """Train the deterioration model on PhysioNet 2012 set A and write a checkpoint."""
+    given: dict[str, Any] = {
+        k: v for k, v in locals().items() if v is not None and k in TrainSettings.model_fields
+    }
+    try:
+        settings = TrainSettings(**given)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise _fail(f"--{where.replace('_', '-')}: {first['msg']}", 2) from None
+    try:
+        from models.train import train  # torch is imported only when training
+
+        result = train(settings)
+    except VigilError as exc:
+        raise _fail(str(exc), 1) from None
+    test = result.metrics["test"]["model"]
+    typer.echo(
+        f"checkpoint {result.checkpoint} (epochs {list(result.best_epochs)}, "
+        f"{result.train_seconds:.0f} s); test AUROC 24 h {test['24h']['auroc']:.3f}, "
+        f"48 h {test['48h']['auroc']:.3f}"
+    )
+
+
+@export_app.command("deterioration")
+def export_deterioration(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from training.")] = Path(
+        "models/weights/deterioration.pt"
+    ),
+    repo_dir: Annotated[Path, typer.Option(help="Triton model repository.")] = Path("triton_repo"),
+    version: Annotated[int, typer.Option(help="Model version folder.", min=1)] = 1,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Triton max_batch_size of deterioration.", min=1)
+    ] = 64,
+    explain_max_batch_size: Annotated[
+        int, typer.Option(help="Triton max_batch_size of deterioration_explain.", min=1)
+    ] = 64,
+    instance_kind: Annotated[str, typer.Option(help="KIND_CPU or KIND_GPU.")] = "KIND_CPU",
+) -> None:
+    """Export a checkpoint to triton_repo/deterioration{,_explain}/<version>/."""
+    kind: Literal["KIND_CPU", "KIND_GPU"]
+    if instance_kind == "KIND_CPU":
+        kind = "KIND_CPU"
+    elif instance_kind == "KIND_GPU":
+        kind = "KIND_GPU"
+    else:
+        raise _fail(f"--instance-kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}", 2)
+    try:
+        from models.export import export  # torch is imported only when exporting
+
+        result = export(
+            checkpoint,
+            repo_dir,
+            version=version,
+            max_batch_size=max_batch_size,
+            explain_max_batch_size=explain_max_batch_size,
+            instance_kind=kind,
+        )
+    except VigilError as exc:
+        raise _fail(str(exc), 1) from None
+    paths = ", ".join(str(path) for path in result.models.values())
+    typer.echo(f"exported {paths} (parity {result.max_abs_diff:.2e})")

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny model trained on a few demo stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.train import TrainResult, TrainSettings
+
+DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
+
+
+def tiny_settings(checkpoint: Path) -> TrainSettings:
+    return TrainSettings(
+        data_dir=DEMO_DIR,
+        checkpoint=checkpoint,
+        hidden=8,
+        epochs=2,
+        patience=2,
+        hours_per_stay=2,
+        batch_size=32,
+        max_stays=40,
+        members=2,
+        baselines=False,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_developer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("VIGIL_TRAIN_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    from models.train import train
+
+    return train(tiny_settings(tmp_path_factory.mktemp("tiny") / "tiny.pt"))
