@@ -1,11 +1,12 @@
 """The Faust worker: a thin adapter between Kafka, the pure core, Triton and Redis.
 
-One agent per input topic (the topics are co-partitioned: every record is keyed by
-patient id, so a patient's records land in the same partition number everywhere) takes
-records in small batches and, lets :class:`~streams.core.pipeline.Processor` validate and
-apply them to the ``patients`` table, scores every patient that became due in one
-micro-batched Triton call, and sends scores, alerts and dead letters. The table is
-changelog-backed; its keys are partitioned exactly like the input topics
+One agent per input topic (the topics are co-partitioned: every record is keyed by patient
+id, so a patient's records land in the same partition number everywhere) runs several
+concurrent actors. Each record is handed to :class:`~streams.core.pipeline.Processor`,
+which validates it and applies it to the patient's state in the ``patients`` table; the
+patients that become due are scored on Triton, and the concurrent actors' requests share
+micro-batched gRPC calls. Records of one patient are serialised by a per-patient lock.
+The table is changelog-backed; its keys are partitioned exactly like the input topics
 (``use_partitioner``), so a restarted or rebalanced worker restores the right states.
 """
 
@@ -38,9 +39,8 @@ __all__ = ["VigilWorker", "create_worker"]
 
 log = logging.getLogger(__name__)
 
+_ACK_INTERVAL_SECONDS = 0.05
 _INPUT_ORDER = (TopicKind.VITALS, TopicKind.LABS, TopicKind.IMAGING, TopicKind.ADT)
-_BATCH_EVENTS = 500
-_BATCH_WITHIN_SECONDS = 0.05
 
 
 def _utcnow() -> datetime:
@@ -62,28 +62,38 @@ class VigilWorker:
     kinds: dict[str, TopicKind]
     outputs: dict[TopicKind, Any]
     stream_clock_ms: dict[str, int] = field(default_factory=dict)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    locks: dict[bytes, asyncio.Lock] = field(default_factory=dict)
+    pending_acks: list[tuple[Any, Any]] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def kind_of(self, topic: str) -> TopicKind:
         """Topic kind of an input topic name."""
         return self.kinds[topic]
 
-    async def process_batch(self, events: list[Any]) -> None:
-        """Process a batch of Faust events (the agent's body); see the module docstring.
+    def _lock_for(self, key: bytes | None) -> asyncio.Lock:
+        lock = self.locks.get(key or b"")
+        if lock is None:
+            lock = asyncio.Lock()
+            self.locks[key or b""] = lock
+        return lock
 
-        Side effects happen only after every await on Triton, in one synchronous stretch:
-        if the worker is stopped while waiting for Triton, nothing of the batch was
-        written, no event was acknowledged, and the batch is read again on restart.
+    async def process_event(self, event: Any) -> None:
+        """Process one input record (the agents' body); see the module docstring.
+
+        Concurrent calls (the agents run several actors) serialise per patient on a lock
+        keyed by the record key, in arrival order. Nothing is written before the Triton
+        answer is in; then outputs are sent and the state is written. The caller
+        acknowledges the record afterwards, and Faust commits an offset only after
+        flushing the producer, so a committed record's outputs and state are in Kafka.
         """
         await self.ready.wait()  # Triton and Redis clients are up
-        async with self.lock:
+        key = event.message.key
+        async with self._lock_for(key if isinstance(key, bytes) else None):
             states: dict[str, PatientState] = {}
             cache = _TableCache(self.tables, states)
             snapshots: list[tuple[Snapshot, float]] = []
             dead: list[tuple[DeadLetterRecord, str]] = []
-            for event in events:
-                self._ingest_one(event, cache, states, snapshots, dead)
+            self._ingest_one(event, cache, states, snapshots, dead)
             answers = await asyncio.gather(*(self._score(s) for s, _ in snapshots))
             results = []
             for (snapshot, started), (answer, reason) in zip(snapshots, answers, strict=True):
@@ -92,20 +102,44 @@ class VigilWorker:
                 if decisions and answer is not None:
                     contributions = await self._explain(snapshot)
                 results.append((snapshot, started, score, decisions, contributions))
-            # --- no awaits from here: write state and queue outputs together ---------------
             for record, kind in dead:
-                self.outputs[TopicKind.DEADLETTER].send_soon(
+                await self.outputs[TopicKind.DEADLETTER].send(
                     key=None, value=record.model_dump_json().encode()
                 )
                 self.metrics.deadletter.labels(record.reason.value).inc()
                 self.metrics.events_in.labels(kind, "deadletter").inc()
             for snapshot, started, score, decisions, contributions in results:
                 alerts = self.processor.alert_records(snapshot, score, decisions, contributions)
-                self._emit(score, alerts)
+                await self._emit(score, alerts)
                 self.metrics.score_latency.observe(time.perf_counter() - started)
             for pid, state in states.items():
                 self.tables[pid] = state.to_dict()
-            self.metrics.active_patients.set(len(self.tables))
+        if not key or len(self.locks) > 10_000:
+            self.locks = {k: v for k, v in self.locks.items() if v.locked()}
+
+    def defer_ack(self, stream: Any, event: Any) -> None:
+        """Acknowledge ``event`` once its changelog records have reached the producer."""
+        self.pending_acks.append((stream, event))
+
+    async def ack_pending(self) -> int:
+        """Flush the table's changelog buffer, then acknowledge the processed records.
+
+        Faust flushes its Kafka producer before committing offsets, but not its own
+        send-soon buffer, where table changelog records wait; acknowledging only after
+        that buffer is flushed keeps a commit from outrunning the changelog. Returns how
+        many records were acknowledged (none if the producer is stopping: they will be
+        read again).
+        """
+        if not self.pending_acks:
+            return 0
+        batch, self.pending_acks = self.pending_acks, []
+        try:
+            await self.app.producer.buffer.flush()
+        except RuntimeError:  # producer stopping: leave the records unacknowledged
+            return 0
+        for stream, event in batch:
+            await stream.ack(event)
+        return len(batch)
 
     def _ingest_one(
         self,
@@ -163,15 +197,16 @@ class VigilWorker:
             return None
         return output.contributions
 
-    def _emit(self, score: ScoreRecord, alerts: list[AlertRecord]) -> None:
+    async def _emit(self, score: ScoreRecord, alerts: list[AlertRecord]) -> None:
+        """Send a score and its alerts (and queue them for Redis)."""
         key = score.patient_id.encode()
-        self.outputs[TopicKind.SCORES].send_soon(key=key, value=score.model_dump_json().encode())
+        await self.outputs[TopicKind.SCORES].send(key=key, value=score.model_dump_json().encode())
         self.metrics.scores.labels(score.model, str(score.degraded).lower()).inc()
         if score.risk is not None:
             self.metrics.risk.labels(score.model).observe(score.risk)
         self.store.put_score(score)
         for alert in alerts:
-            self.outputs[TopicKind.ALERTS].send_soon(
+            await self.outputs[TopicKind.ALERTS].send(
                 key=key, value=alert.model_dump_json().encode()
             )
             self.metrics.alerts.labels(alert.severity, alert.kind, alert.state).inc()
@@ -193,9 +228,12 @@ class VigilWorker:
         clock = self.expiry_clock
         if clock is None:
             return 0
-        async with self.lock:
-            expired = []
-            for pid, data in list(self.tables.items()):
+        removed = 0
+        for pid in list(self.tables.keys()):
+            async with self._lock_for(pid.encode()):
+                data = self.tables.get(pid)
+                if data is None:
+                    continue
                 state = PatientState.from_dict(data)
                 if not state.expired(clock, self.settings.silence_expiry):
                     continue
@@ -206,10 +244,9 @@ class VigilWorker:
                     < self.settings.lateness_seconds * 1000
                 ):
                     continue
-                expired.append(pid)
-            for pid in expired:
                 del self.tables[pid]
-            return len(expired)
+                removed += 1
+        return removed
 
 
 class _TableCache(dict[str, PatientState]):
@@ -371,17 +408,18 @@ def create_worker(
     )
 
     async def ingest(stream: Any) -> None:
-        # noack_take: events are acknowledged (and their offsets committed) only after
-        # the batch's state and outputs have been written.
-        async for batch in stream.noack_take(_BATCH_EVENTS, within=_BATCH_WITHIN_SECONDS):
-            await worker.process_batch(batch)
-            for event in batch:
-                await stream.ack(event)
+        # Acknowledge a record only after it is processed: Faust otherwise acknowledges
+        # the current record even when its processing is cancelled (worker stopping).
+        stream.enable_acks = False
+        async for event in stream.events():
+            await worker.process_event(event)
+            worker.defer_ack(stream, event)
 
-    # One agent per input topic (the topic names its kind); the worker's lock serialises
-    # their batches, so a patient's state is never updated by two batches at once.
+    # One agent per input topic (the topic names its kind), each with several actors so
+    # that patients due for a score at the same time share one Triton request; records
+    # of one patient are serialised by the worker's per-patient lock.
     for kind, topic in inputs.items():
-        app.agent(topic, name=f"vigil-{kind.value}")(ingest)
+        app.agent(topic, name=f"vigil-{kind.value}", concurrency=settings.agent_concurrency)(ingest)
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_adapters() -> None:
@@ -389,6 +427,12 @@ def create_worker(
         await explainer.start()
         await store.start()
         worker.ready.set()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def acknowledge() -> None:
+        while True:
+            await asyncio.sleep(_ACK_INTERVAL_SECONDS)
+            await worker.ack_pending()
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def expire_states() -> None:

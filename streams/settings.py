@@ -51,7 +51,10 @@ class WorkerSettings(BaseSettings):
     triton_retries: int = Field(default=2, ge=0, le=10)
     breaker_failures: int = Field(default=3, ge=1, description="Failures that open the breaker.")
     breaker_reset_seconds: float = Field(default=10.0, gt=0, description="Open-state cool-down.")
-    batch_max_size: int = Field(default=64, ge=1, le=1024)
+    batch_max_size: int = Field(default=64, ge=1, le=1024, description="Patients per request.")
+    agent_concurrency: int = Field(
+        default=64, ge=1, le=1024, description="Records in flight per input topic."
+    )
     batch_max_wait_ms: int = Field(default=20, ge=0, le=5000)
 
     # --- Event time --------------------------------------------------------------------
