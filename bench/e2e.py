@@ -22,6 +22,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -60,7 +61,7 @@ def main() -> None:
         "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
         "VIGIL_APP_ID": settings.app_id,
         "VIGIL_METRICS_PORT": "0",
-        "VIGIL_DATA_DIR": f"/tmp/vigil-bench-{tag}",
+        "VIGIL_DATA_DIR": tempfile.mkdtemp(prefix="vigil-bench-"),
     }
     worker = subprocess.Popen(
         [sys.executable, "-m", "vigil", "worker"],
@@ -123,7 +124,9 @@ def main() -> None:
         worker.wait(60)
     lat = np.array(latencies)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "stays": args.stays,
         "events": len(events),
         "input_rate_target": args.rate or "max",

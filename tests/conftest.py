@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolate_vigil_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolate_vigil_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Drop VIGIL_* variables (except the stack's own) so settings start from defaults."""
     for key in list(os.environ):
         if key.startswith("VIGIL_") and not key.startswith("VIGIL_STACK_"):
             monkeypatch.delenv(key)
-    yield

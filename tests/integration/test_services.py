@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import numpy as np
@@ -96,8 +97,8 @@ _NP_DTYPES = {
 }
 
 
-def _example_inputs(config: dict[str, object], batch: int) -> dict[str, np.ndarray]:
-    inputs: dict[str, np.ndarray] = {}
+def _example_inputs(config: dict[str, object], batch: int) -> dict[str, np.ndarray[Any, Any]]:
+    inputs: dict[str, np.ndarray[Any, Any]] = {}
     rng = np.random.default_rng(0)
     for spec in config["input"]:  # type: ignore[attr-defined]
         dims = [int(d) for d in spec["dims"]]
