@@ -197,11 +197,12 @@ class Processor:
 
         Args:
             state: The patient's state.
-            at: Scoring time; defaults to the state's watermark (after a discharge, to the
-                latest observation: a stay is not scored on the empty days after it).
+            at: Scoring time; defaults to the latest observation (vitals, labs, imaging),
+                so an ADT event read ahead of the data (a discharge, say) never moves the
+                window past the data.
         """
         if at is None:
-            at = state.observation_time if state.discharged_ms is not None else state.state_time
+            at = state.observation_time
         window = state.features(self.config.window, at=at)
         news2 = state.news2(self.config.news2_max_age, at=at)
         event_ids, offsets = state.take_provenance()
@@ -210,7 +211,7 @@ class Processor:
             ((at_ms - t) / 3_600_000, tuple(emb)) for t, emb in state.images if t <= at_ms
         )
         latest = {code: (pts[-1][1], from_ms(pts[-1][0])) for code, pts in state.series.items()}
-        state.mark_scored({"at_ms": at_ms})
+        state.mark_scored({"at_ms": at_ms}, at=at)
         return Snapshot(state.patient_id, at, window, news2, event_ids, offsets, images, latest)
 
     def finish(

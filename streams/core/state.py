@@ -262,11 +262,20 @@ class PatientState:
         del self.images[:-MAX_IMAGES]
         self.changed = True
 
+    def _observation_ms(self) -> int | None:
+        marks = [ms for stream, ms in self.stream_watermarks.items() if stream != "adt"]
+        return max(marks) if marks else None
+
     def prune(self, window: timedelta) -> None:
-        """Drop observations older than the window before the watermark."""
-        if self.watermark_ms is None:
+        """Drop observations older than the window before the latest observation.
+
+        The horizon follows observations only: an ADT event far ahead (a discharge read
+        before the last vitals) must not push the window past the data.
+        """
+        latest = self._observation_ms()
+        if latest is None:
             return
-        horizon = self.watermark_ms - _td_ms(window)
+        horizon = latest - _td_ms(window)
         for code, points in self.series.items():
             if points and (points[0][0] < horizon or len(points) > MAX_POINTS_PER_CODE):
                 cut = bisect.bisect_left([t for t, _ in points], horizon)
@@ -285,7 +294,10 @@ class PatientState:
             # After discharge every late arrival is scored at once: nothing may stay
             # uncited in a state that is about to expire.
             return True
-        return self.watermark_ms - self.last_scored_ms >= _td_ms(interval)
+        latest = self._observation_ms()
+        if latest is None:
+            return False  # only ADT events so far: nothing to score yet
+        return latest - self.last_scored_ms >= _td_ms(interval)
 
     @property
     def state_time(self) -> datetime:
@@ -306,8 +318,8 @@ class PatientState:
         Raises:
             ValueError: No event was applied yet.
         """
-        marks = [ms for stream, ms in self.stream_watermarks.items() if stream != "adt"]
-        return from_ms(max(marks)) if marks else self.state_time
+        latest = self._observation_ms()
+        return from_ms(latest) if latest is not None else self.state_time
 
     def observations(self) -> dict[str, list[tuple[datetime, float]]]:
         """Per-code ``(time, value)`` series, time-sorted, as the feature code expects."""
@@ -356,9 +368,9 @@ class PatientState:
         self.pending_offsets = {}
         return ids, tuple(ranges)
 
-    def mark_scored(self, score: Mapping[str, Any]) -> None:
-        """Record that the current state was scored."""
-        self.last_scored_ms = self.watermark_ms
+    def mark_scored(self, score: Mapping[str, Any], at: datetime | None = None) -> None:
+        """Record that the state was scored at ``at`` (default: the watermark)."""
+        self.last_scored_ms = self.watermark_ms if at is None else to_ms(at)
         self.last_score = dict(score)
         self.changed = False
 

@@ -606,3 +606,17 @@ def test_series_stay_time_sorted_under_shuffled_arrival():
         apply(state, f"ev-{i}", i * 0.5, {"HR": 60.0 + i % 50})
     _assert_sorted(hr_series(state))
     assert len(hr_series(state)) == 200
+
+
+def test_a_discharge_read_ahead_of_the_data_does_not_prune_it():
+    # A replay's ADT topic can run days ahead of the vitals topic: the discharge (day 6)
+    # arrives before the last vitals (hour 40). The window must follow the observations.
+    state = PatientState(PID)
+    state.apply_adt(adt("admit", 0), origin=None, lateness=LATENESS)
+    state.apply_adt(adt("discharge", 6 * 24 * 60, "discharge"), origin=None, lateness=LATENESS)
+    assert apply(state, "v1", 30 * 60, {"HR": 90.0}) is Outcome.ACCEPTED
+    assert apply(state, "v2", 40 * 60, {"HR": 95.0}) is Outcome.ACCEPTED
+    assert hr_series(state) == [(ms(30 * 60), 90.0), (ms(40 * 60), 95.0)]
+    assert state.observation_time == at(40 * 60)
+    window = state.features(WINDOW, at=state.observation_time)
+    assert window.mask[:, SERIES_CODES.index("HR")].sum() == 2
