@@ -102,16 +102,23 @@ class VigilWorker:
                 if decisions and answer is not None:
                     contributions = await self._explain(snapshot)
                 results.append((snapshot, started, score, decisions, contributions))
+            deliveries = []
             for record, kind in dead:
-                await self.outputs[TopicKind.DEADLETTER].send(
-                    key=None, value=record.model_dump_json().encode()
+                deliveries.append(
+                    await self.outputs[TopicKind.DEADLETTER].send(
+                        key=None, value=record.model_dump_json().encode()
+                    )
                 )
                 self.metrics.deadletter.labels(record.reason.value).inc()
                 self.metrics.events_in.labels(kind, "deadletter").inc()
             for snapshot, started, score, decisions, contributions in results:
                 alerts = self.processor.alert_records(snapshot, score, decisions, contributions)
-                await self._emit(score, alerts)
+                deliveries.extend(await self._emit(score, alerts))
                 self.metrics.score_latency.observe(time.perf_counter() - started)
+            # Outputs must be in Kafka before the state that says they were produced: a
+            # worker stopped in between then re-reads the record rather than losing them.
+            for delivery in deliveries:
+                await delivery
             for pid, state in states.items():
                 self.tables[pid] = state.to_dict()
         if not key or len(self.locks) > 10_000:
@@ -135,7 +142,11 @@ class VigilWorker:
         batch, self.pending_acks = self.pending_acks, []
         try:
             await self.app.producer.buffer.flush()
-        except RuntimeError:  # producer stopping: leave the records unacknowledged
+        except RuntimeError:
+            # Producer not running (starting or stopping): try again later. A record
+            # must never be dropped from this list unacknowledged while the worker runs,
+            # or its partition's committed offset would stop at it for good.
+            self.pending_acks = batch + self.pending_acks
             return 0
         for stream, event in batch:
             await stream.ack(event)
@@ -197,20 +208,28 @@ class VigilWorker:
             return None
         return output.contributions
 
-    async def _emit(self, score: ScoreRecord, alerts: list[AlertRecord]) -> None:
-        """Send a score and its alerts (and queue them for Redis)."""
+    async def _emit(self, score: ScoreRecord, alerts: list[AlertRecord]) -> list[Any]:
+        """Send a score and its alerts (and queue them for Redis); returns the delivery
+        futures."""
         key = score.patient_id.encode()
-        await self.outputs[TopicKind.SCORES].send(key=key, value=score.model_dump_json().encode())
+        deliveries = [
+            await self.outputs[TopicKind.SCORES].send(
+                key=key, value=score.model_dump_json().encode()
+            )
+        ]
         self.metrics.scores.labels(score.model, str(score.degraded).lower()).inc()
         if score.risk is not None:
             self.metrics.risk.labels(score.model).observe(score.risk)
         self.store.put_score(score)
         for alert in alerts:
-            await self.outputs[TopicKind.ALERTS].send(
-                key=key, value=alert.model_dump_json().encode()
+            deliveries.append(
+                await self.outputs[TopicKind.ALERTS].send(
+                    key=key, value=alert.model_dump_json().encode()
+                )
             )
             self.metrics.alerts.labels(alert.severity, alert.kind, alert.state).inc()
             self.store.put_alert(alert)
+        return deliveries
 
     @property
     def expiry_clock(self) -> datetime | None:
