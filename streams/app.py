@@ -269,8 +269,8 @@ class VigilWorker:
 
 
 class _TableCache(dict[str, PatientState]):
-    """States of one batch: missing patients are loaded from the Faust table on first use;
-    new or loaded states land in ``states``, which the batch writes back at its end."""
+    """States seen by one record: missing patients are loaded from the Faust table on first use;
+    new or loaded states land in ``states``, which are written back once it is processed."""
 
     def __init__(self, table: Any, states: dict[str, PatientState]) -> None:
         super().__init__()
