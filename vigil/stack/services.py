@@ -123,9 +123,17 @@ class Kafka(Service):
         return [*java, "kafka.Kafka", str(config)]
 
     def _format(self, java: list[str], config: Path) -> None:
+        # A cluster id is 16 random bytes in URL-safe base64; it may start with "-", so it
+        # is passed as --cluster-id=<id>, never as a separate argument.
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(  # noqa: S603
-            [*java, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)],
+            [
+                *java,
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cid}",
+                f"--config={config}",
+            ],
             capture_output=True,
             text=True,
             check=False,
