@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from models.metrics import auprc, auroc
+from models.physionet2012 import read_outcomes
 from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
@@ -52,13 +53,6 @@ class DemoResult:
     alerted: set[str] = field(default_factory=set)
     cited: set[str] = field(default_factory=set)
     recent_alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=8))
-
-
-def _outcomes(path: Path) -> dict[str, int]:
-    rows = path.read_text().splitlines()
-    header = rows[0].split(",")
-    rid, death = header.index("RecordID"), header.index("In-hospital_death")
-    return {str(int(r.split(",")[rid])): int(r.split(",")[death]) for r in rows[1:] if r}
 
 
 def _view(result: DemoResult, expected: int, started: float) -> Group:
@@ -243,7 +237,11 @@ def run_demo(
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(60)
         reader.join(5)
-    summary = _summary(result, _outcomes(data_dir / "Outcomes-a.txt"), hours=48.0)
+    deaths = {
+        str(rid): row.in_hospital_death
+        for rid, row in read_outcomes(data_dir / "Outcomes-a.txt").items()
+    }
+    summary = _summary(result, deaths, hours=48.0)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {"report": str(report), **summary}

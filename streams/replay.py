@@ -20,9 +20,10 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
+from models.physionet2012 import read_outcomes
 from streams.core.codes import CODES, Category
 from streams.core.events import AdtEvent, IcuType, Observation, ObservationEvent, TopicKind
-from vigil.errors import ConfigError
+from vigil.errors import ConfigError, ModelError
 
 __all__ = [
     "DEFAULT_ANCHOR",
@@ -75,20 +76,17 @@ def read_length_of_stay(outcomes: Path) -> dict[str, float]:
     """ICU length of stay in days per RecordID from ``Outcomes-a.txt`` (known ones only).
 
     Raises:
-        ConfigError: The file cannot be read or has no ``Length_of_stay`` column.
+        ConfigError: The file cannot be read or is not a PhysioNet 2012 outcomes file.
     """
     try:
-        rows = outcomes.read_text().splitlines()
-        header = rows[0].split(",")
-        rid, los = header.index("RecordID"), header.index("Length_of_stay")
-    except (OSError, IndexError, ValueError) as exc:
-        raise ConfigError(f"{outcomes.name}: not a PhysioNet 2012 outcomes file: {exc}") from exc
-    result: dict[str, float] = {}
-    for row in rows[1:]:
-        cells = row.split(",")
-        if len(cells) == len(header) and float(cells[los]) > 0:
-            result[str(int(cells[rid]))] = float(cells[los])
-    return result
+        rows = read_outcomes(outcomes)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from exc
+    return {
+        str(rid): row.length_of_stay_days
+        for rid, row in rows.items()
+        if row.length_of_stay_days is not None and row.length_of_stay_days > 0
+    }
 
 
 def read_physionet2012(
