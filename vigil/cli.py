@@ -272,6 +272,78 @@ def demo(
     _err.print(f"summary written to {summary['report']}/summary.json")
 
 
+@app.command("evaluate")
+def evaluate(
+    scores: Annotated[
+        Path | None,
+        typer.Option("--scores", help="Recorded scores: JSONL records or `vigil record` lines."),
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option("--topic", help="Or read scores from this topic to its end.")
+    ] = None,
+    alerts: Annotated[
+        Path | None, typer.Option("--alerts", help="Recorded alerts (JSONL), optional.")
+    ] = None,
+    alerts_topic: Annotated[
+        str | None, typer.Option("--alerts-topic", help="Or read alerts from this topic.")
+    ] = None,
+    outcomes: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--outcomes", help="Outcomes-a.txt (2012), or .psv files/folders (2019, repeatable)."
+        ),
+    ] = None,
+    data_format: Annotated[
+        str, typer.Option("--format", help="physionet2012 or physionet2019.")
+    ] = "physionet2012",
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Folder for report.html, metrics.json, PNGs.")
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Bootstrap resamples per interval.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    max_burden: Annotated[
+        list[float] | None,
+        typer.Option("--max-burden", help="Alerts per patient-hour limit (repeatable; 0.01)."),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Risk threshold for the 2019 utility.")
+    ] = 0.5,
+    admitted_at: Annotated[
+        str | None,
+        typer.Option("--admitted-at", help="Admission time of every stay (default: first score)."),
+    ] = None,
+    kafka_bootstrap: KafkaOption = None,
+) -> None:
+    """Judge recorded scores and alerts against outcomes; write an HTML report."""
+    from streams.evaluation.run import EvaluateRequest, parse_admitted_at, run_evaluation
+
+    request = EvaluateRequest(
+        scores=scores,
+        topic=topic,
+        alerts=alerts,
+        alerts_topic=alerts_topic,
+        outcomes=outcomes or [],
+        data_format=data_format,
+        report=report,
+        kafka_bootstrap=_worker_settings(kafka_bootstrap=kafka_bootstrap).kafka_bootstrap,
+        n_resamples=bootstrap,
+        seed=seed,
+        max_burdens=max_burden or [0.01],
+        risk_threshold=threshold,
+        admitted_at=parse_admitted_at(admitted_at),
+    )
+    request.check()
+    with _err.status("evaluating ..."):
+        summary = run_evaluation(request)
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    for name, count in summary["bad_lines"].items():
+        if count:
+            _err.print(f"[yellow]skipped[/yellow] {count} bad {name} lines (see metrics.json)")
+    _err.print(f"report written to {summary['report']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vigil`` console script; returns the exit status."""
     try:
