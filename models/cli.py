@@ -1,4 +1,4 @@
-"""Command-line entry points: ``vigil train deterioration`` and ``vigil export deterioration``.
+"""Command-line entry points: ``vigil train|export deterioration`` and ``vigil train|export ood``.
 
 The lead mounts :data:`train_app` and :data:`export_app` under the ``vigil`` command. Every
 training flag mirrors a field of :class:`models.train.TrainSettings` (environment prefix
@@ -166,3 +166,101 @@ def export_deterioration(
         raise _fail(str(exc), 1) from None
     paths = ", ".join(str(path) for path in result.models.values())
     typer.echo(f"exported {paths} (parity {result.max_abs_diff:.2e})")
+
+
+_OOD_ENV = "VIGIL_OOD_"
+
+
+@train_app.command("ood")
+def train_ood(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="PhysioNet 2012 folder.", envvar=f"{_OOD_ENV}DATA_DIR")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Deterioration checkpoint.", envvar=f"{_OOD_ENV}CHECKPOINT"),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="OOD checkpoint to write.", envvar=f"{_OOD_ENV}OUTPUT")
+    ] = None,
+    percentile: Annotated[
+        float | None,
+        typer.Option(help="Validation percentile as threshold.", envvar=f"{_OOD_ENV}PERCENTILE"),
+    ] = None,
+    eval_hour: Annotated[
+        int | None, typer.Option(help="Scoring hour of the shifts.", envvar=f"{_OOD_ENV}EVAL_HOUR")
+    ] = None,
+    onset_hours: Annotated[
+        int | None,
+        typer.Option(help="Onset of stuck HR and dropout.", envvar=f"{_OOD_ENV}ONSET_HOURS"),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads.", envvar=f"{_OOD_ENV}THREADS")
+    ] = None,
+) -> None:
+    """Fit the OOD detector on the deterioration model's features and evaluate shifts."""
+    from models.settings import OODSettings
+
+    given: dict[str, Any] = {
+        k: v for k, v in locals().items() if v is not None and k in OODSettings.model_fields
+    }
+    try:
+        settings = OODSettings(**given)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise _fail(f"--{where.replace('_', '-')}: {first['msg']}", 2) from None
+    try:
+        from models.ood_train import fit_ood  # torch is imported only when fitting
+
+        result = fit_ood(settings)
+    except VigilError as exc:
+        raise _fail(str(exc), 1) from None
+    aurocs = ", ".join(
+        f"{name} {entry['concatenated']['auroc']:.3f}"
+        for name, entry in {
+            **result.metrics["shifts"],
+            **result.metrics["left_out_icu_type"],
+        }.items()
+    )
+    typer.echo(
+        f"ood checkpoint {result.path} (threshold {result.threshold:.3f}, "
+        f"{result.seconds:.0f} s); OOD AUROC: {aurocs}"
+    )
+
+
+@export_app.command("ood")
+def export_ood_command(
+    checkpoint: Annotated[Path, typer.Option(help="Deterioration checkpoint.")] = Path(
+        "models/weights/deterioration.pt"
+    ),
+    ood_checkpoint: Annotated[Path, typer.Option(help="OOD checkpoint.")] = Path(
+        "models/weights/ood.pt"
+    ),
+    repo_dir: Annotated[Path, typer.Option(help="Triton model repository.")] = Path("triton_repo"),
+    version: Annotated[int, typer.Option(help="Model version folder.", min=1)] = 1,
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.", min=1)] = 64,
+    instance_kind: Annotated[str, typer.Option(help="KIND_CPU or KIND_GPU.")] = "KIND_CPU",
+) -> None:
+    """Export the OOD detector to triton_repo/ood/<version>/."""
+    kind: Literal["KIND_CPU", "KIND_GPU"]
+    if instance_kind == "KIND_CPU":
+        kind = "KIND_CPU"
+    elif instance_kind == "KIND_GPU":
+        kind = "KIND_GPU"
+    else:
+        raise _fail(f"--instance-kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}", 2)
+    try:
+        from models.ood_export import export_ood
+
+        result = export_ood(
+            checkpoint,
+            ood_checkpoint,
+            repo_dir,
+            version=version,
+            max_batch_size=max_batch_size,
+            instance_kind=kind,
+        )
+    except VigilError as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(f"exported {result.model} (parity {result.max_abs_diff:.2e})")

@@ -1,0 +1,249 @@
+"""Export of the OOD detector to ``triton_repo/ood/`` (``vigil export ood``).
+
+The served model takes the deterioration model's eight inputs (the worker can send the
+same request to both) and returns ``distance [1]`` (TYPE_FP32, Mahalanobis distance to the
+nearest class) and ``ood [1]`` (TYPE_BOOL, ``distance > threshold``). Written files:
+
+* ``ood/config.pbtxt``: the contract (:func:`render_config`), with the threshold and
+  percentile also recorded as ``parameters``.
+* ``ood/<version>/model.pt``: TorchScript :class:`models.ood.OODDetector` (ensemble
+  weights, whitening matrix, class centres, threshold).
+* ``ood/<version>/model.py``: a copy of :mod:`models.triton_model` (the same wrapper as
+  the deterioration models; it reads names and dtypes from the config).
+* ``ood/model_card.json`` and ``model_card.md``.
+
+Before writing, the reloaded TorchScript module is compared with the eager detector; a
+gap above :data:`PARITY_TOLERANCE` raises :class:`~vigil.errors.ModelError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import torch
+
+from models.export import TensorSpec, example_inputs, load_checkpoint, tensor_specs
+from models.network import NetConfig
+from models.ood import GaussianFit, OODDetector
+from models.ood_train import OOD_SOURCES
+from models.train import code_version
+from vigil.errors import ModelError
+
+__all__ = [
+    "OOD_MODEL_NAME",
+    "PARITY_TOLERANCE",
+    "OODExportResult",
+    "build_detector",
+    "export_ood",
+    "ood_tensor_specs",
+    "render_config",
+]
+
+OOD_MODEL_NAME: Final[str] = "ood"
+PARITY_TOLERANCE: Final[float] = 1e-4
+"""Largest |eager - TorchScript| distance gap accepted (distances are of order 10)."""
+_TRITON_MODEL_SOURCE: Final[Path] = Path(__file__).with_name("triton_model.py")
+
+
+@dataclass(frozen=True, slots=True)
+class OODExportResult:
+    """Paths written by :func:`export_ood` and the measured parity gap."""
+
+    config: Path
+    model: Path
+    model_card: Path
+    max_abs_diff: float
+
+
+def ood_tensor_specs(config: NetConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Inputs (those of ``deterioration``) and outputs of ``ood``, in forward order."""
+    inputs, _ = tensor_specs(config)
+    return inputs, (TensorSpec("distance", "TYPE_FP32", (1,)), TensorSpec("ood", "TYPE_BOOL", (1,)))
+
+
+def render_config(
+    config: NetConfig,
+    *,
+    threshold: float,
+    percentile: float,
+    max_batch_size: int = 64,
+    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+) -> str:
+    """The ``config.pbtxt`` text of ``ood``."""
+    inputs, outputs = ood_tensor_specs(config)
+
+    def block(kind: str, specs: tuple[TensorSpec, ...]) -> str:
+        items = [
+            f'  {{\n    name: "{spec.name}"\n    data_type: {spec.data_type}\n'
+            f"    dims: [ {', '.join(str(d) for d in spec.dims)} ]\n  }}"
+            for spec in specs
+        ]
+        return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+    def parameter(key: str, value: str) -> str:
+        return f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
+
+    return (
+        f'name: "{OOD_MODEL_NAME}"\n'
+        'backend: "python"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        + block("input", inputs)
+        + block("output", outputs)
+        + "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
+        + f"instance_group [\n  {{\n    count: 1\n    kind: {instance_kind}\n  }}\n]\n"
+        + parameter("threshold", repr(threshold))
+        + parameter("threshold_percentile", repr(percentile))
+    )
+
+
+def build_detector(checkpoint: Path, ood_checkpoint: Path) -> tuple[OODDetector, dict[str, Any]]:
+    """The eager detector from the deterioration and OOD checkpoints; returns it and the
+    OOD checkpoint's metadata.
+
+    Raises:
+        ModelError: A missing or unreadable file, or an OOD checkpoint fitted on another
+            deterioration checkpoint.
+    """
+    net, _ = load_checkpoint(checkpoint)
+    try:
+        payload = torch.load(ood_checkpoint, map_location="cpu", weights_only=True)
+        meta: dict[str, Any] = payload["meta"]
+        fit = GaussianFit(
+            classes=tuple(meta["classes"]),
+            means=payload["means"].numpy(),
+            covariance=payload["covariance"].numpy(),
+            whitening=payload["whitening"].numpy(),
+            ridge=float(meta["metrics"]["validation"]["concatenated"]["fit"]["ridge"]),
+            counts=tuple(meta["metrics"]["validation"]["concatenated"]["fit"]["counts"]),
+        )
+    except (OSError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ModelError(f"cannot load OOD checkpoint {ood_checkpoint}: {exc}") from exc
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    if digest != meta["deterioration_checkpoint_sha256"]:
+        raise ModelError(f"{ood_checkpoint} was fitted on another checkpoint than {checkpoint}")
+    detector = OODDetector(net, fit, float(meta["threshold"])).eval()
+    return detector, meta
+
+
+def _scripted(detector: OODDetector, config: NetConfig) -> tuple[bytes, float]:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+        torch.jit.save(torch.jit.script(detector), buffer)
+        buffer.seek(0)
+        reloaded = torch.jit.load(buffer)  # type: ignore[no-untyped-call]
+    gap = 0.0
+    for images in (False, True):
+        inputs = example_inputs(config, images=images)
+        with torch.no_grad():
+            eager, served = detector(*inputs), reloaded(*inputs)
+        gap = max(gap, float((eager[0] - served[0]).abs().max()))
+        if not torch.equal(eager[1], served[1]):
+            raise ModelError("export parity failed for ood: flags differ")
+    if gap > PARITY_TOLERANCE:
+        raise ModelError(f"export parity failed for ood: max |eager - TorchScript| = {gap:.3g}")
+    return buffer.getvalue(), gap
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    metrics = card["metrics"]
+    rows = []
+    for key, entry in {**metrics["shifts"], **metrics["left_out_icu_type"]}.items():
+        m, f, i = entry["concatenated"], entry["first_member"], entry["input_statistics"]
+        flagged = "—" if m["flagged_fraction"] is None else f"{m['flagged_fraction']:.2f}"
+        rows.append(
+            f"| {key} | {m['n_shifted']} | {m['auroc']:.3f} | {flagged} | {f['auroc']:.3f} "
+            f"| {i['auroc']:.3f} |"
+        )
+    val = metrics["validation"]["concatenated"]
+    return (
+        f"# Model card: {OOD_MODEL_NAME} v{card['version']}\n\n"
+        "Out-of-distribution score for the deterioration model's inputs: Mahalanobis "
+        "distance of the ensemble's concatenated fused vectors to the nearest of two "
+        "class-conditional Gaussians (in-hospital death yes/no) with a tied covariance. "
+        "Decision support only; see docs/ood.md.\n\n"
+        f"- Inputs: those of `deterioration`; outputs `distance [1]` (FP32), `ood [1]` "
+        f"(BOOL, distance > {card['threshold']:.4f})\n"
+        f"- Threshold: {card['threshold']:.4f} = {card['percentile']}th percentile of the "
+        f"validation distances at hours {card['fit_hours']}\n"
+        f"- Gaussians fitted on the training split ({val['fit']['counts']} windows per "
+        f"class, dim {val['fit']['dim']}); split: {card['split_method']}\n"
+        f"- Test windows (hour {card['eval_hour']}) flagged: "
+        f"{metrics['test']['concatenated']['flagged_fraction']:.3f}\n"
+        f"- Deterioration checkpoint SHA-256: `{card['deterioration_checkpoint_sha256']}`\n"
+        f"- `model.pt` SHA-256: `{card['model_pt_sha256']}`; parity "
+        f"{card['export_parity_max_abs_diff']:.2e}\n"
+        f"- Code at export: `{card['code_version']['source_sha256']}`\n\n"
+        "## OOD AUROC, held-out test split (in-distribution test windows vs shifted)\n\n"
+        "Served: the concatenated features. Comparisons (not served): the first member's "
+        "fused vector alone, and Gaussians on input-space window statistics.\n\n"
+        "| Shift | Shifted windows | AUROC | Flagged at threshold | AUROC, first member "
+        "| AUROC, input statistics |\n"
+        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )
+
+
+def export_ood(
+    checkpoint: Path,
+    ood_checkpoint: Path,
+    repo_dir: Path = Path("triton_repo"),
+    *,
+    version: int = 1,
+    max_batch_size: int = 64,
+    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+) -> OODExportResult:
+    """Writes ``<repo_dir>/ood/`` for a deterioration checkpoint and its OOD fit.
+
+    Raises:
+        ModelError: Unreadable checkpoints, a bad argument, or a parity failure.
+    """
+    if version < 1 or max_batch_size < 1:
+        raise ModelError("version and max batch size must be positive")
+    detector, meta = build_detector(checkpoint, ood_checkpoint)
+    _, det_meta = load_checkpoint(checkpoint)
+    config = NetConfig(**det_meta["net_config"])
+    blob, gap = _scripted(detector, config)
+    model_dir = repo_dir / OOD_MODEL_NAME
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "model.pt").write_bytes(blob)
+    shutil.copyfile(_TRITON_MODEL_SOURCE, version_dir / "model.py")
+    threshold, percentile = float(meta["threshold"]), float(meta["percentile"])
+    (model_dir / "config.pbtxt").write_text(
+        render_config(
+            config,
+            threshold=threshold,
+            percentile=percentile,
+            max_batch_size=max_batch_size,
+            instance_kind=instance_kind,
+        )
+    )
+    inputs, outputs = ood_tensor_specs(config)
+    card: dict[str, Any] = {
+        **meta,
+        "name": OOD_MODEL_NAME,
+        "version": version,
+        "inputs": [{"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in inputs],
+        "outputs": [{"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in outputs],
+        "max_batch_size": max_batch_size,
+        "export_parity_max_abs_diff": gap,
+        "model_pt_sha256": hashlib.sha256(blob).hexdigest(),
+        "fit_code_version": meta["code_version"],
+        "code_version": code_version(OOD_SOURCES),
+        "whitening_sha256": hashlib.sha256(
+            np.ascontiguousarray(detector.whitening.numpy()).tobytes()
+        ).hexdigest(),
+    }
+    card_path = model_dir / "model_card.json"
+    card_path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    (model_dir / "model_card.md").write_text(_card_markdown(card))
+    return OODExportResult(model_dir / "config.pbtxt", version_dir / "model.pt", card_path, gap)
