@@ -6,20 +6,46 @@ Errors are reported as one line on stderr (``vigil: error: ...``) with a non-zer
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import random
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from models.cli import export_app, train_app
 from streams.adapters.topics import create_topics, missing_topics
-from streams.replay import physionet2012_events, produce, read_length_of_stay
+from streams.replay import (
+    merge,
+    produce,
+    read_fhir,
+    read_files,
+    read_jsonl,
+    read_length_of_stay,
+    read_physionet2012,
+    read_physionet2019,
+    record,
+    resolve_topics,
+)
+from streams.replay.event import Reader
 from streams.settings import WorkerSettings
 from streams.worker import run_worker
 from vigil.errors import ConfigError, TopicError, VigilError
@@ -190,59 +216,154 @@ def worker(
     run_worker(settings)
 
 
+_FORMATS: dict[str, tuple[str, Reader]] = {
+    "physionet2012": ("*.txt", read_physionet2012),
+    "physionet2019": ("*.psv", read_physionet2019),
+    "jsonl": ("*.jsonl", read_jsonl),
+    "fhir": ("*.json", read_fhir),
+}
+
+
 @app.command("replay")
 def replay(
-    paths: Annotated[list[Path], typer.Argument(help="Stay files or folders of them.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Input files, or folders of *.txt, *.psv, *.jsonl or *.json (by --format). "
+            "An unreadable file is reported and skipped, and the exit status is then 1."
+        ),
+    ],
     data_format: Annotated[
-        str, typer.Option("--format", help="Input format: physionet2012.")
+        str,
+        typer.Option("--format", help="Input format: physionet2012, physionet2019, jsonl, fhir."),
     ] = "physionet2012",
     outcomes: Annotated[
         Path | None,
-        typer.Option("--outcomes", help="Outcomes-a.txt: adds discharge events at the LOS."),
+        typer.Option(
+            "--outcomes", help="physionet2012: Outcomes-a.txt, adds discharge events at the LOS."
+        ),
     ] = None,
     speed: Annotated[str, typer.Option("--speed", help="N times real time, or 'max'.")] = "max",
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Stop after N events.")
     ] = None,
+    sample: Annotated[
+        int | None,
+        typer.Option("--sample", min=1, help="Replay N of the files, drawn at random."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Random seed of --sample (default 0).")
+    ] = None,
     kafka_bootstrap: KafkaOption = None,
     topic_prefix: PrefixOption = None,
 ) -> None:
-    """Replay recorded stays into the input topics, merged in event-time order."""
-    if data_format != "physionet2012":
-        raise ConfigError(f"unsupported --format {data_format!r}; supported: physionet2012")
+    """Replay files into Vigil's topics, merged in event-time order (docs/replay.md)."""
+    if data_format not in _FORMATS:
+        raise ConfigError(f"unsupported --format {data_format!r}; supported: {', '.join(_FORMATS)}")
+    if outcomes is not None and data_format != "physionet2012":
+        raise ConfigError("--outcomes applies to --format physionet2012 only")
+    if seed is not None and sample is None:
+        raise ConfigError("--seed applies to --sample only")
     rate = _speed(speed)
     settings = _worker_settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
+    pattern, reader = _FORMATS[data_format]
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(path.glob("*.txt")))
+            files.extend(sorted(path.glob(pattern)))
         elif path.exists():
             files.append(path)
         else:
             raise ConfigError(f"no such file or folder: {path}")
+    if sample is not None and sample < len(files):
+        draw = random.Random(0 if seed is None else seed)  # noqa: S311 (sampling, not secrets)
+        files = sorted(draw.sample(files, sample))
+    if outcomes is not None:
+        reader = functools.partial(read_physionet2012, length_of_stay=read_length_of_stay(outcomes))
     failures: list[str] = []
 
     def on_error(path: Path, reason: str) -> None:
         failures.append(reason)
-        _err.print(f"[red]skipped[/red] {reason}")
+        _err.print(f"[red]skipped[/red] {escape(reason)}")
 
-    los = read_length_of_stay(outcomes) if outcomes is not None else None
-    events = physionet2012_events(files, length_of_stay=los, on_error=on_error)
+    per_file = read_files(files, reader, on_error)
+    total = sum(len(events) for events in per_file)
+    with Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TextColumn("event time {task.fields[at]} UTC"),
+        TimeElapsedColumn(),
+        console=_err,
+    ) as bar:
+        task = bar.add_task("replay", total=total if limit is None else min(total, limit), at="-")
 
-    def progress(count: int, at: object) -> None:
-        _err.print(f"{count} events, event time {at}", end="\r")
+        def progress(count: int, at: datetime) -> None:
+            bar.update(task, completed=count, at=at.strftime("%Y-%m-%d %H:%M"))
 
-    sent = produce(
-        events,
-        bootstrap=settings.kafka_bootstrap,
-        topic_prefix=settings.topic_prefix,
-        speed=rate,
-        limit=limit,
-        progress=progress,
-    )
-    _err.print(f"produced {sent} events from {len(files) - len(failures)} of {len(files)} files")
+        sent = produce(
+            merge(per_file),
+            bootstrap=settings.kafka_bootstrap,
+            topic_prefix=settings.topic_prefix,
+            speed=rate,
+            limit=limit,
+            progress=progress,
+        )
+    _err.print(f"produced {sent} events from {len(per_file)} of {len(files)} files")
     if failures:
         raise typer.Exit(1)
+
+
+class _RateColumn(ProgressColumn):
+    """Events per second, from rich's moving average of the task's progress."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("- events/s" if speed is None else f"{speed:,.0f} events/s")
+
+
+@app.command("record")
+def record_topics(
+    topics: Annotated[
+        list[str],
+        typer.Argument(
+            help="Topics: a kind (vitals, scores ...) gets --topic-prefix; any other name "
+            "(vigil.vitals) is used as it is."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output file (JSON Lines), replaced.")],
+    until_idle: Annotated[
+        float | None,
+        typer.Option("--until-idle", help="Stop after SECONDS without a record (else Ctrl-C)."),
+    ] = None,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the earliest offsets, not the end.")
+    ] = False,
+    kafka_bootstrap: KafkaOption = None,
+    topic_prefix: PrefixOption = None,
+) -> None:
+    """Record topics to JSON Lines for `vigil replay --format jsonl` (see docs/replay.md)."""
+    if until_idle is not None and not until_idle > 0:
+        raise ConfigError(f"--until-idle must be a positive number of seconds, got {until_idle}")
+    if not out.parent.is_dir():
+        raise ConfigError(f"no such folder: {out.parent}")
+    settings = _worker_settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
+    names = resolve_topics(topics, settings.topic_prefix)
+    with _err.status(f"recording {', '.join(names)} ...") as status:
+
+        def progress(count: int) -> None:
+            status.update(f"recording {', '.join(names)}: {count} records")
+
+        written = record(
+            names,
+            out,
+            bootstrap=settings.kafka_bootstrap,
+            from_beginning=from_beginning,
+            until_idle=None if until_idle is None else timedelta(seconds=until_idle),
+            progress=progress,
+        )
+    _err.print(f"recorded {written} records to {out}")
 
 
 def _speed(text: str) -> float | None:

@@ -1,4 +1,4 @@
-"""Replay recorded ICU stays into Vigil's input topics.
+"""PhysioNet 2012 stay files (``Time,Parameter,Value``) as replay events.
 
 PhysioNet 2012 files become events exactly as a bedside integration would send them:
 the 00:00 descriptors become an ``admit`` ADT event, and the observations that share a
@@ -11,60 +11,32 @@ second copy as duplicates).
 
 from __future__ import annotations
 
-import heapq
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
-
-from kafka import KafkaProducer
 
 from models.physionet2012 import read_outcomes
 from streams.core.codes import CODES, Category
 from streams.core.events import AdtEvent, IcuType, Observation, ObservationEvent, TopicKind
+from streams.replay.event import (
+    DEFAULT_ANCHOR,
+    ReplayEvent,
+    merge,
+    one_line,
+    read_files,
+    replay_event,
+)
 from vigil.errors import ConfigError, ModelError
 
 __all__ = [
-    "DEFAULT_ANCHOR",
-    "ReplayEvent",
-    "ReplayReport",
     "physionet2012_events",
-    "produce",
     "read_length_of_stay",
     "read_physionet2012",
 ]
 
-DEFAULT_ANCHOR = datetime(2025, 1, 1, tzinfo=UTC)
-"""Admission time of every replayed PhysioNet 2012 stay unless told otherwise."""
-
 _DESCRIPTORS = {"RecordID", "Age", "Gender", "Height", "ICUType", "Weight"}
 _SOURCE = "physionet2012-replay"
-
-
-@dataclass(frozen=True, order=True)
-class ReplayEvent:
-    """One record to produce: ordered by event time, then patient, then sequence."""
-
-    event_time: datetime
-    patient_id: str
-    seq: int
-    kind: TopicKind
-    payload: bytes
-
-
-@dataclass
-class ReplayReport:
-    """What a replay did."""
-
-    produced: int = 0
-    files_ok: int = 0
-    files_failed: list[tuple[str, str]] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every file was read."""
-        return not self.files_failed
 
 
 def _minutes(text: str) -> int:
@@ -134,6 +106,18 @@ def read_physionet2012(
         batches[-1].append((parameter, value))
     if "RecordID" not in descriptors:
         raise ConfigError(f"{path.name}: no RecordID descriptor")
+    try:
+        return _stay_events(descriptors, groups, anchor, length_of_stay)
+    except ValueError as exc:  # a value or descriptor that the event records refuse
+        raise ConfigError(f"{path.name}: {one_line(exc)}") from exc
+
+
+def _stay_events(
+    descriptors: dict[str, float],
+    groups: dict[tuple[int, TopicKind], list[list[tuple[str, float]]]],
+    anchor: datetime,
+    length_of_stay: Mapping[str, float] | None,
+) -> list[ReplayEvent]:
     patient_id = str(int(descriptors["RecordID"]))
     events = [_admit(patient_id, descriptors, anchor)]
     for (minute, kind), batches in sorted(groups.items()):
@@ -149,9 +133,7 @@ def read_physionet2012(
                     for code, value in batch
                 ),
             )
-            events.append(
-                ReplayEvent(at, patient_id, len(events), kind, event.model_dump_json().encode())
-            )
+            events.append(replay_event(event, kind, len(events)))
     length_of_stay_days = None if length_of_stay is None else length_of_stay.get(patient_id)
     if length_of_stay_days is not None:
         last = max(e.event_time for e in events)
@@ -163,11 +145,7 @@ def read_physionet2012(
             source=_SOURCE,
             action="discharge",
         )
-        events.append(
-            ReplayEvent(
-                at, patient_id, len(events), TopicKind.ADT, discharge.model_dump_json().encode()
-            )
-        )
+        events.append(replay_event(discharge, TopicKind.ADT, len(events)))
     return events
 
 
@@ -190,7 +168,7 @@ def _admit(patient_id: str, d: dict[str, float], anchor: datetime) -> ReplayEven
         weight_kg=known("Weight"),
         icu_type=None if icu is None else IcuType.from_physionet(int(icu)),
     )
-    return ReplayEvent(anchor, patient_id, 0, TopicKind.ADT, event.model_dump_json().encode())
+    return replay_event(event, TopicKind.ADT, 0)
 
 
 def physionet2012_events(
@@ -209,69 +187,5 @@ def physionet2012_events(
         length_of_stay: Days per RecordID; stays found there end with a discharge.
         on_error: Called with the path and reason of an unreadable file; None to raise.
     """
-    per_stay: list[list[ReplayEvent]] = []
-    for path in paths:
-        try:
-            per_stay.append(read_physionet2012(path, anchor, length_of_stay))
-        except ConfigError as exc:
-            if on_error is None:
-                raise
-            on_error(path, str(exc))
-    return heapq.merge(*per_stay)
-
-
-def produce(
-    events: Iterable[ReplayEvent],
-    *,
-    bootstrap: str,
-    topic_prefix: str,
-    speed: float | None = None,
-    limit: int | None = None,
-    progress: Callable[[int, datetime], None] | None = None,
-) -> int:
-    """Send events to Kafka in order, keyed by patient id.
-
-    Args:
-        events: Events in event-time order.
-        bootstrap: Kafka bootstrap servers.
-        topic_prefix: Topic prefix (``vigil``).
-        speed: Event-time speed-up (``60`` = an hour per minute); None = as fast as
-            Kafka takes them.
-        limit: Stop after this many events.
-        progress: Called with the count and event time now and then.
-
-    Returns:
-        How many events were produced.
-    """
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=5,
-        retries=5,
-        max_in_flight_requests_per_connection=1,
-    )
-    sent = 0
-    first: datetime | None = None
-    started = time.monotonic()
-    try:
-        for event in events:
-            if limit is not None and sent >= limit:
-                break
-            if speed is not None:
-                first = first or event.event_time
-                due = (event.event_time - first).total_seconds() / speed
-                pause = due - (time.monotonic() - started)
-                if pause > 0:
-                    time.sleep(pause)
-            producer.send(
-                f"{topic_prefix}.{event.kind.value}",
-                key=event.patient_id.encode(),
-                value=event.payload,
-            )
-            sent += 1
-            if progress is not None and sent % 500 == 0:
-                progress(sent, event.event_time)
-        producer.flush()
-    finally:
-        producer.close()
-    return sent
+    reader = partial(read_physionet2012, anchor=anchor, length_of_stay=length_of_stay)
+    return merge(read_files(paths, reader, on_error))
