@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import faust
 import redis.asyncio as aioredis
 
+from streams.adapters.faust_recovery import SeekFirstTableManager
 from streams.adapters.redis_store import RedisStore
 from streams.adapters.triton import ImageInput, ModelOutput, TritonScorer
 from streams.core.alerting import AlertPolicy
@@ -39,7 +40,6 @@ __all__ = ["VigilWorker", "create_worker"]
 
 log = logging.getLogger(__name__)
 
-_ACK_INTERVAL_SECONDS = 0.05
 _INPUT_ORDER = (TopicKind.VITALS, TopicKind.LABS, TopicKind.IMAGING, TopicKind.ADT)
 
 
@@ -63,7 +63,6 @@ class VigilWorker:
     outputs: dict[TopicKind, Any]
     stream_clock_ms: dict[str, int] = field(default_factory=dict)
     locks: dict[bytes, asyncio.Lock] = field(default_factory=dict)
-    pending_acks: list[tuple[Any, Any]] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def kind_of(self, topic: str) -> TopicKind:
@@ -82,9 +81,10 @@ class VigilWorker:
 
         Concurrent calls (the agents run several actors) serialise per patient on a lock
         keyed by the record key, in arrival order. Nothing is written before the Triton
-        answer is in; then outputs are sent and the state is written. The caller
-        acknowledges the record afterwards, and Faust commits an offset only after
-        flushing the producer, so a committed record's outputs and state are in Kafka.
+        answer is in; then outputs are sent and, once Kafka has them, the state is
+        written; this returns when the state's changelog record is in Kafka too. The
+        caller acknowledges the record afterwards, so a committed offset never runs
+        ahead of the outputs and state it produced.
         """
         await self.ready.wait()  # Triton and Redis clients are up
         key = event.message.key
@@ -119,38 +119,11 @@ class VigilWorker:
             # worker stopped in between then re-reads the record rather than losing them.
             for delivery in deliveries:
                 await delivery
-            for pid, state in states.items():
-                self.tables[pid] = state.to_dict()
+            changelog = [self.tables.put(pid, state.to_dict()) for pid, state in states.items()]
+        for written in changelog:
+            await written
         if not key or len(self.locks) > 10_000:
             self.locks = {k: v for k, v in self.locks.items() if v.locked()}
-
-    def defer_ack(self, stream: Any, event: Any) -> None:
-        """Acknowledge ``event`` once its changelog records have reached the producer."""
-        self.pending_acks.append((stream, event))
-
-    async def ack_pending(self) -> int:
-        """Flush the table's changelog buffer, then acknowledge the processed records.
-
-        Faust flushes its Kafka producer before committing offsets, but not its own
-        send-soon buffer, where table changelog records wait; acknowledging only after
-        that buffer is flushed keeps a commit from outrunning the changelog. Returns how
-        many records were acknowledged (none if the producer is stopping: they will be
-        read again).
-        """
-        if not self.pending_acks:
-            return 0
-        batch, self.pending_acks = self.pending_acks, []
-        try:
-            await self.app.producer.buffer.flush()
-        except RuntimeError:
-            # Producer not running (starting or stopping): try again later. A record
-            # must never be dropped from this list unacknowledged while the worker runs,
-            # or its partition's committed offset would stop at it for good.
-            self.pending_acks = batch + self.pending_acks
-            return 0
-        for stream, event in batch:
-            await stream.ack(event)
-        return len(batch)
 
     def _ingest_one(
         self,
@@ -268,6 +241,33 @@ class VigilWorker:
         return removed
 
 
+class DurableTable(faust.Table[str, Any]):
+    """A Faust table whose writes can be awaited until their changelog record is in Kafka.
+
+    Faust sends changelog records through its producer's send-soon buffer and, before
+    committing offsets, flushes that buffer with a wait that gives up after 0.1 s per
+    message, so a commit can outrun the changelog and a restarted worker then restores
+    a state older than the offsets it resumes from. :meth:`put` hands back the
+    changelog record's future instead, so the caller can wait for it before
+    acknowledging the input record.
+    """
+
+    _sent: Any = None
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        self._sent = super().send_changelog(*args, **kwargs)
+        return self._sent
+
+    def put(self, key: str, value: Any) -> Awaitable[Any]:
+        """Set ``key`` to ``value``; the result completes once Kafka holds the change."""
+        self._sent = None
+        self[key] = value
+        sent, self._sent = self._sent, None
+        if sent is None:  # pragma: no cover - Faust always logs a set to the changelog
+            raise RuntimeError("table write produced no changelog record")
+        return cast(Awaitable[Any], sent)
+
+
 class _TableCache(dict[str, PatientState]):
     """States seen by one record: missing patients are loaded from the Faust table on first use;
     new or loaded states land in ``states``, which are written back once it is processed."""
@@ -334,6 +334,7 @@ def create_worker(
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=30.0,
         producer_acks=-1,
+        TableManager=SeekFirstTableManager,
     )
     kinds = {settings.topic(kind.value): kind for kind in _INPUT_ORDER}
     inputs = {
@@ -351,8 +352,10 @@ def create_worker(
         kind: app.topic(settings.topic(kind.value), key_serializer="raw", value_serializer="raw")
         for kind in (TopicKind.SCORES, TopicKind.ALERTS, TopicKind.DEADLETTER)
     }
-    table = app.Table(
-        "patients",
+    table = DurableTable(
+        app,
+        name="patients",
+        beacon=app.tables.beacon,
         default=None,
         partitions=settings.topic_partitions,
         schema=faust.Schema(
@@ -360,6 +363,7 @@ def create_worker(
         ),
         use_partitioner=True,
     )
+    app.tables.add(table)
     config = ProcessorConfig(
         window=settings.window,
         score_interval=settings.score_interval,
@@ -426,13 +430,16 @@ def create_worker(
         outputs=outputs,
     )
 
-    async def ingest(stream: Any) -> None:
-        # Acknowledge a record only after it is processed: Faust otherwise acknowledges
-        # the current record even when its processing is cancelled (worker stopping).
+    async def ingest(stream: Any) -> AsyncIterator[int]:
+        # Acknowledge a record only after it is processed and its outputs and state are
+        # in Kafka: Faust otherwise acknowledges the current record even when its
+        # processing is cancelled (worker stopping). Yielding the offset marks the
+        # record as done for Faust's agent test context.
         stream.enable_acks = False
         async for event in stream.events():
             await worker.process_event(event)
-            worker.defer_ack(stream, event)
+            await stream.ack(event)
+            yield event.message.offset
 
     # One agent per input topic (the topic names its kind), each with several actors so
     # that patients due for a score at the same time share one Triton request; records
@@ -446,12 +453,6 @@ def create_worker(
         await explainer.start()
         await store.start()
         worker.ready.set()
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def acknowledge() -> None:
-        while True:
-            await asyncio.sleep(_ACK_INTERVAL_SECONDS)
-            await worker.ack_pending()
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def expire_states() -> None:
