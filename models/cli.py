@@ -1,4 +1,4 @@
-"""Command-line entry points: ``vigil train|export deterioration`` and ``vigil train|export ood``.
+"""Command-line entry points: ``vigil train|export deterioration|ood|imaging``.
 
 The lead mounts :data:`train_app` and :data:`export_app` under the ``vigil`` command. Every
 training flag mirrors a field of :class:`models.train.TrainSettings` (environment prefix
@@ -260,6 +260,111 @@ def export_ood_command(
             version=version,
             max_batch_size=max_batch_size,
             instance_kind=kind,
+        )
+    except VigilError as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(f"exported {result.model} (parity {result.max_abs_diff:.2e})")
+
+
+_IMAGING_ENV = "VIGIL_IMAGING_"
+
+
+@train_app.command("imaging")
+def train_imaging_command(
+    ct_path: Annotated[
+        Path | None, typer.Option(help="MSD lung CT patches.", envvar=f"{_IMAGING_ENV}CT_PATH")
+    ] = None,
+    xray_path: Annotated[
+        Path | None,
+        typer.Option(help="PneumoniaMNIST npz.", envvar=f"{_IMAGING_ENV}XRAY_PATH"),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint to write.", envvar=f"{_IMAGING_ENV}CHECKPOINT"),
+    ] = None,
+    base_channels: Annotated[
+        int | None,
+        typer.Option(help="First encoder width.", envvar=f"{_IMAGING_ENV}BASE_CHANNELS"),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.", envvar=f"{_IMAGING_ENV}SEED")] = None,
+    split_seed: Annotated[
+        int | None, typer.Option(help="Split seed.", envvar=f"{_IMAGING_ENV}SPLIT_SEED")
+    ] = None,
+    fold: Annotated[
+        int | None, typer.Option(help="Cross-validation fold.", envvar=f"{_IMAGING_ENV}FOLD")
+    ] = None,
+    pretrain_epochs: Annotated[
+        int | None,
+        typer.Option(help="X-ray pretraining epochs.", envvar=f"{_IMAGING_ENV}PRETRAIN_EPOCHS"),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Joint epochs.", envvar=f"{_IMAGING_ENV}EPOCHS")
+    ] = None,
+    xray_per_epoch: Annotated[
+        int | None,
+        typer.Option(help="X-rays per joint epoch.", envvar=f"{_IMAGING_ENV}XRAY_PER_EPOCH"),
+    ] = None,
+    target_recall: Annotated[
+        float | None,
+        typer.Option(
+            help="Validation lesion recall of the threshold.",
+            envvar=f"{_IMAGING_ENV}TARGET_RECALL",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads.", envvar=f"{_IMAGING_ENV}THREADS")
+    ] = None,
+) -> None:
+    """Train the multi-task imaging network (MSD lung CT, PneumoniaMNIST)."""
+    from models.imaging_settings import ImagingSettings
+
+    given: dict[str, Any] = {
+        k: v for k, v in locals().items() if v is not None and k in ImagingSettings.model_fields
+    }
+    try:
+        settings = ImagingSettings(**given)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise _fail(f"--{where.replace('_', '-')}: {first['msg']}", 2) from None
+    try:
+        from models.imaging_train import train_imaging  # torch only when training
+
+        result = train_imaging(settings)
+    except VigilError as exc:
+        raise _fail(str(exc), 1) from None
+    test = result.metrics["test"]["operating_point"]
+    typer.echo(
+        f"imaging checkpoint {result.checkpoint} (epoch {result.best_epoch}, "
+        f"{result.train_seconds:.0f} s); threshold {result.threshold:.2f}: test Dice "
+        f"{test['dice']:.3f}, lesion recall {test['lesion_recall']:.3f}; pneumonia AUROC "
+        f"{result.metrics['pneumonia']['official_val_auroc']:.3f}"
+    )
+
+
+@export_app.command("imaging")
+def export_imaging_command(
+    checkpoint: Annotated[Path, typer.Option(help="Imaging checkpoint.")] = Path(
+        "models/weights/imaging.pt"
+    ),
+    repo_dir: Annotated[Path, typer.Option(help="Triton model repository.")] = Path("triton_repo"),
+    version: Annotated[int, typer.Option(help="Model version folder.", min=1)] = 1,
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.", min=1)] = 16,
+    instance_kind: Annotated[str, typer.Option(help="KIND_CPU or KIND_GPU.")] = "KIND_CPU",
+) -> None:
+    """Export the imaging network to triton_repo/imaging/<version>/."""
+    kind: Literal["KIND_CPU", "KIND_GPU"]
+    if instance_kind == "KIND_CPU":
+        kind = "KIND_CPU"
+    elif instance_kind == "KIND_GPU":
+        kind = "KIND_GPU"
+    else:
+        raise _fail(f"--instance-kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}", 2)
+    try:
+        from models.imaging_export import export_imaging
+
+        result = export_imaging(
+            checkpoint, repo_dir, version=version, max_batch_size=max_batch_size, instance_kind=kind
         )
     except VigilError as exc:
         raise _fail(str(exc), 1) from None

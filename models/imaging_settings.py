@@ -1,0 +1,59 @@
+"""Settings of ``vigil train imaging`` (no torch import, so the CLI stays fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ImagingSettings"]
+
+
+class ImagingSettings(BaseSettings):
+    """Settings of ``vigil train imaging`` (environment prefix ``VIGIL_IMAGING_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_IMAGING_", frozen=True, extra="forbid")
+
+    ct_path: Path = Field(
+        Path("../shared/data/imaging/msd_lung_ct/msd_lung_ct_patches.npz"),
+        description="MSD lung CT patches (images, masks).",
+    )
+    xray_path: Path = Field(
+        Path("../shared/data/imaging/pneumoniamnist/pneumoniamnist.npz"),
+        description="PneumoniaMNIST (train/val images and labels).",
+    )
+    checkpoint: Path = Field(
+        Path("models/weights/imaging.pt"), description="Where the checkpoint is written."
+    )
+    base_channels: int = Field(8, ge=1, le=64, description="Width of the first encoder level.")
+    seed: int = Field(7, ge=0, description="Seed of initialisation, sampling and augmentation.")
+    split_seed: int = Field(2024, ge=0, description="Seed of the patient and X-ray splits.")
+    test_patients: int = Field(3, ge=1, description="CT patients held out for the report.")
+    validation_patients: int = Field(
+        2, ge=1, description="CT patients for early stopping and the threshold."
+    )
+    fold: int = Field(
+        0, ge=0, description="Cross-validation fold: rotates which patients are held out."
+    )
+    pretrain_epochs: int = Field(
+        3, ge=0, le=50, description="Epochs of X-ray classification before the joint training."
+    )
+    epochs: int = Field(30, ge=1, le=300, description="Joint training epochs.")
+    ct_repeats: int = Field(
+        4, ge=1, le=32, description="Augmented copies of each CT training patch per epoch."
+    )
+    xray_per_epoch: int = Field(
+        640, ge=0, description="X-rays sampled per joint epoch (0: CT only)."
+    )
+    xray_limit: int | None = Field(
+        None, ge=16, description="Use only the first N training and validation X-rays."
+    )
+    batch_size: int = Field(16, ge=1, le=512, description="CT patches per step.")
+    learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="Adam L2 weight decay.")
+    class_weight: float = Field(0.5, ge=0, description="Weight of the classification losses.")
+    target_recall: float = Field(
+        0.95, gt=0, le=1, description="Validation lesion recall the threshold must reach."
+    )
+    threads: int = Field(1, ge=1, le=64, description="torch intra-op threads.")

@@ -1,0 +1,191 @@
+"""Imaging branch, pure parts and network: preprocessing, components, metrics, artifacts,
+the splits, the network's outputs and its CAM (equal to Grad-CAM)."""
+
+from __future__ import annotations
+
+import io
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from models.imaging_data import patient_ids, split_patients
+from models.imaging_metrics import choose_threshold, lesion_counts, segmentation_scores
+from models.imaging_network import ImagingConfig, ImagingNet, grad_cam
+from models.imaging_ops import (
+    IMAGE_SIZE,
+    heatmap_npz,
+    heatmap_png,
+    label_components,
+    preprocess_image,
+    resize,
+    summarise_segmentation,
+)
+from models.network import NetConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_upsampling_is_torch_bilinear_with_half_pixel_centres():
+    image = np.random.default_rng(0).random((28, 28)).astype(np.float32)
+    expected = F.interpolate(
+        torch.from_numpy(image)[None, None], size=(64, 64), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    np.testing.assert_allclose(resize(image, 64, 64), expected, atol=1e-5)
+
+
+def test_resize_keeps_constants_and_identity():
+    image = np.random.default_rng(1).random((48, 48))
+    np.testing.assert_allclose(resize(image, 48, 48), image, atol=1e-6)
+    np.testing.assert_allclose(resize(np.full((512, 300), 0.25), 64, 64), 0.25, atol=1e-6)
+    with pytest.raises(ValueError, match="2-D"):
+        resize(np.zeros((2, 3, 4)), 8, 8)
+
+
+def test_downsampling_averages_instead_of_aliasing():
+    stripes = np.tile([0.0, 1.0], (64, 128)).astype(np.float32)  # [64,256] one-pixel stripes
+    small = resize(stripes, 16, 64)
+    assert np.abs(small - 0.5).max() < 0.05
+
+
+def test_preprocess_image_scales_and_resizes():
+    xray = (np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)
+    out = preprocess_image(xray)
+    assert out.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+    assert out.dtype == np.float32
+    assert out.min() >= 0.0
+    assert out.max() <= 1.0
+    ct = np.random.default_rng(2).random((1, 48, 48)).astype(np.float32)
+    assert preprocess_image(ct).shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+    assert preprocess_image(np.zeros((30, 30))).max() == 0.0  # zero stays a value
+    with pytest.raises(ValueError, match="image"):
+        preprocess_image(np.zeros((3, 28, 28)))
+    with pytest.raises(ValueError, match="non-finite"):
+        preprocess_image(np.full((28, 28), np.nan))
+
+
+def test_components_are_eight_connected():
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[1, 1] = mask[2, 2] = True  # diagonal neighbours: one component
+    mask[6, 5:8] = True
+    labels, count = label_components(mask)
+    assert count == 2
+    assert labels[1, 1] == labels[2, 2] == 1
+    assert set(np.unique(labels[6, 5:8])) == {2}
+    assert label_components(np.zeros((4, 4)))[1] == 0
+
+
+def test_summarise_segmentation_counts_lesions_and_area():
+    probability = np.zeros((1, 64, 64), dtype=np.float32)
+    probability[0, 5:10, 5:10] = 0.9  # 25 pixels
+    probability[0, 40:42, 40:43] = 0.5  # 6 pixels, exactly at the threshold
+    probability[0, 20, 20] = 0.49
+    assert summarise_segmentation(probability, 0.5) == (2, 31)
+    assert summarise_segmentation(probability[0], 0.95) == (0, 0)
+    assert summarise_segmentation(probability, 0.4) == (3, 32)
+
+
+def test_segmentation_scores_and_lesion_recall():
+    reference = np.zeros((2, 16, 16), dtype=bool)
+    reference[0, 2:5, 2:5] = True  # found
+    reference[0, 10:12, 10:12] = True  # missed
+    reference[1, 6:9, 6:9] = True  # found by one pixel
+    prob = np.zeros((2, 16, 16), dtype=np.float32)
+    prob[0, 2:5, 2:5] = 0.9
+    prob[1, 8, 8] = 0.8
+    prob[1, 0, 15] = 0.7  # false positive
+    scores = segmentation_scores(prob, reference, 0.5)
+    assert (scores.lesions, scores.lesions_found) == (3, 2)
+    assert scores.lesion_recall == pytest.approx(2 / 3)
+    assert scores.false_positive_components == 1
+    inter, pred, ref = 10, 11, 22
+    assert scores.dice == pytest.approx(2 * inter / (pred + ref))
+    assert scores.iou == pytest.approx(inter / (pred + ref - inter))
+    assert lesion_counts(reference[0], reference[0]) == (2, 2, 0)
+    perfect = segmentation_scores(reference.astype(np.float32), reference, 0.5)
+    assert perfect.dice == perfect.iou == perfect.lesion_recall == 1.0
+
+
+def test_choose_threshold_is_the_highest_reaching_the_target():
+    reference = np.zeros((1, 8, 8), dtype=bool)
+    reference[0, 1, 1] = reference[0, 5, 5] = True
+    prob = np.zeros((1, 8, 8), dtype=np.float32)
+    prob[0, 1, 1], prob[0, 5, 5] = 0.8, 0.3
+    assert choose_threshold(prob, reference, 1.0) == 0.3
+    assert choose_threshold(prob, reference, 0.5) == 0.8
+    assert choose_threshold(np.zeros_like(prob), reference, 0.9, [0.2, 0.5]) == 0.2
+
+
+def test_heatmap_png_decodes_to_the_heatmap():
+    cam = np.linspace(0, 1, 12 * 10, dtype=np.float32).reshape(1, 12, 10)
+    png = heatmap_png(cam)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (10, 12)
+    idat = re.search(rb"IDAT(.*)", png, re.S)
+    assert idat is not None
+    raw = zlib.decompressobj().decompress(idat.group(1))
+    rows = np.frombuffer(raw[: height * (width + 1)], dtype=np.uint8).reshape(height, width + 1)
+    assert (rows[:, 0] == 0).all()
+    np.testing.assert_array_equal(rows[:, 1:], np.round(cam[0] * 255).astype(np.uint8))
+
+
+def test_heatmap_npz_round_trips():
+    cam = np.random.default_rng(3).random((64, 64)).astype(np.float32)
+    with np.load(io.BytesIO(heatmap_npz(cam, class_probability=0.7))) as archive:
+        np.testing.assert_array_equal(archive["cam"], cam)
+        assert float(archive["class_probability"]) == pytest.approx(0.7)
+
+
+def test_patient_split_is_disjoint_seeded_and_complete():
+    patients = patient_ids(130)
+    assert patients[:10].tolist() == [0] * 10
+    assert patients[-1] == 12
+    split = split_patients(patients, seed=5, test=3, validation=2)
+    assert split == split_patients(patients, seed=5, test=3, validation=2)
+    assert (len(split["test"]), len(split["validation"]), len(split["train"])) == (3, 2, 8)
+    everyone = [p for part in split.values() for p in part]
+    assert sorted(everyone) == list(range(13))
+
+
+def test_network_outputs_have_the_contract_shapes():
+    torch.manual_seed(0)
+    config = ImagingConfig(base_channels=2, depth=2, embedding_dim=8, image_size=16)
+    net = ImagingNet(config).eval()
+    with torch.no_grad():
+        mask, prob, embedding, cam = net(torch.rand(3, 1, 16, 16))
+    assert mask.shape == cam.shape == (3, 1, 16, 16)
+    assert prob.shape == (3, 1)
+    assert embedding.shape == (3, 8)
+    for tensor in (mask, prob, cam):
+        assert (tensor >= 0).all()
+        assert (tensor <= 1).all()
+    with pytest.raises(ValueError, match="divisible"):
+        ImagingConfig(image_size=60, depth=3)
+
+
+def test_embedding_width_is_what_the_deterioration_model_consumes():
+    assert ImagingConfig().embedding_dim == NetConfig().image_dim
+    shipped = (REPO / "triton_repo" / "deterioration" / "config.pbtxt").read_text()
+    dims = re.search(
+        r'name: "image_embeddings"\s+data_type: \w+\s+dims: \[ (\d+), (\d+) \]', shipped
+    )
+    assert dims is not None
+    assert int(dims.group(2)) == ImagingConfig().embedding_dim
+
+
+def test_cam_equals_grad_cam():
+    torch.manual_seed(1)
+    net = ImagingNet(ImagingConfig(base_channels=2, depth=2, embedding_dim=8, image_size=16))
+    torch.nn.init.normal_(net.classifier.weight)
+    net.eval()
+    images = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        cam = net(images)[3]
+    reference = grad_cam(net, images)
+    assert torch.allclose(cam, reference, atol=1e-5)
+    assert (cam.amax(dim=(2, 3)) > 0.99).any()
