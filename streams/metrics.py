@@ -4,9 +4,17 @@ Conventions: base units (seconds), ``_total`` counters, bounded label values (to
 kinds, reasons, model names, severities), and never a patient identifier in a label.
 Metrics live in a dedicated registry so several apps in one process (tests) do not clash;
 the standard process and platform collectors are registered on it too.
+
+Label values that come from a closed set (topic kinds, outcomes, dead-letter reasons, alert
+severities and kinds, ICU types) are created at zero up front, so that rates and ratios
+exist before the first event instead of being missing series; :meth:`WorkerMetrics.prime`
+does the same for the configured model names.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,7 +25,10 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-__all__ = ["REGISTRY", "WorkerMetrics", "metrics"]
+from streams.core.events import INPUT_TOPICS, DeadLetterReason, IcuType, TopicKind
+from streams.core.state import Outcome
+
+__all__ = ["OUTPUT_TOPICS", "REGISTRY", "UNKNOWN_ICU_TYPE", "WorkerMetrics", "metrics"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -26,6 +37,31 @@ PlatformCollector(registry=REGISTRY)
 _LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_STATE_BUCKETS = tuple(float(2**k) for k in range(10, 24))  # 1 KiB .. 8 MiB
+
+OUTPUT_TOPICS: Final = (TopicKind.SCORES, TopicKind.ALERTS, TopicKind.DEADLETTER)
+"""Topic kinds counted by ``vigil_events_out_total``."""
+
+UNKNOWN_ICU_TYPE: Final = "unknown"
+"""``icu_type`` label of alerts whose patient has no ICU type (no admission record yet)."""
+
+_ALERT_SEVERITIES = ("low", "medium", "high")
+_ALERT_KINDS = ("deterioration", "news2")
+_ALERT_STATES = ("open", "escalated", "resolved")
+_ICU_TYPES = (*(t.value for t in IcuType), UNKNOWN_ICU_TYPE)
+
+
+class _AlertCounter(Counter):
+    """``vigil_alerts_total``: ``icu_type`` may be left out and is then ``unknown``.
+
+    Transitional: the worker counted alerts by severity, kind and state before the
+    ``icu_type`` label existed; once every caller passes it, this becomes a plain Counter.
+    """
+
+    def labels(self, *labelvalues: object, **labelkwargs: object) -> _AlertCounter:
+        if len(labelvalues) == 3 and not labelkwargs:
+            labelvalues = (*labelvalues, UNKNOWN_ICU_TYPE)
+        return super().labels(*labelvalues, **labelkwargs)
 
 
 class WorkerMetrics:
@@ -56,10 +92,17 @@ class WorkerMetrics:
             ["model", "degraded"],
             registry=registry,
         )
-        self.alerts = Counter(
+        self.events_out = Counter(
+            "vigil_events_out_total",
+            "Records produced by topic kind (scores, alerts, deadletter) and outcome "
+            "(delivered, failed).",
+            ["topic", "outcome"],
+            registry=registry,
+        )
+        self.alerts = _AlertCounter(
             "vigil_alerts_total",
-            "Alert state changes emitted by severity and kind.",
-            ["severity", "kind", "state"],
+            "Alert state changes emitted by severity, kind, state and ICU type.",
+            ["severity", "kind", "state", "icu_type"],
             registry=registry,
         )
         self.event_lag = Histogram(
@@ -109,21 +152,22 @@ class WorkerMetrics:
         )
         self.ood = Counter(
             "vigil_ood_total",
-            "Scores flagged out of distribution.",
+            "Scores whose input the ood model flagged out of distribution, by scoring model.",
             ["model"],
             registry=registry,
         )
         self.active_patients = Gauge(
             "vigil_active_patients", "Patients with state held by this worker.", registry=registry
         )
-        self.state_bytes = Gauge(
-            "vigil_state_bytes",
-            "Approximate serialised size of the patient states held, bytes.",
+        self.state_size = Histogram(
+            "vigil_state_size_bytes",
+            "Serialised (JSON) size of each per-patient state, bytes, sampled periodically.",
+            buckets=_STATE_BUCKETS,
             registry=registry,
         )
         self.consumer_lag = Gauge(
             "vigil_consumer_lag_messages",
-            "Messages behind the end of each input topic.",
+            "Messages between the group's committed offsets and the end of each input topic.",
             ["topic"],
             registry=registry,
         )
@@ -132,6 +176,34 @@ class WorkerMetrics:
             "Failed Redis writes (retried when Redis returns).",
             registry=registry,
         )
+        self._prime_closed_sets()
+
+    def _prime_closed_sets(self) -> None:
+        for kind in sorted(INPUT_TOPICS):
+            for outcome in (*(o.value for o in Outcome), "deadletter"):
+                self.events_in.labels(kind.value, outcome)
+        for out in OUTPUT_TOPICS:
+            for delivery in ("delivered", "failed"):
+                self.events_out.labels(out.value, delivery)
+        for reason in DeadLetterReason:
+            self.deadletter.labels(reason.value)
+        for severity in _ALERT_SEVERITIES:
+            for alert_kind in _ALERT_KINDS:
+                for state in _ALERT_STATES:
+                    for icu_type in _ICU_TYPES:
+                        self.alerts.labels(severity, alert_kind, state, icu_type)
+
+    def prime(self, models: Iterable[str]) -> None:
+        """Create the per-model series at zero (call once with the configured models).
+
+        Args:
+            models: Model names as they label scores, for example ``deterioration``
+                and ``news2`` (the degraded mode's label).
+        """
+        for model in models:
+            for degraded in ("false", "true"):
+                self.scores.labels(model, degraded)
+            self.ood.labels(model)
 
 
 metrics = WorkerMetrics(REGISTRY)

@@ -11,7 +11,7 @@ from streams.core.events import TopicKind, topic_name
 from streams.settings import WorkerSettings
 from vigil.errors import TopicError
 
-__all__ = ["REQUIRED_TOPICS", "create_topics", "missing_topics"]
+__all__ = ["REQUIRED_TOPICS", "create_topics", "kafka_options", "missing_topics"]
 
 REQUIRED_TOPICS: tuple[TopicKind, ...] = (
     TopicKind.VITALS,
@@ -34,13 +34,14 @@ def _admin(settings: WorkerSettings) -> KafkaAdminClient:
             bootstrap_servers=settings.kafka_bootstrap,
             client_id="vigil-topics",
             request_timeout_ms=10_000,
-            **_security(settings),
+            **kafka_options(settings),
         )
     except KafkaError as exc:
         raise TopicError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
 
 
-def _security(settings: WorkerSettings) -> dict[str, object]:
+def kafka_options(settings: WorkerSettings) -> dict[str, object]:
+    """kafka-python client options for the configured security protocol and credentials."""
     options: dict[str, object] = {"security_protocol": settings.kafka_security_protocol}
     if settings.kafka_sasl_mechanism is not None:
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism

@@ -8,12 +8,8 @@ must show it, and once Redis starts the latest score of each patient must appear
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,15 +22,10 @@ from kafka import KafkaConsumer
 from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
+from tests.integration.workers import free_port, start_worker, stop_worker, worker_env
 from vigil.stack.settings import StackSettings
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scores(bootstrap: str, topic: str) -> list[dict[str, Any]]:
@@ -56,32 +47,24 @@ def test_scores_degrade_to_news2_and_redis_is_repopulated(
     prefix = f"deg{unique}"
     settings = WorkerSettings(kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
     create_topics(settings)
-    redis_port, metrics_port, dead_triton = _free_port(), _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "VIGIL_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-        "VIGIL_TOPIC_PREFIX": prefix,
-        "VIGIL_APP_ID": prefix,
-        "VIGIL_TRITON_URL": f"127.0.0.1:{dead_triton}",
-        "VIGIL_TRITON_TIMEOUT_SECONDS": "0.5",
-        "VIGIL_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "VIGIL_METRICS_PORT": str(metrics_port),
-        "VIGIL_DATA_DIR": str(tmp_path / "worker"),
-    }
+    redis_port, metrics_port, dead_triton = free_port(), free_port(), free_port()
+    env = worker_env(
+        stack,
+        prefix=prefix,
+        app_id=prefix,
+        data_dir=tmp_path / "worker",
+        triton_url=f"127.0.0.1:{dead_triton}",
+        triton_timeout_seconds="0.5",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        metrics_port=str(metrics_port),
+    )
     paths = sorted((DEMO / "set-a").glob("*.txt"))[:20]
     events = list(
         physionet2012_events(paths, length_of_stay=read_length_of_stay(DEMO / "Outcomes-a.txt"))
     )
     expected = {json.loads(e.payload)["event_id"] for e in events}
     log = tmp_path / "worker.log"
-    with log.open("ab") as handle:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "vigil", "worker"],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    worker = start_worker(env, log)
     redis_proc: subprocess.Popen[bytes] | None = None
     try:
         produce(events, bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
@@ -131,9 +114,7 @@ def test_scores_degrade_to_news2_and_redis_is_repopulated(
         assert set(stored) == set(latest)
         assert all(stored[pid]["event_time"] == latest[pid] for pid in latest)
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(60)
+        stop_worker(worker)
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(10)

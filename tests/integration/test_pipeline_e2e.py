@@ -11,10 +11,6 @@ A worker stopped and restarted mid-stream does not yet meet the exactly-once acc
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,31 +23,11 @@ from kafka import KafkaConsumer
 from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
+from tests.integration.workers import start_worker, stop_worker, worker_env
 from vigil.stack.settings import StackSettings
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 N_STAYS = 200
-
-
-def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as handle:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "vigil", "worker"],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def _read_all(bootstrap: str, topic: str, idle_ms: int = 3000) -> list[Any]:
@@ -92,16 +68,7 @@ def test_replay_200_stays_every_event_accounted_once(
         kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=prefix, app_id=app_id
     )
     create_topics(settings)
-    env = {
-        **os.environ,
-        "VIGIL_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-        "VIGIL_TOPIC_PREFIX": prefix,
-        "VIGIL_APP_ID": app_id,
-        "VIGIL_REDIS_URL": stack.redis_url,
-        "VIGIL_TRITON_URL": stack.triton_grpc_url,
-        "VIGIL_METRICS_PORT": "0",
-        "VIGIL_DATA_DIR": str(tmp_path / "worker"),
-    }
+    env = worker_env(stack, prefix=prefix, app_id=app_id, data_dir=tmp_path / "worker")
     paths = sorted((DEMO / "set-a").glob("*.txt"))[:N_STAYS]
     events = list(
         physionet2012_events(paths, length_of_stay=read_length_of_stay(DEMO / "Outcomes-a.txt"))
@@ -110,7 +77,7 @@ def test_replay_200_stays_every_event_accounted_once(
     patients = {e.patient_id for e in events}
     assert len(patients) == N_STAYS
     log = tmp_path / "worker.log"
-    worker = _start_worker(env, log)
+    worker = start_worker(env, log)
     try:
         produce(events, bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
         deadline = time.monotonic() + 480
@@ -124,7 +91,7 @@ def test_replay_200_stays_every_event_accounted_once(
             assert worker.poll() is None, log.read_text()[-3000:]
             time.sleep(3)
     finally:
-        _stop(worker)
+        stop_worker(worker)
 
     scores = _read_all(stack.kafka_bootstrap, f"{prefix}.scores")
     dead = _read_all(stack.kafka_bootstrap, f"{prefix}.deadletter", 500)
