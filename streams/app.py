@@ -13,6 +13,7 @@ The table is changelog-backed; its keys are partitioned exactly like the input t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,14 +25,15 @@ import faust
 import redis.asyncio as aioredis
 
 from streams.adapters.faust_recovery import SeekFirstTableManager
+from streams.adapters.lag import ConsumerLagMonitor
 from streams.adapters.redis_store import RedisStore
 from streams.adapters.triton import ImageInput, ModelOutput, TritonScorer
 from streams.core.alerting import AlertPolicy
 from streams.core.breaker import CircuitBreaker
-from streams.core.events import AlertRecord, DeadLetterRecord, ScoreRecord, TopicKind
+from streams.core.events import AlertRecord, DeadLetterRecord, IcuType, ScoreRecord, TopicKind
 from streams.core.pipeline import ModelAnswer, Processor, ProcessorConfig, Snapshot
 from streams.core.state import Origin, Outcome, PatientState
-from streams.metrics import WorkerMetrics, metrics
+from streams.metrics import UNKNOWN_ICU_TYPE, WorkerMetrics, metrics
 from streams.settings import WorkerSettings
 from vigil import __version__
 from vigil.errors import CircuitOpenError, InferenceError
@@ -102,23 +104,28 @@ class VigilWorker:
                 if decisions and answer is not None:
                     contributions = await self._explain(snapshot)
                 results.append((snapshot, started, score, decisions, contributions))
-            deliveries = []
+            deliveries: list[tuple[TopicKind, Any]] = []
             for record, kind in dead:
-                deliveries.append(
-                    await self.outputs[TopicKind.DEADLETTER].send(
-                        key=None, value=record.model_dump_json().encode()
-                    )
+                sent = await self.outputs[TopicKind.DEADLETTER].send(
+                    key=None, value=record.model_dump_json().encode()
                 )
+                deliveries.append((TopicKind.DEADLETTER, sent))
                 self.metrics.deadletter.labels(record.reason.value).inc()
                 self.metrics.events_in.labels(kind, "deadletter").inc()
             for snapshot, started, score, decisions, contributions in results:
                 alerts = self.processor.alert_records(snapshot, score, decisions, contributions)
-                deliveries.extend(await self._emit(score, alerts))
+                icu_type = _icu_type(states.get(score.patient_id))
+                deliveries.extend(await self._emit(score, alerts, icu_type))
                 self.metrics.score_latency.observe(time.perf_counter() - started)
             # Outputs must be in Kafka before the state that says they were produced: a
             # worker stopped in between then re-reads the record rather than losing them.
-            for delivery in deliveries:
-                await delivery
+            for topic, delivery in deliveries:
+                try:
+                    await delivery
+                except Exception:
+                    self.metrics.events_out.labels(topic.value, "failed").inc()
+                    raise
+                self.metrics.events_out.labels(topic.value, "delivered").inc()
             changelog = [self.tables.put(pid, state.to_dict()) for pid, state in states.items()]
         for written in changelog:
             await written
@@ -181,26 +188,26 @@ class VigilWorker:
             return None
         return output.contributions
 
-    async def _emit(self, score: ScoreRecord, alerts: list[AlertRecord]) -> list[Any]:
+    async def _emit(
+        self, score: ScoreRecord, alerts: list[AlertRecord], icu_type: str
+    ) -> list[tuple[TopicKind, Any]]:
         """Send a score and its alerts (and queue them for Redis); returns the delivery
-        futures."""
+        futures by topic kind."""
         key = score.patient_id.encode()
-        deliveries = [
-            await self.outputs[TopicKind.SCORES].send(
-                key=key, value=score.model_dump_json().encode()
-            )
-        ]
+        sent = await self.outputs[TopicKind.SCORES].send(
+            key=key, value=score.model_dump_json().encode()
+        )
+        deliveries = [(TopicKind.SCORES, sent)]
         self.metrics.scores.labels(score.model, str(score.degraded).lower()).inc()
         if score.risk is not None:
             self.metrics.risk.labels(score.model).observe(score.risk)
         self.store.put_score(score)
         for alert in alerts:
-            deliveries.append(
-                await self.outputs[TopicKind.ALERTS].send(
-                    key=key, value=alert.model_dump_json().encode()
-                )
+            sent = await self.outputs[TopicKind.ALERTS].send(
+                key=key, value=alert.model_dump_json().encode()
             )
-            self.metrics.alerts.labels(alert.severity, alert.kind, alert.state).inc()
+            deliveries.append((TopicKind.ALERTS, sent))
+            self.metrics.alerts.labels(alert.severity, alert.kind, alert.state, icu_type).inc()
             self.store.put_alert(alert)
         return deliveries
 
@@ -239,6 +246,17 @@ class VigilWorker:
                 del self.tables[pid]
                 removed += 1
         return removed
+
+
+def _icu_type(state: PatientState | None) -> str:
+    """The bounded ICU-type label of a patient's metrics (never the patient)."""
+    number = None if state is None else state.statics.get("ICUType")
+    if number is None:
+        return UNKNOWN_ICU_TYPE
+    try:
+        return IcuType.from_physionet(int(number)).value
+    except ValueError:
+        return UNKNOWN_ICU_TYPE
 
 
 class DurableTable(faust.Table[str, Any]):
@@ -447,17 +465,30 @@ def create_worker(
     for kind, topic in inputs.items():
         app.agent(topic, name=f"vigil-{kind.value}", concurrency=settings.agent_concurrency)(ingest)
 
+    worker_metrics.prime([settings.triton_model, "news2"])
+    lag_monitor = ConsumerLagMonitor(settings, worker_metrics.consumer_lag)
+
     @app.task  # type: ignore[untyped-decorator]
     async def start_adapters() -> None:
         await scorer.start()
         await explainer.start()
         await store.start()
         worker.ready.set()
+        await asyncio.to_thread(lag_monitor.update)  # then every 15 s
+
+    @app.timer(interval=15.0)  # type: ignore[untyped-decorator]
+    async def measure_consumer_lag() -> None:
+        await asyncio.to_thread(lag_monitor.update)  # blocking admin calls
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def expire_states() -> None:
         removed = await worker.expire()
         if removed:
             log.info("expired %d patient states", removed)
+        # Every state this worker holds (with several workers, standby copies too).
+        sizes = [len(json.dumps(value, separators=(",", ":"))) for value in worker.tables.values()]
+        worker_metrics.active_patients.set(len(sizes))
+        for size in sizes:
+            worker_metrics.state_size.observe(size)
 
     return worker

@@ -35,9 +35,6 @@ MAY_BE_EMPTY = {
     'count by (alertname) (ALERTS{alertname=~"Vigil.*", alertstate="firing"})': "no alert firing",
     "vigil:inference_errors:rate5m": "no inference error",
     "sum by (code) (rate(vigil_artifacts_total[5m]))": "no physiological artifact",
-    # Set once the worker runs streams.adapters.lag.ConsumerLagMonitor (docs/metrics.md).
-    "sum(vigil:consumer_lag_messages:max)": "consumer lag not measured by this worker",
-    "vigil:consumer_lag_messages:max": "consumer lag not measured by this worker",
     # vigil_ood_total{model} exists once the worker primes its models or flags an input.
     "vigil:ood:ratio_rate5m": "no OOD flag counted yet",
 }
