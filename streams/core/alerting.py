@@ -1,50 +1,98 @@
-"""The first alert policy: threshold with hysteresis and a refractory period (pure).
+"""Alert policy v2: hysteresis, persistence, refractory, escalation, OOD deferral (pure).
 
-One alert episode per patient at a time:
+One alert episode per patient at a time, as a state machine over scores in event time
+(``docs/alerting.md`` draws it):
 
-* **open** when the model risk reaches ``arm_risk`` (or, in degraded mode without the
-  model, when NEWS2 reaches ``news2_threshold``), unless the patient is in the refractory
-  period after a resolved episode and the risk has not risen by ``realert_margin``;
-* **escalated** when the severity of an open episode rises;
-* **resolved** when the risk falls to ``disarm_risk`` or below (NEWS2 at or below
-  ``news2_threshold - 2`` for an episode NEWS2 opened). Hysteresis (``disarm < arm``) stops
-  an alert flapping around one threshold.
+* **arming**: in-distribution scores at or above ``arm_risk`` (NEWS2 at or above
+  ``news2_threshold`` in degraded mode) form a run; the episode **opens** once the run has
+  ``arm_scores`` scores *and* lasts ``arm_duration`` (set either to its trivial value,
+  1 or 0, to use the other alone). A score below the arm threshold ends the run. Within
+  ``refractory`` after a resolved episode of the same kind, the arm threshold is raised
+  to the last peak plus ``realert_margin`` (2 points for NEWS2).
+* **escalated** when the severity rises: model risk at ``medium_risk`` / ``high_risk``,
+  or the NEWS2 response band (RCP 2017: 7+ is high; 5-6, or a single parameter scoring
+  3, is medium), whichever is higher.
+* **resolved** once scores at or below ``disarm_risk`` (NEWS2 ``news2_threshold - 2``)
+  persist for ``disarm_scores`` scores and ``disarm_duration``; a score above it ends the
+  run. Hysteresis (``disarm < arm``) and persistence stop an alert flapping.
+* **deferred_for_review** when the OOD detector flags the input: the risk is not
+  trusted, so it neither opens, escalates nor resolves anything. Without an episode a
+  deferred one opens at once (whatever the risk) saying why (distance, threshold); an
+  open episode turns deferred. Back in distribution, an episode that was open before
+  turns ``open`` again (``back_in_distribution``); one that was only deferred either
+  confirms (the risk arms, with persistence) or resolves.
+* **snoozed** (by an action, :mod:`streams.core.acks`): no open, escalated or deferred
+  output until the snooze ends in event time; the first score after that re-arms it
+  (``snooze_expired``, with the current severity). A resolution is always published.
 
-An episode NEWS2 opened (degraded mode) is judged by NEWS2 until it resolves, even once
-the model is back; an episode the model opened waits for the model. The refractory
-period applies to a new episode of the same kind as the one that resolved.
-
-Alert ids are deterministic (patient, kind, episode start), so reprocessing the same
-events cannot create a second alert. State lives in the patient state as a plain dict.
+An episode NEWS2 opened (degraded mode) is judged by NEWS2 until it resolves; an episode
+the model opened waits for the model. Alert ids are deterministic (patient, kind, policy
+version, episode start = first score of the arming run). State is a JSON-ready dict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from streams.core.events import make_alert_id
+from streams.core.events import AlertState, Severity, make_alert_id
 from streams.core.news2 import News2Band, News2Result
 
-__all__ = ["POLICY_VERSION", "AlertDecision", "AlertPolicy", "evaluate"]
+__all__ = [
+    "POLICY_VERSION",
+    "AlertDecision",
+    "AlertPolicy",
+    "OodVerdict",
+    "UnitPolicies",
+    "evaluate",
+    "raise_severity",
+]
 
-POLICY_VERSION = "threshold-hysteresis-1"
+POLICY_VERSION = "hysteresis-persistence-2"
 
-Severity = Literal["low", "medium", "high"]
-_SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
+Kind = Literal["deterioration", "news2"]
+_RANK: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
+_NEWS2_MARGIN = 2.0
+_Emit = Callable[..., None]
 
 
 @dataclass(frozen=True)
 class AlertPolicy:
-    """Thresholds of the first policy (see ``WorkerSettings``)."""
+    """Thresholds of one unit (see ``WorkerSettings``); defaults fitted on validation
+    data (``docs/alerting.md``).
 
-    arm_risk: float = 0.5
-    disarm_risk: float = 0.35
+    Attributes:
+        arm_risk: Model risk that arms an episode (0-1).
+        disarm_risk: Model risk at or below which an episode resolves (< ``arm_risk``).
+        arm_scores: Consecutive scores at or above arm needed to open (>= 1).
+        arm_duration: Event time the arming run must last to open (>= 0).
+        disarm_scores: Consecutive scores at or below disarm needed to resolve (>= 1).
+        disarm_duration: Event time the disarm run must last to resolve (>= 0).
+        refractory: After a resolution, how long a new episode needs the last peak plus
+            ``realert_margin``.
+        realert_margin: Risk rise over the last peak that re-alerts within refractory.
+        medium_risk: Risk from which severity is at least medium.
+        high_risk: Risk from which severity is high.
+        news2_threshold: NEWS2 that arms in degraded mode (resolves at 2 below).
+        max_snooze: Longest snooze an action may ask for.
+    """
+
+    # Operating point on the validation split (docs/alerting.md): 0.0081 alerts per
+    # patient-hour, 81 % of the stays that died alerted within 48 h.
+    arm_risk: float = 0.2
+    disarm_risk: float = 0.1
+    arm_scores: int = 2
+    arm_duration: timedelta = timedelta(hours=1)
+    disarm_scores: int = 2
+    disarm_duration: timedelta = timedelta(hours=1)
     refractory: timedelta = timedelta(hours=6)
     realert_margin: float = 0.15
+    medium_risk: float = 0.65
+    high_risk: float = 0.8
     news2_threshold: int = 7
+    max_snooze: timedelta = timedelta(hours=4)
 
     def __post_init__(self) -> None:
         if not 0 < self.disarm_risk < self.arm_risk < 1:
@@ -54,32 +102,100 @@ class AlertPolicy:
         # NEWS2 is 0-20 and resolves at news2_threshold - 2: below 2 it could never resolve.
         if not 2 <= self.news2_threshold <= 20:
             raise ValueError("need 2 <= news2_threshold <= 20")
+        if self.arm_scores < 1 or self.disarm_scores < 1:
+            raise ValueError("need arm_scores >= 1 and disarm_scores >= 1")
+        if self.arm_duration < timedelta(0) or self.disarm_duration < timedelta(0):
+            raise ValueError("need arm_duration >= 0 and disarm_duration >= 0")
+        if not 0 < self.medium_risk <= self.high_risk <= 1:
+            raise ValueError("need 0 < medium_risk <= high_risk <= 1")
+        if self.max_snooze <= timedelta(0):
+            raise ValueError("need max_snooze > 0")
+
+
+@dataclass(frozen=True)
+class UnitPolicies:
+    """Policies per unit (an ICU type such as ``medical``, or a care unit), with a default.
+
+    Attributes:
+        default: Policy of any unit not listed.
+        units: Policy by unit key.
+    """
+
+    default: AlertPolicy = field(default_factory=AlertPolicy)
+    units: Mapping[str, AlertPolicy] = field(default_factory=dict)
+
+    def for_unit(self, *keys: str | None) -> AlertPolicy:
+        """The policy of the first key listed (most specific first), else the default."""
+        for key in keys:
+            if key is not None and key in self.units:
+                return self.units[key]
+        return self.default
+
+
+@dataclass(frozen=True)
+class OodVerdict:
+    """The OOD detector's answer for the scored window (Triton model ``ood``).
+
+    Attributes:
+        distance: Mahalanobis distance to the nearest class.
+        threshold: The detector's threshold.
+        flagged: True when the input is out of distribution (``distance > threshold``).
+    """
+
+    distance: float
+    threshold: float
+    flagged: bool
 
 
 @dataclass(frozen=True)
 class AlertDecision:
-    """One alert state change to publish."""
+    """One alert state change to publish (and audit)."""
 
     alert_id: str
-    kind: Literal["deterioration", "news2"]
-    state: Literal["open", "escalated", "resolved"]
+    kind: Kind
+    state: AlertState
     severity: Severity
     reason: str
     degraded: bool
+    detail: str = ""
 
 
-def _severity(risk: float | None, news2: News2Result | None) -> Severity:
-    level: Severity = "low"
+def raise_severity(severity: str, by: int = 1) -> Severity:
+    """The severity ``by`` levels up, capped at high."""
+    levels: tuple[Severity, ...] = ("low", "medium", "high")
+    return levels[min(_RANK[severity] + by, 2)]
+
+
+def _severity(risk: float | None, news2: News2Result | None, policy: AlertPolicy) -> Severity:
+    rank = 0
     if risk is not None:
-        level = "high" if risk >= 0.8 else "medium" if risk >= 0.65 else "low"
+        rank = 2 if risk >= policy.high_risk else 1 if risk >= policy.medium_risk else 0
     if news2 is not None:
         band = news2.band
-        from_news: Severity = (
-            "high" if band is News2Band.HIGH else "medium" if band is News2Band.MEDIUM else "low"
+        from_news = (
+            2
+            if band is News2Band.HIGH
+            else 1
+            if band in (News2Band.MEDIUM, News2Band.LOW_MEDIUM)
+            else 0
         )
-        if _SEVERITY_RANK[from_news] > _SEVERITY_RANK[level]:
-            level = from_news
-    return level
+        rank = max(rank, from_news)
+    return raise_severity("low", rank)
+
+
+def _snoozed(active: Mapping[str, Any], at_s: float) -> bool:
+    until = active.get("snoozed_until_s")
+    return until is not None and at_s < float(until)
+
+
+def _resolve(new: dict[str, Any], active: dict[str, Any], at_s: float, confirmed: bool) -> None:
+    new["active"] = None
+    new["up"] = None
+    new["resolved_ids"] = [*new.get("resolved_ids", []), active["id"]][-16:]
+    if confirmed:  # a deferral alone sets no refractory peak
+        new["last_resolved_s"] = at_s
+        new["last_peak"] = active.get("peak")
+        new["last_kind"] = active["kind"]
 
 
 def evaluate(
@@ -90,93 +206,210 @@ def evaluate(
     risk: float | None,
     news2: News2Result | None,
     policy: AlertPolicy,
+    ood: OodVerdict | None = None,
 ) -> tuple[dict[str, Any], list[AlertDecision]]:
     """Apply one score to the alert state.
 
     Args:
-        state: The patient's alert state (``{}`` initially).
+        state: The patient's alert state (``{}`` initially); not mutated.
         patient_id: Used only inside the hashed alert id.
         at: Event time of the score.
         risk: Model risk 0-1, or None in degraded mode.
         news2: NEWS2 of the same state, if computable.
-        policy: Thresholds.
+        policy: Thresholds of the patient's unit.
+        ood: The OOD detector's verdict on the same window, if any.
 
     Returns:
         The new alert state and the decisions to publish (possibly none).
     """
     new = dict(state)
     at_s = at.timestamp()
-    active = new.get("active")
-    # NEWS2 is computed with the model on too, so an episode NEWS2 opened keeps being
-    # judged by it; otherwise it could never resolve once the model is back, and would
-    # block model alerts for ever.
+    active: dict[str, Any] | None = None if new.get("active") is None else dict(new["active"])
+    out: list[AlertDecision] = []
+    rearm = False
+    if (
+        active is not None
+        and active.get("snoozed_until_s") is not None
+        and not _snoozed(active, at_s)
+    ):
+        active["snoozed_until_s"] = None
+        rearm = True
     degraded = risk is None or (active is not None and active["kind"] == "news2")
+    kind: Kind = "news2" if degraded else "deterioration"
     if degraded:
         value = None if news2 is None else float(news2.total)
-        arm = float(policy.news2_threshold)
-        disarm = float(policy.news2_threshold - 2)
-        kind: Literal["deterioration", "news2"] = "news2"
+        arm, disarm = float(policy.news2_threshold), float(policy.news2_threshold - 2)
     else:
         value = risk
         arm, disarm = policy.arm_risk, policy.disarm_risk
-        kind = "deterioration"
-    if value is None:
-        return new, []
-    severity = _severity(risk, news2)
-    decisions: list[AlertDecision] = []
-    if active is not None:
-        if active["kind"] != kind:
-            # Mode changed (degraded <-> model): judge the open episode by its own signal
-            # only when that signal is available again.
-            return new, []
-        if value <= disarm:
-            decisions.append(
-                AlertDecision(
-                    active["id"],
-                    kind,
-                    "resolved",
-                    active["severity"],
-                    "below_disarm_threshold",
-                    degraded,
-                )
+    flagged = kind == "deterioration" and ood is not None and ood.flagged
+
+    def emit(
+        episode: Mapping[str, Any],
+        state_: AlertState,
+        severity: Severity,
+        reason: str,
+        detail: str = "",
+    ) -> None:
+        if state_ == "resolved" or not _snoozed(episode, at_s):
+            out.append(
+                AlertDecision(episode["id"], kind, state_, severity, reason, degraded, detail)
             )
-            new["active"] = None
-            new["last_resolved_s"] = at_s
-            new["last_peak"] = active.get("peak", value)
-            new["last_kind"] = kind
-        else:
-            active = dict(active)
-            active["peak"] = max(float(active.get("peak", value)), value)
-            if _SEVERITY_RANK[severity] > _SEVERITY_RANK[active["severity"]]:
-                active["severity"] = severity
-                decisions.append(
-                    AlertDecision(
-                        active["id"], kind, "escalated", severity, "severity_rose", degraded
-                    )
-                )
+
+    new["active"] = active
+    if value is None or (active is not None and active["kind"] != kind):
+        # No signal, or the episode waits for its own signal (model <-> degraded).
+        pass
+    elif ood is not None and flagged:
+        why = (
+            f"Mahalanobis distance {ood.distance:.2f} > threshold {ood.threshold:.2f}; "
+            "the model risk is not trusted"
+        )
+        new["up"] = None
+        if active is None:
+            active = {
+                "id": make_alert_id(patient_id, kind, at, policy_version=POLICY_VERSION),
+                "kind": kind,
+                "severity": _severity(None, news2, policy),
+                "opened_s": at_s,
+                "peak": None,
+                "status": "deferred_for_review",
+                "confirmed": False,
+            }
             new["active"] = active
-        return new, decisions
-    if value < arm:
-        return new, []
-    last_resolved = new.get("last_resolved_s")
-    # The last peak is in the resolved episode's own unit (risk 0-1 or NEWS2 points).
-    same_kind = new.get("last_kind", kind) == kind
+            emit(
+                active, "deferred_for_review", active["severity"], "input_out_of_distribution", why
+            )
+        else:
+            active["down"] = None
+            if active.get("status", "open") == "open":
+                active["status"] = "deferred_for_review"
+                emit(
+                    active,
+                    "deferred_for_review",
+                    active["severity"],
+                    "input_out_of_distribution",
+                    why,
+                )
+    elif active is not None:
+        active = _judge(active, new, emit, value, arm, disarm, at_s, risk, news2, policy)
+    else:
+        _arm(new, out, value, arm, at, kind, degraded, risk, news2, policy, patient_id)
+    if rearm and active is not None and new["active"] is active and not out:
+        status = active.get("status", "open")
+        emit(
+            active,
+            "open" if status == "open" else "deferred_for_review",
+            active["severity"],
+            "snooze_expired",
+        )
+    for key in ("active", "up"):  # keep a quiet patient's state small: {} stays {}
+        if new.get(key) is None:
+            new.pop(key, None)
+    return new, out
+
+
+def _judge(
+    active: dict[str, Any],
+    new: dict[str, Any],
+    emit: _Emit,
+    value: float,
+    arm: float,
+    disarm: float,
+    at_s: float,
+    risk: float | None,
+    news2: News2Result | None,
+    policy: AlertPolicy,
+) -> dict[str, Any]:
+    """An in-distribution score for an episode judged by this signal."""
+    if active.get("status", "open") == "deferred_for_review":
+        if active.get("confirmed", True):
+            active["status"] = "open"
+            emit(active, "open", active["severity"], "back_in_distribution")
+        elif value >= arm:
+            up = new.get("up") or [0, at_s, active["kind"], value]
+            up = [up[0] + 1, up[1], up[2], max(float(up[3]), value)]
+            new["up"] = up
+            if up[0] >= policy.arm_scores and at_s - up[1] >= policy.arm_duration.total_seconds():
+                new["up"] = None
+                active.update(status="open", confirmed=True, peak=value)
+                active["severity"] = max(
+                    active["severity"], _severity(risk, news2, policy), key=_RANK.__getitem__
+                )
+                emit(active, "open", active["severity"], "risk_above_threshold")
+            return active
+        else:
+            emit(active, "resolved", active["severity"], "back_in_distribution")
+            _resolve(new, active, at_s, confirmed=False)
+            return active
+    if value <= disarm:
+        down = active.get("down") or [0, at_s]
+        down = [down[0] + 1, down[1]]
+        active["down"] = down
+        if (
+            down[0] >= policy.disarm_scores
+            and at_s - down[1] >= policy.disarm_duration.total_seconds()
+        ):
+            emit(active, "resolved", active["severity"], "below_disarm_threshold")
+            _resolve(new, active, at_s, confirmed=True)
+        return active
+    active["down"] = None
+    peak = active.get("peak")
+    active["peak"] = value if peak is None else max(float(peak), value)
+    severity = _severity(risk, news2, policy)
+    if _RANK[severity] > _RANK[active["severity"]]:
+        active["severity"] = severity
+        emit(active, "escalated", severity, "severity_rose")
+    return active
+
+
+def _arm(
+    new: dict[str, Any],
+    out: list[AlertDecision],
+    value: float,
+    arm: float,
+    at: datetime,
+    kind: Kind,
+    degraded: bool,
+    risk: float | None,
+    news2: News2Result | None,
+    policy: AlertPolicy,
+    patient_id: str,
+) -> None:
+    """An in-distribution score without an episode: extend or end the arming run."""
+    at_s = at.timestamp()
+    last = new.get("last_resolved_s")
     if (
-        same_kind
-        and last_resolved is not None
-        and at_s - last_resolved < policy.refractory.total_seconds()
+        last is not None
+        and new.get("last_kind", kind) == kind
+        and new.get("last_peak") is not None
+        and at_s - float(last) < policy.refractory.total_seconds()
     ):
-        margin = policy.realert_margin if not degraded else 2.0
-        if value < float(new.get("last_peak", arm)) + margin:
-            return new, []
-    alert_id = make_alert_id(patient_id, kind, at)
+        # The last peak is in the resolved episode's own unit (risk 0-1 or NEWS2 points).
+        margin = _NEWS2_MARGIN if degraded else policy.realert_margin
+        arm = max(arm, float(new["last_peak"]) + margin)
+    up = new.get("up")
+    if value < arm:
+        new["up"] = None
+        return
+    if up is None or up[2] != kind:
+        up = [0, at_s, kind, value]
+    up = [up[0] + 1, up[1], kind, max(float(up[3]), value)]
+    new["up"] = up
+    if up[0] < policy.arm_scores or at_s - up[1] < policy.arm_duration.total_seconds():
+        return
+    start = at if up[1] == at_s else datetime.fromtimestamp(up[1], tz=at.tzinfo)
+    alert_id = make_alert_id(patient_id, kind, start, policy_version=POLICY_VERSION)
+    severity = _severity(risk, news2, policy)
+    new["up"] = None
     new["active"] = {
         "id": alert_id,
         "kind": kind,
         "severity": severity,
-        "opened_s": at_s,
-        "peak": value,
+        "opened_s": up[1],
+        "peak": up[3],
+        "status": "open",
+        "confirmed": True,
     }
-    reason = "risk_above_threshold" if not degraded else "news2_above_threshold"
-    decisions.append(AlertDecision(alert_id, kind, "open", severity, reason, degraded))
-    return new, decisions
+    reason = "news2_above_threshold" if degraded else "risk_above_threshold"
+    out.append(AlertDecision(alert_id, kind, "open", severity, reason, degraded))

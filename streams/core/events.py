@@ -7,8 +7,10 @@ strings (``2024-05-01T12:00:00Z``). Bytes travel as base64url (RFC 4648 §5).
 Input topics (keyed by ``patient_id``): ``vitals`` and ``labs`` carry
 :class:`ObservationEvent`, ``adt`` carries :class:`AdtEvent`, ``imaging`` carries
 :class:`ImagingEvent`. Output topics: ``scores`` (:class:`ScoreRecord`), ``alerts``
-(:class:`AlertRecord`), ``deadletter`` (:class:`DeadLetterRecord`). ``findings``, ``acks``
-and ``audit`` are named now; their records come with later issues.
+(:class:`AlertRecord`), ``deadletter`` (:class:`DeadLetterRecord`). ``acks`` (input, keyed by
+``patient_id``) carries :class:`AckEvent`, actions of clinicians on an alert; ``audit``
+(output) carries :class:`AuditRecord`, one per alert state change and per accepted action.
+``findings`` is named now; its record comes with a later issue.
 
 These models check structure only. Code vocabulary, units, physiological ranges and
 clock checks live in :mod:`streams.core.validation`.
@@ -39,8 +41,10 @@ __all__ = [
     "INPUT_TOPICS",
     "MAX_INLINE_IMAGE_BYTES",
     "MAX_OBSERVATIONS",
+    "AckEvent",
     "AdtEvent",
     "AlertRecord",
+    "AuditRecord",
     "DeadLetterReason",
     "DeadLetterRecord",
     "IcuType",
@@ -54,6 +58,7 @@ __all__ = [
     "ScoreRecord",
     "TopicKind",
     "make_alert_id",
+    "make_audit_id",
     "topic_name",
 ]
 
@@ -108,6 +113,12 @@ class DeadLetterReason(StrEnum):
     FUTURE_EVENT = "future_event"
     TOO_LATE = "too_late"
     DUPLICATE = "duplicate"
+    UNKNOWN_ALERT = "unknown_alert"
+    ALERT_RESOLVED = "alert_resolved"
+    MISSING_USER = "missing_user"
+    MISSING_REASON = "missing_reason"
+    SNOOZE_EXPIRED = "snooze_expired"
+    SNOOZE_TOO_LONG = "snooze_too_long"
 
 
 class IcuType(StrEnum):
@@ -378,6 +389,14 @@ class ScoreRecord(_Record):
         return self
 
 
+AlertState = Literal[
+    "open", "escalated", "deferred_for_review", "acknowledged", "snoozed", "resolved"
+]
+Severity = Literal["low", "medium", "high"]
+AckAction = Literal["acknowledge", "snooze", "escalate", "resolve"]
+AlertId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
 class AlertRecord(_Record):
     """An alert state change for one patient (topic ``alerts``).
 
@@ -388,7 +407,9 @@ class AlertRecord(_Record):
         event_time: Event time of the state that caused this change (UTC).
         kind: What fired, for example ``deterioration`` or ``news2``.
         severity: ``low``, ``medium`` or ``high``.
-        state: ``open``, ``escalated``, ``acknowledged`` or ``resolved``.
+        state: ``open``, ``escalated``, ``deferred_for_review`` (the input was out of
+            distribution, so the risk is not trusted; see ``reason`` and ``explanation``),
+            ``acknowledged``, ``snoozed`` or ``resolved``.
         risk: Model risk at that time, 0-1, ``None`` when degraded.
         news2: NEWS2 at that time.
         reason: Machine-readable reason, for example ``risk_above_threshold``.
@@ -399,12 +420,12 @@ class AlertRecord(_Record):
         processing_time: Wall-clock time the record was produced (UTC).
     """
 
-    alert_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    alert_id: AlertId
     patient_id: PatientId
     event_time: UtcDatetime
     kind: Label
-    severity: Literal["low", "medium", "high"]
-    state: Literal["open", "escalated", "acknowledged", "resolved"]
+    severity: Severity
+    state: AlertState
     risk: Probability | None
     news2: News2Score | None
     reason: Label
@@ -417,10 +438,13 @@ class AlertRecord(_Record):
     processing_time: UtcDatetime
 
 
-def make_alert_id(patient_id: str, kind: str, opened_time: datetime) -> str:
+def make_alert_id(
+    patient_id: str, kind: str, opened_time: datetime, *, policy_version: str | None = None
+) -> str:
     """Return the deterministic id of the alert of ``kind`` opened at ``opened_time``.
 
     The id is the first 32 hex digits of a SHA-256, so it reveals no patient identifier.
+    With ``policy_version`` the version is hashed too, so two policies never share ids.
 
     Raises:
         ValueError: ``opened_time`` is naive.
@@ -428,7 +452,93 @@ def make_alert_id(patient_id: str, kind: str, opened_time: datetime) -> str:
     if opened_time.tzinfo is None:
         raise ValueError("opened_time must be timezone-aware")
     stamp = opened_time.astimezone(UTC).isoformat()
-    return hashlib.sha256(f"{patient_id}\x1f{kind}\x1f{stamp}".encode()).hexdigest()[:32]
+    parts = [patient_id, kind, stamp] + ([] if policy_version is None else [policy_version])
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+class AckEvent(_Record):
+    """A clinician's action on an alert (topic ``acks``, keyed by ``patient_id``).
+
+    ``user`` and ``reason`` are required fields; an empty one is rejected to dead-letter
+    (``missing_user``, ``missing_reason``) when the action is applied.
+
+    Attributes:
+        ack_id: Unique id of this action, chosen by the producer (a retry reuses it).
+        patient_id: Stay identifier; also the Kafka key.
+        alert_id: The alert acted on.
+        event_time: When the action was taken (UTC); snoozes are judged in event time.
+        action: ``acknowledge``, ``snooze``, ``escalate`` or ``resolve``.
+        user: Who acted (a staff identifier, never a patient's).
+        reason: Why, free text.
+        snooze_until: End of a snooze (UTC); required for ``snooze``, absent otherwise.
+    """
+
+    ack_id: Identifier
+    patient_id: PatientId
+    alert_id: AlertId
+    event_time: UtcDatetime
+    action: AckAction
+    user: Annotated[str, StringConstraints(max_length=128)]
+    reason: Text
+    snooze_until: UtcDatetime | None = None
+
+    @model_validator(mode="after")
+    def _snooze_has_expiry(self) -> Self:
+        if (self.action == "snooze") != (self.snooze_until is not None):
+            raise ValueError("snooze_until is required for snooze and only for snooze")
+        return self
+
+
+class AuditRecord(_Record):
+    """One alert state change or accepted action (topic ``audit``, keyed by patient).
+
+    Attributes:
+        audit_id: Deterministic id (alert, new state, event time, ack id): reprocessing
+            yields the same id, so consumers can deduplicate.
+        patient_id: Stay identifier; also the Kafka key.
+        alert_id: The alert.
+        event_time: Event time of the change (the score's or the action's).
+        actor: ``policy`` (the alert policy) or ``user`` (an action from ``acks``).
+        user: Who acted, for ``actor == "user"``.
+        state: The alert's state after the change.
+        action: The action, for ``actor == "user"``.
+        ack_id: The action's id, for ``actor == "user"``.
+        severity: Severity after the change.
+        reason: Machine-readable reason, for example ``snooze_expired``.
+        detail: The user's reason, or the policy's explanation.
+        snooze_until: End of the snooze, for a snooze.
+        policy_version: Version of the alert policy.
+        processing_time: Wall-clock time the record was produced (UTC).
+    """
+
+    audit_id: AlertId
+    patient_id: PatientId
+    alert_id: AlertId
+    event_time: UtcDatetime
+    actor: Literal["policy", "user"]
+    user: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    state: AlertState
+    action: AckAction | None = None
+    ack_id: Identifier | None = None
+    severity: Severity
+    reason: Label
+    detail: Text = ""
+    snooze_until: UtcDatetime | None = None
+    policy_version: Version
+    processing_time: UtcDatetime
+
+
+def make_audit_id(alert_id: str, state: str, event_time: datetime, ack_id: str | None) -> str:
+    """Return the deterministic id of an audit record (32 hex digits of a SHA-256).
+
+    Raises:
+        ValueError: ``event_time`` is naive.
+    """
+    if event_time.tzinfo is None:
+        raise ValueError("event_time must be timezone-aware")
+    stamp = event_time.astimezone(UTC).isoformat()
+    text = "\x1f".join([alert_id, state, stamp, ack_id or ""])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 class DeadLetterRecord(_Record):

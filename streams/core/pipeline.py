@@ -11,38 +11,61 @@ injected clock, so agent tests and offline replays see exactly what the worker d
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
 
-from streams.core.alerting import POLICY_VERSION, AlertDecision, AlertPolicy, evaluate
+from streams.core.acks import AckRejection, apply_ack
+from streams.core.alerting import (
+    POLICY_VERSION,
+    AlertDecision,
+    AlertPolicy,
+    OodVerdict,
+    UnitPolicies,
+    evaluate,
+)
 from streams.core.events import (
+    AckEvent,
     AdtEvent,
     AlertRecord,
+    AuditRecord,
     DeadLetterReason,
     DeadLetterRecord,
+    IcuType,
     ImagingEvent,
     News2Score,
     OffsetRange,
     Provenance,
     ScoreRecord,
     TopicKind,
+    make_audit_id,
 )
 from streams.core.features import SERIES_CODES, FeatureWindow
 from streams.core.news2 import News2Result
 from streams.core.state import Origin, Outcome, PatientState, from_ms
-from streams.core.validation import dead_letter, decode_input
+from streams.core.validation import dead_letter, decode_ack, decode_input
 from vigil.errors import SchemaError
 
-__all__ = ["IngestResult", "ModelAnswer", "Processor", "ProcessorConfig", "Snapshot"]
+__all__ = [
+    "AckIngest",
+    "IngestResult",
+    "ModelAnswer",
+    "Processor",
+    "ProcessorConfig",
+    "Snapshot",
+]
 
 
 @dataclass(frozen=True)
 class ProcessorConfig:
-    """Event-time and policy parameters of the processor (from ``WorkerSettings``)."""
+    """Event-time and policy parameters of the processor (from ``WorkerSettings``).
+
+    ``policy`` is the default alert policy; ``unit_policies`` overrides it per ICU type
+    (keys are :class:`~streams.core.events.IcuType` values, for example ``medical``).
+    """
 
     window: timedelta = timedelta(hours=48)
     score_interval: timedelta = timedelta(minutes=30)
@@ -51,6 +74,7 @@ class ProcessorConfig:
     max_event_bytes: int = 256 * 1024
     news2_max_age: timedelta = timedelta(hours=6)
     policy: AlertPolicy = field(default_factory=AlertPolicy)
+    unit_policies: Mapping[str, AlertPolicy] = field(default_factory=dict)
     code_version: str = "0.0.0"
     model_name: str = "deterioration"
 
@@ -71,10 +95,14 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class ModelAnswer:
-    """What the model said about one snapshot (from the Triton adapter)."""
+    """What the model said about one snapshot (from the Triton adapter).
+
+    ``ood`` is the verdict of Triton model ``ood`` on the same inputs, when it was asked.
+    """
 
     risk: float
     model_version: str
+    ood: OodVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +115,23 @@ class IngestResult:
     snapshot: Snapshot | None = None
     artifacts: tuple[str, ...] = ()
     imaging: ImagingEvent | None = None
+
+
+@dataclass(frozen=True)
+class AckIngest:
+    """The effect of one ``acks`` record: at most one of each output.
+
+    Attributes:
+        patient_id: The patient, when the record decoded.
+        alert: The alert change to publish on ``alerts`` (and to Redis).
+        audit: Its record for ``audit``.
+        deadletter: The rejection, for ``deadletter``.
+    """
+
+    patient_id: str | None
+    alert: AlertRecord | None = None
+    audit: AuditRecord | None = None
+    deadletter: DeadLetterRecord | None = None
 
 
 class Processor:
@@ -264,10 +309,114 @@ class Processor:
             at=snapshot.at,
             risk=risk,
             news2=snapshot.news2,
-            policy=self.config.policy,
+            policy=self.policy_for(state),
+            ood=None if answer is None else answer.ood,
         )
         state.alert = new_alert
         return score, decisions
+
+    def policy_for(self, state: PatientState) -> AlertPolicy:
+        """The alert policy of the patient's unit (ICU type), else the default."""
+        icu = state.statics.get("ICUType")
+        unit = None
+        if icu is not None and 1 <= icu <= len(IcuType) and float(icu).is_integer():
+            unit = IcuType.from_physionet(int(icu)).value
+        return UnitPolicies(self.config.policy, self.config.unit_policies).for_unit(unit)
+
+    def audit_records(self, alerts: Sequence[AlertRecord]) -> list[AuditRecord]:
+        """The ``audit`` records of a score's alert records (one per state change)."""
+        now = self.clock()
+        return [
+            AuditRecord(
+                audit_id=make_audit_id(a.alert_id, a.state, a.event_time, None),
+                patient_id=a.patient_id,
+                alert_id=a.alert_id,
+                event_time=a.event_time,
+                actor="policy",
+                state=a.state,
+                severity=a.severity,
+                reason=a.reason,
+                detail=a.explanation,
+                policy_version=a.policy_version,
+                processing_time=now,
+            )
+            for a in alerts
+        ]
+
+    def ingest_ack(
+        self,
+        states: MutableMapping[str, PatientState],
+        key: bytes | None,
+        raw: bytes,
+        origin: Origin,
+    ) -> AckIngest:
+        """Validate one ``acks`` record and apply it to the patient's alert state.
+
+        Args:
+            states: Patient states by id; the patient's alert state is updated in place.
+            key: Kafka key (must equal the payload's ``patient_id``).
+            raw: Kafka value.
+            origin: Topic, partition and offset of the record.
+        """
+        now = self.clock()
+        try:
+            ack = decode_ack(
+                raw,
+                now=now,
+                max_future=self.config.max_future,
+                max_bytes=self.config.max_event_bytes,
+            )
+            if key is not None and key != ack.patient_id.encode():
+                raise SchemaError(
+                    DeadLetterReason.INVALID_FIELD,
+                    "record key does not match patient_id (records must be keyed by patient)",
+                )
+        except SchemaError as error:
+            return AckIngest(None, deadletter=self._dead(error, origin, key, raw, now))
+        state = states.get(ack.patient_id)
+        if state is None:
+            reject = AckRejection(DeadLetterReason.UNKNOWN_ALERT, "no state for the patient")
+            return AckIngest(ack.patient_id, deadletter=self._reject(reject, origin, key, raw))
+        policy = self.policy_for(state)
+        result = apply_ack(
+            state.alert, ack, max_snooze_seconds=policy.max_snooze.total_seconds(), now=now
+        )
+        if result.rejection is not None:
+            dead = self._reject(result.rejection, origin, key, raw)
+            return AckIngest(ack.patient_id, deadletter=dead)
+        state.alert = result.state
+        if result.decision is None:
+            return AckIngest(ack.patient_id)  # a retry of an action already applied
+        return AckIngest(
+            ack.patient_id, alert=self._ack_alert(state, ack, result.decision), audit=result.audit
+        )
+
+    def _ack_alert(
+        self, state: PatientState, ack: AckEvent, decision: AlertDecision
+    ) -> AlertRecord:
+        last = state.last_score or {}
+        risk = last.get("risk")
+        return AlertRecord(
+            alert_id=decision.alert_id,
+            patient_id=ack.patient_id,
+            event_time=ack.event_time,
+            kind=decision.kind,
+            severity=decision.severity,
+            state=decision.state,
+            risk=None if risk is None else float(risk),
+            news2=None,
+            reason=decision.reason,
+            explanation=f"{decision.reason}: {ack.reason}"[:2000],
+            policy_version=POLICY_VERSION,
+            degraded=decision.degraded,
+            processing_time=self.clock(),
+        )
+
+    def _reject(
+        self, rejection: AckRejection, origin: Origin, key: bytes | None, raw: bytes
+    ) -> DeadLetterRecord:
+        error = SchemaError(rejection.reason, rejection.detail)
+        return self._dead(error, origin, key, raw, self.clock())
 
     def alert_records(
         self,
@@ -298,7 +447,7 @@ class Processor:
                 risk=score.risk,
                 news2=score.news2,
                 reason=d.reason,
-                explanation=_explain(d.reason, score.risk, snapshot, contributing),
+                explanation=_explain(d, score.risk, snapshot, contributing),
                 contributing=contributing,
                 policy_version=POLICY_VERSION,
                 degraded=d.degraded,
@@ -343,9 +492,9 @@ def _top_contributors(
 
 
 def _explain(
-    reason: str, risk: float | None, snapshot: Snapshot, contributing: Sequence[str]
+    decision: AlertDecision, risk: float | None, snapshot: Snapshot, contributing: Sequence[str]
 ) -> str:
-    parts = []
+    parts = [decision.detail] if decision.detail else []
     if risk is not None:
         parts.append(f"model risk {risk:.2f}")
     parts.append(f"NEWS2 {snapshot.news2.total} ({snapshot.news2.band.value})")
@@ -358,4 +507,4 @@ def _explain(
             shown.append(code)
     if shown:
         parts.append("top inputs: " + ", ".join(shown))
-    return f"{reason}: " + "; ".join(parts)
+    return (f"{decision.reason}: " + "; ".join(parts))[:2000]

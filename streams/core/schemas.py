@@ -17,8 +17,10 @@ from pydantic import BaseModel
 
 from streams.core.events import (
     DEFAULT_PREFIX,
+    AckEvent,
     AdtEvent,
     AlertRecord,
+    AuditRecord,
     DeadLetterRecord,
     ImagingEvent,
     ObservationEvent,
@@ -38,6 +40,8 @@ _RECORDS: Final[dict[TopicKind, tuple[type[BaseModel], str | None]]] = {
     TopicKind.SCORES: (ScoreRecord, "patient_id"),
     TopicKind.ALERTS: (AlertRecord, "patient_id"),
     TopicKind.DEADLETTER: (DeadLetterRecord, None),
+    TopicKind.ACKS: (AckEvent, "patient_id"),
+    TopicKind.AUDIT: (AuditRecord, "patient_id"),
 }
 
 
@@ -46,7 +50,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
     Returns:
         Schemas keyed by topic name with the default prefix (``vigil.vitals`` …); the
-        topics ``findings``, ``acks`` and ``audit`` have no record yet and are absent.
+        topic ``findings`` has no record yet and is absent.
         ``x-kafka-key`` names the field used as the Kafka key; the dead-letter topic has
         none (it reuses the failed record's key, whatever it was).
     """

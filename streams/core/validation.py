@@ -20,6 +20,7 @@ from pydantic_core import ErrorDetails
 from streams.core.codes import get_code
 from streams.core.events import (
     INPUT_TOPICS,
+    AckEvent,
     AdtEvent,
     DeadLetterReason,
     DeadLetterRecord,
@@ -36,6 +37,7 @@ __all__ = [
     "DeadLetterReason",
     "Decoded",
     "dead_letter",
+    "decode_ack",
     "decode_input",
 ]
 
@@ -177,6 +179,32 @@ def decode_input(
             DeadLetterReason.FUTURE_EVENT, f"event_time is {ahead:.0f} s ahead of the clock"
         )
     return Decoded(event, _observations(event))
+
+
+def decode_ack(raw: bytes, *, now: datetime, max_future: timedelta, max_bytes: int) -> AckEvent:
+    """Decode and validate one record of the ``acks`` topic (structure and clock only;
+    :func:`streams.core.acks.apply_ack` judges the action itself).
+
+    Raises:
+        SchemaError: With a :class:`DeadLetterReason` as ``reason``.
+        ValueError: ``now`` is naive.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if len(raw) > max_bytes:
+        raise SchemaError(
+            DeadLetterReason.PAYLOAD_TOO_LARGE, f"{len(raw)} bytes exceeds the {max_bytes} limit"
+        )
+    try:
+        ack = AckEvent.model_validate_json(raw)
+    except ValidationError as error:
+        raise _schema_error(error) from None
+    if ack.event_time > now + max_future:
+        ahead = (ack.event_time - now).total_seconds()
+        raise SchemaError(
+            DeadLetterReason.FUTURE_EVENT, f"event_time is {ahead:.0f} s ahead of the clock"
+        )
+    return ack
 
 
 Encoding = Literal["utf-8", "base64url"]

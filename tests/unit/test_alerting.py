@@ -10,13 +10,24 @@ from typing import Any
 
 import pytest
 
-from streams.core.alerting import AlertDecision, AlertPolicy, evaluate
+from streams.core.alerting import POLICY_VERSION, AlertDecision, AlertPolicy, evaluate
 from streams.core.events import make_alert_id
 from streams.core.news2 import Acvpu, News2Band, News2Inputs, News2Result, score_news2
 
 PID = "stay-132539"
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
-POLICY = AlertPolicy()  # arm 0.5, disarm 0.35, refractory 6 h, margin 0.15, NEWS2 7
+# No persistence, so each test below is about one mechanism (persistence: test_alerting_v2).
+POLICY = AlertPolicy(
+    arm_risk=0.5,
+    disarm_risk=0.35,
+    arm_scores=1,
+    arm_duration=timedelta(0),
+    disarm_scores=1,
+    disarm_duration=timedelta(0),
+    refractory=timedelta(hours=6),
+    realert_margin=0.15,
+    news2_threshold=7,
+)
 
 # NEWS2 results from real chart inputs (points in comments).
 NEWS2_0 = score_news2(
@@ -78,7 +89,7 @@ def test_opens_at_exactly_arm():
     episode = Episode()
     [decision] = episode.score(0, 0.5)
     assert decision == AlertDecision(
-        alert_id=make_alert_id(PID, "deterioration", at(0)),
+        alert_id=make_alert_id(PID, "deterioration", at(0), policy_version=POLICY_VERSION),
         kind="deterioration",
         state="open",
         severity="low",
@@ -176,7 +187,9 @@ def test_refractory_suppresses_reopen_unless_risk_exceeds_peak_plus_margin():
     # Above the last peak plus the margin: a new episode with a new id.
     [reopened] = episode.score(150, 0.91)
     assert reopened.state == "open"
-    assert reopened.alert_id == make_alert_id(PID, "deterioration", at(150))
+    assert reopened.alert_id == make_alert_id(
+        PID, "deterioration", at(150), policy_version=POLICY_VERSION
+    )
     assert reopened.alert_id != first.alert_id
 
 
@@ -203,7 +216,7 @@ def test_degraded_mode_uses_news2_thresholds():
     assert episode.score(0, None, NEWS2_6) == []
     [opened] = episode.score(30, None, NEWS2_7)
     assert opened == AlertDecision(
-        alert_id=make_alert_id(PID, "news2", at(30)),
+        alert_id=make_alert_id(PID, "news2", at(30), policy_version=POLICY_VERSION),
         kind="news2",
         state="open",
         severity="high",
@@ -329,7 +342,9 @@ def test_alert_state_survives_a_json_round_trip():
     episode.score(30, 0.8)
     episode.state = json.loads(json.dumps(episode.state))
     [resolved] = episode.score(60, 0.2)
-    assert resolved.alert_id == make_alert_id(PID, "deterioration", at(0))
+    assert resolved.alert_id == make_alert_id(
+        PID, "deterioration", at(0), policy_version=POLICY_VERSION
+    )
     episode.state = json.loads(json.dumps(episode.state))
     assert episode.score(90, 0.9) == []  # still refractory: 0.9 < 0.8 + 0.15
 
@@ -345,6 +360,12 @@ def test_alert_state_survives_a_json_round_trip():
         {"realert_margin": -0.1},
         {"news2_threshold": 1},
         {"news2_threshold": 21},
+        {"arm_scores": 0},
+        {"disarm_scores": 0},
+        {"arm_duration": timedelta(minutes=-1)},
+        {"disarm_duration": timedelta(minutes=-1)},
+        {"medium_risk": 0.9, "high_risk": 0.8},
+        {"max_snooze": timedelta(0)},
     ],
 )
 def test_invalid_policy_is_rejected(changes):

@@ -347,6 +347,12 @@ def test_dead_letter_reasons() -> None:
         "future_event",
         "too_late",
         "duplicate",
+        "unknown_alert",
+        "alert_resolved",
+        "missing_user",
+        "missing_reason",
+        "snooze_expired",
+        "snooze_too_long",
     }
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from streams.core.alerting import POLICY_VERSION
+from streams.core.alerting import POLICY_VERSION, AlertPolicy
 from streams.core.codes import CODES
 from streams.core.events import (
     AdtEvent,
@@ -30,7 +30,18 @@ NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 PID = "stay-132539"
 OTHER = "stay-140101"
-CONFIG = ProcessorConfig(code_version="1.4.2")
+# No persistence: one score opens an alert, so each test needs one snapshot.
+CONFIG = ProcessorConfig(
+    code_version="1.4.2",
+    policy=AlertPolicy(
+        arm_risk=0.5,
+        disarm_risk=0.35,
+        arm_scores=1,
+        arm_duration=timedelta(0),
+        disarm_scores=1,
+        disarm_duration=timedelta(0),
+    ),
+)
 VITALS_TOPIC = "vigil.vitals"
 
 NORMAL = {"HR": 78.0, "RespRate": 16.0, "SpO2": 97.0, "Temp": 37.0, "SysABP": 124.0}
@@ -315,7 +326,9 @@ def test_finish_with_a_high_risk_opens_a_model_alert():
         feed.states, snapshot, ModelAnswer(risk=0.83, model_version="7")
     )
     assert (decision.kind, decision.state, decision.severity) == ("deterioration", "open", "high")
-    assert decision.alert_id == make_alert_id(PID, "deterioration", at(30))
+    assert decision.alert_id == make_alert_id(
+        PID, "deterioration", at(30), policy_version=POLICY_VERSION
+    )
     assert not decision.degraded
     assert feed.states[PID].alert["active"]["id"] == decision.alert_id
 
@@ -331,7 +344,7 @@ def test_finish_without_an_answer_is_degraded_and_news2_driven():
     assert (decision.kind, decision.state, decision.severity) == ("news2", "open", "high")
     assert decision.reason == "news2_above_threshold"
     assert decision.degraded
-    assert decision.alert_id == make_alert_id(PID, "news2", at(30))
+    assert decision.alert_id == make_alert_id(PID, "news2", at(30), policy_version=POLICY_VERSION)
 
 
 def test_degraded_without_a_reason_says_unavailable_and_low_news2_does_not_alert():
