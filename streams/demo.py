@@ -3,7 +3,9 @@
 It creates a fresh set of topics, starts a worker process, replays the 500 demo stays of
 PhysioNet 2012 (from the model's held-out test split, see data/physionet2012-demo) as
 fast as Kafka takes them, shows scores and alerts as they arrive, and ends with a
-summary of what the pipeline did, measured against the stays' real outcomes.
+summary of what the pipeline did, measured against the stays' real outcomes, and the
+``vigil evaluate`` report of the run's scores and alerts (``evaluation/report.html`` in
+the run's report folder; see docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from rich.table import Table
 from models.metrics import auprc, auroc
 from models.physionet2012 import read_outcomes
 from streams.adapters.topics import create_topics
-from streams.replay import physionet2012_events, produce, read_length_of_stay
+from streams.evaluation.run import EvaluateRequest, run_evaluation
+from streams.replay import DEFAULT_ANCHOR, physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
 from vigil.errors import ConfigError, VigilError
 
@@ -155,9 +158,14 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo end to end; returns (and writes) the summary.
 
+    The summary's ``evaluation_report`` is the ``report.html`` that ``vigil evaluate``
+    wrote from the run's ``scores`` and ``alerts`` topics (every stay admitted at the
+    replay's anchor, so the 48 h and 24 h views are exact).
+
     Raises:
         ConfigError: The demo data are missing.
         VigilError: The worker died or the pipeline did not finish in time.
+        TopicError: The scores or alerts could not be read back for the evaluation.
     """
     console = console or Console(stderr=True)
     paths = sorted((data_dir / "set-a").glob("*.txt"))[:limit_stays]
@@ -243,5 +251,20 @@ def run_demo(
     }
     summary = _summary(result, deaths, hours=48.0)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    console.print("writing the evaluation report (vigil evaluate) ...")
+    evaluation = run_evaluation(
+        EvaluateRequest(
+            scores=None,
+            topic=run.topic("scores"),
+            alerts=None,
+            alerts_topic=run.topic("alerts"),
+            outcomes=[data_dir / "Outcomes-a.txt"],
+            data_format="physionet2012",
+            report=report / "evaluation",
+            kafka_bootstrap=run.kafka_bootstrap,
+            admitted_at=DEFAULT_ANCHOR,
+        )
+    )
+    summary["evaluation_report"] = evaluation["report"]
     (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {"report": str(report), **summary}

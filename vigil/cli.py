@@ -385,12 +385,14 @@ def demo(
     ] = None,
     kafka_bootstrap: KafkaOption = None,
 ) -> None:
-    """Replay the demo stays through the whole pipeline and show it live."""
+    """Replay the demo stays through the whole pipeline, show it live, write the evaluation
+    report."""
     from streams.demo import run_demo
 
     summary = run_demo(_worker_settings(kafka_bootstrap=kafka_bootstrap), limit_stays=limit_stays)
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     _err.print(f"summary written to {summary['report']}/summary.json")
+    _err.print(f"evaluation report: {summary['evaluation_report']} (open it in a browser)")
 
 
 @app.command("evaluate")

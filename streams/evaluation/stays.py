@@ -58,7 +58,8 @@ def build_tracks(
     admitted_at: datetime | None = None,
     first_score_hours: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, Track], int]:
-    """Group scores per patient; for a repeated (patient, event time) the last read wins.
+    """Group scores per patient; for a repeated (patient, event time) the last read wins,
+    signal by signal: a later degraded record (no risk) keeps the earlier record's risk.
 
     Args:
         scores: Score records in any order.
@@ -69,26 +70,34 @@ def build_tracks(
     Returns:
         Tracks keyed by patient id, and how many scores a later one of the same
         patient and event time replaced (the worker re-scores a state time when more
-        events of that time arrive; the last read has seen the most).
+        events of that time arrive; the last read has seen the most, but when Triton
+        was unavailable for it, the earlier model risk is still the model's value).
     """
-    per_patient: dict[str, dict[datetime, ScoreRecord]] = {}
+    # Per patient and event time: (risk, NEWS2 total), each the last one read that exists.
+    per_patient: dict[str, dict[datetime, tuple[float, float]]] = {}
     superseded = 0
     for score in scores:
         seen = per_patient.setdefault(score.patient_id, {})
-        superseded += score.event_time in seen
-        seen[score.event_time] = score
+        risk = np.nan if score.risk is None else score.risk
+        news2 = np.nan if score.news2 is None else float(score.news2.total)
+        earlier = seen.get(score.event_time)
+        if earlier is not None:
+            superseded += 1
+            # A degraded re-score of the same state time has no risk: keep the one before.
+            risk = earlier[0] if np.isnan(risk) else risk
+            news2 = earlier[1] if np.isnan(news2) else news2
+        seen[score.event_time] = (risk, news2)
     tracks: dict[str, Track] = {}
     for patient_id, by_time in per_patient.items():
         times = sorted(by_time)
         offset = 0.0 if first_score_hours is None else first_score_hours.get(patient_id, 0.0)
         admission = times[0] - timedelta(hours=offset) if admitted_at is None else admitted_at
-        records = [by_time[t] for t in times]
         tracks[patient_id] = Track(
             patient_id=patient_id,
             admission=admission,
             hours=np.asarray([(t - admission).total_seconds() / 3600.0 for t in times]),
-            risk=np.asarray([np.nan if r.risk is None else r.risk for r in records]),
-            news2=np.asarray([np.nan if r.news2 is None else r.news2.total for r in records]),
+            risk=np.asarray([by_time[t][0] for t in times], dtype=np.float64),
+            news2=np.asarray([by_time[t][1] for t in times], dtype=np.float64),
         )
     return tracks, superseded
 

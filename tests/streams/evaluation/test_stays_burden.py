@@ -57,6 +57,17 @@ def test_last_value_at_or_before_a_time() -> None:
     assert value_at(tracks["c"], "risk", 8) == pytest.approx(0.95)
 
 
+def test_a_degraded_rescore_of_the_same_time_keeps_the_model_risk() -> None:
+    # Seen in a full replay under load: the worker re-scored a state time while Triton
+    # was unavailable; the model's risk of that time must not be dropped for it.
+    tracks, superseded = build_tracks(
+        [score("a", 0, 0.1), score("a", 5, 0.7, news2=2), score("a", 5, None, news2=4)]
+    )
+    assert superseded == 1
+    assert value_at(tracks["a"], "risk", 6) == pytest.approx(0.7)
+    assert value_at(tracks["a"], "news2", 6) == 4  # the later NEWS2 has seen more
+
+
 def test_admission_can_be_given() -> None:
     tracks, _ = build_tracks([score("a", 3, 0.5)], admitted_at=ADMIT)
     assert tracks["a"].hours.tolist() == [3.0]

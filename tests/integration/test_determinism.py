@@ -1,0 +1,166 @@
+"""Deterministic replay: one recording played twice gives the same scores and alerts.
+
+20 real stays are replayed into a source prefix and recorded with
+:func:`streams.replay.record` (``vigil record``). The recording is then played back
+(``vigil replay --format jsonl``: :func:`streams.replay.read_jsonl` and
+:func:`streams.replay.produce`) into two fresh prefixes, each processed by its own
+worker. The ``scores`` and ``alerts`` of the two runs must be the same records, apart from
+wall-clock fields (``processing_time``) and the topic prefix in provenance, compared as
+multisets per patient in event-time order.
+
+They are not today, for two measured reasons (details in docs/replay.md, "Determinism"):
+
+1. The worker runs one agent per input topic, so the order in which a patient's vitals,
+   labs and ADT records reach its state depends on fetch timing. Lateness is judged per
+   stream, so a lab hours ahead of the vitals is accepted, and when a score is due, at
+   which event time, and which events it cites, all follow that arrival order.
+2. The same model input gives a risk that differs by 1-2 float32 ulps (up to 1.2e-7)
+   depending on the batch it is computed in (worker micro-batching and Triton's dynamic
+   batcher), and an alert can open or not on such a difference.
+
+The test stays strict: it is expected to fail only by :class:`NotDeterministicError`, and
+passes (failing the strict xfail) once both are fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.adapters.topics import create_topics
+from streams.replay import physionet2012_events, produce, read_jsonl, read_length_of_stay, record
+from streams.settings import WorkerSettings
+from tests.integration.outputs import read_records, wait_until_accounted
+from tests.integration.workers import running_worker, worker_env
+from vigil.stack.settings import StackSettings
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
+N_STAYS = 20
+INPUTS = ("vitals", "labs", "adt")
+WALL_CLOCK_FIELDS = frozenset({"processing_time"})
+
+Run = dict[str, dict[str, list[dict[str, Any]]]]  # topic kind -> patient -> records
+
+
+class NotDeterministicError(AssertionError):
+    """The two runs' scores or alerts differ."""
+
+
+def _create(stack: StackSettings, prefix: str) -> WorkerSettings:
+    settings = WorkerSettings(
+        kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=prefix, app_id=prefix
+    )
+    create_topics(settings)
+    return settings
+
+
+def _normalised(record: dict[str, Any]) -> dict[str, Any]:
+    """The record without wall-clock fields, provenance topics without their prefix."""
+    out = {k: v for k, v in record.items() if k not in WALL_CLOCK_FIELDS}
+    if "provenance" in out:
+        provenance = dict(out["provenance"])
+        provenance["offsets"] = [
+            {**r, "topic": r["topic"].rsplit(".", 1)[-1]} for r in provenance["offsets"]
+        ]
+        out["provenance"] = provenance
+    return out
+
+
+def _per_patient(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Normalised records per patient, sorted by event time (then content): a multiset."""
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        grouped[r["patient_id"]].append(_normalised(r))
+    return {
+        pid: sorted(rs, key=lambda r: (r["event_time"], json.dumps(r, sort_keys=True)))
+        for pid, rs in grouped.items()
+    }
+
+
+def _play(stack: StackSettings, recording: Path, prefix: str, ids: set[str], tmp_path: Path) -> Run:
+    _create(stack, prefix)
+    env = worker_env(stack, prefix=prefix, app_id=prefix, data_dir=tmp_path / prefix)
+    log = tmp_path / f"{prefix}.log"
+    with running_worker(env, log) as worker:
+        produce(read_jsonl(recording), bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
+        wait_until_accounted(stack.kafka_bootstrap, prefix, ids, worker, log, 300)
+    return {
+        kind: _per_patient(read_records(stack.kafka_bootstrap, f"{prefix}.{kind}"))
+        for kind in ("scores", "alerts")
+    }
+
+
+def _differences(first: Run, second: Run) -> str:
+    """Where two runs' scores differ, classified by cause (for the failure message)."""
+    causes: Counter[str] = Counter()
+    patients = set()
+    for pid in set(first["scores"]) | set(second["scores"]):
+        a = {s["event_time"]: s for s in first["scores"].get(pid, [])}
+        b = {s["event_time"]: s for s in second["scores"].get(pid, [])}
+        if first["scores"].get(pid) == second["scores"].get(pid):
+            continue
+        patients.add(pid)
+        causes["score at a time only one run has"] += len(a.keys() ^ b.keys())
+        for at in a.keys() & b.keys():
+            x, y = a[at], b[at]
+            if x == y:
+                continue
+            if set(x["provenance"]["event_ids"]) != set(y["provenance"]["event_ids"]):
+                causes["same time, different events cited (input interleaving)"] += 1
+            elif x["risk"] != y["risk"]:
+                causes["same events cited, different risk (numerics)"] += 1
+            else:
+                causes["same events and risk, other fields differ"] += 1
+    alerts = sum(
+        first["alerts"].get(p) != second["alerts"].get(p)
+        for p in set(first["alerts"]) | set(second["alerts"])
+    )
+    return (
+        f"scores differ for {len(patients)} of {len(first['scores'])} patients "
+        f"({dict(causes)}); alerts differ for {alerts} patients"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=NotDeterministicError,
+    reason=(
+        "not deterministic: per-topic agents apply a patient's vitals/labs/adt in fetch "
+        "order (scores cite other events at other times), and the risk of one input "
+        "varies by up to 1.2e-7 with Triton batch composition; see docs/replay.md"
+    ),
+)
+def test_same_recording_replayed_twice_gives_the_same_scores_and_alerts(
+    stack: StackSettings, unique: str, tmp_path: Path
+) -> None:
+    bootstrap = stack.kafka_bootstrap
+    source = f"det{unique}src"
+    _create(stack, source)
+    paths = sorted((DEMO / "set-a").glob("*.txt"))[:N_STAYS]
+    events = list(
+        physionet2012_events(paths, length_of_stay=read_length_of_stay(DEMO / "Outcomes-a.txt"))
+    )
+    ids = {json.loads(e.payload)["event_id"] for e in events}
+    assert produce(events, bootstrap=bootstrap, topic_prefix=source) == len(events)
+    recording = tmp_path / "inputs.jsonl"
+    written = record(
+        [f"{source}.{kind}" for kind in INPUTS],
+        recording,
+        bootstrap=bootstrap,
+        from_beginning=True,
+        until_idle=timedelta(seconds=3),
+    )
+    assert written == len(events)
+
+    first = _play(stack, recording, f"det{unique}a", ids, tmp_path)
+    second = _play(stack, recording, f"det{unique}b", ids, tmp_path)
+
+    assert len(first["scores"]) == N_STAYS
+    if first != second:
+        raise NotDeterministicError(_differences(first, second))
