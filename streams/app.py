@@ -28,7 +28,7 @@ from streams.adapters.faust_recovery import SeekFirstTableManager
 from streams.adapters.lag import ConsumerLagMonitor
 from streams.adapters.redis_store import RedisStore
 from streams.adapters.triton import ImageInput, ModelOutput, TritonScorer
-from streams.core.alerting import AlertPolicy
+from streams.core.alerting import AlertPolicy, OodVerdict
 from streams.core.breaker import CircuitBreaker
 from streams.core.events import AlertRecord, DeadLetterRecord, IcuType, ScoreRecord, TopicKind
 from streams.core.pipeline import ModelAnswer, Processor, ProcessorConfig, Snapshot
@@ -58,6 +58,7 @@ class VigilWorker:
     processor: Processor
     scorer: TritonScorer
     explainer: TritonScorer
+    ood_scorer: TritonScorer | None
     store: RedisStore
     metrics: WorkerMetrics
     tables: Any
@@ -116,6 +117,11 @@ class VigilWorker:
                 alerts = self.processor.alert_records(snapshot, score, decisions, contributions)
                 icu_type = _icu_type(states.get(score.patient_id))
                 deliveries.extend(await self._emit(score, alerts, icu_type))
+                for audit in self.processor.audit_records(alerts):
+                    sent = await self.outputs[TopicKind.AUDIT].send(
+                        key=score.patient_id.encode(), value=audit.model_dump_json().encode()
+                    )
+                    deliveries.append((TopicKind.AUDIT, sent))
                 self.metrics.score_latency.observe(time.perf_counter() - started)
             # Outputs must be in Kafka before the state that says they were produced: a
             # worker stopped in between then re-reads the record rather than losing them.
@@ -131,6 +137,49 @@ class VigilWorker:
             await written
         if not key or len(self.locks) > 10_000:
             self.locks = {k: v for k, v in self.locks.items() if v.locked()}
+
+    async def process_ack(self, event: Any) -> None:
+        """Apply one ``acks`` record (acknowledge, snooze, escalate, resolve) to the alert
+        it names, under the patient's lock; publish the alert change and its audit
+        record, or dead-letter the action with the reason. Same write order as
+        :meth:`process_event`."""
+        await self.ready.wait()
+        message = event.message
+        key = message.key if isinstance(message.key, bytes | None) else str(message.key).encode()
+        value = event.value if isinstance(event.value, bytes) else bytes(event.value)
+        async with self._lock_for(key):
+            states: dict[str, PatientState] = {}
+            cache = _TableCache(self.tables, states)
+            origin = Origin(message.topic, message.partition, message.offset)
+            result = self.processor.ingest_ack(cache, key, value, origin)
+            deliveries: list[tuple[TopicKind, Any]] = []
+            out_key = result.patient_id.encode() if result.patient_id else None
+            if result.deadletter is not None:
+                sent = await self.outputs[TopicKind.DEADLETTER].send(
+                    key=None, value=result.deadletter.model_dump_json().encode()
+                )
+                deliveries.append((TopicKind.DEADLETTER, sent))
+                self.metrics.deadletter.labels(result.deadletter.reason.value).inc()
+                self.metrics.events_in.labels(TopicKind.ACKS.value, "deadletter").inc()
+            else:
+                self.metrics.events_in.labels(TopicKind.ACKS.value, "accepted").inc()
+            if result.alert is not None:
+                sent = await self.outputs[TopicKind.ALERTS].send(
+                    key=out_key, value=result.alert.model_dump_json().encode()
+                )
+                deliveries.append((TopicKind.ALERTS, sent))
+                self.store.put_alert(result.alert)
+            if result.audit is not None:
+                sent = await self.outputs[TopicKind.AUDIT].send(
+                    key=out_key, value=result.audit.model_dump_json().encode()
+                )
+                deliveries.append((TopicKind.AUDIT, sent))
+            for topic, delivery in deliveries:
+                await delivery
+                self.metrics.events_out.labels(topic.value, "delivered").inc()
+            changelog = [self.tables.put(pid, state.to_dict()) for pid, state in states.items()]
+        for written in changelog:
+            await written
 
     def _ingest_one(
         self,
@@ -166,17 +215,43 @@ class VigilWorker:
 
     async def _score(self, snapshot: Snapshot) -> tuple[ModelAnswer | None, str | None]:
         images = [ImageInput(age, emb) for age, emb in snapshot.images]
+        ood_task = (
+            asyncio.ensure_future(self._ood(self.ood_scorer, snapshot.window, images))
+            if self.ood_scorer is not None
+            else None
+        )
+        reason = None
         try:
             output: ModelOutput = await self.scorer.score(snapshot.window, images)
         except CircuitOpenError:
-            self.metrics.degraded.set(1)
-            return None, "circuit_open"
+            reason = "circuit_open"
         except InferenceError as exc:
-            self.metrics.degraded.set(1)
             log.warning("scoring failed, degraded to NEWS2: %s", exc)
-            return None, "inference_error"
+            reason = "inference_error"
+        verdict = await ood_task if ood_task is not None else None
+        if reason is not None:
+            self.metrics.degraded.set(1)
+            return None, reason
         self.metrics.degraded.set(0)
-        return ModelAnswer(output.risk, self.scorer.model_version), None
+        if verdict is not None and verdict.flagged:
+            self.metrics.ood.labels(self.scorer.model).inc()
+        return ModelAnswer(output.risk, self.scorer.model_version, ood=verdict), None
+
+    async def _ood(
+        self, scorer: TritonScorer, window: Any, images: list[ImageInput]
+    ) -> OodVerdict | None:
+        """The OOD detector's verdict on the same inputs; None if it cannot answer (the
+        score then goes out without one, and the alert policy treats it as in-distribution,
+        which ``docs/alerting.md`` states)."""
+        try:
+            output = await scorer.score(window, images)
+            distance = float(output.extra["distance"].reshape(-1)[0])
+            flagged = bool(output.extra["ood"].reshape(-1)[0])
+            threshold = float(scorer.parameters.get("threshold", "nan"))
+        except (CircuitOpenError, InferenceError, KeyError, ValueError) as exc:
+            log.warning("OOD verdict unavailable: %s", exc)
+            return None
+        return OodVerdict(distance=distance, threshold=threshold, flagged=flagged)
 
     async def _explain(self, snapshot: Snapshot) -> Any:
         """Per-parameter contributions for an alert; None if the explain model fails."""
@@ -368,8 +443,16 @@ def create_worker(
     }
     outputs = {
         kind: app.topic(settings.topic(kind.value), key_serializer="raw", value_serializer="raw")
-        for kind in (TopicKind.SCORES, TopicKind.ALERTS, TopicKind.DEADLETTER)
+        for kind in (TopicKind.SCORES, TopicKind.ALERTS, TopicKind.DEADLETTER, TopicKind.AUDIT)
     }
+    acks_topic = app.topic(
+        settings.topic(TopicKind.ACKS.value),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        acks=True,
+    )
     table = DurableTable(
         app,
         name="patients",
@@ -392,8 +475,14 @@ def create_worker(
         policy=AlertPolicy(
             arm_risk=settings.alert_arm_risk,
             disarm_risk=settings.alert_disarm_risk,
+            arm_scores=settings.alert_arm_scores,
+            arm_duration=timedelta(hours=settings.alert_arm_hours),
+            disarm_scores=settings.alert_disarm_scores,
+            disarm_duration=timedelta(hours=settings.alert_disarm_hours),
             refractory=timedelta(hours=settings.alert_refractory_hours),
+            realert_margin=settings.alert_realert_margin,
             news2_threshold=settings.alert_news2_threshold,
+            max_snooze=timedelta(hours=settings.alert_max_snooze_hours),
         ),
         code_version=__version__,
         model_name=settings.triton_model,
@@ -422,6 +511,22 @@ def create_worker(
         batch_max_wait_ms=settings.batch_max_wait_ms,
         metrics=worker_metrics,
     )
+    ood_scorer = (
+        TritonScorer(
+            settings.triton_url,
+            settings.triton_ood_model,
+            timeout_seconds=settings.triton_timeout_seconds,
+            retries=settings.triton_retries,
+            breaker=CircuitBreaker(
+                settings.breaker_failures, settings.breaker_reset_seconds, time.monotonic
+            ),
+            batch_max_size=settings.batch_max_size,
+            batch_max_wait_ms=settings.batch_max_wait_ms,
+            metrics=worker_metrics,
+        )
+        if settings.triton_ood_model
+        else None
+    )
     password = settings.redis_password
     redis_client = aioredis.Redis.from_url(
         settings.redis_url,
@@ -441,6 +546,7 @@ def create_worker(
         processor=Processor(config, clock),
         scorer=scorer,
         explainer=explainer,
+        ood_scorer=ood_scorer,
         store=store,
         metrics=worker_metrics,
         tables=table,
@@ -465,6 +571,15 @@ def create_worker(
     for kind, topic in inputs.items():
         app.agent(topic, name=f"vigil-{kind.value}", concurrency=settings.agent_concurrency)(ingest)
 
+    async def acknowledge_alerts(stream: Any) -> AsyncIterator[int]:
+        stream.enable_acks = False
+        async for event in stream.events():
+            await worker.process_ack(event)
+            await stream.ack(event)
+            yield event.message.offset
+
+    app.agent(acks_topic, name="vigil-acks")(acknowledge_alerts)
+
     worker_metrics.prime([settings.triton_model, "news2"])
     lag_monitor = ConsumerLagMonitor(settings, worker_metrics.consumer_lag)
 
@@ -472,6 +587,8 @@ def create_worker(
     async def start_adapters() -> None:
         await scorer.start()
         await explainer.start()
+        if ood_scorer is not None:
+            await ood_scorer.start()
         await store.start()
         worker.ready.set()
         await asyncio.to_thread(lag_monitor.update)  # then every 15 s

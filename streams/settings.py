@@ -44,6 +44,12 @@ class WorkerSettings(BaseSettings):
     # --- Triton ------------------------------------------------------------------------
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC host:port.")
     triton_model: str = Field(default="deterioration", description="Scoring model.")
+    triton_ood_model: str | None = Field(
+        default=None,
+        description="Out-of-distribution model (``ood``) asked alongside the scoring model, "
+        "so that an out-of-distribution input yields a deferred_for_review alert. Off by "
+        "default: it doubles the Triton work per score and has not been run end to end yet.",
+    )
     triton_explain_model: str = Field(
         default="deterioration_explain", description="Model giving alert explanations."
     )
@@ -69,8 +75,19 @@ class WorkerSettings(BaseSettings):
     news2_max_age_hours: float = Field(default=6.0, gt=0, description="NEWS2 stale cut-off.")
 
     # --- Alerting (first policy; see docs/alerts.md) -----------------------------------
-    alert_arm_risk: float = Field(default=0.5, gt=0, lt=1)
-    alert_disarm_risk: float = Field(default=0.35, gt=0, lt=1)
+    # Operating point fitted on the validation split (docs/alerting.md).
+    alert_arm_risk: float = Field(default=0.2, gt=0, lt=1)
+    alert_disarm_risk: float = Field(default=0.1, gt=0, lt=1)
+    alert_arm_scores: int = Field(default=2, ge=1, description="Scores at/above arm to open.")
+    alert_arm_hours: float = Field(
+        default=1.0, ge=0, description="Event time the arming run lasts."
+    )
+    alert_disarm_scores: int = Field(
+        default=2, ge=1, description="Scores at/below disarm to resolve."
+    )
+    alert_disarm_hours: float = Field(default=1.0, ge=0)
+    alert_realert_margin: float = Field(default=0.15, ge=0, le=1)
+    alert_max_snooze_hours: float = Field(default=4.0, gt=0)
     alert_refractory_hours: float = Field(default=6.0, ge=0)
     alert_news2_threshold: int = Field(default=7, ge=2, le=20, description="Degraded-mode alert.")
 

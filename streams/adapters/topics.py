@@ -21,6 +21,8 @@ REQUIRED_TOPICS: tuple[TopicKind, ...] = (
     TopicKind.SCORES,
     TopicKind.ALERTS,
     TopicKind.DEADLETTER,
+    TopicKind.ACKS,
+    TopicKind.AUDIT,
 )
 
 

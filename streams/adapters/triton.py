@@ -49,8 +49,9 @@ class ModelOutput:
     """One patient's model answer.
 
     Attributes:
-        risk: Calibrated probability, 0-1.
-        fused: ``[F]`` fused representation (input of the OOD detector).
+        risk: Calibrated probability, 0-1 (NaN from a model without a ``risk`` output,
+            such as ``ood``).
+        fused: ``[F]`` fused representation (empty from a model without one).
         contributions: ``[P]`` per-parameter contributions, model order (only from a
             model that declares them, such as ``deterioration_explain``).
         extra: Any further outputs the model declares, by name.
@@ -108,6 +109,8 @@ class TritonScorer:
         self._task: asyncio.Task[None] | None = None
         self._inputs: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._outputs: list[str] = []
+        self.parameters: dict[str, str] = {}
+        """The model configuration's ``parameters`` (known once a request has gone out)."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -144,6 +147,10 @@ class TritonScorer:
             dims = tuple(int(d) for d in spec["dims"])
             self._inputs[spec["name"]] = (str(spec["data_type"]).removeprefix("TYPE_"), dims)
         self._outputs = [spec["name"] for spec in config["config"]["output"]]
+        self.parameters = {
+            name: str(value.get("string_value", ""))
+            for name, value in config["config"].get("parameters", {}).items()
+        }
 
     def _require_client(self) -> grpcaio.InferenceServerClient:
         if self._client is None:
@@ -249,10 +256,19 @@ class TritonScorer:
             extra = {
                 k: v[i] for k, v in outputs.items() if k not in {"risk", "fused", "contributions"}
             }
+            risk = (
+                float(np.clip(outputs["risk"][i].reshape(-1)[0], 0.0, 1.0))
+                if "risk" in outputs
+                else float("nan")
+            )
             item.future.set_result(
                 ModelOutput(
-                    risk=float(np.clip(outputs["risk"][i].reshape(-1)[0], 0.0, 1.0)),
-                    fused=outputs["fused"][i].astype(np.float32),
+                    risk=risk,
+                    fused=(
+                        outputs["fused"][i].astype(np.float32)
+                        if "fused" in outputs
+                        else np.zeros(0, dtype=np.float32)
+                    ),
                     contributions=(
                         outputs["contributions"][i].astype(np.float32)
                         if "contributions" in outputs
@@ -309,6 +325,7 @@ _NP_DTYPES: dict[str, npt.DTypeLike] = {
     "FP64": np.float64,
     "INT64": np.int64,
     "INT32": np.int32,
+    "BOOL": np.bool_,
 }
 
 
