@@ -80,7 +80,7 @@ class Episode:
             patient_id=PID,
             alert_id=extra.pop("alert_id", self.state["active"]["id"]),
             event_time=at(minutes),
-            action=action,  # type: ignore[arg-type]
+            action=action,
             user="rn-0412",
             reason="seen at the bedside",
             **extra,
