@@ -16,7 +16,7 @@ from streams.settings import WorkerSettings
 from vigil.cli import main
 from vigil.stack.settings import StackSettings
 
-PN2019 = Path(__file__).resolve().parents[3] / "shared" / "data" / "physionet2019"
+PN2019 = Path(__file__).resolve().parents[2] / "data" / "physionet2019-demo"
 INPUTS = ["vitals", "labs", "adt"]
 Key = tuple[str, str | None, str | None]  # topic kind, key, key encoding
 Value = tuple[str | None, str | None]  # value, value encoding

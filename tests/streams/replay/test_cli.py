@@ -13,7 +13,7 @@ from streams.replay.event import ReplayEvent
 from vigil.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
-PN2019 = ROOT.parent / "shared" / "data" / "physionet2019"
+PN2019 = ROOT / "data" / "physionet2019-demo"
 BUNDLE = Path(__file__).parent / "data" / "vitals-bundle.json"
 
 

@@ -27,7 +27,7 @@ from streams.replay.event import Reader, ReplayEvent
 from vigil.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
-PN2019 = ROOT.parent / "shared" / "data" / "physionet2019"
+PN2019 = ROOT / "data" / "physionet2019-demo"
 PN2012 = ROOT / "data" / "physionet2012-demo" / "set-a"
 BUNDLE = Path(__file__).parent / "data" / "vitals-bundle.json"
 
