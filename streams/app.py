@@ -125,14 +125,7 @@ class VigilWorker:
                 self.metrics.score_latency.observe(time.perf_counter() - started)
             # Outputs must be in Kafka before the state that says they were produced: a
             # worker stopped in between then re-reads the record rather than losing them.
-            for topic, delivery in deliveries:
-                try:
-                    await delivery
-                except Exception:
-                    self.metrics.events_out.labels(topic.value, "failed").inc()
-                    raise
-                self.metrics.events_out.labels(topic.value, "delivered").inc()
-            changelog = [self.tables.put(pid, state.to_dict()) for pid, state in states.items()]
+            changelog = await self._deliver_then_write(deliveries, states)
         for written in changelog:
             await written
         if not key or len(self.locks) > 10_000:
@@ -174,12 +167,23 @@ class VigilWorker:
                     key=out_key, value=result.audit.model_dump_json().encode()
                 )
                 deliveries.append((TopicKind.AUDIT, sent))
-            for topic, delivery in deliveries:
-                await delivery
-                self.metrics.events_out.labels(topic.value, "delivered").inc()
-            changelog = [self.tables.put(pid, state.to_dict()) for pid, state in states.items()]
+            changelog = await self._deliver_then_write(deliveries, states)
         for written in changelog:
             await written
+
+    async def _deliver_then_write(
+        self, deliveries: list[tuple[TopicKind, Any]], states: dict[str, PatientState]
+    ) -> list[Awaitable[Any]]:
+        """Wait until Kafka has every output, then write the states to the table; returns
+        the changelog deliveries to await (outside the patient lock)."""
+        for topic, delivery in deliveries:
+            try:
+                await delivery
+            except Exception:
+                self.metrics.events_out.labels(topic.value, "failed").inc()
+                raise
+            self.metrics.events_out.labels(topic.value, "delivered").inc()
+        return [self.tables.put(pid, state.to_dict()) for pid, state in states.items()]
 
     def _ingest_one(
         self,
