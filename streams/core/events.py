@@ -22,12 +22,13 @@ import hashlib
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -148,11 +149,29 @@ class IcuType(StrEnum):
         return list(IcuType).index(self) + 1
 
 
+_EARLIEST_TIME: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _time_text_only(value: Any) -> Any:
+    # Lax pydantic reads a number as seconds or milliseconds since the epoch (guessed from
+    # its size) and a bool as a number; the wire takes RFC 3339 text only.
+    if isinstance(value, int | float):
+        raise ValueError("a time must be an RFC 3339 string with an offset")
+    return value
+
+
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    # A time near year 1 or 9999 overflows in UTC or in the state's window arithmetic.
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time is out of range in UTC") from None
+    if utc < _EARLIEST_TIME:
+        raise ValueError("time is before 1970-01-01T00:00:00Z")
+    return utc
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_time_text_only), AfterValidator(_to_utc)]
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 ]
@@ -176,10 +195,17 @@ class _Frozen(BaseModel):
     )
 
 
+def _integer_only(value: Any) -> Any:
+    # Literal[1] alone also takes true and 1.0 (they compare equal to 1).
+    if type(value) is not int:
+        raise ValueError("must be the integer 1")
+    return value
+
+
 class _Record(_Frozen):
     """Top-level record of a topic."""
 
-    schema_version: Literal[1] = 1
+    schema_version: Annotated[Literal[1], BeforeValidator(_integer_only)] = 1
 
 
 class Observation(_Frozen):
@@ -284,7 +310,7 @@ class ImagingEvent(_InputEvent):
         None
     )
     metadata: dict[
-        Annotated[str, StringConstraints(min_length=1, max_length=64)], str | float | bool
+        Annotated[str, StringConstraints(min_length=1, max_length=64)], FiniteFloat | str | bool
     ] = Field(default_factory=dict, max_length=64)
 
     @model_validator(mode="after")
