@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["WorkerSettings"]
@@ -17,7 +18,10 @@ class WorkerSettings(BaseSettings):
     Durations are given in seconds (``*_seconds``) and exposed as ``timedelta`` properties.
     """
 
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", frozen=True, extra="forbid")
+    # hide_input_in_errors: a validation error never echoes a value (it may be a secret).
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", frozen=True, extra="forbid", hide_input_in_errors=True
+    )
 
     # --- Kafka -------------------------------------------------------------------------
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
@@ -25,7 +29,15 @@ class WorkerSettings(BaseSettings):
     kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: str | None = None
+    kafka_ssl_cafile: FilePath | None = Field(
+        default=None, description="CA bundle (PEM) for the brokers; None = system CAs."
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        default=None, description="Private key (PEM) of the client certificate."
+    )
     topic_prefix: str = Field(default="vigil", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     topic_partitions: int = Field(default=8, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1, le=16)
@@ -37,12 +49,32 @@ class WorkerSettings(BaseSettings):
     data_dir: str = Field(default=".vigil/worker", description="Faust data directory.")
 
     # --- Redis -------------------------------------------------------------------------
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="redis:// or rediss:// (TLS); credentials go in redis_username/password.",
+    )
+    redis_username: str | None = Field(default=None, description="Redis ACL user.")
     redis_password: SecretStr | None = None
+    redis_ssl_cafile: FilePath | None = Field(
+        default=None, description="CA bundle (PEM) for a rediss:// URL; None = system CAs."
+    )
     redis_ttl_seconds: int = Field(default=6 * 3600, ge=60, description="TTL of per-patient keys.")
 
     # --- Triton ------------------------------------------------------------------------
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC host:port.")
+    triton_ssl: bool = Field(default=False, description="Reach Triton's gRPC over TLS.")
+    triton_ssl_cafile: FilePath | None = Field(default=None, description="CA bundle (PEM).")
+    triton_ssl_certfile: FilePath | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS."
+    )
+    triton_ssl_keyfile: FilePath | None = Field(
+        default=None, description="Private key (PEM) of the client certificate."
+    )
+    triton_auth_token: SecretStr | None = Field(
+        default=None,
+        description="Sent as 'authorization: Bearer <token>' on every Triton request "
+        "(for a gateway in front of Triton; Triton itself does not check it).",
+    )
     triton_model: str = Field(default="deterioration", description="Scoring model.")
     triton_ood_model: str | None = Field(
         default=None,
@@ -95,6 +127,56 @@ class WorkerSettings(BaseSettings):
     metrics_host: str = Field(default="127.0.0.1")
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables /metrics.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Self:
+        """Reject setting combinations that would silently connect less securely."""
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and self.kafka_sasl_mechanism is None:
+            raise ValueError(
+                f"VIGIL_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "VIGIL_KAFKA_SASL_MECHANISM"
+            )
+        if not sasl and (
+            self.kafka_sasl_mechanism is not None
+            or self.kafka_sasl_username is not None
+            or self.kafka_sasl_password is not None
+        ):
+            raise ValueError(
+                "VIGIL_KAFKA_SASL_* is set but VIGIL_KAFKA_SECURITY_PROTOCOL="
+                f"{self.kafka_security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if sasl and (not self.kafka_sasl_username or self.kafka_sasl_password is None):
+            raise ValueError(
+                f"VIGIL_KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism} needs "
+                "VIGIL_KAFKA_SASL_USERNAME and VIGIL_KAFKA_SASL_PASSWORD"
+            )
+        kafka_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if not self.kafka_security_protocol.endswith("SSL") and any(kafka_files):
+            raise ValueError(
+                "VIGIL_KAFKA_SSL_* is set but VIGIL_KAFKA_SECURITY_PROTOCOL="
+                f"{self.kafka_security_protocol}: use SSL or SASL_SSL"
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("VIGIL_KAFKA_SSL_KEYFILE needs VIGIL_KAFKA_SSL_CERTFILE")
+        url = urlsplit(self.redis_url)
+        if url.scheme not in ("redis", "rediss"):
+            raise ValueError("VIGIL_REDIS_URL must start with redis:// or rediss://")
+        if url.password is not None or url.username is not None:
+            raise ValueError(
+                "VIGIL_REDIS_URL must not hold credentials: set VIGIL_REDIS_USERNAME and "
+                "VIGIL_REDIS_PASSWORD"
+            )
+        if self.redis_ssl_cafile is not None and url.scheme != "rediss":
+            raise ValueError("VIGIL_REDIS_SSL_CAFILE needs a rediss:// VIGIL_REDIS_URL")
+        if self.redis_username is not None and self.redis_password is None:
+            raise ValueError("VIGIL_REDIS_USERNAME needs VIGIL_REDIS_PASSWORD")
+        triton_files = (self.triton_ssl_cafile, self.triton_ssl_certfile, self.triton_ssl_keyfile)
+        if not self.triton_ssl and any(triton_files):
+            raise ValueError("VIGIL_TRITON_SSL_* files are set but VIGIL_TRITON_SSL is false")
+        if (self.triton_ssl_certfile is None) != (self.triton_ssl_keyfile is None):
+            raise ValueError("VIGIL_TRITON_SSL_CERTFILE and VIGIL_TRITON_SSL_KEYFILE go together")
+        return self
 
     def topic(self, suffix: str) -> str:
         """Full topic name for a suffix such as ``"vitals"``."""

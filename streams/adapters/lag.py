@@ -20,7 +20,7 @@ from kafka.admin import KafkaAdminClient, OffsetSpec
 from kafka.errors import KafkaError
 from prometheus_client import Gauge
 
-from streams.adapters.topics import kafka_options
+from streams.adapters.security import kafka_python_options
 from streams.core.events import INPUT_TOPICS, TopicKind, topic_name
 from streams.settings import WorkerSettings
 
@@ -125,6 +125,6 @@ class ConsumerLagMonitor:
                 bootstrap_servers=self.settings.kafka_bootstrap,
                 client_id=f"{self.settings.app_id}-lag",
                 request_timeout_ms=10_000,
-                **kafka_options(self.settings),
+                **kafka_python_options(self.settings),
             )
         return self._admin

@@ -7,11 +7,12 @@ import contextlib
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streams.adapters.security import kafka_python_options
 from streams.core.events import TopicKind, topic_name
 from streams.settings import WorkerSettings
 from vigil.errors import TopicError
 
-__all__ = ["REQUIRED_TOPICS", "create_topics", "kafka_options", "missing_topics"]
+__all__ = ["REQUIRED_TOPICS", "create_topics", "missing_topics"]
 
 REQUIRED_TOPICS: tuple[TopicKind, ...] = (
     TopicKind.VITALS,
@@ -36,23 +37,10 @@ def _admin(settings: WorkerSettings) -> KafkaAdminClient:
             bootstrap_servers=settings.kafka_bootstrap,
             client_id="vigil-topics",
             request_timeout_ms=10_000,
-            **kafka_options(settings),
+            **kafka_python_options(settings),
         )
     except KafkaError as exc:
         raise TopicError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-
-
-def kafka_options(settings: WorkerSettings) -> dict[str, object]:
-    """kafka-python client options for the configured security protocol and credentials."""
-    options: dict[str, object] = {"security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_sasl_mechanism is not None:
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        if settings.kafka_sasl_password is not None:
-            options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    if settings.kafka_ssl_cafile is not None:
-        options["ssl_cafile"] = settings.kafka_ssl_cafile
-    return options
 
 
 def create_topics(settings: WorkerSettings) -> list[str]:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,9 @@ class TritonScorer:
         batch_max_size: Most patients per gRPC call.
         batch_max_wait_ms: Longest wait to fill a batch.
         metrics: Where latency, batch size and errors are counted.
+        client_options: Channel keyword arguments for tritonclient's gRPC client (TLS:
+            ``ssl``, ``root_certificates``, ...; see ``streams.adapters.security``).
+        headers: gRPC metadata sent with every request (an authorization header).
     """
 
     def __init__(
@@ -94,8 +97,12 @@ class TritonScorer:
         batch_max_size: int,
         batch_max_wait_ms: int,
         metrics: WorkerMetrics,
+        client_options: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
+        self._client_options = dict(client_options or {})
+        self._headers = None if headers is None else dict(headers)
         self.model = model
         self.timeout_seconds = timeout_seconds
         self.retries = retries
@@ -116,7 +123,7 @@ class TritonScorer:
 
     async def start(self) -> None:
         """Open the channel and start the batching task (metadata is read lazily)."""
-        self._client = grpcaio.InferenceServerClient(self.url)
+        self._client = grpcaio.InferenceServerClient(self.url, **self._client_options)
         self._task = asyncio.create_task(self._run(), name="vigil-triton-batcher")
 
     async def close(self) -> None:
@@ -137,10 +144,10 @@ class TritonScorer:
             return
         client = self._require_client()
         meta = await client.get_model_metadata(
-            self.model, as_json=True, client_timeout=self.timeout_seconds
+            self.model, headers=self._headers, as_json=True, client_timeout=self.timeout_seconds
         )
         config = await client.get_model_config(
-            self.model, as_json=True, client_timeout=self.timeout_seconds
+            self.model, headers=self._headers, as_json=True, client_timeout=self.timeout_seconds
         )
         self.model_version = str(max((int(v) for v in meta.get("versions", ["1"])), default=1))
         for spec in config["config"]["input"]:
@@ -295,7 +302,11 @@ class TritonScorer:
             started = time.perf_counter()
             try:
                 result = await client.infer(
-                    self.model, inputs, outputs=requested, client_timeout=self.timeout_seconds
+                    self.model,
+                    inputs,
+                    outputs=requested,
+                    client_timeout=self.timeout_seconds,
+                    headers=self._headers,
                 )
             except InferenceServerException as exc:
                 status = str(exc.status() or "")
