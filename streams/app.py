@@ -27,6 +27,12 @@ import redis.asyncio as aioredis
 from streams.adapters.faust_recovery import SeekFirstTableManager
 from streams.adapters.lag import ConsumerLagMonitor
 from streams.adapters.redis_store import RedisStore
+from streams.adapters.security import (
+    faust_credentials,
+    redis_options,
+    triton_client_options,
+    triton_headers,
+)
 from streams.adapters.triton import ImageInput, ModelOutput, TritonScorer
 from streams.core.alerting import AlertPolicy, OodVerdict
 from streams.core.breaker import CircuitBreaker
@@ -410,18 +416,10 @@ def create_worker(
         clock: Wall clock (timezone-aware), injected for tests.
         worker_metrics: Metrics to update.
     """
-    broker_credentials = None
-    if settings.kafka_sasl_mechanism is not None:
-        password = settings.kafka_sasl_password
-        broker_credentials = faust.SASLCredentials(
-            username=settings.kafka_sasl_username or "",
-            password=password.get_secret_value() if password is not None else "",
-            mechanism=settings.kafka_sasl_mechanism,
-        )
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        broker_credentials=broker_credentials,
+        broker_credentials=faust_credentials(settings),
         store=settings.store,
         datadir=settings.data_dir,
         topic_partitions=settings.topic_partitions,
@@ -502,6 +500,8 @@ def create_worker(
         batch_max_size=settings.batch_max_size,
         batch_max_wait_ms=settings.batch_max_wait_ms,
         metrics=worker_metrics,
+        client_options=triton_client_options(settings),
+        headers=triton_headers(settings),
     )
     explainer = TritonScorer(
         settings.triton_url,
@@ -514,6 +514,8 @@ def create_worker(
         batch_max_size=8,
         batch_max_wait_ms=settings.batch_max_wait_ms,
         metrics=worker_metrics,
+        client_options=triton_client_options(settings),
+        headers=triton_headers(settings),
     )
     ood_scorer = (
         TritonScorer(
@@ -527,14 +529,15 @@ def create_worker(
             batch_max_size=settings.batch_max_size,
             batch_max_wait_ms=settings.batch_max_wait_ms,
             metrics=worker_metrics,
+            client_options=triton_client_options(settings),
+            headers=triton_headers(settings),
         )
         if settings.triton_ood_model
         else None
     )
-    password = settings.redis_password
     redis_client = aioredis.Redis.from_url(
         settings.redis_url,
-        password=password.get_secret_value() if password is not None else None,
+        **redis_options(settings),
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
     )
