@@ -31,6 +31,7 @@ from rich.table import Table
 
 from models.metrics import auprc, auroc
 from models.physionet2012 import read_outcomes
+from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics
 from streams.evaluation.run import EvaluateRequest, run_evaluation
 from streams.replay import DEFAULT_ANCHOR, physionet2012_events, produce, read_length_of_stay
@@ -85,6 +86,7 @@ def _consume(settings: WorkerSettings, result: DemoResult, stop: threading.Event
         bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="earliest",
         consumer_timeout_ms=500,
+        **kafka_python_options(settings),
     )
     try:
         while not stop.is_set():
@@ -215,6 +217,7 @@ def run_demo(
                 events,
                 bootstrap=run.kafka_bootstrap,
                 topic_prefix=run.topic_prefix,
+                kafka_options=kafka_python_options(run),
                 progress=progress,
             ),
         ),
@@ -262,6 +265,7 @@ def run_demo(
             data_format="physionet2012",
             report=report / "evaluation",
             kafka_bootstrap=run.kafka_bootstrap,
+            kafka_options=kafka_python_options(run),
             admitted_at=DEFAULT_ANCHOR,
         )
     )

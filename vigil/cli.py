@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from models.cli import export_app, train_app
+from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics, missing_topics
 from streams.replay import (
     merge,
@@ -306,6 +307,7 @@ def replay(
             merge(per_file),
             bootstrap=settings.kafka_bootstrap,
             topic_prefix=settings.topic_prefix,
+            kafka_options=kafka_python_options(settings),
             speed=rate,
             limit=limit,
             progress=progress,
@@ -359,6 +361,7 @@ def record_topics(
             names,
             out,
             bootstrap=settings.kafka_bootstrap,
+            kafka_options=kafka_python_options(settings),
             from_beginning=from_beginning,
             until_idle=None if until_idle is None else timedelta(seconds=until_idle),
             progress=progress,
@@ -442,6 +445,7 @@ def evaluate(
     """Judge recorded scores and alerts against outcomes; write an HTML report."""
     from streams.evaluation.run import EvaluateRequest, parse_admitted_at, run_evaluation
 
+    settings = _worker_settings(kafka_bootstrap=kafka_bootstrap)
     request = EvaluateRequest(
         scores=scores,
         topic=topic,
@@ -450,7 +454,8 @@ def evaluate(
         outcomes=outcomes or [],
         data_format=data_format,
         report=report,
-        kafka_bootstrap=_worker_settings(kafka_bootstrap=kafka_bootstrap).kafka_bootstrap,
+        kafka_bootstrap=settings.kafka_bootstrap,
+        kafka_options=kafka_python_options(settings),
         n_resamples=bootstrap,
         seed=seed,
         max_burdens=max_burden or [0.01],

@@ -6,7 +6,7 @@ Argument problems are :class:`~vigil.errors.ConfigError` (exit 2); Kafka problem
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +48,8 @@ class EvaluateRequest:
     risk_threshold: float = 0.5
     admitted_at: datetime | None = None
     timelines: int = 4
+    kafka_options: Mapping[str, Any] | None = None
+    """Kafka security options (``streams.adapters.security.kafka_python_options``)."""
 
     def check(self) -> tuple[DataFormat, Path]:
         """The format and report folder, once every argument is known good.
@@ -97,14 +99,14 @@ def parse_admitted_at(text: str | None) -> datetime | None:
     return value
 
 
-def _lines(path: Path | None, topic: str | None, bootstrap: str) -> Iterable[str | bytes]:
+def _lines(path: Path | None, topic: str | None, request: EvaluateRequest) -> Iterable[str | bytes]:
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"no such file: {path}")
         return read_file_lines(path)
     if topic is None:
         raise ConfigError("give exactly one of --scores FILE or --topic TOPIC")
-    return read_topic_lines(topic, bootstrap)
+    return read_topic_lines(topic, request.kafka_bootstrap, kafka_options=request.kafka_options)
 
 
 def run_evaluation(request: EvaluateRequest) -> dict[str, Any]:
@@ -131,14 +133,12 @@ def run_evaluation(request: EvaluateRequest) -> dict[str, Any]:
         first_score_hours = {
             p: float(o.row_hours[0]) for p, o in outcomes.items() if o.row_hours.size
         }
-    scores = decode_scores(_lines(request.scores, request.topic, request.kafka_bootstrap))
+    scores = decode_scores(_lines(request.scores, request.topic, request))
     tracks, superseded = build_tracks(scores.records, request.admitted_at, first_score_hours)
     decoded: dict[str, Any] = {"scores": scores.summary()}
     episodes = None
     if request.alerts is not None or request.alerts_topic is not None:
-        alerts = decode_alerts(
-            _lines(request.alerts, request.alerts_topic, request.kafka_bootstrap)
-        )
+        alerts = decode_alerts(_lines(request.alerts, request.alerts_topic, request))
         decoded["alerts"] = alerts.summary()
         episodes = alert_episodes(alerts.records, tracks)
     config = EvaluationConfig(

@@ -8,8 +8,9 @@ reached or a topic that does not exist is a :class:`~vigil.errors.TopicError`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from models.physionet2012 import read_outcomes
 from streams.evaluation.outcomes import StayOutcome, from_physionet2012, parse_psv
@@ -31,7 +32,11 @@ def read_file_lines(path: Path) -> list[str]:
 
 
 def read_topic_lines(
-    topic: str, bootstrap: str, *, idle_timeout_seconds: float = 30.0
+    topic: str,
+    bootstrap: str,
+    *,
+    kafka_options: Mapping[str, Any] | None = None,
+    idle_timeout_seconds: float = 30.0,
 ) -> Iterator[bytes]:
     """Every record value of ``topic``, from the beginning to the end offsets seen at start.
 
@@ -47,7 +52,10 @@ def read_topic_lines(
 
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            **(kafka_options or {}),
         )
     except KafkaError as exc:
         raise TopicError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc

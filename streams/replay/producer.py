@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -23,6 +24,7 @@ def produce(
     *,
     bootstrap: str,
     topic_prefix: str,
+    kafka_options: Mapping[str, Any] | None = None,
     speed: float | None = None,
     limit: int | None = None,
     progress: Callable[[int, datetime], None] | None = None,
@@ -35,6 +37,7 @@ def produce(
         events: Events in event-time order.
         bootstrap: Kafka bootstrap servers.
         topic_prefix: Topic prefix (``vigil``).
+        kafka_options: Security options (``streams.adapters.security.kafka_python_options``).
         speed: Event-time speed-up: gaps in event time are divided by it (``60`` = an
             hour per minute); None = as fast as Kafka takes them.
         limit: Stop after this many events.
@@ -56,6 +59,7 @@ def produce(
             linger_ms=5,
             retries=5,
             max_in_flight_requests_per_connection=1,
+            **(kafka_options or {}),
         )
     except KafkaError as exc:
         raise TopicError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc

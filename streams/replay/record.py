@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -39,6 +40,7 @@ def record(
     out: Path,
     *,
     bootstrap: str,
+    kafka_options: Mapping[str, Any] | None = None,
     from_beginning: bool = False,
     until_idle: timedelta | None = None,
     stop: threading.Event | None = None,
@@ -54,6 +56,7 @@ def record(
         topics: Full topic names (see :func:`resolve_topics`).
         out: Output file.
         bootstrap: Kafka bootstrap servers.
+        kafka_options: Security options (``streams.adapters.security.kafka_python_options``).
         from_beginning: Start at each partition's earliest offset instead of its end.
         until_idle: Stop when no record arrived for this long; None = until ``stop``.
         stop: Set to stop recording. KeyboardInterrupt (Ctrl-C) stops it too, keeping
@@ -76,6 +79,7 @@ def record(
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest" if from_beginning else "latest",
+            **(kafka_options or {}),
         )
     except KafkaError as exc:
         raise TopicError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
