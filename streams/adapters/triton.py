@@ -6,6 +6,11 @@ gathers concurrent requests (up to ``batch_max_size`` patients, waiting at most
 deadline exceeded) are retried with a short back-off; repeated failures open the circuit
 breaker and calls fail fast with :class:`~vigil.errors.CircuitOpenError` until Triton
 recovers. A request Triton rejects as invalid is split so that only the bad patient fails.
+
+The gRPC channel reconnects with a back-off capped at ``_MAX_RECONNECT_BACKOFF_MS``:
+gRPC's own default grows to 120 s while the server is away, and calls made during a
+back-off fail at once without trying to connect, so after a long outage the worker stayed
+degraded for up to two minutes after Triton was back (docs/worker.md, "Restarts").
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as grpcaio
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferInput, InferRequestedOutput, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
 from streams.core.breaker import CircuitBreaker
@@ -32,6 +37,26 @@ from vigil.errors import CircuitOpenError, InferenceError
 __all__ = ["ImageInput", "ModelOutput", "TritonScorer"]
 
 log = logging.getLogger(__name__)
+
+_MAX_RECONNECT_BACKOFF_MS = 2000
+
+
+def _channel_args() -> list[tuple[str, int]]:
+    """tritonclient's default channel options plus a bounded reconnect back-off."""
+    keepalive = KeepAliveOptions()
+    unlimited = 2**31 - 1  # tritonclient's message size limit (INT32_MAX)
+    return [
+        ("grpc.max_send_message_length", unlimited),
+        ("grpc.max_receive_message_length", unlimited),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(keepalive.keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.min_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
+    ]
+
 
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL")
 

@@ -2,7 +2,10 @@
 
 States: ``closed`` (calls pass; consecutive failures are counted), ``open`` (calls are
 refused until ``reset_after`` has passed), ``half_open`` (one trial call decides: success
-closes, failure re-opens).
+closes, failure re-opens). A trial whose outcome is never recorded (its caller was
+cancelled, or gave up on a backstop timeout) is taken as lost after another
+``reset_after``, and the next call becomes the trial: otherwise the breaker would refuse
+every call for good.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class CircuitBreaker:
     clock: Callable[[], float]
     _failures: int = field(default=0, init=False)
     _opened_at: float | None = field(default=None, init=False)
-    _trial_in_flight: bool = field(default=False, init=False)
+    _trial_started_at: float | None = field(default=None, init=False)
 
     @property
     def state(self) -> BreakerState:
@@ -53,8 +56,12 @@ class CircuitBreaker:
         state = self.state
         if state is BreakerState.CLOSED:
             return True
-        if state is BreakerState.HALF_OPEN and not self._trial_in_flight:
-            self._trial_in_flight = True
+        if state is BreakerState.OPEN:
+            return False
+        now = self.clock()
+        started = self._trial_started_at
+        if started is None or now - started >= self.reset_after_seconds:
+            self._trial_started_at = now
             return True
         return False
 
@@ -62,11 +69,11 @@ class CircuitBreaker:
         """A call succeeded: close the circuit."""
         self._failures = 0
         self._opened_at = None
-        self._trial_in_flight = False
+        self._trial_started_at = None
 
     def record_failure(self) -> None:
         """A call failed: count it, and open (or re-open) the circuit when due."""
-        self._trial_in_flight = False
+        self._trial_started_at = None
         if self._opened_at is not None:
             self._opened_at = self.clock()
             return

@@ -84,9 +84,10 @@ def test_half_open_allows_exactly_one_trial():
     open_breaker(breaker)
     clock.advance(COOL_DOWN_S)
     assert breaker.allow()
-    # The trial is in flight: everyone else is still refused, however long it takes.
+    # The trial is in flight: everyone else is refused for a cool-down (after that the
+    # trial counts as lost: test_a_lost_trial_is_replaced_after_another_cool_down).
     assert not breaker.allow()
-    clock.advance(COOL_DOWN_S * 10)
+    clock.advance(COOL_DOWN_S - 0.1)
     assert not breaker.allow()
     assert state_of(breaker) is BreakerState.HALF_OPEN
 
@@ -129,3 +130,19 @@ def test_state_does_not_depend_on_wall_time():
     breaker, _ = make(1)
     breaker.record_failure()
     assert [state_of(breaker) for _ in range(3)] == [BreakerState.OPEN] * 3
+
+
+def test_a_lost_trial_is_replaced_after_another_cool_down():
+    # The trial's caller was cancelled and never reported: the breaker must not refuse
+    # calls for good.
+    breaker, clock = make()
+    open_breaker(breaker)
+    clock.advance(COOL_DOWN_S)
+    assert breaker.allow()  # the trial, whose outcome is never recorded
+    clock.advance(COOL_DOWN_S - 0.1)
+    assert not breaker.allow()
+    clock.advance(0.1)
+    assert breaker.allow()  # a new trial
+    assert not breaker.allow()
+    breaker.record_success()
+    assert state_of(breaker) is BreakerState.CLOSED
