@@ -6,7 +6,8 @@ standard exception it specialises so callers can catch either::
     VigilError
     ├── ConfigError(VigilError, ValueError)        bad setting or CLI argument
     ├── SchemaError(VigilError, ValueError)        an event that fails validation
-    │   └── (carries a machine-readable ``reason`` for the dead-letter topic)
+    │   ├── (carries a machine-readable ``reason`` for the dead-letter topic)
+    │   └── ImageError                             a study's pixels cannot be fetched or read
     ├── StackError(VigilError, RuntimeError)       a local service failed to start or stop
     ├── TopicError(VigilError, RuntimeError)       Kafka topics missing or misconfigured
     ├── InferenceError(VigilError, RuntimeError)   a model request failed
@@ -19,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "CircuitOpenError",
     "ConfigError",
+    "ImageError",
     "InferenceError",
     "ModelError",
     "SchemaError",
@@ -49,6 +51,11 @@ class SchemaError(VigilError, ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class ImageError(SchemaError):
+    """An imaging study's pixels are missing, too large or not a readable image; the
+    event goes to dead-letter with ``reason`` ``image_unavailable`` or ``image_unreadable``."""
 
 
 class StackError(VigilError, RuntimeError):

@@ -10,7 +10,8 @@ Input topics (keyed by ``patient_id``): ``vitals`` and ``labs`` carry
 (:class:`AlertRecord`), ``deadletter`` (:class:`DeadLetterRecord`). ``acks`` (input, keyed by
 ``patient_id``) carries :class:`AckEvent`, actions of clinicians on an alert; ``audit``
 (output) carries :class:`AuditRecord`, one per alert state change and per accepted action.
-``findings`` is named now; its record comes with a later issue.
+``findings`` (output, keyed by ``patient_id``) carries :class:`FindingRecord`, what the
+imaging model read in one study.
 
 These models check structure only. Code vocabulary, units, physiological ranges and
 clock checks live in :mod:`streams.core.validation`.
@@ -48,18 +49,22 @@ __all__ = [
     "AuditRecord",
     "DeadLetterReason",
     "DeadLetterRecord",
+    "FindingRecord",
     "IcuType",
     "ImagingEvent",
+    "ImagingReference",
     "InputEvent",
     "News2Score",
     "Observation",
     "ObservationEvent",
     "OffsetRange",
+    "OodRecord",
     "Provenance",
     "ScoreRecord",
     "TopicKind",
     "make_alert_id",
     "make_audit_id",
+    "make_finding_id",
     "topic_name",
 ]
 
@@ -120,6 +125,9 @@ class DeadLetterReason(StrEnum):
     MISSING_REASON = "missing_reason"
     SNOOZE_EXPIRED = "snooze_expired"
     SNOOZE_TOO_LONG = "snooze_too_long"
+    IMAGE_UNAVAILABLE = "image_unavailable"
+    IMAGE_UNREADABLE = "image_unreadable"
+    INFERENCE_FAILED = "inference_failed"
 
 
 class IcuType(StrEnum):
@@ -381,6 +389,39 @@ class Provenance(_Frozen):
     offsets: tuple[OffsetRange, ...] = Field(default=(), max_length=64)
 
 
+class OodRecord(_Frozen):
+    """The out-of-distribution detector's verdict on the scored input.
+
+    Attributes:
+        flagged: True when the input lies outside the training distribution; the alert
+            policy then defers instead of alerting (``deferred_for_review``).
+        distance: The detector's distance (model ``ood`` output ``distance``).
+        threshold: The distance above which the detector flags.
+    """
+
+    flagged: bool
+    distance: FiniteFloat
+    threshold: FiniteFloat | None = None
+
+
+class ImagingReference(_Frozen):
+    """An imaging study that a score or alert took into account.
+
+    Attributes:
+        study_id: The study.
+        finding_id: Its finding on ``findings``.
+        event_time: When the study was taken (UTC).
+        class_probability: The imaging model's abnormality probability, 0-1.
+        heatmap_uri: Where its CAM heatmap artifact is stored.
+    """
+
+    study_id: Identifier
+    finding_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    event_time: UtcDatetime
+    class_probability: Probability
+    heatmap_uri: Annotated[str, StringConstraints(max_length=2048)] | None = None
+
+
 class ScoreRecord(_Record):
     """A deterioration score for one patient at one state time (topic ``scores``).
 
@@ -395,6 +436,9 @@ class ScoreRecord(_Record):
         degraded_reason: Short reason when degraded, for example ``circuit_open``.
         provenance: Code version and inputs seen.
         processing_time: Wall-clock time the score was produced (UTC).
+        ood: The out-of-distribution detector's verdict on the same input, when it was
+            asked and answered.
+        imaging: The imaging studies the model saw (most recent last).
     """
 
     patient_id: PatientId
@@ -407,6 +451,8 @@ class ScoreRecord(_Record):
     degraded_reason: Label | None = None
     provenance: Provenance
     processing_time: UtcDatetime
+    ood: OodRecord | None = None
+    imaging: tuple[ImagingReference, ...] = Field(default=(), max_length=16)
 
     @model_validator(mode="after")
     def _risk_or_degraded(self) -> Self:
@@ -444,6 +490,7 @@ class AlertRecord(_Record):
         policy_version: Version of the alert policy.
         degraded: True when the alert was raised without the model.
         processing_time: Wall-clock time the record was produced (UTC).
+        imaging: Imaging studies in the scored state, with their heatmap artifacts.
     """
 
     alert_id: AlertId
@@ -462,6 +509,7 @@ class AlertRecord(_Record):
     policy_version: Version
     degraded: bool
     processing_time: UtcDatetime
+    imaging: tuple[ImagingReference, ...] = Field(default=(), max_length=16)
 
 
 def make_alert_id(
@@ -598,3 +646,51 @@ class DeadLetterRecord(_Record):
     key: str | None
     key_encoding: Literal["utf-8", "base64url"] = "utf-8"
     received_time: UtcDatetime
+
+
+class FindingRecord(_Record):
+    """What the imaging model read in one study (topic ``findings``, keyed by patient).
+
+    Attributes:
+        finding_id: Deterministic id (patient, study, event, model version; see
+            :func:`make_finding_id`): reprocessing a study yields the same id.
+        patient_id: Stay identifier; also the Kafka key.
+        study_id: The study.
+        event_id: The ``imaging`` event that announced it.
+        event_time: When the study was taken (UTC).
+        modality: DICOM modality code of the study.
+        model: Imaging model name.
+        model_version: Imaging model version.
+        class_probability: Probability that an abnormality (lesion, pneumonia) is present.
+        lesion_count: Connected lesion regions in the predicted mask at ``mask_threshold``.
+        lesion_area_fraction: Fraction of the image's pixels inside a predicted lesion.
+        mask_threshold: The model's lesion operating point (chosen for lesion recall).
+        heatmap_uri: Where the CAM heatmap (PNG) is stored; None if it could not be.
+        image_shape: Height and width of the image as read, before resizing.
+        provenance: Code version and the event read.
+        processing_time: Wall-clock time the record was produced (UTC).
+    """
+
+    finding_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    patient_id: PatientId
+    study_id: Identifier
+    event_id: Identifier
+    event_time: UtcDatetime
+    modality: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2,3}$")]
+    model: Version
+    model_version: Version
+    class_probability: Probability
+    lesion_count: Annotated[int, Field(strict=True, ge=0)]
+    lesion_area_fraction: Probability
+    mask_threshold: Probability
+    heatmap_uri: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    image_shape: tuple[Annotated[int, Field(strict=True, ge=1)], ...] = Field(max_length=3)
+    provenance: Provenance
+    processing_time: UtcDatetime
+
+
+def make_finding_id(patient_id: str, study_id: str, event_id: str, model_version: str) -> str:
+    """Return the deterministic id of a study's finding (32 hex digits of a SHA-256, which
+    reveal no patient identifier)."""
+    parts = [patient_id, study_id, event_id, model_version]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]

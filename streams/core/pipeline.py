@@ -34,16 +34,21 @@ from streams.core.events import (
     AuditRecord,
     DeadLetterReason,
     DeadLetterRecord,
+    FindingRecord,
     IcuType,
     ImagingEvent,
+    ImagingReference,
     News2Score,
     OffsetRange,
+    OodRecord,
     Provenance,
     ScoreRecord,
     TopicKind,
     make_audit_id,
+    make_finding_id,
 )
 from streams.core.features import SERIES_CODES, FeatureWindow
+from streams.core.imaging import StudyAnalysis
 from streams.core.news2 import News2Result
 from streams.core.state import Origin, Outcome, PatientState, from_ms
 from streams.core.validation import dead_letter, decode_ack, decode_input
@@ -56,6 +61,7 @@ __all__ = [
     "Processor",
     "ProcessorConfig",
     "Snapshot",
+    "StudyIngest",
 ]
 
 
@@ -91,6 +97,7 @@ class Snapshot:
     offsets: tuple[OffsetRange, ...]
     images: tuple[tuple[float, tuple[float, ...]], ...]
     latest: dict[str, tuple[float, datetime]]
+    studies: tuple[ImagingReference, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,23 @@ class IngestResult:
     snapshot: Snapshot | None = None
     artifacts: tuple[str, ...] = ()
     imaging: ImagingEvent | None = None
+
+
+@dataclass(frozen=True)
+class StudyIngest:
+    """The effect of an analysed imaging study (:meth:`Processor.add_study`).
+
+    Attributes:
+        outcome: Accepted, or why the study changed nothing (duplicate, too late).
+        finding: The record for ``findings`` (when the study was analysed and accepted).
+        snapshot: The patient's re-score with the study, when the patient has data to score.
+        deadletter: The rejection of a study that arrived too late.
+    """
+
+    outcome: Outcome
+    finding: FindingRecord | None = None
+    snapshot: Snapshot | None = None
+    deadletter: DeadLetterRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -196,17 +220,15 @@ class Processor:
                 event, origin=origin, lateness=self.config.lateness, artifacts=decoded.artifacts
             )
         elif isinstance(event, ImagingEvent):
-            # The imaging branch (Triton segmentation/embedding) handles the study; here
-            # it only counts as an input of the patient's state for provenance.
-            outcome = state.apply_observations(
-                event.event_id,
-                event.event_time,
-                (),
-                origin=origin,
-                lateness=self.config.lateness,
-                window=self.config.window,
-                stream=kind.value,
+            # The study is applied by `add_study` once the adapter has read its pixels and
+            # asked the imaging model; here it is only checked, so that a duplicate or a
+            # late study costs no model call and an unreadable one leaves no trace.
+            outcome = (
+                state.admissible(event.event_id, event.event_time, self.config.lateness, "imaging")
+                or Outcome.ACCEPTED
             )
+            if outcome is Outcome.ACCEPTED:
+                return IngestResult(pid, outcome, imaging=event)
         else:
             outcome = state.apply_observations(
                 event.event_id,
@@ -237,6 +259,103 @@ class Processor:
             imaging=event if isinstance(event, ImagingEvent) else None,
         )
 
+    def add_study(
+        self,
+        states: MutableMapping[str, PatientState],
+        event: ImagingEvent,
+        analysis: StudyAnalysis | None,
+        origin: Origin,
+        *,
+        imaging_model: str = "imaging",
+    ) -> StudyIngest:
+        """Apply an imaging study once its pixels were read and analysed.
+
+        The embedding joins the patient's state and the patient is re-scored at once (a
+        study is news, whatever the score interval), provided vitals or labs exist to
+        score. Without an analysis (imaging inference switched off) the study only counts
+        as an input for provenance.
+
+        Args:
+            states: Patient states by id; updated in place.
+            event: The imaging event (from :meth:`ingest`'s ``imaging``).
+            analysis: The imaging model's answer, or None when imaging is not analysed.
+            origin: Kafka position of the event.
+            imaging_model: Imaging model name, for the finding.
+        """
+        now = self.clock()
+        pid = event.patient_id
+        state = states.get(pid)
+        if state is None:
+            state = PatientState(pid)
+            states[pid] = state
+        if analysis is None:
+            outcome = state.apply_observations(
+                event.event_id,
+                event.event_time,
+                (),
+                origin=origin,
+                lateness=self.config.lateness,
+                window=self.config.window,
+                stream=TopicKind.IMAGING.value,
+            )
+            return StudyIngest(outcome)
+        finding_id = make_finding_id(pid, event.study_id, event.event_id, analysis.model_version)
+        reference = ImagingReference(
+            study_id=event.study_id,
+            finding_id=finding_id,
+            event_time=event.event_time,
+            class_probability=analysis.class_probability,
+            heatmap_uri=analysis.heatmap_uri,
+        )
+        outcome = state.apply_study(
+            event.event_id,
+            event.event_time,
+            analysis.embedding,
+            reference.model_dump(mode="json"),
+            origin=origin,
+            lateness=self.config.lateness,
+        )
+        if outcome is not Outcome.ACCEPTED:
+            return StudyIngest(outcome)
+        finding = FindingRecord(
+            finding_id=finding_id,
+            patient_id=pid,
+            study_id=event.study_id,
+            event_id=event.event_id,
+            event_time=event.event_time,
+            modality=event.modality,
+            model=imaging_model,
+            model_version=analysis.model_version,
+            class_probability=analysis.class_probability,
+            lesion_count=analysis.lesion_count,
+            lesion_area_fraction=analysis.lesion_area_fraction,
+            mask_threshold=analysis.mask_threshold,
+            heatmap_uri=analysis.heatmap_uri,
+            image_shape=analysis.image_shape,
+            provenance=Provenance(
+                code_version=self.config.code_version,
+                event_ids=(event.event_id,),
+                offsets=(
+                    OffsetRange(
+                        topic=origin.topic,
+                        partition=origin.partition,
+                        first_offset=origin.offset,
+                        last_offset=origin.offset,
+                    ),
+                ),
+            ),
+            processing_time=now,
+        )
+        snapshot = self.snapshot(state) if state.series else None
+        return StudyIngest(outcome, finding=finding, snapshot=snapshot)
+
+    def dead_letter(
+        self, error: SchemaError, origin: Origin, key: bytes | None, raw: bytes
+    ) -> DeadLetterRecord:
+        """The dead-letter record of an input the adapter could not use (for example an
+        imaging study whose pixels cannot be read)."""
+        return self._dead(error, origin, key, raw, self.clock())
+
     def snapshot(self, state: PatientState, at: datetime | None = None) -> Snapshot:
         """Freeze the patient's model input and NEWS2 and mark the state scored.
 
@@ -256,8 +375,15 @@ class Processor:
             ((at_ms - t) / 3_600_000, tuple(emb)) for t, emb in state.images if t <= at_ms
         )
         latest = {code: (pts[-1][1], from_ms(pts[-1][0])) for code, pts in state.series.items()}
+        studies = tuple(
+            ImagingReference.model_validate({k: v for k, v in study.items() if k != "t"})
+            for study in state.studies
+            if int(study["t"]) <= at_ms
+        )
         state.mark_scored({"at_ms": at_ms}, at=at)
-        return Snapshot(state.patient_id, at, window, news2, event_ids, offsets, images, latest)
+        return Snapshot(
+            state.patient_id, at, window, news2, event_ids, offsets, images, latest, studies
+        )
 
     def finish(
         self,
@@ -296,6 +422,8 @@ class Processor:
                 offsets=snapshot.offsets,
             ),
             processing_time=now,
+            ood=_ood_record(answer),
+            imaging=snapshot.studies,
         )
         state.last_score = {
             "at_ms": int(snapshot.at.timestamp() * 1000),
@@ -452,6 +580,7 @@ class Processor:
                 policy_version=POLICY_VERSION,
                 degraded=d.degraded,
                 processing_time=now,
+                imaging=snapshot.studies,
             )
             for d in decisions
         ]
@@ -468,6 +597,16 @@ class Processor:
             raw=raw,
             received_time=now,
         )
+
+
+def _ood_record(answer: ModelAnswer | None) -> OodRecord | None:
+    if answer is None or answer.ood is None:
+        return None
+    verdict = answer.ood
+    threshold = verdict.threshold if np.isfinite(verdict.threshold) else None
+    if not np.isfinite(verdict.distance):
+        return None
+    return OodRecord(flagged=verdict.flagged, distance=verdict.distance, threshold=threshold)
 
 
 def _news2_record(result: News2Result) -> News2Score:

@@ -22,6 +22,7 @@ from streams.core.events import (
     AlertRecord,
     AuditRecord,
     DeadLetterRecord,
+    FindingRecord,
     ImagingEvent,
     ObservationEvent,
     ScoreRecord,
@@ -42,6 +43,7 @@ _RECORDS: Final[dict[TopicKind, tuple[type[BaseModel], str | None]]] = {
     TopicKind.DEADLETTER: (DeadLetterRecord, None),
     TopicKind.ACKS: (AckEvent, "patient_id"),
     TopicKind.AUDIT: (AuditRecord, "patient_id"),
+    TopicKind.FINDINGS: (FindingRecord, "patient_id"),
 }
 
 
@@ -49,8 +51,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     """Return the JSON Schema (draft 2020-12) of each topic's record.
 
     Returns:
-        Schemas keyed by topic name with the default prefix (``vigil.vitals`` …); the
-        topic ``findings`` has no record yet and is absent.
+        Schemas keyed by topic name with the default prefix (``vigil.vitals`` …).
         ``x-kafka-key`` names the field used as the Kafka key; the dead-letter topic has
         none (it reuses the failed record's key, whatever it was).
     """

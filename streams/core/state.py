@@ -116,6 +116,7 @@ class PatientState:
     pending_offsets: dict[str, list[int]] = field(default_factory=dict)
     discharged_ms: int | None = None
     images: list[tuple[int, list[float]]] = field(default_factory=list)
+    studies: list[dict[str, Any]] = field(default_factory=list)
     last_score: dict[str, Any] | None = None
     alert: dict[str, Any] = field(default_factory=dict)
     artifacts: int = 0
@@ -255,12 +256,60 @@ class PatientState:
         self._remember(event.event_id, event_ms, origin, "adt")
         return Outcome.ACCEPTED
 
-    def add_image(self, event_time: datetime, embedding: Iterable[float]) -> None:
-        """Keep an imaging embedding (the :data:`MAX_IMAGES` most recent)."""
-        self.images.append((to_ms(event_time), [float(x) for x in embedding]))
+    def add_image(
+        self,
+        event_time: datetime,
+        embedding: Iterable[float],
+        study: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Keep an imaging embedding (the :data:`MAX_IMAGES` most recent) and, when given,
+        the study's reference (``study_id``, ``finding_id``, ``class_probability``,
+        ``heatmap_uri``) for the records that cite it."""
+        event_ms = to_ms(event_time)
+        self.images.append((event_ms, [float(x) for x in embedding]))
         self.images.sort(key=lambda item: item[0])
         del self.images[:-MAX_IMAGES]
+        if study is not None:
+            self.studies.append({**study, "t": event_ms})
+            self.studies.sort(key=lambda item: int(item["t"]))
+            del self.studies[:-MAX_IMAGES]
         self.changed = True
+
+    def admissible(
+        self, event_id: str, event_time: datetime, lateness: timedelta, stream: str
+    ) -> Outcome | None:
+        """Why an event would be refused (duplicate, too late), or None if it would not;
+        changes nothing."""
+        return self._check_order(event_id, to_ms(event_time), lateness, stream)
+
+    def apply_study(
+        self,
+        event_id: str,
+        event_time: datetime,
+        embedding: Iterable[float],
+        study: Mapping[str, Any],
+        *,
+        origin: Origin | None,
+        lateness: timedelta,
+    ) -> Outcome:
+        """Add an analysed imaging study: its embedding, its reference and its provenance.
+
+        Args:
+            event_id: The ``imaging`` event's id (duplicates are ignored).
+            event_time: When the study was taken.
+            embedding: The imaging model's embedding.
+            study: The study's reference (see :meth:`add_image`).
+            origin: Kafka position of the event.
+            lateness: Out-of-order bound.
+        """
+        event_ms = to_ms(event_time)
+        rejected = self._check_order(event_id, event_ms, lateness, "imaging")
+        if rejected is not None:
+            return rejected
+        self._admit_default(event_ms)
+        self.add_image(event_time, embedding, study)
+        self._remember(event_id, event_ms, origin, "imaging")
+        return Outcome.ACCEPTED
 
     def _observation_ms(self) -> int | None:
         marks = [ms for stream, ms in self.stream_watermarks.items() if stream != "adt"]
@@ -404,6 +453,7 @@ class PatientState:
             "pending_offsets": self.pending_offsets,
             "discharged_ms": self.discharged_ms,
             "images": [[t, emb] for t, emb in self.images],
+            "studies": self.studies,
             "last_score": self.last_score,
             "alert": self.alert,
             "artifacts": self.artifacts,
@@ -434,6 +484,7 @@ class PatientState:
             pending_offsets={k: list(v) for k, v in data["pending_offsets"].items()},
             discharged_ms=data["discharged_ms"],
             images=[(int(t), list(emb)) for t, emb in data["images"]],
+            studies=[dict(study) for study in data.get("studies", [])],
             last_score=data["last_score"],
             alert=dict(data["alert"]),
             artifacts=int(data["artifacts"]),

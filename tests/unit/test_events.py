@@ -353,6 +353,9 @@ def test_dead_letter_reasons() -> None:
         "missing_reason",
         "snooze_expired",
         "snooze_too_long",
+        "image_unavailable",
+        "image_unreadable",
+        "inference_failed",
     }
 
 

@@ -216,6 +216,8 @@ def test_every_raised_reason_is_a_dead_letter_reason() -> None:
     # too_late and duplicate come from the state layer; the rest from actions on alerts.
     later = {"too_late", "duplicate", "unknown_alert", "alert_resolved", "missing_user"}
     later |= {"missing_reason", "snooze_expired", "snooze_too_long"}
+    # ... and from reading imaging studies (the image source and the imaging model).
+    later |= {"image_unavailable", "image_unreadable", "inference_failed"}
     assert raised == {r.value for r in DeadLetterReason} - later
 
 
