@@ -206,11 +206,37 @@ class TritonScorer:
             self.breaker.record_failure()
             self.metrics.inference_errors.labels(self.model, "metadata").inc()
             raise InferenceError(f"model metadata unavailable: {exc.status()}") from exc
+        return await self._submit(self._arrays(window, images))
+
+    async def infer(self, arrays: dict[str, npt.NDArray[Any]]) -> ModelOutput:
+        """Run one request of arbitrary inputs (one row, batch dimension excluded), such as
+        the imaging model's ``image``; shares the batching, retries and breaker of
+        :meth:`score`. Outputs other than ``risk``/``fused``/``contributions`` are in
+        ``extra``.
+
+        Raises:
+            CircuitOpenError: The breaker is open.
+            InferenceError: The request failed, was invalid, or lacks a declared input.
+        """
+        if not self.breaker.allow():
+            raise CircuitOpenError("Triton circuit open")
+        try:
+            await self._ensure_metadata()
+        except InferenceServerException as exc:
+            self.breaker.record_failure()
+            self.metrics.inference_errors.labels(self.model, "metadata").inc()
+            raise InferenceError(f"model metadata unavailable: {exc.status()}") from exc
+        missing = sorted(set(self._inputs) - set(arrays))
+        if missing:
+            raise InferenceError(f"model {self.model!r} needs inputs {missing}")
+        return await self._submit({name: arrays[name] for name in self._inputs})
+
+    async def _submit(self, arrays: dict[str, npt.NDArray[Any]]) -> ModelOutput:
         if self._task is None or self._task.done():
             raise InferenceError("scorer not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ModelOutput] = loop.create_future()
-        self._queue.put_nowait(_Pending(self._arrays(window, images), future))
+        self._queue.put_nowait(_Pending(arrays, future))
         # A backstop: a caller never waits longer than every attempt could take.
         limit = self.timeout_seconds * (self.retries + 2) + 1.0
         try:
