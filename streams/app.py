@@ -20,11 +20,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import faust
+import numpy as np
 import redis.asyncio as aioredis
 
+from models.imaging_ops import heatmap_png, summarise_segmentation
 from streams.adapters.faust_recovery import SeekFirstTableManager
+from streams.adapters.image_source import HeatmapStore, ImageSource
 from streams.adapters.lag import ConsumerLagMonitor
 from streams.adapters.redis_store import RedisStore
 from streams.adapters.security import (
@@ -36,13 +40,24 @@ from streams.adapters.security import (
 from streams.adapters.triton import ImageInput, ModelOutput, TritonScorer
 from streams.core.alerting import AlertPolicy, OodVerdict
 from streams.core.breaker import CircuitBreaker
-from streams.core.events import AlertRecord, DeadLetterRecord, IcuType, ScoreRecord, TopicKind
-from streams.core.pipeline import ModelAnswer, Processor, ProcessorConfig, Snapshot
+from streams.core.events import (
+    AlertRecord,
+    DeadLetterReason,
+    DeadLetterRecord,
+    FindingRecord,
+    IcuType,
+    ImagingEvent,
+    ScoreRecord,
+    TopicKind,
+    make_finding_id,
+)
+from streams.core.imaging import StudyAnalysis, decode_image, model_input
+from streams.core.pipeline import IngestResult, ModelAnswer, Processor, ProcessorConfig, Snapshot
 from streams.core.state import Origin, Outcome, PatientState
 from streams.metrics import UNKNOWN_ICU_TYPE, WorkerMetrics, metrics
 from streams.settings import WorkerSettings
 from vigil import __version__
-from vigil.errors import CircuitOpenError, InferenceError
+from vigil.errors import CircuitOpenError, InferenceError, SchemaError
 
 __all__ = ["VigilWorker", "create_worker"]
 
@@ -65,6 +80,9 @@ class VigilWorker:
     scorer: TritonScorer
     explainer: TritonScorer
     ood_scorer: TritonScorer | None
+    imager: TritonScorer | None
+    images: ImageSource
+    heatmaps: HeatmapStore
     store: RedisStore
     metrics: WorkerMetrics
     tables: Any
@@ -102,7 +120,10 @@ class VigilWorker:
             cache = _TableCache(self.tables, states)
             snapshots: list[tuple[Snapshot, float]] = []
             dead: list[tuple[DeadLetterRecord, str]] = []
-            self._ingest_one(event, cache, states, snapshots, dead)
+            findings: list[FindingRecord] = []
+            result = self._ingest_one(event, cache, states, snapshots, dead)
+            if result is not None and result.imaging is not None:
+                await self._ingest_study(event, result.imaging, cache, snapshots, dead, findings)
             answers = await asyncio.gather(*(self._score(s) for s, _ in snapshots))
             results = []
             for (snapshot, started), (answer, reason) in zip(snapshots, answers, strict=True):
@@ -119,6 +140,11 @@ class VigilWorker:
                 deliveries.append((TopicKind.DEADLETTER, sent))
                 self.metrics.deadletter.labels(record.reason.value).inc()
                 self.metrics.events_in.labels(kind, "deadletter").inc()
+            for finding in findings:
+                sent = await self.outputs[TopicKind.FINDINGS].send(
+                    key=finding.patient_id.encode(), value=finding.model_dump_json().encode()
+                )
+                deliveries.append((TopicKind.FINDINGS, sent))
             for snapshot, started, score, decisions, contributions in results:
                 alerts = self.processor.alert_records(snapshot, score, decisions, contributions)
                 icu_type = _icu_type(states.get(score.patient_id))
@@ -198,16 +224,16 @@ class VigilWorker:
         states: dict[str, PatientState],
         snapshots: list[tuple[Snapshot, float]],
         dead: list[tuple[DeadLetterRecord, str]],
-    ) -> None:
+    ) -> IngestResult | None:
         message = event.message
         kind = self.kind_of(message.topic)
-        key = message.key if isinstance(message.key, bytes | None) else str(message.key).encode()
-        value = event.value if isinstance(event.value, bytes) else bytes(event.value)
-        origin = Origin(message.topic, message.partition, message.offset)
+        key, value, origin = _record(event)
         result = self.processor.ingest(cache, kind, key, value, origin)
         if result.deadletter is not None:
             dead.append((result.deadletter, kind.value))
-            return
+            return None
+        if result.imaging is not None:
+            return result  # counted once the study is read (_ingest_study)
         outcome = result.outcome or Outcome.ACCEPTED
         self.metrics.events_in.labels(kind.value, outcome.value).inc()
         for code in result.artifacts:
@@ -222,6 +248,86 @@ class VigilWorker:
                 self.stream_clock_ms[kind.value] = max(previous, event_ms)
         if result.snapshot is not None:
             snapshots.append((result.snapshot, time.perf_counter()))
+        return result
+
+    async def _ingest_study(
+        self,
+        event: Any,
+        study: ImagingEvent,
+        cache: _TableCache,
+        snapshots: list[tuple[Snapshot, float]],
+        dead: list[tuple[DeadLetterRecord, str]],
+        findings: list[FindingRecord],
+    ) -> None:
+        """Read and analyse one imaging study, then apply it to the patient's state: a
+        finding for ``findings`` and a re-score, or the event to dead-letter with the
+        reason (unavailable or unreadable pixels, imaging model failure)."""
+        key, value, origin = _record(event)
+        kind = TopicKind.IMAGING.value
+        try:
+            analysis = await self._analyse(study) if self.imager is not None else None
+        except SchemaError as error:
+            dead.append((self.processor.dead_letter(error, origin, key, value), kind))
+            return
+        applied = self.processor.add_study(
+            cache,
+            study,
+            analysis,
+            origin,
+            imaging_model=self.settings.triton_imaging_model or "imaging",
+        )
+        self.metrics.events_in.labels(kind, applied.outcome.value).inc()
+        if applied.finding is not None:
+            findings.append(applied.finding)
+        if applied.snapshot is not None:
+            snapshots.append((applied.snapshot, time.perf_counter()))
+
+    async def _analyse(self, study: ImagingEvent) -> StudyAnalysis:
+        """Fetch, decode and score one study on the imaging model; store its heatmap.
+
+        Raises:
+            SchemaError: The pixels are unavailable or unreadable (``ImageError``), or the
+                imaging model failed (``inference_failed``).
+        """
+        imager = self.imager
+        if imager is None:  # pragma: no cover - callers check
+            raise InferenceError("imaging is not configured")
+        data = await self.images.fetch(study)
+        image = await asyncio.to_thread(decode_image, data, study.content_type)
+        pixels = await asyncio.to_thread(model_input, image)
+        try:
+            output = await imager.infer({"image": pixels})
+            mask = output.extra["mask_probability"]
+            probability = float(np.asarray(output.extra["class_probability"]).reshape(-1)[0])
+            embedding = np.asarray(output.extra["embedding"], dtype=np.float64).reshape(-1)
+            cam = output.extra["cam"]
+        except (InferenceError, KeyError) as exc:
+            raise SchemaError(
+                DeadLetterReason.INFERENCE_FAILED, f"imaging model {imager.model!r}: {exc}"
+            ) from exc
+        if not (np.isfinite(embedding).all() and np.isfinite(probability)):
+            raise SchemaError(DeadLetterReason.INFERENCE_FAILED, "non-finite imaging output")
+        threshold = float(imager.parameters.get("mask_threshold", "0.5"))
+        count, area = summarise_segmentation(mask, threshold)
+        finding_id = make_finding_id(
+            study.patient_id, study.study_id, study.event_id, imager.model_version
+        )
+        try:
+            heatmap_uri: str | None = await self.heatmaps.put(finding_id, heatmap_png(cam))
+        except OSError as exc:
+            # The finding still goes out; its heatmap reference is empty and the log says why.
+            log.warning("heatmap not stored: %s", type(exc).__name__)
+            heatmap_uri = None
+        return StudyAnalysis(
+            embedding=tuple(float(x) for x in embedding),
+            class_probability=min(max(probability, 0.0), 1.0),
+            lesion_count=count,
+            lesion_area_fraction=area / float(np.asarray(mask).size),
+            mask_threshold=threshold,
+            model_version=imager.model_version,
+            image_shape=tuple(int(n) for n in image.shape),
+            heatmap_uri=heatmap_uri,
+        )
 
     async def _score(self, snapshot: Snapshot) -> tuple[ModelAnswer | None, str | None]:
         images = [ImageInput(age, emb) for age, emb in snapshot.images]
@@ -331,6 +437,14 @@ class VigilWorker:
                 del self.tables[pid]
                 removed += 1
         return removed
+
+
+def _record(event: Any) -> tuple[bytes | None, bytes, Origin]:
+    """Key, value and Kafka position of a Faust event."""
+    message = event.message
+    key = message.key if isinstance(message.key, bytes | None) else str(message.key).encode()
+    value = event.value if isinstance(event.value, bytes) else bytes(event.value)
+    return key, value, Origin(message.topic, message.partition, message.offset)
 
 
 def _icu_type(state: PatientState | None) -> str:
@@ -445,7 +559,13 @@ def create_worker(
     }
     outputs = {
         kind: app.topic(settings.topic(kind.value), key_serializer="raw", value_serializer="raw")
-        for kind in (TopicKind.SCORES, TopicKind.ALERTS, TopicKind.DEADLETTER, TopicKind.AUDIT)
+        for kind in (
+            TopicKind.SCORES,
+            TopicKind.ALERTS,
+            TopicKind.DEADLETTER,
+            TopicKind.AUDIT,
+            TopicKind.FINDINGS,
+        )
     }
     acks_topic = app.topic(
         settings.topic(TopicKind.ACKS.value),
@@ -489,50 +609,43 @@ def create_worker(
         code_version=__version__,
         model_name=settings.triton_model,
     )
-    scorer = TritonScorer(
-        settings.triton_url,
-        settings.triton_model,
-        timeout_seconds=settings.triton_timeout_seconds,
-        retries=settings.triton_retries,
-        breaker=CircuitBreaker(
-            settings.breaker_failures, settings.breaker_reset_seconds, time.monotonic
-        ),
-        batch_max_size=settings.batch_max_size,
-        batch_max_wait_ms=settings.batch_max_wait_ms,
-        metrics=worker_metrics,
-        client_options=triton_client_options(settings),
-        headers=triton_headers(settings),
-    )
-    explainer = TritonScorer(
-        settings.triton_url,
-        settings.triton_explain_model,
-        timeout_seconds=max(settings.triton_timeout_seconds, 5.0),
-        retries=settings.triton_retries,
-        breaker=CircuitBreaker(
-            settings.breaker_failures, settings.breaker_reset_seconds, time.monotonic
-        ),
-        batch_max_size=8,
-        batch_max_wait_ms=settings.batch_max_wait_ms,
-        metrics=worker_metrics,
-        client_options=triton_client_options(settings),
-        headers=triton_headers(settings),
-    )
-    ood_scorer = (
-        TritonScorer(
+
+    def triton(model: str, *, timeout_seconds: float, batch_max_size: int) -> TritonScorer:
+        # One breaker per model: a failing model must not stop the others.
+        return TritonScorer(
             settings.triton_url,
-            settings.triton_ood_model,
-            timeout_seconds=settings.triton_timeout_seconds,
+            model,
+            timeout_seconds=timeout_seconds,
             retries=settings.triton_retries,
             breaker=CircuitBreaker(
                 settings.breaker_failures, settings.breaker_reset_seconds, time.monotonic
             ),
-            batch_max_size=settings.batch_max_size,
+            batch_max_size=batch_max_size,
             batch_max_wait_ms=settings.batch_max_wait_ms,
             metrics=worker_metrics,
             client_options=triton_client_options(settings),
             headers=triton_headers(settings),
         )
+
+    timeout = settings.triton_timeout_seconds
+    scorer = triton(
+        settings.triton_model, timeout_seconds=timeout, batch_max_size=settings.batch_max_size
+    )
+    explainer = triton(
+        settings.triton_explain_model, timeout_seconds=max(timeout, 5.0), batch_max_size=8
+    )
+    ood_scorer = (
+        triton(
+            settings.triton_ood_model,
+            timeout_seconds=timeout,
+            batch_max_size=settings.batch_max_size,
+        )
         if settings.triton_ood_model
+        else None
+    )
+    imager = (
+        triton(settings.triton_imaging_model, timeout_seconds=max(timeout, 5.0), batch_max_size=16)
+        if settings.triton_imaging_model
         else None
     )
     redis_client = aioredis.Redis.from_url(
@@ -547,6 +660,15 @@ def create_worker(
         ttl_seconds=settings.redis_ttl_seconds,
         metrics=worker_metrics,
     )
+    redis_address = urlsplit(settings.redis_url).netloc.rpartition("@")[2]
+    images = ImageSource(
+        file_root=settings.imaging_file_root,
+        max_bytes=settings.imaging_max_bytes,
+        redis=redis_client,
+        redis_address=redis_address,
+        http_hosts=settings.imaging_http_hosts,
+        timeout_seconds=settings.imaging_fetch_timeout_seconds,
+    )
     worker = VigilWorker(
         app=app,
         settings=settings,
@@ -554,6 +676,9 @@ def create_worker(
         scorer=scorer,
         explainer=explainer,
         ood_scorer=ood_scorer,
+        imager=imager,
+        images=images,
+        heatmaps=HeatmapStore(settings.artifact_dir),
         store=store,
         metrics=worker_metrics,
         tables=table,
@@ -596,6 +721,8 @@ def create_worker(
         await explainer.start()
         if ood_scorer is not None:
             await ood_scorer.start()
+        if imager is not None:
+            await imager.start()
         await store.start()
         worker.ready.set()
         await asyncio.to_thread(lag_monitor.update)  # then every 15 s

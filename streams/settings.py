@@ -85,6 +85,12 @@ class WorkerSettings(BaseSettings):
     triton_explain_model: str = Field(
         default="deterioration_explain", description="Model giving alert explanations."
     )
+    triton_imaging_model: str | None = Field(
+        default="imaging",
+        description="Imaging model (segmentation, abnormality, embedding, CAM) asked for "
+        "each study on the imaging topic; empty: studies are not analysed and only count "
+        "as inputs of the patient's state.",
+    )
     triton_timeout_seconds: float = Field(default=2.0, gt=0)
     triton_retries: int = Field(default=2, ge=0, le=10)
     breaker_failures: int = Field(default=3, ge=1, description="Failures that open the breaker.")
@@ -94,6 +100,23 @@ class WorkerSettings(BaseSettings):
         default=64, ge=1, le=1024, description="Records in flight per input topic."
     )
     batch_max_wait_ms: int = Field(default=20, ge=0, le=5000)
+
+    # --- Imaging studies (streams/adapters/image_source.py) ----------------------------
+    imaging_file_root: str = Field(
+        default=".vigil/imaging",
+        description="Directory that file: image URIs must resolve inside (others are refused).",
+    )
+    imaging_max_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest study read, in bytes."
+    )
+    imaging_http_hosts: tuple[str, ...] = Field(
+        default=(), description="Hosts trusted for http(s): image URIs (JSON list)."
+    )
+    imaging_fetch_timeout_seconds: float = Field(default=5.0, gt=0)
+    artifact_dir: str = Field(
+        default=".vigil/artifacts/heatmaps",
+        description="Where CAM heatmaps (PNG, named by finding id) are stored.",
+    )
 
     # --- Event time --------------------------------------------------------------------
     window_hours: int = Field(default=48, ge=1, le=24 * 14)

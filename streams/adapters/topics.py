@@ -24,6 +24,7 @@ REQUIRED_TOPICS: tuple[TopicKind, ...] = (
     TopicKind.DEADLETTER,
     TopicKind.ACKS,
     TopicKind.AUDIT,
+    TopicKind.FINDINGS,
 )
 
 
