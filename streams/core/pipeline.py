@@ -256,7 +256,6 @@ class Processor:
             snapshot=snapshot,
             # Artifacts count once: a duplicate or late copy adds nothing to the state.
             artifacts=artifacts if outcome is Outcome.ACCEPTED else (),
-            imaging=event if isinstance(event, ImagingEvent) else None,
         )
 
     def add_study(

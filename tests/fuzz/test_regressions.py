@@ -11,7 +11,7 @@ import pytest
 
 from streams.core.events import DeadLetterReason, TopicKind
 from streams.core.pipeline import Processor, ProcessorConfig
-from streams.core.state import Origin, PatientState
+from streams.core.state import Origin, Outcome, PatientState
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 ORIGIN = Origin("fuzz.vitals", 3, 41)
@@ -103,3 +103,17 @@ def test_the_earliest_time_and_ordinary_metadata_are_accepted() -> None:
     assert result.deadletter is None
     assert result.imaging is not None
     assert result.imaging.metadata == metadata
+
+
+def test_a_duplicate_study_is_not_handed_to_the_imaging_model() -> None:
+    # ingest returned the event as `imaging` for a duplicate too, so the worker read and
+    # analysed the pixels again (and dead-lettered an unreadable duplicate).
+    processor = Processor(ProcessorConfig(), clock=lambda: NOW)
+    states: dict[str, PatientState] = {}
+    raw = json.dumps(IMAGING).encode()
+    first = processor.ingest(states, TopicKind.IMAGING, b"p1", raw, ORIGIN)
+    assert first.imaging is not None
+    processor.add_study(states, first.imaging, None, ORIGIN)
+    again = processor.ingest(states, TopicKind.IMAGING, b"p1", raw, Origin("fuzz.imaging", 3, 42))
+    assert again.outcome is Outcome.DUPLICATE
+    assert (again.imaging, again.deadletter, again.snapshot) == (None, None, None)
