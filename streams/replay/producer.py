@@ -64,6 +64,8 @@ def produce(
     except KafkaError as exc:
         raise TopicError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     sent = 0
+    # kafka-python's flush() does not raise for records it gave up on: collect them.
+    failed: list[BaseException] = []
     first: datetime | None = None
     last: datetime | None = None
     started = clock()
@@ -78,13 +80,19 @@ def produce(
                 pause = due - (clock() - started)
                 if pause > 0:
                     sleep(pause)
-            producer.send(topic_name(event.kind, topic_prefix), key=event.key, value=event.payload)
+            producer.send(
+                topic_name(event.kind, topic_prefix), key=event.key, value=event.payload
+            ).add_errback(failed.append)
             sent += 1
             last = event.event_time
             if progress is not None and clock() - reported >= _PROGRESS_INTERVAL_SECONDS:
                 reported = clock()
                 progress(sent, last)
         producer.flush()
+        if failed:
+            raise TopicError(
+                f"Kafka at {bootstrap} refused {len(failed)} of {sent} records: {failed[0]!r}"
+            )
     except KafkaError as exc:
         raise TopicError(f"producing to Kafka at {bootstrap} failed: {exc}") from exc
     finally:

@@ -14,6 +14,17 @@ from streams.replay.event import ReplayEvent
 from vigil.errors import TopicError
 
 
+class _Sent:
+    """The future kafka-python's send returns, failed or not."""
+
+    def __init__(self, failed: bool) -> None:
+        self.failed = failed
+
+    def add_errback(self, errback: Any) -> None:
+        if self.failed:
+            errback(KafkaTimeoutError("gave up"))
+
+
 class FakeProducer:
     """Stands in for kafka.KafkaProducer: remembers what was sent, and when."""
 
@@ -26,8 +37,12 @@ class FakeProducer:
         self.flushed = self.closed = False
         FakeProducer.instances.append(self)
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+    refuse: bytes | None = None
+    """A value the broker gives up on (its errback is called)."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> _Sent:
         self.sent.append((self.clock[0], topic, key, value))
+        return _Sent(value == self.refuse)
 
     def flush(self) -> None:
         self.flushed = True
@@ -115,3 +130,12 @@ def test_kafka_unreachable_is_a_topic_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr("streams.replay.producer.KafkaProducer", refuse)
     with pytest.raises(TopicError, match="cannot reach Kafka at nowhere:1"):
         produce(_events([0]), bootstrap="nowhere:1", topic_prefix="vigil")
+
+
+def test_a_record_kafka_gave_up_on_is_a_topic_error(
+    monkeypatch: pytest.MonkeyPatch, clock: list[float]
+) -> None:
+    # kafka-python's flush() returns normally even when a record failed.
+    monkeypatch.setattr(FakeProducer, "refuse", b"e1")
+    with pytest.raises(TopicError, match="refused 1 of 3 records"):
+        produce(_events([0, 1, 2]), bootstrap="x:1", topic_prefix="t")
