@@ -41,7 +41,11 @@ def _admin(settings: WorkerSettings) -> KafkaAdminClient:
             **kafka_python_options(settings),
         )
     except KafkaError as exc:
-        raise TopicError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        raise TopicError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} over "
+            f"{settings.kafka_security_protocol} (with SASL or TLS, check the credentials "
+            f"and the CA file): {exc}"
+        ) from exc
 
 
 def create_topics(settings: WorkerSettings) -> list[str]:
