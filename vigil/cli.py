@@ -47,6 +47,7 @@ from streams.replay import (
     resolve_topics,
 )
 from streams.replay.event import Reader
+from streams.replay.imaging_fixture import imaging_fixture_events
 from streams.settings import WorkerSettings
 from streams.worker import run_worker
 from vigil.errors import ConfigError, TopicError, VigilError
@@ -255,6 +256,15 @@ def replay(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Random seed of --sample (default 0).")
     ] = None,
+    imaging_fixture: Annotated[
+        Path | None,
+        typer.Option(
+            "--imaging-fixture",
+            help="TEST FIXTURE: write the bundled sample images into this folder and give "
+            "every stay one study 12 h after admission (the worker's "
+            "VIGIL_IMAGING_FILE_ROOT must contain the folder). Not clinical data.",
+        ),
+    ] = None,
     kafka_bootstrap: KafkaOption = None,
     topic_prefix: PrefixOption = None,
 ) -> None:
@@ -288,6 +298,13 @@ def replay(
         _err.print(f"[red]skipped[/red] {escape(reason)}")
 
     per_file = read_files(files, reader, on_error)
+    if imaging_fixture is not None:
+        stays = [
+            (events[0].patient_id, min(e.event_time for e in events))
+            for events in per_file
+            if events
+        ]
+        per_file.append(sorted(imaging_fixture_events(stays, imaging_fixture)))
     total = sum(len(events) for events in per_file)
     with Progress(
         TextColumn("replay"),
