@@ -58,6 +58,7 @@ def test_examples_in_events_doc_are_valid() -> None:
         events.ImagingEvent,
         events.ScoreRecord,
         events.AlertRecord,
+        events.FindingRecord,
         events.DeadLetterRecord,
         events.AckEvent,
         events.AuditRecord,
