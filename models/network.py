@@ -14,10 +14,11 @@ fused width.
   ``[forward-filled x, mask, delta]``.
 * Fusion: ``z = tanh(W [h_T, static_embedding])``; images enter by single-head
   cross-modal attention with ``z`` as the query and ``[K]`` projected image tokens
-  (embedding plus age) as keys and values; masked slots get no weight, and a patient
-  with no image gets exactly zero from the branch. ``fused = z + W_o attention`` with
-  ``W_o`` zero-initialised, so until the imaging work trains it, images leave the risk
-  unchanged (late fusion, residual).
+  (embedding plus age) as keys and values; masked slots get no weight, and for a patient
+  with no image the attended vector is exactly zero. ``fused = z + W_o attention`` with
+  ``W_o`` zero-initialised (late fusion, residual), so an untrained branch leaves the
+  risk unchanged; :mod:`models.image_branch` fine-tunes the branch alone (``b_o``
+  frozen) on a synthetic fixture linkage of images to stays.
 * Wide branch (``wide=True``): a linear term on :func:`window_statistics` (last, mean,
   min, max, observed-any, ``log1p(count)`` per parameter, statics and their mask, each
   standardised with buffers) added to the logit. It is trained jointly with the network,
@@ -388,6 +389,35 @@ class DeteriorationNet(RiskModel):
             dim=1,
         )
 
+    def image_branch(
+        self, z: Tensor, image_embeddings: Tensor, image_age_hours: Tensor, image_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The cross-modal attention term added to ``z``, and its weights.
+
+        Args:
+            z: ``[B,F]`` the image-free fused vector (the query).
+            image_embeddings: ``[B,K,E]`` image embeddings.
+            image_age_hours: ``[B,K]`` hours from each image to the scoring time.
+            image_mask: ``[B,K]`` 1 for a present image.
+
+        Returns:
+            ``W_o attended + b_o [B,F]`` and ``attention [B,K]``. A row without images has
+            zero weights and ``attended = 0``, so its term is exactly ``b_o`` whatever
+            ``W_o`` and the attention weights are (``b_o`` is trained with the rest of
+            the network, as a constant offset).
+        """
+        age = torch.clamp(image_age_hours, min=0.0, max=self.delta_cap) / self.delta_cap
+        tokens = self.image_proj(torch.cat([image_embeddings, age.unsqueeze(-1)], dim=-1))
+        q = self.query(z).unsqueeze(1)  # [B,1,F]
+        scores = (q * self.key(tokens)).sum(-1) * self.attn_scale  # [B,K]
+        present = image_mask > 0.5
+        scores = torch.where(present, scores, torch.full_like(scores, -1e9))
+        weights = torch.exp(scores - scores.max(dim=1, keepdim=True).values)
+        weights = weights * present.to(weights.dtype)
+        weights = weights / torch.clamp(weights.sum(dim=1, keepdim=True), min=1e-12)
+        attended = (weights.unsqueeze(-1) * self.value(tokens)).sum(1)  # [B,F]
+        return self.image_out(attended), weights
+
     def encode(
         self,
         values: Tensor,
@@ -423,17 +453,8 @@ class DeteriorationNet(RiskModel):
         if self.use_summary:
             parts.append(self.dropout(self.summary_net(self._summary(x, mask))))
         z = torch.tanh(self.combine(torch.cat(parts, dim=1)))
-        age = torch.clamp(image_age_hours, min=0.0, max=self.delta_cap) / self.delta_cap
-        tokens = self.image_proj(torch.cat([image_embeddings, age.unsqueeze(-1)], dim=-1))
-        q = self.query(z).unsqueeze(1)  # [B,1,F]
-        scores = (q * self.key(tokens)).sum(-1) * self.attn_scale  # [B,K]
-        present = image_mask > 0.5
-        scores = torch.where(present, scores, torch.full_like(scores, -1e9))
-        weights = torch.exp(scores - scores.max(dim=1, keepdim=True).values)
-        weights = weights * present.to(weights.dtype)
-        weights = weights / torch.clamp(weights.sum(dim=1, keepdim=True), min=1e-12)
-        attended = (weights.unsqueeze(-1) * self.value(tokens)).sum(1)  # [B,F]
-        fused = z + self.image_out(attended)
+        image_term, weights = self.image_branch(z, image_embeddings, image_age_hours, image_mask)
+        fused = z + image_term
         logit = self.head(self.dropout(fused)).squeeze(1)
         if self.use_wide:
             stats = window_statistics(values, mask, statics, static_mask, self.log_scaled)
