@@ -413,6 +413,46 @@ class VigilWorker:
             return None
         return datetime.fromtimestamp(min(self.stream_clock_ms.values()) / 1000, tz=UTC)
 
+    async def expire_snoozes(self) -> int:
+        """End the snoozes whose time has come on the event-time clock (see
+        :attr:`expiry_clock`), publishing each alert change and its audit record; returns
+        how many ended. Same write order as :meth:`process_event`."""
+        clock = self.expiry_clock
+        if clock is None:
+            return 0
+        due = []
+        for pid, data in list(self.tables.items()):
+            until = ((data or {}).get("alert", {}).get("active") or {}).get("snoozed_until_s")
+            if until is not None and float(until) <= clock.timestamp():
+                due.append(pid)
+        ended = 0
+        for pid in due:
+            async with self._lock_for(pid.encode()):
+                states: dict[str, PatientState] = {}
+                state = _TableCache(self.tables, states).get(pid)
+                if state is None:
+                    continue
+                alerts, audits = self.processor.expire_snooze(state, clock)
+                if not alerts:
+                    continue
+                deliveries: list[tuple[TopicKind, Any]] = []
+                for alert in alerts:
+                    sent = await self.outputs[TopicKind.ALERTS].send(
+                        key=pid.encode(), value=alert.model_dump_json().encode()
+                    )
+                    deliveries.append((TopicKind.ALERTS, sent))
+                    self.store.put_alert(alert)
+                for audit in audits:
+                    sent = await self.outputs[TopicKind.AUDIT].send(
+                        key=pid.encode(), value=audit.model_dump_json().encode()
+                    )
+                    deliveries.append((TopicKind.AUDIT, sent))
+                changelog = await self._deliver_then_write(deliveries, states)
+                ended += len(alerts)
+            for written in changelog:
+                await written
+        return ended
+
     async def expire(self) -> int:
         """Drop states discharged or silent for too long (event time); returns how many."""
         clock = self.expiry_clock
@@ -733,6 +773,9 @@ def create_worker(
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def expire_states() -> None:
+        ended = await worker.expire_snoozes()
+        if ended:
+            log.info("ended %d snoozes", ended)
         removed = await worker.expire()
         if removed:
             log.info("expired %d patient states", removed)

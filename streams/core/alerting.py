@@ -47,6 +47,7 @@ __all__ = [
     "OodVerdict",
     "UnitPolicies",
     "evaluate",
+    "expire_snooze",
     "raise_severity",
 ]
 
@@ -307,6 +308,39 @@ def evaluate(
         if new.get(key) is None:
             new.pop(key, None)
     return new, out
+
+
+def expire_snooze(
+    state: Mapping[str, Any], *, at: datetime
+) -> tuple[dict[str, Any], list[AlertDecision]]:
+    """End a snooze whose time has come, without waiting for the patient's next score.
+
+    The worker calls this on its event-time clock (the slowest input stream's), so a
+    snooze ends on time even for a patient whose data has stopped. The episode goes back
+    to what it was before the snooze (``open`` or ``deferred_for_review``, current
+    severity) with reason ``snooze_expired``; the next score then judges it as usual.
+
+    Args:
+        state: The patient's alert state; not mutated.
+        at: Event time now.
+
+    Returns:
+        The new alert state and the decision to publish (none when nothing expired).
+    """
+    active = state.get("active")
+    if active is None or active.get("snoozed_until_s") is None or _snoozed(active, at.timestamp()):
+        return dict(state), []
+    episode = {**active, "snoozed_until_s": None}
+    status = episode.get("status", "open")
+    decision = AlertDecision(
+        episode["id"],
+        episode["kind"],
+        "open" if status == "open" else "deferred_for_review",
+        episode["severity"],
+        "snooze_expired",
+        episode["kind"] == "news2",
+    )
+    return {**state, "active": episode}, [decision]
 
 
 def _judge(

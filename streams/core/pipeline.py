@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,7 @@ from streams.core.alerting import (
     OodVerdict,
     UnitPolicies,
     evaluate,
+    expire_snooze,
 )
 from streams.core.events import (
     AckEvent,
@@ -517,6 +518,42 @@ class Processor:
         return AckIngest(
             ack.patient_id, alert=self._ack_alert(state, ack, result.decision), audit=result.audit
         )
+
+    def expire_snooze(
+        self, state: PatientState, at: datetime
+    ) -> tuple[list[AlertRecord], list[AuditRecord]]:
+        """End the patient's snooze if its time (event time ``at``) has come; returns the
+        alert change and its audit record (both empty when nothing expired)."""
+        until_s = (state.alert.get("active") or {}).get("snoozed_until_s")
+        new_alert, decisions = expire_snooze(state.alert, at=at)
+        if not decisions or until_s is None:
+            return [], []
+        state.alert = new_alert
+        at = datetime.fromtimestamp(float(until_s), tz=UTC)  # when it ended, in event time
+        last = state.last_score or {}
+        risk = last.get("risk")
+        alerts = [
+            AlertRecord(
+                alert_id=d.alert_id,
+                patient_id=state.patient_id,
+                event_time=at,
+                kind=d.kind,
+                severity=d.severity,
+                state=d.state,
+                risk=None if risk is None else float(risk),
+                news2=None,
+                reason=d.reason,
+                explanation=(
+                    f"{d.reason}: the snooze ended at {at.strftime('%Y-%m-%d %H:%M')}Z "
+                    "(event time); the alert is active again"
+                ),
+                policy_version=POLICY_VERSION,
+                degraded=d.degraded,
+                processing_time=self.clock(),
+            )
+            for d in decisions
+        ]
+        return alerts, self.audit_records(alerts)
 
     def _ack_alert(
         self, state: PatientState, ack: AckEvent, decision: AlertDecision

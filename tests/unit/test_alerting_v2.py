@@ -17,6 +17,7 @@ from streams.core.alerting import (
     OodVerdict,
     UnitPolicies,
     evaluate,
+    expire_snooze,
 )
 from streams.core.events import AckEvent, make_alert_id
 from streams.core.news2 import News2Band, News2Inputs, News2Result, score_news2
@@ -265,6 +266,31 @@ def test_a_snoozed_alert_still_resolves_and_the_snooze_ends_with_it():
     [resolved] = episode.score(90, 0.1)
     assert resolved.state == "resolved"
     assert "active" not in episode.state
+
+
+def test_a_snooze_ends_on_the_clock_without_a_score():
+    episode = Episode()
+    episode.states((0, 0.4), (30, 0.4))
+    episode.act(40, "snooze", snooze_until=at(100))
+    before = episode.state
+    assert expire_snooze(before, at=at(99)) == (before, [])  # not yet
+    state, [ended] = expire_snooze(before, at=at(100))
+    assert (ended.state, ended.reason, ended.alert_id) == ("open", "snooze_expired", alert_id(0))
+    assert state["active"]["snoozed_until_s"] is None
+    assert before["active"]["snoozed_until_s"] is not None  # input not mutated
+    episode.state = state
+    assert expire_snooze(state, at=at(200)) == (state, [])  # ends once
+    assert episode.score(110, 0.4) == []  # the next score does not re-announce it
+    assert expire_snooze({}, at=at(0)) == ({}, [])
+
+
+def test_a_deferred_alert_snoozed_returns_deferred():
+    episode = Episode()
+    [deferred] = episode.score(0, 0.9, ood=OUT)
+    assert deferred.state == "deferred_for_review"
+    episode.act(10, "snooze", snooze_until=at(60))
+    _, [ended] = expire_snooze(episode.state, at=at(61))
+    assert (ended.state, ended.reason) == ("deferred_for_review", "snooze_expired")
 
 
 # -- units ----------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from streams.core.alerting import POLICY_VERSION, AlertPolicy
+from streams.core.alerting import POLICY_VERSION, AlertPolicy, OodVerdict
 from streams.core.codes import CODES
 from streams.core.events import (
+    AckEvent,
     AdtEvent,
     AlertRecord,
     DeadLetterReason,
@@ -422,3 +423,52 @@ def test_one_patients_bad_event_does_not_affect_another():
     assert feed.vitals("ev-2", 30, SICK).snapshot is not None
     assert feed.vitals("ev-x", 30, NORMAL, pid=OTHER).snapshot is not None
     assert set(feed.states) == {PID, OTHER}
+
+
+def test_ood_verdict_is_on_the_score_and_a_flagged_input_defers_the_alert() -> None:
+    feed, snapshot = _scored(SICK)
+    verdict = OodVerdict(distance=40.5, threshold=31.363, flagged=True)
+    score, [decision] = feed.processor.finish(
+        feed.states, snapshot, ModelAnswer(risk=0.83, model_version="7", ood=verdict)
+    )
+    assert score.ood is not None
+    assert (score.ood.flagged, score.ood.distance, score.ood.threshold) == (True, 40.5, 31.363)
+    assert (decision.state, decision.reason) == ("deferred_for_review", "input_out_of_distribution")
+    unknown = OodVerdict(distance=3.0, threshold=float("nan"), flagged=False)
+    later = feed.vitals("ev-3", 90, SICK).snapshot
+    assert later is not None
+    score2, _ = feed.processor.finish(
+        feed.states, later, ModelAnswer(risk=0.5, model_version="7", ood=unknown)
+    )
+    assert score2.ood is not None
+    assert (score2.ood.flagged, score2.ood.threshold) == (False, None)  # NaN is not sent
+
+
+def test_expire_snooze_publishes_at_the_snooze_end_in_event_time() -> None:
+    feed, snapshot = _scored(SICK)
+    state = feed.states[PID]
+    _, [opened] = feed.processor.finish(
+        feed.states, snapshot, ModelAnswer(risk=0.83, model_version="7")
+    )
+    ack = AckEvent(
+        ack_id="ack-1",
+        patient_id=PID,
+        alert_id=opened.alert_id,
+        event_time=at(40),
+        action="snooze",
+        user="rn-0412",
+        reason="reviewed at the bedside",
+        snooze_until=at(100),
+    )
+    result = feed.processor.ingest_ack(
+        feed.states, PID.encode(), ack.model_dump_json().encode(), Origin("vigil.acks", 0, 1)
+    )
+    assert result.alert is not None
+    assert result.alert.state == "snoozed"
+    assert feed.processor.expire_snooze(state, at(99)) == ([], [])
+    [alert], [audit] = feed.processor.expire_snooze(state, at(130))
+    assert (alert.state, alert.reason, alert.event_time) == ("open", "snooze_expired", at(100))
+    assert alert.alert_id == opened.alert_id
+    assert alert.risk == pytest.approx(0.83)
+    assert (audit.actor, audit.state, audit.reason) == ("policy", "open", "snooze_expired")
+    assert feed.processor.expire_snooze(state, at(200)) == ([], [])
