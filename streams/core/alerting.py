@@ -22,7 +22,8 @@ One alert episode per patient at a time, as a state machine over scores in event
   turns ``open`` again (``back_in_distribution``); one that was only deferred either
   confirms (the risk arms, with persistence) or resolves.
 * **snoozed** (by an action, :mod:`streams.core.acks`): no open, escalated or deferred
-  output until the snooze ends in event time; the first score after that re-arms it
+  output until the snooze ends in event time (on the worker's event-time clock, or at the
+  first score after it, whichever comes first), which re-arms it
   (``snooze_expired``, with the current severity). A resolution is always published.
 
 An episode NEWS2 opened (degraded mode) is judged by NEWS2 until it resolves; an episode
