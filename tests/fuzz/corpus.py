@@ -271,7 +271,7 @@ def _not_object(
 
 
 def _deep(pick: Picker, kind: TopicKind, p: dict[str, Any], raw: bytes, c: Context) -> Mutated:
-    depth = pick.integer(300, 20_000)
+    depth = pick.integer(300, min(20_000, (c.max_bytes - 16) // 2))
     return Mutated(b'{"source":' + b"[" * depth + b"]" * depth + b"}", _key(p), R.INVALID_JSON)
 
 
