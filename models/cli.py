@@ -307,15 +307,17 @@ def train_ood(
     except VigilError as exc:
         raise _fail(str(exc), 1) from None
     aurocs = ", ".join(
-        f"{name} {entry['concatenated']['auroc']:.3f}"
+        f"{name} {entry['combined']['auroc']:.3f}"
         for name, entry in {
             **result.metrics["shifts"],
             **result.metrics["left_out_icu_type"],
         }.items()
     )
     typer.echo(
-        f"ood checkpoint {result.path} (threshold {result.threshold:.3f}, "
-        f"{result.seconds:.0f} s); OOD AUROC: {aurocs}"
+        f"ood checkpoint {result.path} (representation threshold "
+        f"{result.representation_threshold:.3f}, input thresholds "
+        f"{', '.join(f'{t:.2f}' for t in result.input_thresholds)}; {result.seconds:.0f} s); "
+        f"OOD AUROC (combined): {aurocs}"
     )
 
 

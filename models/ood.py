@@ -16,9 +16,10 @@ representation. Shapes: ``N`` windows, ``D`` feature width, ``C`` classes.
 * Threshold (:func:`percentile_threshold`): a percentile of the distances of
   in-distribution (validation) windows; a window is out of distribution when its distance
   is strictly above it.
-* Serving (:class:`OODDetector`): the ensemble plus the Gaussians as one TorchScript
-  module with the deterioration model's eight inputs and outputs ``distance [B,1]`` and
-  ``ood [B,1]`` (bool).
+* Serving (:class:`OODDetector`): this representation channel and the input-space
+  channel of :mod:`models.ood_input` as one TorchScript module with the deterioration
+  model's eight inputs; outputs in :data:`OUTPUT_NAMES` (a window is flagged when either
+  channel is above its threshold).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 from models.network import DeteriorationEnsemble
 
 __all__ = [
+    "OUTPUT_NAMES",
     "GaussianFit",
     "OODDetector",
     "ensemble_features",
@@ -131,13 +133,32 @@ def ensemble_features(net: DeteriorationEnsemble, inputs: Sequence[Tensor]) -> T
     return torch.cat(parts, dim=1)
 
 
+OUTPUT_NAMES: tuple[str, ...] = (
+    "distance",
+    "ood",
+    "representation_distance",
+    "input_distance",
+    "input_threshold",
+    "representation_ood",
+    "input_ood",
+)
+"""Names of :class:`OODDetector`'s outputs, in order."""
+
+
 class OODDetector(nn.Module):
-    """The deterioration ensemble's features scored against fitted Gaussians.
+    """Two channels on the deterioration model's inputs; a window is flagged when either
+    exceeds its threshold.
+
+    * Representation: the ensemble's concatenated fused vectors against ``fit`` (one
+      threshold).
+    * Input: :class:`models.ood_input.InputChannel` (window statistics, one threshold per
+      bucket of hours observed).
 
     Args:
         net: The trained ensemble (its weights are kept; it is not modified).
         fit: The Gaussians, fitted on ``ensemble_features`` of ``net``.
-        threshold: Distance above which a window is out of distribution.
+        threshold: Representation distance above which a window is out of distribution.
+        input_channel: The fitted input channel.
     """
 
     if TYPE_CHECKING:  # buffers; TorchScript must not see these annotations
@@ -145,9 +166,16 @@ class OODDetector(nn.Module):
         white_means: Tensor
         threshold: Tensor
 
-    def __init__(self, net: DeteriorationEnsemble, fit: GaussianFit, threshold: float) -> None:
+    def __init__(
+        self,
+        net: DeteriorationEnsemble,
+        fit: GaussianFit,
+        threshold: float,
+        input_channel: nn.Module,
+    ) -> None:
         super().__init__()
         self.net = net
+        self.input_channel = input_channel
         whitening = torch.tensor(fit.whitening, dtype=torch.float32)
         self.register_buffer("whitening", whitening)
         self.register_buffer(
@@ -165,11 +193,15 @@ class OODDetector(nn.Module):
         image_embeddings: Tensor,
         image_age_hours: Tensor,
         image_mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Scores a batch (inputs as :meth:`models.network.RiskModel.forward`).
 
         Returns:
-            ``distance [B,1]`` (float32) and ``ood [B,1]`` (bool, distance > threshold).
+            ``[B,1]`` each, in :data:`OUTPUT_NAMES` order: ``distance`` (the larger of
+            the two channels' distances, each divided by its threshold; float32),
+            ``ood`` (bool, either channel above its threshold), the representation
+            distance, the input distance, the input threshold of the window's hour
+            bucket, and each channel's own flag (bool).
         """
         parts: list[Tensor] = []
         for member in self.net.members:
@@ -187,8 +219,12 @@ class OODDetector(nn.Module):
             parts.append(fused)
         white = torch.cat(parts, dim=1) @ self.whitening.t()  # [B,D]
         diff = white.unsqueeze(1) - self.white_means.unsqueeze(0)  # [B,C,D]
-        distance = torch.sqrt((diff * diff).sum(-1).min(dim=1).values).unsqueeze(1)
-        return distance, distance > self.threshold
+        rep = torch.sqrt((diff * diff).sum(-1).min(dim=1).values).unsqueeze(1)
+        inp, inp_threshold = self.input_channel(values, mask, delta_hours, statics, static_mask)
+        inp, inp_threshold = inp.unsqueeze(1), inp_threshold.unsqueeze(1)
+        rep_ood, inp_ood = rep > self.threshold, inp > inp_threshold
+        distance = torch.maximum(rep / self.threshold, inp / inp_threshold)
+        return distance, rep_ood | inp_ood, rep, inp, inp_threshold, rep_ood, inp_ood
 
 
 def fit_summary(fit: GaussianFit) -> dict[str, Any]:

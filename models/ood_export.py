@@ -1,13 +1,19 @@
 """Export of the OOD detector to ``triton_repo/ood/`` (``vigil export ood``).
 
 The served model takes the deterioration model's eight inputs (the worker can send the
-same request to both) and returns ``distance [1]`` (TYPE_FP32, Mahalanobis distance to the
-nearest class) and ``ood [1]`` (TYPE_BOOL, ``distance > threshold``). Written files:
+same request to both) and returns, each ``[1]``: ``distance`` (TYPE_FP32, the combined
+score: the larger of the two channels' distances divided by their thresholds, so its
+threshold is 1), ``ood`` (TYPE_BOOL, either channel above its threshold),
+``representation_distance``, ``input_distance``, ``input_threshold`` (TYPE_FP32, of the
+window's hour bucket), ``representation_ood`` and ``input_ood`` (TYPE_BOOL, which channel
+fired). Written files:
 
-* ``ood/config.pbtxt``: the contract (:func:`render_config`), with the threshold and
-  percentile also recorded as ``parameters``.
+* ``ood/config.pbtxt``: the contract (:func:`render_config`), with the thresholds
+  recorded as ``parameters``: ``threshold`` (``1.0``, of ``distance``),
+  ``threshold_percentile``, ``representation_threshold``, ``input_hour_bucket_edges`` and
+  ``input_thresholds`` (comma-separated, one per bucket).
 * ``ood/<version>/model.pt``: TorchScript :class:`models.ood.OODDetector` (ensemble
-  weights, whitening matrix, class centres, threshold).
+  weights, both channels' whitening matrices, class centres and thresholds).
 * ``ood/<version>/model.py``: a copy of :mod:`models.triton_model` (the same wrapper as
   the deterioration models; it reads names and dtypes from the config).
 * ``ood/model_card.json`` and ``model_card.md``.
@@ -24,6 +30,7 @@ import json
 import pickle
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -33,7 +40,8 @@ import torch
 
 from models.export import TensorSpec, example_inputs, load_checkpoint, tensor_specs
 from models.network import NetConfig
-from models.ood import GaussianFit, OODDetector
+from models.ood import OUTPUT_NAMES, GaussianFit, OODDetector
+from models.ood_input import InputChannel
 from models.ood_train import OOD_SOURCES
 from models.train import code_version
 from vigil.errors import ModelError
@@ -50,7 +58,11 @@ __all__ = [
 
 OOD_MODEL_NAME: Final[str] = "ood"
 PARITY_TOLERANCE: Final[float] = 1e-4
-"""Largest |eager - TorchScript| distance gap accepted (distances are of order 10)."""
+"""Largest |eager - TorchScript| gap accepted on any float output (distances are of
+order 1-100)."""
+COMBINED_THRESHOLD: Final[float] = 1.0
+"""Threshold of the served ``distance`` (each channel's distance over its threshold)."""
+_BOOL_OUTPUTS: Final[frozenset[str]] = frozenset({"ood", "representation_ood", "input_ood"})
 _TRITON_MODEL_SOURCE: Final[Path] = Path(__file__).with_name("triton_model.py")
 
 
@@ -67,13 +79,19 @@ class OODExportResult:
 def ood_tensor_specs(config: NetConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """Inputs (those of ``deterioration``) and outputs of ``ood``, in forward order."""
     inputs, _ = tensor_specs(config)
-    return inputs, (TensorSpec("distance", "TYPE_FP32", (1,)), TensorSpec("ood", "TYPE_BOOL", (1,)))
+    outputs = tuple(
+        TensorSpec(name, "TYPE_BOOL" if name in _BOOL_OUTPUTS else "TYPE_FP32", (1,))
+        for name in OUTPUT_NAMES
+    )
+    return inputs, outputs
 
 
 def render_config(
     config: NetConfig,
     *,
-    threshold: float,
+    representation_threshold: float,
+    input_edges: Sequence[float],
+    input_thresholds: Sequence[float],
     percentile: float,
     max_batch_size: int = 64,
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
@@ -100,8 +118,11 @@ def render_config(
         + block("output", outputs)
         + "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
         + f"instance_group [\n  {{\n    count: 1\n    kind: {instance_kind}\n  }}\n]\n"
-        + parameter("threshold", repr(threshold))
+        + parameter("threshold", repr(COMBINED_THRESHOLD))
         + parameter("threshold_percentile", repr(percentile))
+        + parameter("representation_threshold", repr(representation_threshold))
+        + parameter("input_hour_bucket_edges", ",".join(repr(float(e)) for e in input_edges))
+        + parameter("input_thresholds", ",".join(repr(float(t)) for t in input_thresholds))
     )
 
 
@@ -122,15 +143,22 @@ def build_detector(checkpoint: Path, ood_checkpoint: Path) -> tuple[OODDetector,
             means=payload["means"].numpy(),
             covariance=payload["covariance"].numpy(),
             whitening=payload["whitening"].numpy(),
-            ridge=float(meta["metrics"]["validation"]["concatenated"]["fit"]["ridge"]),
-            counts=tuple(meta["metrics"]["validation"]["concatenated"]["fit"]["counts"]),
+            ridge=float(meta["ridge"]["representation"]),
+            counts=tuple(meta["counts"]),
         )
+        arrays = {
+            key: payload[f"input_{key}"].numpy()
+            for key in ("edges", "centre", "scale", "whitening", "means", "thresholds")
+        }
+        representation_threshold = float(meta["representation_threshold"])
     except (OSError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
         raise ModelError(f"cannot load OOD checkpoint {ood_checkpoint}: {exc}") from exc
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     if digest != meta["deterioration_checkpoint_sha256"]:
         raise ModelError(f"{ood_checkpoint} was fitted on another checkpoint than {checkpoint}")
-    detector = OODDetector(net, fit, float(meta["threshold"])).eval()
+    log_scaled: torch.Tensor = net.members[0].log_scaled  # type: ignore[assignment]
+    channel = InputChannel(arrays, log_scaled)
+    detector = OODDetector(net, fit, representation_threshold, channel).eval()
     return detector, meta
 
 
@@ -146,48 +174,64 @@ def _scripted(detector: OODDetector, config: NetConfig) -> tuple[bytes, float]:
         inputs = example_inputs(config, images=images)
         with torch.no_grad():
             eager, served = detector(*inputs), reloaded(*inputs)
-        gap = max(gap, float((eager[0] - served[0]).abs().max()))
-        if not torch.equal(eager[1], served[1]):
-            raise ModelError("export parity failed for ood: flags differ")
+        for name, a, b in zip(OUTPUT_NAMES, eager, served, strict=True):
+            if name in _BOOL_OUTPUTS:
+                if not torch.equal(a, b):
+                    raise ModelError(f"export parity failed for ood: {name} differs")
+            else:
+                gap = max(gap, float((a - b).abs().max()))
     if gap > PARITY_TOLERANCE:
         raise ModelError(f"export parity failed for ood: max |eager - TorchScript| = {gap:.3g}")
     return buffer.getvalue(), gap
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
+def _auc(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _card_markdown(card: dict[str, Any]) -> str:
     metrics = card["metrics"]
     rows = []
     for key, entry in {**metrics["shifts"], **metrics["left_out_icu_type"]}.items():
-        m, f, i = entry["concatenated"], entry["first_member"], entry["input_statistics"]
-        flagged = "—" if m["flagged_fraction"] is None else f"{m['flagged_fraction']:.2f}"
+        c, r, i = entry["combined"], entry["representation"], entry["input"]
         rows.append(
-            f"| {key} | {m['n_shifted']} | {m['auroc']:.3f} | {flagged} | {f['auroc']:.3f} "
-            f"| {i['auroc']:.3f} |"
+            f"| {key} | {c['n_shifted']} | {_auc(c['auroc'])} | {_pct(c['flagged_fraction'])} "
+            f"| {_auc(r['auroc'])} | {_auc(i['auroc'])} |"
         )
-    val = metrics["validation"]["concatenated"]
+    edges = card["input_hour_bucket_edges"]
+    buckets = ", ".join(
+        f"≤{e:g} h: {t:.2f}" for e, t in zip(edges, card["input_thresholds"], strict=True)
+    )
+    val, test = metrics["validation"]["combined"], metrics["test"]["combined"]
     return (
         f"# Model card: {OOD_MODEL_NAME} v{card['version']}\n\n"
-        "Out-of-distribution score for the deterioration model's inputs: Mahalanobis "
-        "distance of the ensemble's concatenated fused vectors to the nearest of two "
-        "class-conditional Gaussians (in-hospital death yes/no) with a tied covariance. "
-        "Decision support only; see docs/ood.md.\n\n"
-        f"- Inputs: those of `deterioration`; outputs `distance [1]` (FP32), `ood [1]` "
-        f"(BOOL, distance > {card['threshold']:.4f})\n"
-        f"- Threshold: {card['threshold']:.4f} = {card['percentile']}th percentile of the "
-        f"validation distances at hours {card['fit_hours']}\n"
-        f"- Gaussians fitted on the training split ({val['fit']['counts']} windows per "
-        f"class, dim {val['fit']['dim']}); split: {card['split_method']}\n"
-        f"- Test windows (hour {card['eval_hour']}) flagged: "
-        f"{metrics['test']['concatenated']['flagged_fraction']:.3f}\n"
+        "Out-of-distribution flag for the deterioration model's inputs, two Mahalanobis "
+        "channels: the ensemble's concatenated fused vectors (representation), and window "
+        "statistics per bucket of hours observed (input). A window is flagged when either "
+        "channel exceeds its threshold. Decision support only; see docs/ood.md.\n\n"
+        "- Inputs: those of `deterioration`; outputs `distance` (max of each channel's "
+        "distance over its threshold; flagged above 1), `ood`, `representation_distance`, "
+        "`input_distance`, `input_threshold`, `representation_ood`, `input_ood`\n"
+        f"- Representation threshold: {card['representation_threshold']:.4f} "
+        f"({card['percentile']}th percentile of validation distances at hours "
+        f"{card['fit_hours']})\n"
+        f"- Input thresholds ({card['percentile']}th percentile of each bucket's validation "
+        f"distances, hours 1-48): {buckets}\n"
+        f"- Fitted on the training split; split: {card['split_method']}\n"
+        f"- In-distribution windows flagged (hours 1-48): validation "
+        f"{_pct(val['flagged_fraction'])}, test {_pct(test['flagged_fraction'])}\n"
         f"- Deterioration checkpoint SHA-256: `{card['deterioration_checkpoint_sha256']}`\n"
         f"- `model.pt` SHA-256: `{card['model_pt_sha256']}`; parity "
         f"{card['export_parity_max_abs_diff']:.2e}\n"
         f"- Code at export: `{card['code_version']['source_sha256']}`\n\n"
-        "## OOD AUROC, held-out test split (in-distribution test windows vs shifted)\n\n"
-        "Served: the concatenated features. Comparisons (not served): the first member's "
-        "fused vector alone, and Gaussians on input-space window statistics.\n\n"
-        "| Shift | Shifted windows | AUROC | Flagged at threshold | AUROC, first member "
-        "| AUROC, input statistics |\n"
+        f"## OOD AUROC, held-out test split, hour {card['eval_hour']}\n\n"
+        "In-distribution test windows against the shifted windows the shift changed.\n\n"
+        "| Shift | Shifted windows | AUROC, served | Flagged | AUROC, representation only "
+        "| AUROC, input only |\n"
         "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
     )
 
@@ -217,12 +261,13 @@ def export_ood(
     version_dir.mkdir(parents=True, exist_ok=True)
     (version_dir / "model.pt").write_bytes(blob)
     shutil.copyfile(_TRITON_MODEL_SOURCE, version_dir / "model.py")
-    threshold, percentile = float(meta["threshold"]), float(meta["percentile"])
     (model_dir / "config.pbtxt").write_text(
         render_config(
             config,
-            threshold=threshold,
-            percentile=percentile,
+            representation_threshold=float(meta["representation_threshold"]),
+            input_edges=meta["input_hour_bucket_edges"],
+            input_thresholds=meta["input_thresholds"],
+            percentile=float(meta["percentile"]),
             max_batch_size=max_batch_size,
             instance_kind=instance_kind,
         )

@@ -3,23 +3,23 @@
 1. Load the deterioration checkpoint and set A; recompute the split with
    :func:`models.train.split_record_ids` and the checkpoint's split seed, and refuse to go
    on unless it equals the checkpoint's recorded split.
-2. Features (:func:`models.ood.ensemble_features`) of every **training** stay at hours
-   :data:`FIT_HOURS`; class-conditional Gaussians (class = in-hospital death) with a tied
-   covariance (:func:`models.ood.fit_gaussians`).
-3. Threshold: the ``percentile`` of the distances of **validation** stays at the same
-   hours.
-4. Evaluation on the **test** split at ``eval_hour``: in-distribution test windows against
-   the same stays under each shift of :mod:`models.ood_shifts` (with the stream's
-   artifact filter, and without it), and a left-out ICU type (Gaussians and threshold
-   refitted without that type; the network itself was trained on all four). OOD AUROC
-   compares the distances of all in-distribution test windows with those of the shifted
-   windows that the shift actually changed.
-5. Comparisons, evaluated the same way but not served: the first member's fused vector
-   alone (the ``fused`` output of ``deterioration``), and Gaussians on input-space
-   statistics (:func:`input_statistics`), to tell a shift the inputs show from one the
-   learned representation ignores.
+2. Representation channel: Gaussians (class = in-hospital death, tied covariance) on the
+   ensemble's concatenated fused vectors of **training** stays at :data:`FIT_HOURS`; its
+   threshold is the ``percentile`` of the **validation** distances at the same hours.
+3. Input channel (:mod:`models.ood_input`): per bucket of hours observed, Gaussians on
+   window statistics of **training** stays at :data:`ALL_MINUTES`; one threshold
+   per bucket, the ``percentile`` of that bucket's **validation** distances.
+4. In-distribution flag rates (either channel) on validation and **test** at the same times.
+5. Evaluation on the **test** split only: each shift of :mod:`models.ood_shifts` at
+   ``eval_hour`` (with the stream's artifact filter, and without it); a left-out ICU type
+   (both channels refitted without it; the network itself was trained on all four); and
+   the time course at every scoring time of a sample of test stays
+   (:mod:`models.ood_timeline`). OOD AUROC compares the scores of all in-distribution
+   test windows with those of the shifted windows the shift actually changed.
+6. Comparisons, evaluated the same way but not served: the first member's fused vector
+   alone, and the input channel without its stuck-sensor (identical-run) features.
 
-The result (Gaussians, threshold, metrics, record ids used) is written to
+The result (both channels, thresholds, metrics, record ids used) is written to
 ``models/weights/ood.pt``; :mod:`models.ood_export` serves it.
 """
 
@@ -38,54 +38,48 @@ import torch
 
 from models.export import load_checkpoint
 from models.metrics import auroc
-from models.network import (
-    DeteriorationEnsemble,
-    DeteriorationNet,
-    NetConfig,
-    window_statistics,
-)
-from models.ood import (
-    GaussianFit,
-    ensemble_features,
-    fit_gaussians,
-    fit_summary,
-    min_distance,
-    percentile_threshold,
-)
+from models.network import DeteriorationEnsemble, NetConfig
+from models.ood import fit_gaussians, fit_summary, min_distance, percentile_threshold
+from models.ood_input import HOUR_BUCKET_EDGES, BucketFit, bucket_arrays, fit_buckets
 from models.ood_shifts import SHIFTS, apply_shift
+from models.ood_timeline import sample_stays, timeline
+from models.ood_windows import ChannelScorer, WindowFeatures, window_features
 from models.physionet2012 import Stay, data_hash, load_stays
 from models.settings import OODSettings
-from models.train import code_version, make_windows, split_record_ids
+from models.train import code_version, split_record_ids
+from streams.core.features import SERIES_CODES
 from vigil.errors import ModelError
 
 __all__ = [
+    "ALL_MINUTES",
     "FIT_HOURS",
     "OOD_SOURCES",
     "RIDGE_FRACTIONS",
     "OODResult",
     "fit_ood",
-    "input_statistics",
-    "stay_features",
 ]
 
 FIT_HOURS: Final[tuple[int, ...]] = (6, 12, 18, 24, 30, 36, 42, 48)
-"""Scoring hours whose windows are fitted and thresholded (the model's training range)."""
-EARLY_HOURS: Final[tuple[int, ...]] = (1, 2, 3, 4, 5)
-"""Hours before the model's training range; their flag rate is reported, not fitted."""
+"""Hours whose windows fit and threshold the representation channel (the network's
+training range)."""
+ALL_MINUTES: Final[tuple[int, ...]] = (*range(30, 361, 30), *range(420, 48 * 60 + 1, 60))
+"""Scoring times (minutes after admission) whose windows fit and threshold the input
+channel, and where flag rates are reported: every half hour to 6 h (the worker scores
+every 30 min, and the first buckets change fastest), then every hour to 48 h."""
+MIN_BUCKET_WINDOWS: Final[int] = 100
+"""Fewest training and validation windows an hour bucket keeps (else it is merged)."""
 OOD_SOURCES: Final[tuple[str, ...]] = (
     "models/ood.py",
+    "models/ood_input.py",
     "models/ood_shifts.py",
+    "models/ood_timeline.py",
     "models/ood_train.py",
+    "models/ood_windows.py",
     "models/ood_export.py",
 )
 """Files hashed into the OOD checkpoint's and model card's ``code_version``."""
-RIDGE_FRACTIONS: Final[dict[str, float]] = {
-    "concatenated": 1e-4,
-    "first_member": 1e-4,
-    "input_statistics": 1e-2,
-}
-"""Ridge of each representation's covariance, as a fraction of its mean variance."""
-_CHUNK: Final[int] = 512
+RIDGE_FRACTIONS: Final[dict[str, float]] = {"representation": 1e-4, "input": 1e-2}
+"""Ridge of each channel's covariance, as a fraction of its mean variance."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,68 +88,17 @@ class OODResult:
 
     Attributes:
         path: The written OOD checkpoint.
-        threshold: Distance threshold.
+        representation_threshold: The representation channel's distance threshold.
+        input_thresholds: The input channel's threshold per hour bucket.
         metrics: Validation, test and shift metrics (JSON-ready).
         seconds: Wall time, seconds.
     """
 
     path: Path
-    threshold: float
+    representation_threshold: float
+    input_thresholds: tuple[float, ...]
     metrics: dict[str, Any]
     seconds: float
-
-
-def stay_features(
-    net: DeteriorationEnsemble, config: NetConfig, stays: Sequence[Stay], hours: Sequence[int]
-) -> npt.NDArray[np.float64]:
-    """``[len(hours)·N, members·F]`` features of every stay at each hour (hour-major)."""
-    arrays = [s.arrays() for s in stays]
-    out: list[npt.NDArray[np.float64]] = []
-    net.eval()
-    with torch.no_grad():
-        for hour in hours:
-            for start in range(0, len(arrays), _CHUNK):
-                chunk = arrays[start : start + _CHUNK]
-                batch = make_windows(chunk, [hour] * len(chunk))
-                inputs = batch.tensors(config.max_images, config.image_dim)
-                out.append(ensemble_features(net, inputs).numpy().astype(np.float64))
-    return np.concatenate(out)
-
-
-def input_statistics(
-    net: DeteriorationEnsemble, config: NetConfig, stays: Sequence[Stay], hours: Sequence[int]
-) -> npt.NDArray[np.float64]:
-    """``[len(hours)·N, 7P+2S]`` input-space comparison features (hour-major):
-    :func:`models.network.window_statistics` (last, mean, min, max, observed-any,
-    ``log1p(count)`` per parameter, statics and their mask) and the hours since each
-    parameter was last observed, at the window's last bin."""
-    arrays = [s.arrays() for s in stays]
-    first = net.members[0]
-    if not isinstance(first, DeteriorationNet):
-        raise ModelError("the ensemble's members must be DeteriorationNet")
-    log_scaled = first.log_scaled
-    out: list[npt.NDArray[np.float64]] = []
-    for hour in hours:
-        batch = make_windows(arrays, [hour] * len(arrays))
-        stats = window_statistics(
-            torch.from_numpy(batch.values),
-            torch.from_numpy(batch.mask),
-            torch.from_numpy(batch.statics),
-            torch.from_numpy(batch.static_mask),
-            log_scaled,
-        ).numpy()
-        out.append(np.concatenate([stats, batch.delta_hours[:, -1, :]], axis=1))
-    return np.concatenate(out).astype(np.float64)
-
-
-def _features(
-    net: DeteriorationEnsemble, config: NetConfig, stays: Sequence[Stay], hours: Sequence[int]
-) -> npt.NDArray[np.float64]:
-    """Served features, then the input-space comparison features, side by side."""
-    return np.concatenate(
-        [stay_features(net, config, stays, hours), input_statistics(net, config, stays, hours)],
-        axis=1,
-    )
 
 
 def _ood_auroc(inside: npt.NDArray[Any], outside: npt.NDArray[Any]) -> float:
@@ -163,33 +106,113 @@ def _ood_auroc(inside: npt.NDArray[Any], outside: npt.NDArray[Any]) -> float:
     return auroc(labels, np.concatenate([inside, outside]))
 
 
-def _evaluate(
-    fit: GaussianFit, threshold: float, inside: npt.NDArray[Any], outside: npt.NDArray[Any]
-) -> dict[str, Any]:
-    d_in, d_out = min_distance(fit, inside), min_distance(fit, outside)
+def _evaluate(inside: npt.NDArray[Any], outside: npt.NDArray[Any]) -> dict[str, Any]:
+    """OOD AUROC and flag rate of normalised scores (flagged: score above 1)."""
     return {
-        "auroc": round(_ood_auroc(d_in, d_out), 4),
-        "flagged_fraction": round(float((d_out > threshold).mean()), 4) if d_out.size else None,
-        "n_in": int(d_in.size),
-        "n_shifted": int(d_out.size),
-        "median_distance_shifted": round(float(np.median(d_out)), 3) if d_out.size else None,
+        "auroc": round(_ood_auroc(inside, outside), 4) if outside.size else None,
+        "flagged_fraction": round(float((outside > 1.0).mean()), 4) if outside.size else None,
+        "n_in": int(inside.size),
+        "n_shifted": int(outside.size),
+        "median_score_shifted": round(float(np.median(outside)), 3) if outside.size else None,
     }
 
 
-def _changed(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    return np.asarray(np.abs(a - b).max(axis=1) > 0.0)
+def _changed(a: WindowFeatures, b: WindowFeatures) -> npt.NDArray[np.bool_]:
+    """Windows whose inputs differ (the representation is a function of the inputs)."""
+    return np.asarray(np.abs(a.inputs - b.inputs).max(axis=1) > 0.0)
+
+
+def _flag_rates(scores: dict[str, npt.NDArray[Any]], minutes: Sequence[int]) -> dict[str, Any]:
+    """Overall and per-scoring-time flag rate of each channel (windows time-major)."""
+    out: dict[str, Any] = {}
+    for name, score in scores.items():
+        flagged = (score > 1.0).reshape(len(minutes), -1)
+        out[name] = {
+            "flagged_fraction": round(float(flagged.mean()), 4),
+            "flagged_fraction_by_hour": {
+                f"{m / 60:g}h": round(float(f.mean()), 4)
+                for m, f in zip(minutes, flagged, strict=True)
+            },
+        }
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Data:
+    """Features and per-window labels of the three splits."""
+
+    train_inputs: WindowFeatures  # training stays at ALL_MINUTES, no representation
+    train_rep: WindowFeatures  # training stays at FIT_HOURS
+    validation: WindowFeatures  # validation stays at ALL_MINUTES
+    test: WindowFeatures  # test stays at ALL_MINUTES
+    labels: dict[str, npt.NDArray[Any]]  # "train_rep" (the representation's classes)
+    icu: dict[str, npt.NDArray[Any]]  # "train_inputs", "train_rep", "validation", "test"
+    fit_rows: npt.NDArray[np.bool_]  # validation windows at FIT_HOURS
+
+
+_RUN_FREE: Final[str] = "input_without_runs"
+
+
+def _fit_channels(
+    data: _Data, settings: OODSettings, keep: Callable[[str], npt.NDArray[np.bool_]]
+) -> tuple[ChannelScorer, ChannelScorer]:
+    """The served scorer, and the same with the input channel fitted without its
+    identical-run columns (the last ``P``), on the windows ``keep(key)`` selects."""
+    rep_x = data.train_rep.representation
+    val_rep = data.validation.representation
+    if rep_x is None or val_rep is None:
+        raise ModelError("representation features missing")
+    rep_fit = fit_gaussians(
+        rep_x[keep("train_rep")],
+        data.labels["train_rep"][keep("train_rep")],
+        ridge_fraction=RIDGE_FRACTIONS["representation"],
+    )
+    rep_threshold = percentile_threshold(
+        min_distance(rep_fit, val_rep[data.fit_rows & keep("validation")]), settings.percentile
+    )
+    width = data.train_inputs.inputs.shape[1]
+    params = len(SERIES_CODES)  # the identical-run columns come last
+    scorers: list[ChannelScorer] = []
+    for columns in (np.arange(width), np.arange(width - params)):
+        train = data.train_inputs.rows(keep("train_inputs"))
+        val = data.validation.rows(keep("validation"))
+        buckets: BucketFit = fit_buckets(
+            train.inputs[:, columns],
+            train.hours,
+            val.inputs[:, columns],
+            val.hours,
+            edges=HOUR_BUCKET_EDGES,
+            percentile=settings.percentile,
+            ridge_fraction=RIDGE_FRACTIONS["input"],
+            min_windows=MIN_BUCKET_WINDOWS,
+        )
+        scorers.append(ChannelScorer(rep_fit, rep_threshold, buckets, slice(None), columns))
+    return scorers[0], scorers[1]
+
+
+def _all_scores(
+    served: ChannelScorer, run_free: ChannelScorer, first: ChannelScorer, w: WindowFeatures
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Every evaluated score (normalised; above 1 = flagged) of windows ``w``."""
+    main, free = served.scores(w), run_free.scores(w)
+    return {
+        **main,
+        _RUN_FREE: free["input"],
+        "combined_without_runs": free["combined"],
+        "first_member": first.scores(w)["representation"],
+    }
 
 
 def _shift_metrics(
     net: DeteriorationEnsemble,
     config: NetConfig,
-    fits: dict[str, tuple[GaussianFit, float, slice]],
+    score: Callable[[WindowFeatures], dict[str, npt.NDArray[np.float64]]],
     test: list[Stay],
     settings: OODSettings,
-    standardise: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]],
 ) -> dict[str, Any]:
-    hour = [settings.eval_hour]
-    base = standardise(_features(net, config, test, hour))
+    minutes = [settings.eval_hour * 60]
+    base = window_features(net, config, test, minutes)
+    base_scores = score(base)
     out: dict[str, Any] = {}
     for shift in SHIFTS:
         for filtered in (True, False):
@@ -197,39 +220,30 @@ def _shift_metrics(
                 apply_shift(s, shift, onset_hours=settings.onset_hours, filter_artifacts=filtered)
                 for s in test
             ]
-            feats = standardise(_features(net, config, shifted, hour))
+            feats = window_features(net, config, shifted, minutes)
             changed = _changed(base, feats)
+            scores = score(feats.rows(changed))
             entry: dict[str, Any] = {"stays_changed": int(changed.sum()), "n_test": len(test)}
-            for name, (fit, threshold, cols) in fits.items():
-                entry[name] = _evaluate(fit, threshold, base[:, cols], feats[changed][:, cols])
+            for name, inside in base_scores.items():
+                entry[name] = _evaluate(inside, scores[name])
             out[f"{shift}/{'filtered' if filtered else 'unfiltered'}"] = entry
     return out
 
 
-def _icu_type_metrics(
-    features: dict[str, npt.NDArray[Any]],
-    labels: dict[str, npt.NDArray[Any]],
-    icu: dict[str, npt.NDArray[Any]],
-    settings: OODSettings,
-    columns: dict[str, slice],
-) -> dict[str, Any]:
+def _icu_type_metrics(data: _Data, settings: OODSettings, eval_rows: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for left_out in (1, 2, 3, 4):
-        entry: dict[str, Any] = {"n_test_left_out": int((icu["test"] == left_out).sum())}
-        for name, cols in columns.items():
-            keep_train = icu["train"] != left_out
-            fit = fit_gaussians(
-                features["train"][keep_train][:, cols],
-                labels["train"][keep_train],
-                ridge_fraction=RIDGE_FRACTIONS[name],
-            )
-            keep_val = icu["validation"] != left_out
-            threshold = percentile_threshold(
-                min_distance(fit, features["validation"][keep_val][:, cols]), settings.percentile
-            )
-            inside = features["test"][icu["test"] != left_out][:, cols]
-            outside = features["test"][icu["test"] == left_out][:, cols]
-            entry[name] = _evaluate(fit, threshold, inside, outside)
+
+        def keep(key: str, left_out: int = left_out) -> npt.NDArray[np.bool_]:
+            return np.asarray(data.icu[key] != left_out)
+
+        scorer, _ = _fit_channels(data, settings, keep)
+        at_eval = data.test.rows(eval_rows)
+        icu = data.icu["test"][eval_rows]
+        scores = scorer.scores(at_eval)
+        entry: dict[str, Any] = {"n_test_left_out": int((icu == left_out).sum())}
+        for name, score in scores.items():
+            entry[name] = _evaluate(score[icu != left_out], score[icu == left_out])
         out[f"icu_type_{left_out}"] = entry
     return out
 
@@ -239,7 +253,7 @@ def _file_sha256(path: Path) -> str:
 
 
 def fit_ood(settings: OODSettings) -> OODResult:
-    """Fits the Gaussians and threshold, evaluates the shifts, writes the OOD checkpoint.
+    """Fits both channels and their thresholds, evaluates, writes the OOD checkpoint.
 
     Raises:
         ModelError: Unreadable checkpoint or data, or a split that differs from the
@@ -259,89 +273,109 @@ def fit_ood(settings: OODSettings) -> OODResult:
     by_id = {s.record_id: s for s in stays}
     parts = {name: [by_id[r] for r in ids] for name, ids in split.items()}
     config = NetConfig(**meta["net_config"])
-    served = config.fused * int(meta["members"])
-    columns = {
-        "concatenated": slice(0, served),
-        "first_member": slice(0, config.fused),
-        "input_statistics": slice(served, None),
-    }
-
-    def per_window(name: str, hours: Sequence[int], values: dict[int, Any]) -> Any:
-        return np.tile(np.array([values[s.record_id] for s in parts[name]]), len(hours))
-
     icu_by_id = {s.record_id: s.descriptors.get("ICUType") or 0 for s in stays}
-    train_features = _features(net, config, parts["train"], FIT_HOURS)
-    # Input statistics have raw units; standardise them with training moments so the
-    # ridge means the same for every column. (Mahalanobis itself is affine-invariant.)
-    centre = np.zeros(train_features.shape[1])
-    scale = np.ones(train_features.shape[1])
-    centre[columns["input_statistics"]] = train_features[:, served:].mean(axis=0)
-    scale[columns["input_statistics"]] = train_features[:, served:].std(axis=0) + 1e-3
 
-    def standardise(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        return (x - centre) / scale
+    def per_window(name: str, times: Sequence[int], values: dict[int, Any]) -> Any:
+        return np.tile(np.array([values[s.record_id] for s in parts[name]]), len(times))
 
-    features = {
-        "train": standardise(train_features),
-        "validation": standardise(_features(net, config, parts["validation"], FIT_HOURS)),
-        "test": standardise(_features(net, config, parts["test"], [settings.eval_hour])),
+    fit_minutes = [60 * h for h in FIT_HOURS]
+
+    data = _Data(
+        train_inputs=window_features(
+            net, config, parts["train"], ALL_MINUTES, representation=False
+        ),
+        train_rep=window_features(net, config, parts["train"], fit_minutes),
+        validation=window_features(net, config, parts["validation"], ALL_MINUTES),
+        test=window_features(net, config, parts["test"], ALL_MINUTES),
+        labels={
+            "train_rep": per_window("train", fit_minutes, labels_by_id),
+        },
+        icu={
+            "train_inputs": per_window("train", ALL_MINUTES, icu_by_id),
+            "train_rep": per_window("train", fit_minutes, icu_by_id),
+            "validation": per_window("validation", ALL_MINUTES, icu_by_id),
+            "test": per_window("test", ALL_MINUTES, icu_by_id),
+        },
+        fit_rows=np.repeat(np.isin(ALL_MINUTES, fit_minutes), len(parts["validation"])),
+    )
+
+    def everything(key: str) -> npt.NDArray[np.bool_]:
+        return np.ones(data.icu[key].shape[0], dtype=bool)
+
+    served, run_free = _fit_channels(data, settings, everything)
+    width = config.fused
+    first_fit = fit_gaussians(
+        data.train_rep.representation[:, :width],  # type: ignore[index]
+        data.labels["train_rep"],
+        ridge_fraction=RIDGE_FRACTIONS["representation"],
+    )
+    first_threshold = percentile_threshold(
+        min_distance(first_fit, data.validation.representation[data.fit_rows, :width]),  # type: ignore[index]
+        settings.percentile,
+    )
+    first = ChannelScorer(first_fit, first_threshold, served.inputs, slice(0, width))
+
+    def score(w: WindowFeatures) -> dict[str, npt.NDArray[np.float64]]:
+        return _all_scores(served, run_free, first, w)
+
+    eval_rows = np.repeat(np.asarray(ALL_MINUTES) == 60 * settings.eval_hour, len(parts["test"]))
+    metrics: dict[str, Any] = {
+        "thresholds": {
+            "representation": served.representation_threshold,
+            "input_hour_bucket_edges": list(served.inputs.edges),
+            "input_by_bucket": list(served.inputs.thresholds),
+            "first_member": first_threshold,
+            "input_without_runs_by_bucket": list(run_free.inputs.thresholds),
+        },
+        "fit": {
+            "representation": fit_summary(served.representation),
+            "input_by_bucket": [fit_summary(g) for g in served.inputs.fits],
+        },
+        "validation": _flag_rates(score(data.validation), ALL_MINUTES),
+        "test": _flag_rates(score(data.test), ALL_MINUTES),
     }
-    labels = {
-        "train": per_window("train", FIT_HOURS, labels_by_id),
-        "validation": per_window("validation", FIT_HOURS, labels_by_id),
-    }
-    icu = {
-        "train": per_window("train", FIT_HOURS, icu_by_id),
-        "validation": per_window("validation", FIT_HOURS, icu_by_id),
-        "test": per_window("test", [settings.eval_hour], icu_by_id),
-    }
-    fits: dict[str, tuple[GaussianFit, float, slice]] = {}
-    metrics: dict[str, Any] = {"validation": {}, "test": {}}
-    early = standardise(_features(net, config, parts["validation"], EARLY_HOURS))
-    for name, cols in columns.items():
-        fit = fit_gaussians(
-            features["train"][:, cols], labels["train"], ridge_fraction=RIDGE_FRACTIONS[name]
-        )
-        val_d = min_distance(fit, features["validation"][:, cols])
-        threshold = percentile_threshold(val_d, settings.percentile)
-        fits[name] = (fit, threshold, cols)
-        by_hour = val_d.reshape(len(FIT_HOURS), -1)
-        early_d = min_distance(fit, early[:, cols]).reshape(len(EARLY_HOURS), -1)
-        test_d = min_distance(fit, features["test"][:, cols])
-        metrics["validation"][name] = {
-            "fit": fit_summary(fit),
-            "threshold": threshold,
-            "flagged_fraction_by_hour": {
-                f"{h}h": round(float((d > threshold).mean()), 4)
-                for h, d in zip(EARLY_HOURS + FIT_HOURS, [*early_d, *by_hour], strict=True)
-            },
-        }
-        metrics["test"][name] = {
-            "flagged_fraction": round(float((test_d > threshold).mean()), 4),
-            "median_distance": round(float(np.median(test_d)), 3),
-        }
-    metrics["shifts"] = _shift_metrics(net, config, fits, parts["test"], settings, standardise)
-    metrics["left_out_icu_type"] = _icu_type_metrics(features, labels, icu, settings, columns)
-    fit, threshold, _ = fits["concatenated"]
+    metrics["shifts"] = _shift_metrics(net, config, score, parts["test"], settings)
+    metrics["left_out_icu_type"] = _icu_type_metrics(data, settings, eval_rows)
+    sample = sample_stays(parts["test"], settings.timeline_stays, seed=settings.timeline_seed)
+    metrics["timeline"] = timeline(net, config, served, sample, onset_hours=settings.onset_hours)
     elapsed = round(time.monotonic() - started, 1)
+    rep = served.representation
+    arrays = bucket_arrays(served.inputs)
     payload = {
-        "means": torch.from_numpy(fit.means),
-        "covariance": torch.from_numpy(fit.covariance),
-        "whitening": torch.from_numpy(fit.whitening),
+        "means": torch.from_numpy(rep.means),
+        "covariance": torch.from_numpy(rep.covariance),
+        "whitening": torch.from_numpy(rep.whitening),
+        **{f"input_{k}": torch.from_numpy(np.asarray(v)) for k, v in arrays.items()},
         "meta": {
-            "classes": list(fit.classes),
+            "classes": list(rep.classes),
             "class_meaning": "in-hospital death (Outcomes-a.txt) of the stay",
-            "features": "fused vectors of the ensemble's members, concatenated",
-            "threshold": threshold,
+            "features": {
+                "representation": "fused vectors of the ensemble's members, concatenated",
+                "input": "window statistics, hours since last seen and longest identical "
+                "run per parameter, statics (models/ood_input.py), per hour bucket",
+            },
+            "threshold": 1.0,
+            "threshold_meaning": "of the combined score distance = max(representation "
+            "distance / representation threshold, input distance / input threshold)",
+            "representation_threshold": served.representation_threshold,
+            "input_hour_bucket_edges": list(served.inputs.edges),
+            "input_thresholds": list(served.inputs.thresholds),
+            "ridge": {
+                "representation": rep.ridge,
+                "input_by_bucket": [g.ridge for g in served.inputs.fits],
+            },
+            "counts": list(rep.counts),
             "percentile": settings.percentile,
             "fit_hours": list(FIT_HOURS),
+            "input_fit_minutes": list(ALL_MINUTES),
             "eval_hour": settings.eval_hour,
             "onset_hours": settings.onset_hours,
             "settings": settings.model_dump(mode="json"),
             "deterioration_checkpoint_sha256": _file_sha256(settings.checkpoint),
             "split": {name: list(ids) for name, ids in split.items()},
             "split_method": meta["split_method"],
-            "fitted_on": "train split (Gaussians), validation split (threshold)",
+            "fitted_on": "train split (Gaussians of both channels), validation split "
+            "(thresholds); test split only for the reported metrics",
             "data_sha256": data_hash(settings.data_dir),
             "code_version": code_version(OOD_SOURCES),
             "metrics": metrics,
@@ -350,4 +384,10 @@ def fit_ood(settings: OODSettings) -> OODResult:
     }
     settings.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, settings.output)
-    return OODResult(settings.output, threshold, metrics, elapsed)
+    return OODResult(
+        settings.output,
+        served.representation_threshold,
+        tuple(served.inputs.thresholds),
+        metrics,
+        elapsed,
+    )

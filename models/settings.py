@@ -66,4 +66,8 @@ class OODSettings(BaseSettings):
     onset_hours: int = Field(
         24, ge=1, le=47, description="Hour when the stuck-HR and dropout shifts start."
     )
+    timeline_stays: int = Field(
+        200, ge=1, description="Test stays sampled for the flag rate at every scoring time."
+    )
+    timeline_seed: int = Field(0, ge=0, description="Seed of that sample.")
     threads: int = Field(1, ge=1, le=64, description="torch intra-op threads.")

@@ -20,8 +20,8 @@ from models.cli import export_app, train_app
 from models.export import example_inputs, load_checkpoint, tensor_specs
 from models.network import NetConfig
 from models.ood import (
+    OUTPUT_NAMES,
     OODDetector,
-    ensemble_features,
     fit_gaussians,
     min_distance,
     percentile_threshold,
@@ -34,7 +34,9 @@ from models.ood_export import (
     ood_tensor_specs,
     render_config,
 )
+from models.ood_input import InputChannel, bucket_arrays, fit_buckets
 from models.ood_shifts import MONITOR_CODES, SHIFTS, apply_shift
+from models.ood_windows import ChannelScorer, window_features
 from models.physionet2012 import Stay, read_stay
 from models.settings import OODSettings
 from models.train import TrainResult
@@ -125,32 +127,83 @@ def test_percentile_threshold_flags_the_tail():
 # --- The served module ---
 
 
-def _detector(tiny_run: TrainResult, threshold: float | None = None) -> tuple[OODDetector, Any]:
+def _detector(tiny_run: TrainResult) -> tuple[OODDetector, ChannelScorer, NetConfig]:
+    """A detector fitted on demo windows of the tiny run, and its numpy reference."""
     net, meta = load_checkpoint(tiny_run.checkpoint)
     config = NetConfig(**meta["net_config"])
-    inputs = example_inputs(config, batch=40, images=False, seed=1)
-    with torch.no_grad():
-        feats = ensemble_features(net, inputs).numpy().astype(np.float64)
-    fit = fit_gaussians(feats, np.arange(40) % 2, ridge_fraction=1e-2)
-    t = float(np.median(min_distance(fit, feats))) if threshold is None else threshold
-    return OODDetector(net, fit, t).eval(), (net, fit, t, config)
+    stays = [read_stay(p) for p in sorted((DEMO_DIR / "set-a").glob("*.txt"))[:60]]
+    minutes = [30, 60, 120, 360, 720, 1440, 2880]
+    train = window_features(net, config, stays[:40], minutes)
+    val = window_features(net, config, stays[40:], minutes)
+    assert train.representation is not None
+    assert val.representation is not None
+    labels = np.arange(train.representation.shape[0]) % 2
+    fit = fit_gaussians(train.representation, labels, ridge_fraction=1e-2)
+    threshold = float(np.median(min_distance(fit, val.representation)))
+    buckets = fit_buckets(
+        train.inputs, train.hours, val.inputs, val.hours, edges=(2, 12, 48), percentile=90.0
+    )
+    log_scaled = net.members[0].log_scaled
+    assert isinstance(log_scaled, torch.Tensor)
+    detector = OODDetector(net, fit, threshold, InputChannel(bucket_arrays(buckets), log_scaled))
+    return detector.eval(), ChannelScorer(fit, threshold, buckets), config
+
+
+def _demo_inputs(config: NetConfig, minute: int, n: int = 12) -> tuple[torch.Tensor, ...]:
+    stays = [read_stay(p) for p in sorted((DEMO_DIR / "set-a").glob("*.txt"))[100 : 100 + n]]
+    from models.train import make_windows
+
+    batch = make_windows([s.arrays() for s in stays], [minute // 60] * n)
+    return batch.tensors(config.max_images, config.image_dim)
 
 
 def test_detector_matches_numpy_reference(tiny_run: TrainResult):
-    detector, (net, fit, threshold, config) = _detector(tiny_run)
-    inputs = example_inputs(config, batch=6, images=True, seed=4)
+    detector, scorer, config = _detector(tiny_run)
+    stays = [read_stay(p) for p in sorted((DEMO_DIR / "set-a").glob("*.txt"))[100:110]]
+    net = detector.net
+    for hour in (1, 3, 24, 48):
+        windows = window_features(net, config, stays, [60 * hour])
+        inputs = _demo_inputs(config, 60 * hour, n=10)
+        with torch.no_grad():
+            out = dict(zip(OUTPUT_NAMES, detector(*inputs), strict=True))
+        assert all(v.shape == (10, 1) for v in out.values())
+        assert out["ood"].dtype == torch.bool
+        expected = scorer.scores(windows)
+        np.testing.assert_allclose(
+            out["representation_distance"][:, 0].numpy() / scorer.representation_threshold,
+            expected["representation"],
+            rtol=1e-3,
+        )
+        np.testing.assert_allclose(
+            out["input_distance"][:, 0].numpy() / out["input_threshold"][:, 0].numpy(),
+            expected["input"],
+            rtol=1e-3,
+        )
+        np.testing.assert_allclose(out["distance"][:, 0].numpy(), expected["combined"], rtol=1e-3)
+        # The flag is either channel's, and the combined distance is above 1 exactly then.
+        assert torch.equal(out["ood"], out["representation_ood"] | out["input_ood"])
+        assert torch.equal(out["input_ood"], out["input_distance"] > out["input_threshold"])
+        assert torch.equal(out["ood"], out["distance"] > 1.0)
+
+
+def test_input_channel_flags_a_window_missing_a_parameter(tiny_run: TrainResult):
+    detector, _, config = _detector(tiny_run)
+    values, mask, delta, *rest = _demo_inputs(config, 48 * 60, n=12)
+    hr = INDEX["HR"]
     with torch.no_grad():
-        distance, flag = detector(*inputs)
-        feats = ensemble_features(net, inputs).numpy()
-    assert distance.shape == flag.shape == (6, 1)
-    assert flag.dtype == torch.bool
-    expected = min_distance(fit, feats)
-    np.testing.assert_allclose(distance[:, 0].numpy(), expected, rtol=1e-4)
-    assert torch.equal(flag[:, 0], distance[:, 0] > threshold)
+        before = detector(values, mask, delta, *rest)[3][:, 0]
+        mask = mask.clone()
+        values = values.clone()
+        delta = delta.clone()
+        mask[:, 24:, hr] = 0.0  # the monitor stops half-way
+        values[:, 24:, hr] = 0.0
+        delta[:, 24:, hr] = torch.arange(1, 25, dtype=torch.float32)
+        after = detector(values, mask, delta, *rest)[3][:, 0]
+    assert float(after.median()) > float(before.median())
 
 
 def test_torchscript_detector_matches_eager(tiny_run: TrainResult, tmp_path: Path):
-    detector, (_, _, _, config) = _detector(tiny_run)
+    detector, _, config = _detector(tiny_run)
     path = tmp_path / "ood.pt"
     torch.jit.save(torch.jit.script(detector), str(path))
     module = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
@@ -158,8 +211,11 @@ def test_torchscript_detector_matches_eager(tiny_run: TrainResult, tmp_path: Pat
         inputs = example_inputs(config, batch=5, images=images, seed=7)
         with torch.no_grad():
             eager, served = detector(*inputs), module(*inputs)
-        assert float((eager[0] - served[0]).abs().max()) <= PARITY_TOLERANCE
-        assert torch.equal(eager[1], served[1])
+        for a, b in zip(eager, served, strict=True):
+            if a.dtype == torch.bool:
+                assert torch.equal(a, b)
+            else:
+                assert float((a - b).abs().max()) <= PARITY_TOLERANCE
 
 
 # --- Shifts ---
@@ -247,9 +303,19 @@ def test_fit_uses_the_training_split_and_records_it(tiny_run: TrainResult, ood_r
     meta = payload["meta"]
     _, det_meta = load_checkpoint(tiny_run.checkpoint)
     assert meta["split"] == det_meta["split"]
-    counts = meta["metrics"]["validation"]["concatenated"]["fit"]["counts"]
-    assert sum(counts) == len(det_meta["split"]["train"]) * len(meta["fit_hours"])
-    assert meta["threshold"] > 0
+    assert sum(meta["counts"]) == len(det_meta["split"]["train"]) * len(meta["fit_hours"])
+    assert meta["threshold"] == 1.0  # of the combined score
+    assert meta["representation_threshold"] > 0
+    edges, thresholds = meta["input_hour_bucket_edges"], meta["input_thresholds"]
+    assert len(edges) == len(thresholds) >= 1
+    assert edges[-1] == 48
+    assert all(t > 0 for t in thresholds)
+    assert payload["input_whitening"].shape[0] == len(edges)
+    rates = meta["metrics"]["validation"]["combined"]["flagged_fraction_by_hour"]
+    assert set(rates) >= {"0.5h", "1h", "6h", "48h"}
+    timeline = meta["metrics"]["timeline"]
+    assert len(timeline["scoring_hours"]) == 96
+    assert len(timeline["unshifted"]["flag_rate"]["combined"]) == 96
 
 
 def test_export_contract_and_card(tiny_run: TrainResult, ood_run: Path, ood_repo: Path):
@@ -260,15 +326,30 @@ def test_export_contract_and_card(tiny_run: TrainResult, ood_run: Path, ood_repo
     assert re.search(rf'^name: "{OOD_MODEL_NAME}"$', text, re.M)
     deterioration_inputs = [(s.name, s.data_type, s.dims) for s in tensor_specs(config)[0]]
     assert parsed["input"] == deterioration_inputs  # the worker sends the same request
-    assert parsed["output"] == [("distance", "TYPE_FP32", (1,)), ("ood", "TYPE_BOOL", (1,))]
+    assert parsed["output"][:2] == [("distance", "TYPE_FP32", (1,)), ("ood", "TYPE_BOOL", (1,))]
+    assert [name for name, _, _ in parsed["output"]] == list(OUTPUT_NAMES)
     card = json.loads((ood_repo / OOD_MODEL_NAME / "model_card.json").read_text())
-    found = re.search(r'key: "threshold"\s+value: \{ string_value: "([^"]+)"', text)
-    assert found is not None
-    threshold = float(found.group(1))
-    assert threshold == card["threshold"]
+
+    def parameter(key: str) -> str:
+        found = re.search(rf'key: "{key}"\s+value: {{ string_value: "([^"]+)"', text)
+        assert found is not None
+        return found.group(1)
+
+    assert float(parameter("threshold")) == card["threshold"] == 1.0
+    assert float(parameter("representation_threshold")) == card["representation_threshold"]
+    edges = [float(e) for e in parameter("input_hour_bucket_edges").split(",")]
+    thresholds = [float(t) for t in parameter("input_thresholds").split(",")]
+    assert edges == card["input_hour_bucket_edges"]
+    assert thresholds == card["input_thresholds"]
     blob = (ood_repo / OOD_MODEL_NAME / "1" / "model.pt").read_bytes()
     assert hashlib.sha256(blob).hexdigest() == card["model_pt_sha256"]
-    assert text == render_config(config, threshold=threshold, percentile=card["percentile"])
+    assert text == render_config(
+        config,
+        representation_threshold=card["representation_threshold"],
+        input_edges=edges,
+        input_thresholds=thresholds,
+        percentile=card["percentile"],
+    )
 
 
 def _fake_pb_utils() -> types.ModuleType:
@@ -315,11 +396,15 @@ def test_python_backend_model_matches_eager(
     assert isinstance(responses[1].error, _Error)
     assert responses[0].error is None
     with torch.no_grad():
-        distance, flag = detector(*(torch.from_numpy(good[n]) for n in names))
-    np.testing.assert_allclose(responses[0].outputs["distance"], distance.numpy(), rtol=1e-5)
-    assert responses[0].outputs["distance"].dtype == np.float32
-    assert responses[0].outputs["ood"].dtype == np.bool_
-    np.testing.assert_array_equal(responses[0].outputs["ood"], flag.numpy())
+        eager = detector(*(torch.from_numpy(good[n]) for n in names))
+    for name, tensor in zip(OUTPUT_NAMES, eager, strict=True):
+        served_output = responses[0].outputs[name]
+        if tensor.dtype == torch.bool:
+            assert served_output.dtype == np.bool_
+            np.testing.assert_array_equal(served_output, tensor.numpy())
+        else:
+            assert served_output.dtype == np.float32
+            np.testing.assert_allclose(served_output, tensor.numpy(), rtol=1e-5)
 
 
 def test_export_refuses_a_foreign_or_broken_fit(
@@ -341,7 +426,9 @@ def test_shipped_ood_model_matches_the_exporter():
     config = NetConfig(**det_card["net_config"])
     expected = render_config(
         config,
-        threshold=card["threshold"],
+        representation_threshold=card["representation_threshold"],
+        input_edges=card["input_hour_bucket_edges"],
+        input_thresholds=card["input_thresholds"],
         percentile=card["percentile"],
         max_batch_size=card["max_batch_size"],
     )
@@ -359,8 +446,11 @@ def test_shipped_ood_model_matches_the_exporter():
     inputs = example_inputs(config, batch=3)
     with torch.no_grad():
         eager, served = detector(*inputs), module(*inputs)
-    assert float((eager[0] - served[0]).abs().max()) <= PARITY_TOLERANCE
-    assert torch.equal(eager[1], served[1])
+    for a, b in zip(eager, served, strict=True):
+        if a.dtype == torch.bool:
+            assert torch.equal(a, b)
+        else:
+            assert float((a - b).abs().max()) <= PARITY_TOLERANCE
 
 
 # --- CLI ---
