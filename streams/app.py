@@ -367,7 +367,15 @@ class VigilWorker:
         except (CircuitOpenError, InferenceError, KeyError, ValueError) as exc:
             log.warning("OOD verdict unavailable: %s", exc)
             return None
-        return OodVerdict(distance=distance, threshold=threshold, flagged=flagged)
+        channels = tuple(
+            channel
+            for channel in ("representation", "input")
+            if f"{channel}_ood" in output.extra
+            and bool(output.extra[f"{channel}_ood"].reshape(-1)[0])
+        )
+        return OodVerdict(
+            distance=distance, threshold=threshold, flagged=flagged, channels=channels
+        )
 
     async def _explain(self, snapshot: Snapshot) -> Any:
         """Per-parameter contributions for an alert; None if the explain model fails."""

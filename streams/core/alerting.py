@@ -139,14 +139,18 @@ class OodVerdict:
     """The OOD detector's answer for the scored window (Triton model ``ood``).
 
     Attributes:
-        distance: Mahalanobis distance to the nearest class.
-        threshold: The detector's threshold.
+        distance: The detector's score: for the shipped two-channel model, the larger of
+            each channel's Mahalanobis distance divided by its threshold (docs/ood.md).
+        threshold: The score above which it flags (1.0 for the shipped model).
         flagged: True when the input is out of distribution (``distance > threshold``).
+        channels: Which channels fired (``representation``: the ensemble's fused features;
+            ``input``: window statistics), when the model says.
     """
 
     distance: float
     threshold: float
     flagged: bool
+    channels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -263,9 +267,10 @@ def evaluate(
         # No signal, or the episode waits for its own signal (model <-> degraded).
         pass
     elif ood is not None and flagged:
+        fired = f" ({' and '.join(ood.channels)} channel)" if ood.channels else ""
         why = (
-            f"Mahalanobis distance {ood.distance:.2f} > threshold {ood.threshold:.2f}; "
-            "the model risk is not trusted"
+            f"out-of-distribution score {ood.distance:.2f} > threshold {ood.threshold:.2f}"
+            f"{fired}; the model risk is not trusted"
         )
         new["up"] = None
         if active is None:

@@ -395,13 +395,16 @@ class OodRecord(_Frozen):
     Attributes:
         flagged: True when the input lies outside the training distribution; the alert
             policy then defers instead of alerting (``deferred_for_review``).
-        distance: The detector's distance (model ``ood`` output ``distance``).
-        threshold: The distance above which the detector flags.
+        distance: The detector's score (model ``ood`` output ``distance``).
+        threshold: The score above which the detector flags.
+        channels: The detector's channels that fired: ``representation`` (the model's
+            fused features) and/or ``input`` (window statistics); empty when none did.
     """
 
     flagged: bool
     distance: FiniteFloat
     threshold: FiniteFloat | None = None
+    channels: tuple[Literal["representation", "input"], ...] = ()
 
 
 class ImagingReference(_Frozen):

@@ -642,7 +642,10 @@ def _ood_record(answer: ModelAnswer | None) -> OodRecord | None:
     threshold = verdict.threshold if np.isfinite(verdict.threshold) else None
     if not np.isfinite(verdict.distance):
         return None
-    return OodRecord(flagged=verdict.flagged, distance=verdict.distance, threshold=threshold)
+    channels = tuple(c for c in ("representation", "input") if c in verdict.channels)
+    return OodRecord(
+        flagged=verdict.flagged, distance=verdict.distance, threshold=threshold, channels=channels
+    )
 
 
 def _news2_record(result: News2Result) -> News2Score:
