@@ -91,7 +91,13 @@ class WorkerSettings(BaseSettings):
         "each study on the imaging topic; empty: studies are not analysed and only count "
         "as inputs of the patient's state.",
     )
-    triton_timeout_seconds: float = Field(default=2.0, gt=0)
+    triton_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Deadline of one Triton request. It guards against a hung server (a "
+        "refused or unreachable one fails at once); a batch of 64 takes 0.3-2 s on a loaded "
+        "2-core CPU (BENCHMARKS.md), so a tight deadline turns load into degraded scores.",
+    )
     triton_retries: int = Field(default=2, ge=0, le=10)
     breaker_failures: int = Field(default=3, ge=1, description="Failures that open the breaker.")
     breaker_reset_seconds: float = Field(default=10.0, gt=0, description="Open-state cool-down.")
