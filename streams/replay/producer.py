@@ -57,7 +57,10 @@ def produce(
             bootstrap_servers=bootstrap,
             acks="all",
             linger_ms=5,
-            retries=5,
+            # Retry until the delivery timeout (kafka-python's default, 120 s) rather than
+            # five times: a broker that has just restarted or created the topic answers
+            # NotLeaderForPartition for a while. One request in flight keeps the order.
+            delivery_timeout_ms=120_000,
             max_in_flight_requests_per_connection=1,
             **(kafka_options or {}),
         )
