@@ -589,6 +589,8 @@ def create_worker(
         topic_disable_leader=True,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=settings.kafka_group_instance_id,
+        broker_session_timeout=settings.kafka_session_timeout_seconds,
         table_cleanup_interval=30.0,
         producer_acks=-1,
         TableManager=SeekFirstTableManager,

@@ -47,6 +47,19 @@ class WorkerSettings(BaseSettings):
         description="Faust table store: memory:// (tests) or rocksdb:// (production).",
     )
     data_dir: str = Field(default=".vigil/worker", description="Faust data directory.")
+    kafka_group_instance_id: str | None = Field(
+        default=None,
+        description="Static group membership (one id per worker, kept across restarts): a "
+        "restarted worker takes its partitions back at once instead of waiting for the "
+        "group to time its old session out (docs/reliability.md).",
+    )
+    kafka_session_timeout_seconds: float = Field(
+        default=60.0,
+        ge=6,
+        le=1800,
+        description="How long Kafka waits for a silent worker before giving its "
+        "partitions to the others (heartbeats every 3 s).",
+    )
 
     # --- Redis -------------------------------------------------------------------------
     redis_url: str = Field(
