@@ -129,7 +129,10 @@ class VigilWorker:
             for (snapshot, started), (answer, reason) in zip(snapshots, answers, strict=True):
                 score, decisions = self.processor.finish(cache, snapshot, answer, reason)
                 contributions = None
-                if decisions and answer is not None:
+                # The explain model costs several deterioration calls: ask it only when an
+                # alert opens or changes on a trusted risk. A deferral (the risk is not
+                # trusted) and a resolution are explained by their reason and NEWS2.
+                if answer is not None and any(d.state in _EXPLAINED for d in decisions):
                     contributions = await self._explain(snapshot)
                 results.append((snapshot, started, score, decisions, contributions))
             deliveries: list[tuple[TopicKind, Any]] = []
@@ -485,6 +488,10 @@ class VigilWorker:
                 del self.tables[pid]
                 removed += 1
         return removed
+
+
+_EXPLAINED = frozenset({"open", "escalated"})
+"""Alert states whose records carry the explain model's top contributors."""
 
 
 def _record(event: Any) -> tuple[bytes | None, bytes, Origin]:
