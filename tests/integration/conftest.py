@@ -16,10 +16,12 @@ from vigil.stack.settings import StackSettings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test in this folder as an integration test."""
+    """Mark every test in this folder as an integration test; run the fault matrix last
+    (it stops and restarts the stack's services, and restores them)."""
     for item in items:
         if "tests/integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.path.name == "test_fault_matrix.py")
 
 
 @pytest.fixture(scope="session")
