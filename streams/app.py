@@ -662,6 +662,8 @@ def create_worker(
             realert_margin=settings.alert_realert_margin,
             news2_threshold=settings.alert_news2_threshold,
             max_snooze=timedelta(hours=settings.alert_max_snooze_hours),
+            defer_scores=settings.alert_defer_scores,
+            defer_duration=timedelta(hours=settings.alert_defer_hours),
         ),
         code_version=__version__,
         model_name=settings.triton_model,

@@ -164,6 +164,12 @@ class WorkerSettings(BaseSettings):
     alert_max_snooze_hours: float = Field(default=4.0, gt=0)
     alert_refractory_hours: float = Field(default=6.0, ge=0)
     alert_news2_threshold: int = Field(default=7, ge=2, le=20, description="Degraded-mode alert.")
+    alert_defer_scores: int = Field(
+        default=2, ge=1, description="Consecutive OOD-flagged scores to open a deferral."
+    )
+    alert_defer_hours: float = Field(
+        default=1.0, ge=0, description="Event time that OOD-flagged run must last."
+    )
 
     # --- Observability -----------------------------------------------------------------
     metrics_host: str = Field(default="127.0.0.1")

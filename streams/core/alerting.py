@@ -17,8 +17,9 @@ One alert episode per patient at a time, as a state machine over scores in event
   run. Hysteresis (``disarm < arm``) and persistence stop an alert flapping.
 * **deferred_for_review** when the OOD detector flags the input: the risk is not
   trusted, so it neither opens, escalates nor resolves anything. Without an episode a
-  deferred one opens at once (whatever the risk) saying why (distance, threshold); an
-  open episode turns deferred. Back in distribution, an episode that was open before
+  deferred one opens (whatever the risk) once the flag persists (``defer_scores``
+  consecutive flagged scores over ``defer_duration``), saying why (score, threshold,
+  channel); an open episode turns deferred at once. Back in distribution, an episode that was open before
   turns ``open`` again (``back_in_distribution``); one that was only deferred either
   confirms (the risk arms, with persistence) or resolves.
 * **snoozed** (by an action, :mod:`streams.core.acks`): no open, escalated or deferred
@@ -79,6 +80,10 @@ class AlertPolicy:
         high_risk: Risk from which severity is high.
         news2_threshold: NEWS2 that arms in degraded mode (resolves at 2 below).
         max_snooze: Longest snooze an action may ask for.
+        defer_scores: Consecutive out-of-distribution scores needed to open a
+            ``deferred_for_review`` alert when no episode is active (>= 1).
+        defer_duration: Event time that run must last (>= 0). A single flagged window is
+            common on real, unshifted stays (docs/ood.md), so a lone flag opens nothing.
     """
 
     # Operating point on the validation split (docs/alerting.md): 0.0081 alerts per
@@ -95,6 +100,8 @@ class AlertPolicy:
     high_risk: float = 0.8
     news2_threshold: int = 7
     max_snooze: timedelta = timedelta(hours=4)
+    defer_scores: int = 2
+    defer_duration: timedelta = timedelta(hours=1)
 
     def __post_init__(self) -> None:
         if not 0 < self.disarm_risk < self.arm_risk < 1:
@@ -112,6 +119,8 @@ class AlertPolicy:
             raise ValueError("need 0 < medium_risk <= high_risk <= 1")
         if self.max_snooze <= timedelta(0):
             raise ValueError("need max_snooze > 0")
+        if self.defer_scores < 1 or self.defer_duration < timedelta(0):
+            raise ValueError("need defer_scores >= 1 and defer_duration >= 0")
 
 
 @dataclass(frozen=True)
@@ -249,6 +258,8 @@ def evaluate(
         value = risk
         arm, disarm = policy.arm_risk, policy.disarm_risk
     flagged = kind == "deterioration" and ood is not None and ood.flagged
+    if not flagged:
+        new["ood_up"] = None  # a deferral needs an unbroken run of flagged scores
 
     def emit(
         episode: Mapping[str, Any],
@@ -274,19 +285,32 @@ def evaluate(
         )
         new["up"] = None
         if active is None:
-            active = {
-                "id": make_alert_id(patient_id, kind, at, policy_version=POLICY_VERSION),
-                "kind": kind,
-                "severity": _severity(None, news2, policy),
-                "opened_s": at_s,
-                "peak": None,
-                "status": "deferred_for_review",
-                "confirmed": False,
-            }
-            new["active"] = active
-            emit(
-                active, "deferred_for_review", active["severity"], "input_out_of_distribution", why
-            )
+            run = new.get("ood_up") or [0, at_s]
+            run = [run[0] + 1, run[1]]
+            new["ood_up"] = run
+            if (
+                run[0] >= policy.defer_scores
+                and at_s - run[1] >= policy.defer_duration.total_seconds()
+            ):
+                new["ood_up"] = None
+                start = at if run[1] == at_s else datetime.fromtimestamp(run[1], tz=at.tzinfo)
+                active = {
+                    "id": make_alert_id(patient_id, kind, start, policy_version=POLICY_VERSION),
+                    "kind": kind,
+                    "severity": _severity(None, news2, policy),
+                    "opened_s": at_s,
+                    "peak": None,
+                    "status": "deferred_for_review",
+                    "confirmed": False,
+                }
+                new["active"] = active
+                emit(
+                    active,
+                    "deferred_for_review",
+                    active["severity"],
+                    "input_out_of_distribution",
+                    why,
+                )
         else:
             active["down"] = None
             if active.get("status", "open") == "open":
@@ -310,7 +334,7 @@ def evaluate(
             active["severity"],
             "snooze_expired",
         )
-    for key in ("active", "up"):  # keep a quiet patient's state small: {} stays {}
+    for key in ("active", "up", "ood_up"):  # keep a quiet patient's state small
         if new.get(key) is None:
             new.pop(key, None)
     return new, out

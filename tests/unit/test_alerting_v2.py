@@ -186,15 +186,36 @@ def test_refractory_needs_the_margin_over_the_last_peak_even_with_persistence():
 # -- OOD deferral ---------------------------------------------------------------------------
 
 
-def test_ood_input_without_an_episode_defers_at_once_and_says_why():
+def deferred_at_60(episode: Episode, risk: float = 0.9) -> AlertDecision:
+    """Two flagged scores an hour apart: the persistence that opens a deferral."""
+    assert episode.score(0, risk, ood=OUT) == []
+    [deferred] = episode.score(60, risk, ood=OUT)
+    return deferred
+
+
+def test_ood_input_without_an_episode_defers_once_it_persists_and_says_why():
     episode = Episode()
-    [deferred] = episode.score(0, 0.05, ood=OUT)  # whatever the risk
+    assert episode.score(0, 0.05, ood=OUT) == []  # whatever the risk, but not alone
+    assert episode.score(30, 0.05, ood=OUT) == []  # 2 flags, only 30 min
+    [deferred] = episode.score(60, 0.05, ood=OUT)
     assert deferred.state == "deferred_for_review"
     assert deferred.reason == "input_out_of_distribution"
     assert "40.50" in deferred.detail
     assert "31.36" in deferred.detail
-    assert deferred.alert_id == alert_id(0)
-    assert episode.score(30, 0.9, ood=OUT) == []  # no repeat, no confident alert
+    assert deferred.alert_id == alert_id(0)  # the run's start, like an arming run
+    assert episode.score(90, 0.9, ood=OUT) == []  # no repeat, no confident alert
+
+
+def test_an_interrupted_ood_run_opens_nothing():
+    episode = Episode()
+    assert episode.score(0, 0.05, ood=OUT) == []
+    assert episode.score(40, 0.05) == []  # back in distribution: the run restarts
+    assert episode.score(70, 0.05, ood=OUT) == []
+    assert episode.score(100, 0.05, ood=OUT) == []  # 2 flags but 30 min
+    assert "ood_up" in episode.state
+    [deferred] = episode.score(130, 0.05, ood=OUT)
+    assert deferred.alert_id == alert_id(70)
+    assert "ood_up" not in episode.state
 
 
 def test_ood_turns_an_open_alert_deferred_and_freezes_it():
@@ -214,19 +235,19 @@ def test_ood_turns_an_open_alert_deferred_and_freezes_it():
 
 def test_a_deferral_alone_resolves_when_back_in_distribution_below_arm():
     episode = Episode()
-    [deferred] = episode.score(0, 0.9, ood=OUT)
-    [resolved] = episode.score(30, 0.25)
+    deferred = deferred_at_60(episode)
+    [resolved] = episode.score(90, 0.25)
     assert (resolved.state, resolved.reason) == ("resolved", "back_in_distribution")
     assert resolved.alert_id == deferred.alert_id
     # A deferral sets no refractory peak: a real episode may open at the plain threshold.
-    assert episode.states((60, 0.35), (90, 0.35)) == ["open"]
+    assert episode.states((120, 0.35), (150, 0.35)) == ["open"]
 
 
 def test_a_deferral_confirms_with_persistence_once_back_in_distribution():
     episode = Episode()
-    [deferred] = episode.score(0, 0.9, ood=OUT)
-    assert episode.score(30, 0.5) == []
-    [confirmed] = episode.score(60, 0.7)
+    deferred = deferred_at_60(episode)
+    assert episode.score(90, 0.5) == []
+    [confirmed] = episode.score(120, 0.7)
     assert (confirmed.state, confirmed.alert_id) == ("open", deferred.alert_id)
     assert confirmed.severity == "medium"
 
@@ -286,10 +307,10 @@ def test_a_snooze_ends_on_the_clock_without_a_score():
 
 def test_a_deferred_alert_snoozed_returns_deferred():
     episode = Episode()
-    [deferred] = episode.score(0, 0.9, ood=OUT)
+    deferred = deferred_at_60(episode)
     assert deferred.state == "deferred_for_review"
-    episode.act(10, "snooze", snooze_until=at(60))
-    _, [ended] = expire_snooze(episode.state, at=at(61))
+    episode.act(70, "snooze", snooze_until=at(120))
+    _, [ended] = expire_snooze(episode.state, at=at(121))
     assert (ended.state, ended.reason) == ("deferred_for_review", "snooze_expired")
 
 

@@ -41,6 +41,8 @@ CONFIG = ProcessorConfig(
         arm_duration=timedelta(0),
         disarm_scores=1,
         disarm_duration=timedelta(0),
+        defer_scores=1,
+        defer_duration=timedelta(0),
     ),
 )
 VITALS_TOPIC = "vigil.vitals"
