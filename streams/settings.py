@@ -90,10 +90,11 @@ class WorkerSettings(BaseSettings):
     )
     triton_model: str = Field(default="deterioration", description="Scoring model.")
     triton_ood_model: str | None = Field(
-        default=None,
-        description="Out-of-distribution model (``ood``) asked alongside the scoring model, "
-        "so that an out-of-distribution input yields a deferred_for_review alert. Off by "
-        "default: it doubles the Triton work per score and has not been run end to end yet.",
+        default="ood",
+        description="Out-of-distribution model asked alongside the scoring model, so that "
+        "an out-of-distribution input yields a deferred_for_review alert instead of a "
+        "confident one (docs/ood.md); empty switches it off (about doubles the Triton work "
+        "per score).",
     )
     triton_explain_model: str = Field(
         default="deterioration_explain", description="Model giving alert explanations."

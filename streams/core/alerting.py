@@ -19,9 +19,9 @@ One alert episode per patient at a time, as a state machine over scores in event
   trusted, so it neither opens, escalates nor resolves anything. Without an episode a
   deferred one opens (whatever the risk) once the flag persists (``defer_scores``
   consecutive flagged scores over ``defer_duration``), saying why (score, threshold,
-  channel); an open episode turns deferred at once. Back in distribution, an episode that was open before
-  turns ``open`` again (``back_in_distribution``); one that was only deferred either
-  confirms (the risk arms, with persistence) or resolves.
+  channel); an open episode turns deferred at once. Back in distribution, an episode that
+  was open before turns ``open`` again (``back_in_distribution``); one that was only
+  deferred either confirms (the risk arms, with persistence) or resolves.
 * **snoozed** (by an action, :mod:`streams.core.acks`): no open, escalated or deferred
   output until the snooze ends in event time (on the worker's event-time clock, or at the
   first score after it, whichever comes first), which re-arms it

@@ -84,7 +84,15 @@ def _per_patient(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
 
 def _play(stack: StackSettings, recording: Path, prefix: str, ids: set[str], tmp_path: Path) -> Run:
     _create(stack, prefix)
-    env = worker_env(stack, prefix=prefix, app_id=prefix, data_dir=tmp_path / prefix)
+    env = worker_env(
+        stack,
+        prefix=prefix,
+        app_id=prefix,
+        data_dir=tmp_path / prefix,
+        # OOD off: this test is about accounting and throughput; the default configuration
+        # with the OOD detector on is exercised end to end by test_clinical_e2e.py.
+        triton_ood_model="",
+    )
     log = tmp_path / f"{prefix}.log"
     with running_worker(env, log) as worker:
         produce(read_jsonl(recording), bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)

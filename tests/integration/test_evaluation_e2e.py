@@ -72,7 +72,15 @@ def replay_and_check(
     paths = sorted((DEMO / "set-a").glob("*.txt"))[:n_stays]
     events = list(physionet2012_events(paths, length_of_stay=read_length_of_stay(OUTCOMES)))
     ids = {json.loads(e.payload)["event_id"] for e in events}
-    env = worker_env(stack, prefix=prefix, app_id=prefix, data_dir=tmp_path / "worker")
+    env = worker_env(
+        stack,
+        prefix=prefix,
+        app_id=prefix,
+        data_dir=tmp_path / "worker",
+        # OOD off: this test is about accounting and throughput; the default configuration
+        # with the OOD detector on is exercised end to end by test_clinical_e2e.py.
+        triton_ood_model="",
+    )
     log = tmp_path / "worker.log"
     with running_worker(env, log) as worker:
         produce(events, bootstrap=bootstrap, topic_prefix=prefix)

@@ -68,7 +68,15 @@ def test_replay_200_stays_every_event_accounted_once(
         kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=prefix, app_id=app_id
     )
     create_topics(settings)
-    env = worker_env(stack, prefix=prefix, app_id=app_id, data_dir=tmp_path / "worker")
+    env = worker_env(
+        stack,
+        prefix=prefix,
+        app_id=app_id,
+        data_dir=tmp_path / "worker",
+        # OOD off: this test is about accounting and throughput; the default configuration
+        # with the OOD detector on is exercised end to end by test_clinical_e2e.py.
+        triton_ood_model="",
+    )
     paths = sorted((DEMO / "set-a").glob("*.txt"))[:N_STAYS]
     events = list(
         physionet2012_events(paths, length_of_stay=read_length_of_stay(DEMO / "Outcomes-a.txt"))
