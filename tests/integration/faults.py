@@ -60,12 +60,16 @@ __all__ = [
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 INPUT_KINDS = ("vitals", "labs", "imaging", "adt")
 STRIKE_AFTER_SCORES = 20
-#: Worker settings of every case: short Triton timeouts and breaker cool-down so that a
-#: Triton outage is noticed and left quickly, and a 10 s Kafka session so that a worker
-#: that died is replaced within that (the default, 60 s, dominated every recovery time);
-#: each worker also gets a static group instance id (see :func:`run_case`).
+#: Pause between two slices of the second half produced after the fault is undone: long
+#: enough that input is still arriving after Triton's return, the gRPC channel's next
+#: connection attempt (back-off up to 2.4 s) and the breaker's 2 s cool-down.
+SLICE_PAUSE_SECONDS = 2.0
+#: Worker settings of every case: a short breaker cool-down so that a Triton outage is
+#: left quickly, and a 10 s Kafka session so that a worker that died is replaced within
+#: that (the default, 60 s, dominated every recovery time); each worker also gets a
+#: static group instance id (see :func:`run_case`). Triton's timeout stays at its default
+#: (2 s): at 1 s, a loaded machine turned most calls into deadline errors.
 WORKER_SETTINGS = {
-    "triton_timeout_seconds": "1.0",
     "breaker_reset_seconds": "2",
     "kafka_session_timeout_seconds": "10",
 }
@@ -400,8 +404,9 @@ def run_case(
         workdir: Where worker data directories and logs go.
         name: Unique topic prefix and consumer group.
         outage_seconds: How long a stopped service stays down.
-        slices: The second half is produced in this many slices, one a second (half of
-            them during a Triton or Redis outage).
+        slices: The second half is produced in this many slices (a quarter of them one a
+            second during a Triton or Redis outage, the rest ``SLICE_PAUSE_SECONDS``
+            apart once the fault is undone).
         timeout_seconds: Longest wait for every event to be accounted for.
         worker_settings: Extra ``VIGIL_*`` settings for the workers (by field name).
 
@@ -464,7 +469,7 @@ def run_case(
         rest = _strike(stack, fault, result, workers, env, logs, rest, outage_seconds, name)
         for piece in rest:
             produce(piece, bootstrap=stack.kafka_bootstrap, topic_prefix=name)
-            time.sleep(1.0)
+            time.sleep(SLICE_PAUSE_SECONDS)
         _wait_drained(
             stack, fault, result, workers, logs, offsets, at_fault, event_ids, timeout_seconds
         )
@@ -506,9 +511,9 @@ def _strike(
         with _service_down(stack, service):
             end = time.monotonic() + outage_seconds
             # Input keeps coming while Triton or Redis is away (Kafka cannot take it), but
-            # half of it is kept for after: a worker that has nothing left to score when
+            # most of it is kept for after: a worker that has nothing left to score when
             # Triton returns cannot show that it scores with the model again.
-            keep = len(rest) // 2
+            keep = len(rest) - len(rest) // 4
             while time.monotonic() < end:
                 if service != "kafka" and len(rest) > keep:
                     produce(rest.pop(0), bootstrap=stack.kafka_bootstrap, topic_prefix=name)
