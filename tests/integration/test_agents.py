@@ -97,6 +97,8 @@ async def _run(stack: StackSettings, unique: str) -> tuple[VigilWorker, dict[str
     await worker.tables.changelog_topic.maybe_declare()
     await worker.scorer.start()
     await worker.explainer.start()
+    assert worker.ood_scorer is not None  # on by default
+    await worker.ood_scorer.start()
     await worker.store.start()
     worker.ready.set()
     agents = {name.rsplit("-", 1)[-1]: agent for name, agent in app.agents.items()}
@@ -121,6 +123,7 @@ async def _run(stack: StackSettings, unique: str) -> tuple[VigilWorker, dict[str
         }
     finally:
         await worker.store.close()
+        await worker.ood_scorer.close()
         await worker.explainer.close()
         await worker.scorer.close()
         await app.producer.stop()
@@ -140,6 +143,8 @@ def test_agents_score_patients_and_isolate_a_bad_record(stack: StackSettings, un
     assert set(by_patient) == {"alpha", "beta"}
     assert all(not s["degraded"] and s["model"] == "deterioration" for s in scores)
     assert all(0.0 <= s["risk"] <= 1.0 for s in scores)
+    # The OOD detector (on by default) answered for every score, with its channels.
+    assert all(s["ood"] is not None and s["ood"]["threshold"] == 1.0 for s in scores)
     assert max(s["event_time"] for s in by_patient["beta"]).startswith("2025-01-01T04:00")
     # Every accepted record is cited by exactly one score; the duplicate by none.
     cited = [i for s in scores for i in s["provenance"]["event_ids"]]

@@ -90,7 +90,9 @@ async def _run(
     await app.producer.start()
     await worker.tables.changelog_topic.maybe_declare()
     assert worker.imager is not None
-    for scorer in (worker.scorer, worker.explainer, worker.imager):
+    assert worker.ood_scorer is not None
+    scorers = (worker.scorer, worker.explainer, worker.ood_scorer, worker.imager)
+    for scorer in scorers:
         await scorer.start()
     await worker.store.start()
     worker.ready.set()
@@ -117,7 +119,7 @@ async def _run(
         return worker, out
     finally:
         await worker.store.close()
-        for scorer in (worker.scorer, worker.explainer, worker.imager):
+        for scorer in scorers:
             await scorer.close()
         await worker.images.close()
         await app.producer.stop()
