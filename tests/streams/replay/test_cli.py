@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from streams.core.events import ImagingEvent
+from streams.core.imaging import decode_image
 from streams.replay.event import ReplayEvent
 from vigil.cli import main
 
@@ -104,3 +106,28 @@ def test_fhir_and_jsonl_files_found_in_folders(
     produced.clear()
     assert main(["replay", str(tmp_path), "--format", "jsonl"]) == 0
     assert [(e.kind.value, e.payload) for e in produced] == [("scores", b"v")]
+
+
+def test_imaging_fixture_adds_one_labelled_study_per_stay(
+    tmp_path: Path, produced: list[ReplayEvent]
+) -> None:
+    images = tmp_path / "images"
+    argv = ["replay", str(PN2019), "--format", "physionet2019", "--sample", "3", "--seed", "7"]
+    assert main([*argv, "--imaging-fixture", str(images)]) == 0
+    studies = [e for e in produced if e.kind.value == "imaging"]
+    stays = {e.patient_id for e in produced if e.kind.value != "imaging"}
+    assert sorted(e.patient_id for e in studies) == sorted(stays)
+    assert [e.event_time for e in produced] == sorted(e.event_time for e in produced)
+    for event in studies:
+        study = ImagingEvent.model_validate_json(event.payload)
+        assert study.source == "imaging-fixture"
+        assert study.metadata["fixture"] is True
+        assert event.key == study.patient_id.encode()
+        path = Path(study.image_uri.removeprefix("file://")) if study.image_uri else None
+        assert path is not None
+        assert path.is_relative_to(images.resolve())
+        assert decode_image(path.read_bytes()).ndim == 2
+    first = [e.payload for e in studies]
+    produced.clear()
+    assert main([*argv, "--imaging-fixture", str(images)]) == 0
+    assert [e.payload for e in produced if e.kind.value == "imaging"] == first  # seeded
