@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vigil-installed
 
-.PHONY: setup lint audit stack-up stack-down stack-status test test-unit demo clean
+.PHONY: setup lint audit stack-up stack-down stack-status test test-unit demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: lint audit stack-up
 
 demo: stack-up
 	$(BIN)/vigil demo
+
+# Benchmarks on the running stack (BENCHMARKS.md); results in bench/results/.
+bench: setup
+	$(BIN)/python -m bench.run
 
 clean: stack-down
 	rm -rf .vigil

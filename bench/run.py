@@ -1,0 +1,77 @@
+"""Run every benchmark on the running local stack, one after the other.
+
+    .venv/bin/python -m bench.run            # or: make bench
+    .venv/bin/python -m bench.run --only triton state_size
+
+Each benchmark writes ``bench/results/<name>.json`` and prints its figures; this prints
+a Markdown summary of them at the end (``python -m bench.report`` prints it again). The
+stack must be up (``vigil stack status``); nothing here starts or stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench import latency, report, state_size, throughput, triton_models
+
+__all__ = ["BENCHMARKS", "main"]
+
+
+def _throughput_1w(args: argparse.Namespace) -> Any:
+    # py-spy samples the worker for 60 s of the run (attached by pid, --nonblocking).
+    if shutil.which(args.py_spy) is None:
+        print(f"py-spy not found ({args.py_spy}): no profile (pip install py-spy)")
+        return throughput.main(_sized(args))
+    return throughput.main([*_sized(args), "--profile", "60", "--py-spy", args.py_spy])
+
+
+def _throughput_2w(args: argparse.Namespace) -> Any:
+    return throughput.main([*_sized(args), "--workers", "2"])
+
+
+def _sized(args: argparse.Namespace) -> list[str]:
+    return ["--stays", str(args.stays), "--timeout", str(args.timeout)]
+
+
+def _latency(args: argparse.Namespace) -> Any:
+    return latency.main(["--seconds", "15", "--drain", "20"])
+
+
+def _triton(args: argparse.Namespace) -> Any:
+    return triton_models.main([])
+
+
+def _state(args: argparse.Namespace) -> Any:
+    return state_size.main([])
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "triton": _triton,
+    "state_size": _state,
+    "throughput": _throughput_1w,
+    "scaling": _throughput_2w,
+    "latency": _latency,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the chosen benchmarks (all by default), then print the summary."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=None)
+    parser.add_argument("--stays", type=int, default=60, help="stays for throughput runs")
+    parser.add_argument(
+        "--timeout", type=float, default=420.0, help="seconds a throughput run may take"
+    )
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    args = parser.parse_args(argv)
+    for name in args.only or list(BENCHMARKS):
+        print(f"== {name}", flush=True)
+        BENCHMARKS[name](args)
+    print(report.render())
+
+
+if __name__ == "__main__":
+    main()
