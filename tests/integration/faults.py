@@ -208,15 +208,17 @@ def _without_wall_clock(record: dict[str, Any]) -> str:
 
 
 def alert_conflicts(alerts: Sequence[dict[str, Any]]) -> list[str]:
-    """Alert changes that share an alert id, state and severity but differ otherwise.
+    """Alert changes that are the same change but differ otherwise.
 
-    An alert id names an episode; each change of it (open, escalated per severity,
-    resolved) is one record. Under at-least-once delivery a change may be written twice,
-    but only as the same record (apart from ``processing_time``).
+    An alert id names an episode, and the policy changes it several times (open,
+    escalated per severity, deferred for review and open again, resolved), each change
+    one record at its own event time. A change is (alert id, state, severity, event
+    time); under at-least-once delivery it may be written twice, but only as the same
+    record (apart from ``processing_time``).
     """
-    versions: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    versions: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
     for record in alerts:
-        key = (record["alert_id"], record["state"], record["severity"])
+        key = (record["alert_id"], record["state"], record["severity"], record["event_time"])
         versions[key].add(_without_wall_clock(record))
     return [f"{k}: {len(v)} versions" for k, v in versions.items() if len(v) > 1]
 

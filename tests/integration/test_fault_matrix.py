@@ -6,9 +6,9 @@ Kafka broker restarted, Triton stopped and restarted, Redis stopped and restarte
 one of two workers killed. Every case must then show:
 
 * no input event lost: each one is cited by a score's provenance or is in dead-letter;
-* no conflicting outputs: an alert change (alert id, state, severity) or a score citing
-  an event may be written twice under at-least-once delivery, but only as the same record
-  (apart from ``processing_time``);
+* no conflicting outputs: an alert change (alert id, state, severity, event time) or a
+  score citing an event may be written twice under at-least-once delivery, but only as
+  the same record (apart from ``processing_time``);
 * the final per-patient state equal to that of an undisturbed run of the same stays, in
   its observation content (:func:`~tests.integration.faults.observation_content`: what
   the input put there; not the scores and alert state, which already differ between two
