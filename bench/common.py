@@ -253,30 +253,36 @@ class OutputReader:
             consumer_timeout_ms=200,
         )
 
-    def poll(self) -> int:
-        """Read what is there now (about 0.2 s of waiting at most); returns how many
-        records were read."""
+    def poll(self, max_seconds: float = 0.5) -> int:
+        """Read what is there now, for ``max_seconds`` at most (plus about 0.2 s of
+        waiting when nothing comes); returns how many records were read."""
         count = 0
+        until = time.monotonic() + max_seconds
         for message in self._consumer:
             count += 1
-            at = message.timestamp / 1000
-            self.first_output = at if self.first_output is None else min(self.first_output, at)
-            self.last_output = at if self.last_output is None else max(self.last_output, at)
-            record = json.loads(message.value)
-            if message.topic.endswith(".scores"):
-                record["_at"] = at
-                self.scores.append(record)
-                self.degraded += int(record["degraded"])
-                for event_id in record["provenance"]["event_ids"]:
-                    self.accounted.setdefault(event_id, at)
-            elif message.topic.endswith(".alerts"):
-                record["_at"] = at
-                self.alerts.append(record)
-            else:
-                self.deadletters += 1
-                event_id = json.loads(record["payload"]).get("event_id", "")
-                self.accounted.setdefault(event_id, at)
+            self._record(message)
+            if time.monotonic() > until:
+                break
         return count
+
+    def _record(self, message: Any) -> None:
+        at = message.timestamp / 1000
+        self.first_output = at if self.first_output is None else min(self.first_output, at)
+        self.last_output = at if self.last_output is None else max(self.last_output, at)
+        record = json.loads(message.value)
+        if message.topic.endswith(".scores"):
+            record["_at"] = at
+            self.scores.append(record)
+            self.degraded += int(record["degraded"])
+            for event_id in record["provenance"]["event_ids"]:
+                self.accounted.setdefault(event_id, at)
+        elif message.topic.endswith(".alerts"):
+            record["_at"] = at
+            self.alerts.append(record)
+        else:
+            self.deadletters += 1
+            event_id = json.loads(record["payload"]).get("event_id", "")
+            self.accounted.setdefault(event_id, at)
 
     def wait_for(self, event_ids: set[str], timeout: float) -> bool:
         """Poll until every id in ``event_ids`` is accounted for; False on timeout."""
