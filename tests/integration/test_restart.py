@@ -119,11 +119,11 @@ def test_restart_mid_stream_loses_nothing(
         for event_id in record["provenance"]["event_ids"]:
             by_citation[event_id].add(_without_wall_clock(record))
     assert all(len(versions) == 1 for versions in by_citation.values())
-    # An episode changes state once per (state, severity): escalated medium, then high.
-    alerts: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    # One alert change is (alert id, state, severity, event time): an episode may re-open
+    # at the same severity after an OOD deferral, at a later event time (docs/reliability.md).
+    alerts: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
     for m in _read_all(stack.kafka_bootstrap, settings.topic("alerts"), 500):
         record = json.loads(m.value)
-        alerts[(record["alert_id"], record["state"], record["severity"])].add(
-            _without_wall_clock(record)
-        )
+        key = (record["alert_id"], record["state"], record["severity"], record["event_time"])
+        alerts[key].add(_without_wall_clock(record))
     assert all(len(versions) == 1 for versions in alerts.values())
