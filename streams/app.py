@@ -1,11 +1,14 @@
 """The Faust worker: a thin adapter between Kafka, the pure core, Triton and Redis.
 
 One agent per input topic (the topics are co-partitioned: every record is keyed by patient
-id, so a patient's records land in the same partition number everywhere) runs several
-concurrent actors. Each record is handed to :class:`~streams.core.pipeline.Processor`,
-which validates it and applies it to the patient's state in the ``patients`` table; the
-patients that become due are scored on Triton, and the concurrent actors' requests share
-micro-batched gRPC calls. Records of one patient are serialised by a per-patient lock.
+id, so a patient's records land in the same partition number everywhere) hands its records
+to :class:`~streams.adapters.input_order.OrderedIngest`, which releases them in event-time
+order across the topics of each partition number and processes different patients
+concurrently, one patient's records in order. Each record is handed to
+:class:`~streams.core.pipeline.Processor`, which validates it and applies it to the
+patient's state in the ``patients`` table; the patients that become due are scored on
+Triton, and concurrent requests share micro-batched gRPC calls. Records of one patient
+are also serialised by a per-patient lock (acknowledgements and timers take it too).
 The table is changelog-backed; its keys are partitioned exactly like the input topics
 (``use_partitioner``), so a restarted or rebalanced worker restores the right states.
 """
@@ -29,6 +32,7 @@ import redis.asyncio as aioredis
 from models.imaging_ops import heatmap_png, summarise_segmentation
 from streams.adapters.faust_recovery import SeekFirstTableManager
 from streams.adapters.image_source import HeatmapStore, ImageSource
+from streams.adapters.input_order import OrderedIngest
 from streams.adapters.lag import ConsumerLagMonitor
 from streams.adapters.redis_store import RedisStore
 from streams.adapters.security import (
@@ -64,6 +68,8 @@ __all__ = ["VigilWorker", "create_worker"]
 log = logging.getLogger(__name__)
 
 _INPUT_ORDER = (TopicKind.VITALS, TopicKind.LABS, TopicKind.IMAGING, TopicKind.ADT)
+_TIE_ORDER = (TopicKind.ADT, TopicKind.VITALS, TopicKind.LABS, TopicKind.IMAGING)
+"""At equal event time: an admission before the observations taken at that moment."""
 
 
 def _utcnow() -> datetime:
@@ -89,8 +95,14 @@ class VigilWorker:
     kinds: dict[str, TopicKind]
     outputs: dict[TopicKind, Any]
     stream_clock_ms: dict[str, int] = field(default_factory=dict)
+    ordered: OrderedIngest | None = None
     locks: dict[bytes, asyncio.Lock] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def drain(self) -> None:
+        """Process every input record taken so far (held for ordering or queued)."""
+        if self.ordered is not None:
+            await self.ordered.drain()
 
     def kind_of(self, topic: str) -> TopicKind:
         """Topic kind of an input topic name."""
@@ -745,22 +757,34 @@ def create_worker(
         outputs=outputs,
     )
 
+    ordered = OrderedIngest(
+        app,
+        kinds_by_topic={topic: kind.value for topic, kind in kinds.items()},
+        kind_order=tuple(kind.value for kind in _TIE_ORDER),
+        process=worker.process_event,
+        concurrency=settings.agent_concurrency * len(inputs),
+        idle_seconds=settings.input_order_idle_seconds,
+        max_held=settings.input_order_max_held,
+        ordered=settings.input_event_time_order,
+    )
+    worker.ordered = ordered
+
     async def ingest(stream: Any) -> AsyncIterator[int]:
-        # Acknowledge a record only after it is processed and its outputs and state are
-        # in Kafka: Faust otherwise acknowledges the current record even when its
-        # processing is cancelled (worker stopping). Yielding the offset marks the
-        # record as done for Faust's agent test context.
+        # Records go to the ordered ingest, which applies them in event-time order across
+        # the input topics and acknowledges each only after it is processed and its
+        # outputs and state are in Kafka: Faust otherwise acknowledges the current record
+        # even when its processing is cancelled (worker stopping). Yielding the offset
+        # marks the record as taken for Faust's agent test context.
         stream.enable_acks = False
         async for event in stream.events():
-            await worker.process_event(event)
-            await stream.ack(event)
+            await ordered.offer(stream, event)
             yield event.message.offset
 
-    # One agent per input topic (the topic names its kind), each with several actors so
-    # that patients due for a score at the same time share one Triton request; records
-    # of one patient are serialised by the worker's per-patient lock.
+    # One agent per input topic (the topic names its kind). Concurrency comes from the
+    # ordered ingest: different patients are processed at once, so that patients due for
+    # a score at the same time share one Triton request, one patient's records in order.
     for kind, topic in inputs.items():
-        app.agent(topic, name=f"vigil-{kind.value}", concurrency=settings.agent_concurrency)(ingest)
+        app.agent(topic, name=f"vigil-{kind.value}")(ingest)
 
     async def acknowledge_alerts(stream: Any) -> AsyncIterator[int]:
         stream.enable_acks = False
@@ -785,6 +809,10 @@ def create_worker(
         await store.start()
         worker.ready.set()
         await asyncio.to_thread(lag_monitor.update)  # then every 15 s
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def release_held_inputs() -> None:
+        await ordered.run()
 
     @app.timer(interval=15.0)  # type: ignore[untyped-decorator]
     async def measure_consumer_lag() -> None:

@@ -119,6 +119,25 @@ class WorkerSettings(BaseSettings):
     agent_concurrency: int = Field(
         default=64, ge=1, le=1024, description="Records in flight per input topic."
     )
+    input_event_time_order: bool = Field(
+        default=True,
+        description="Apply the records of each partition number in event-time order across "
+        "the input topics (streams/core/ordering.py); False applies them in arrival order.",
+    )
+    input_order_idle_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="An input topic partition silent this long no longer holds the others "
+        "back (seconds, wall clock).",
+    )
+    input_order_max_held: int = Field(
+        default=20_000,
+        ge=1,
+        le=1_000_000,
+        description="Records held for ordering per partition number before the earliest is "
+        "released regardless.",
+    )
     batch_max_wait_ms: int = Field(default=20, ge=0, le=5000)
 
     # --- Imaging studies (streams/adapters/image_source.py) ----------------------------

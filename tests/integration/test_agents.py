@@ -107,6 +107,7 @@ async def _run(stack: StackSettings, unique: str) -> tuple[VigilWorker, dict[str
         async with agents["adt"].test_context() as adt:
             await adt.put(key=b"alpha", value=_adt("alpha"))
             await adt.put(key=b"beta", value=_adt("beta"))
+            await worker.drain()  # records are processed off the agent's loop
         async with agents["vitals"].test_context() as vitals:
             for minutes in (60, 120, 180):
                 await vitals.put(key=b"alpha", value=_vitals("alpha", minutes, 118))
@@ -114,6 +115,7 @@ async def _run(stack: StackSettings, unique: str) -> tuple[VigilWorker, dict[str
             await vitals.put(key=b"beta", value=b'{"not": "an event"')  # malformed
             await vitals.put(key=b"alpha", value=_vitals("alpha", 60, 118))  # duplicate
             await vitals.put(key=b"beta", value=_vitals("beta", 240, 70))
+            await worker.drain()
         await worker.store.flush()
         return worker, {
             "redis_keys": [worker.store.score_key(p) for p in ("alpha", "beta")],

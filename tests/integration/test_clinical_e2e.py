@@ -141,15 +141,16 @@ def _check_deferral(
         if c["state"] == "open" and c["kind"] == "deterioration"
     }
     summary = (
-        f"flag rate shifted {shifted_flag_rate:.2f}, plain {plain_flag_rate:.2f}; "
-        f"deferred {sorted(deferred)}; ordinary {sorted(ordinary)}"
+        f"{len(model_scores)} model scores; flag rate shifted {shifted_flag_rate:.3f}, "
+        f"plain {plain_flag_rate:.3f}; deferred {sorted(deferred)}; ordinary {sorted(ordinary)}"
     )
+    print(summary)  # the measured figures, in the log of every run (pytest -s or -rP)
     # The shifted stays (all died) are deferred for review ...
     assert len(deferred & shifted_ids) >= N_SHIFTED - 1, summary
-    # ... while unshifted stays get ordinary alerts and are flagged far less often. (In
-    # the stream the unshifted flag rate is higher than offline: measured 0.13 per score
-    # against 0.03; see docs/ood.md, "In the stream".)
+    # ... while unshifted stays get ordinary alerts and are flagged about as rarely as
+    # offline (2.8 % of test windows). Before the worker applied the input topics in
+    # event-time order this was 0.13 per score (docs/ood.md, "In the stream").
     assert ordinary - shifted_ids, summary
     assert shifted_flag_rate > 0.6, summary
-    assert plain_flag_rate < 0.25, summary
+    assert plain_flag_rate < 0.08, summary
     assert shifted_flag_rate > 3 * plain_flag_rate, summary

@@ -105,6 +105,7 @@ async def _run(
         async with agents[topic].test_context() as agent:
             for key, value in records:
                 await agent.put(key=key, value=value)
+            await worker.drain()  # records are processed off the agent's loop
             for kind, channel in received.items():
                 out[kind.value].extend(_drain(channel))
 

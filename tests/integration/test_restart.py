@@ -60,6 +60,20 @@ def _without_wall_clock(record: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in record.items() if k != "processing_time"}, sort_keys=True)
 
 
+def _differences(conflicts: dict[Any, set[str]]) -> str:
+    """Which fields differ between the versions of the first few conflicting records."""
+    lines = [f"{len(conflicts)} records repeated with different content"]
+    for key, versions in list(conflicts.items())[:3]:
+        records = [json.loads(v) for v in versions]
+        fields = sorted(
+            {f for r in records for f in r if len({json.dumps(x.get(f)) for x in records}) > 1}
+        )
+        lines.append(f"{key}: fields {fields}: " + "; ".join(
+            json.dumps({f: r.get(f) for f in fields})[:400] for r in records
+        ))  # fmt: skip
+    return "\n".join(lines)
+
+
 @pytest.mark.slow
 def test_restart_mid_stream_loses_nothing(
     stack: StackSettings, unique: str, tmp_path: Path
@@ -118,7 +132,8 @@ def test_restart_mid_stream_loses_nothing(
         record = json.loads(m.value)
         for event_id in record["provenance"]["event_ids"]:
             by_citation[event_id].add(_without_wall_clock(record))
-    assert all(len(versions) == 1 for versions in by_citation.values())
+    repeated = {key: versions for key, versions in by_citation.items() if len(versions) > 1}
+    assert not repeated, _differences(repeated)
     # One alert change is (alert id, state, severity, event time): an episode may re-open
     # at the same severity after an OOD deferral, at a later event time (docs/reliability.md).
     alerts: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
@@ -126,4 +141,5 @@ def test_restart_mid_stream_loses_nothing(
         record = json.loads(m.value)
         key = (record["alert_id"], record["state"], record["severity"], record["event_time"])
         alerts[key].add(_without_wall_clock(record))
-    assert all(len(versions) == 1 for versions in alerts.values())
+    conflicts = {key: versions for key, versions in alerts.items() if len(versions) > 1}
+    assert not conflicts, _differences(conflicts)

@@ -20,6 +20,11 @@ from vigil.errors import StackError
 
 __all__ = ["ManagedProcess", "tail"]
 
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+"""Services this process started, kept referenced until stopped: a ``Popen`` collected
+while its process still runs warns (ResourceWarning), and a service is meant to outlive
+the call that started it (a test that restarts Kafka, say)."""
+
 
 def _start_ticks(pid: int) -> int | None:
     """Return the kernel start time of ``pid`` in clock ticks, or None if it is gone."""
@@ -66,6 +71,9 @@ class ManagedProcess:
             ticks = int(record["start_ticks"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        child = _CHILDREN.get(pid)
+        if child is not None and child.poll() is not None:
+            return None  # ours, exited (poll reaped it: no zombie left)
         return pid if _start_ticks(pid) == ticks else None
 
     def start(
@@ -105,6 +113,7 @@ class ManagedProcess:
         if ticks is None:
             raise StackError(f"{self.name}: exited at once; log {self.log_file}")
         self.pid_file.write_text(json.dumps({"pid": proc.pid, "start_ticks": ticks}))
+        _CHILDREN[proc.pid] = proc
         return proc.pid
 
     def stop(self, timeout_seconds: float) -> bool:
@@ -140,5 +149,9 @@ class ManagedProcess:
 
     @staticmethod
     def _reap(pid: int) -> None:
+        proc = _CHILDREN.pop(pid, None)
+        if proc is not None:
+            proc.poll()  # reaps it if it is ours and has exited
+            return
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,286 @@
+"""InputMerger: event-time order across co-partitioned topics, caught-up, idle, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.adapters.input_order import OrderedIngest, event_time_ms
+from streams.core.ordering import InputMerger
+
+KINDS = ("adt", "vitals", "labs")
+
+
+def _never(kind: str, partition: int, next_offset: int | None) -> bool:
+    return False
+
+
+def _always(kind: str, partition: int, next_offset: int | None) -> bool:
+    return True
+
+
+def _merger(**kwargs: Any) -> InputMerger[str]:
+    return InputMerger(KINDS, idle_seconds=kwargs.pop("idle_seconds", 10.0), **kwargs, max_held=100)
+
+
+def _lagging(*kinds: str) -> Any:
+    def more(kind: str, partition: int, next_offset: int | None) -> bool:
+        return kind in kinds
+
+    return more
+
+
+def test_a_lab_ahead_of_the_vitals_waits_for_them() -> None:
+    merger = _merger()
+    more = _lagging("vitals", "labs")  # both still have records to deliver; adt is caught up
+    merger.add("lab@5h", kind="labs", partition=0, offset=0, event_ms=5_000, now_s=0.0)
+    # The vitals partition may still deliver earlier records: the lab waits.
+    assert merger.release(0.0, more) == []
+    merger.add("vitals@2h", kind="vitals", partition=0, offset=0, event_ms=2_000, now_s=0.1)
+    # The vitals record is the earliest; the lab still waits for a vitals record after it.
+    assert merger.release(0.1, more) == ["vitals@2h"]
+    merger.add("vitals@6h", kind="vitals", partition=0, offset=1, event_ms=6_000, now_s=0.2)
+    assert merger.release(0.2, more) == ["lab@5h"]
+    assert len(merger) == 1  # vitals@6h waits for the labs topic
+
+
+def test_a_sparse_topic_with_a_held_record_does_not_block() -> None:
+    merger = _merger()
+    merger.add("discharge@60h", kind="adt", partition=0, offset=1, event_ms=60_000, now_s=0.0)
+    merger.add("vitals@1h", kind="vitals", partition=0, offset=0, event_ms=1_000, now_s=0.0)
+    merger.add("lab@2h", kind="labs", partition=0, offset=0, event_ms=2_000, now_s=0.0)
+    # Every topic still lags, but each has a record held here: the earliest goes.
+    assert merger.release(0.0, _always) == ["vitals@1h"]
+
+
+def test_caught_up_topics_hold_nothing_back() -> None:
+    merger = _merger()
+    merger.add("lab", kind="labs", partition=3, offset=7, event_ms=5_000, now_s=0.0)
+    assert merger.release(0.0, _never) == ["lab"]
+    assert len(merger) == 0
+
+
+def test_only_the_same_partition_number_is_waited_for() -> None:
+    merger = _merger()
+    seen: list[tuple[str, int, int | None]] = []
+
+    def more(kind: str, partition: int, next_offset: int | None) -> bool:
+        seen.append((kind, partition, next_offset))
+        return partition == 1  # partition 1 of every topic lags; partition 2 is caught up
+
+    merger.add("p2", kind="labs", partition=2, offset=0, event_ms=9_000, now_s=0.0)
+    merger.add("p1", kind="labs", partition=1, offset=4, event_ms=1_000, now_s=0.0)
+    assert merger.release(0.0, more) == ["p2"]
+    assert ("adt", 1, None) in seen
+    assert ("vitals", 2, None) in seen
+
+
+def test_next_offset_tells_the_adapter_where_the_topic_is() -> None:
+    merger = _merger()
+    asked: dict[str, int | None] = {}
+
+    def more(kind: str, partition: int, next_offset: int | None) -> bool:
+        asked[kind] = next_offset
+        return False
+
+    merger.add("v", kind="vitals", partition=0, offset=41, event_ms=1, now_s=0.0)
+    merger.release(0.0, more)
+    merger.add("l", kind="labs", partition=0, offset=9, event_ms=2, now_s=0.0)
+    merger.release(0.0, more)
+    assert asked["vitals"] == 42
+    assert asked["adt"] is None
+
+
+def test_equal_times_follow_the_kind_order_then_the_offset() -> None:
+    merger = _merger()
+    merger.add("lab", kind="labs", partition=0, offset=0, event_ms=100, now_s=0.0)
+    merger.add("vitals-b", kind="vitals", partition=0, offset=5, event_ms=100, now_s=0.0)
+    merger.add("vitals-a", kind="vitals", partition=0, offset=4, event_ms=100, now_s=0.0)
+    merger.add("admit", kind="adt", partition=0, offset=0, event_ms=100, now_s=0.0)
+    assert merger.release(0.0, _never) == ["admit", "vitals-a", "vitals-b", "lab"]
+
+
+def test_a_silent_topic_stops_holding_back_after_the_idle_time() -> None:
+    merger = _merger(idle_seconds=5.0)
+    merger.add("lab", kind="labs", partition=0, offset=0, event_ms=5_000, now_s=100.0)
+    assert merger.release(104.9, _always) == []
+    assert merger.release(105.0, _always) == ["lab"]
+    assert merger.idled == 1
+
+
+def test_a_topic_that_keeps_delivering_is_not_idle() -> None:
+    merger = _merger(idle_seconds=5.0)
+    merger.add("lab", kind="labs", partition=0, offset=0, event_ms=50_000, now_s=0.0)
+    for step in range(1, 5):
+        # Vitals keep coming, all earlier than the lab; the adt topic is caught up.
+        merger.add(
+            f"v{step}", kind="vitals", partition=0, offset=step, event_ms=step, now_s=4.0 * step
+        )
+
+        def more(kind: str, partition: int, next_offset: int | None) -> bool:
+            return kind == "vitals"
+
+        released = merger.release(4.0 * step, more)
+        assert released == [f"v{step}"]
+    assert len(merger) == 1
+    assert merger.idled == 0
+
+
+def test_the_bound_releases_the_earliest_regardless() -> None:
+    merger: InputMerger[int] = InputMerger(KINDS, idle_seconds=60.0, max_held=3)
+    for offset in range(5):
+        merger.add(offset, kind="labs", partition=0, offset=offset, event_ms=offset, now_s=0.0)
+    assert merger.release(0.0, _always) == [0, 1]
+    assert merger.forced == 2
+    assert len(merger) == 3
+
+
+def test_unreadable_event_times_go_at_once() -> None:
+    merger = _merger()
+    merger.add("later", kind="labs", partition=0, offset=0, event_ms=5_000, now_s=0.0)
+    merger.add("bad", kind="labs", partition=0, offset=1, event_ms=None, now_s=0.0)
+    assert merger.release(0.0, _always) == ["bad"]
+
+
+def test_release_all_empties_in_order() -> None:
+    merger: InputMerger[int] = InputMerger(KINDS, idle_seconds=1.0, max_held=100)
+    for offset, ms in enumerate((30, 10, 20)):
+        merger.add(ms, kind="labs", partition=0, offset=offset, event_ms=ms, now_s=0.0)
+    assert merger.release_all() == [10, 20, 30]
+    assert len(merger) == 0
+    assert merger.release(0.0, _always) == []
+
+
+def test_unknown_kind_and_bad_parameters_are_errors() -> None:
+    with pytest.raises(ValueError, match="unknown input kind"):
+        _merger().add("x", kind="imaging", partition=0, offset=0, event_ms=0, now_s=0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        InputMerger((), idle_seconds=1.0, max_held=1)
+    with pytest.raises(ValueError, match="max_held"):
+        InputMerger(KINDS, idle_seconds=1.0, max_held=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(KINDS), st.integers(0, 2), st.integers(0, 10_000)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_interleaved_topics_come_out_in_event_time_order(
+    records: list[tuple[str, int, int]], rng: Any
+) -> None:
+    """Each topic partition is in event-time order (as a replay produces it); the topics
+    arrive interleaved at random. While every topic still has records to deliver, the
+    release order per partition number is the event-time order; nothing is lost."""
+    per_tp: dict[tuple[str, int], list[int]] = {}
+    for kind, partition, ms in records:
+        per_tp.setdefault((kind, partition), []).append(ms)
+    for times in per_tp.values():
+        times.sort()
+    cursors = dict.fromkeys(per_tp, 0)
+    merger: InputMerger[tuple[int, int, str, int]] = InputMerger(
+        KINDS, idle_seconds=1e9, max_held=10_000
+    )
+
+    def more(kind: str, partition: int, next_offset: int | None) -> bool:
+        tp = (kind, partition)
+        return tp in per_tp and cursors[tp] < len(per_tp[tp])
+
+    released: list[tuple[int, int, str, int]] = []
+    while any(cursors[tp] < len(per_tp[tp]) for tp in per_tp):
+        tp = rng.choice([tp for tp in per_tp if cursors[tp] < len(per_tp[tp])])
+        offset = cursors[tp]
+        ms = per_tp[tp][offset]
+        cursors[tp] += 1
+        merger.add((tp[1], ms, tp[0], offset), kind=tp[0], partition=tp[1], offset=offset,
+                   event_ms=ms, now_s=0.0)  # fmt: skip
+        released.extend(merger.release(0.0, more))
+    released.extend(merger.release(0.0, more))
+    assert len(merger) == 0
+    assert len(released) == len(records)
+    rank = {kind: i for i, kind in enumerate(KINDS)}
+    for partition in {p for _, p, _ in records}:
+        mine = [r for r in released if r[0] == partition]
+        assert mine == sorted(mine, key=lambda r: (r[1], rank[r[2]], r[3]))
+
+
+def test_event_time_is_read_from_the_payload() -> None:
+    assert event_time_ms(b'{"event_time": "2012-01-01T00:00:01+00:00"}') == 1_325_376_001_000
+    assert event_time_ms(b'{"event_time": "2012-01-01T00:00:01Z"}') == 1_325_376_001_000
+    assert event_time_ms(b'{"event_time": "2012-01-01T00:00:01"}') is None  # naive
+    assert event_time_ms(b'{"event_time": 5}') is None
+    assert event_time_ms(b"not json") is None
+    assert event_time_ms(b"[]") is None
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes, ms: int) -> None:
+        self.topic, self.partition, self.offset, self.key = topic, partition, offset, key
+        self.value = f'{{"event_time": "{_iso(ms)}"}}'.encode()
+
+
+class _Event:
+    def __init__(self, message: _Message) -> None:
+        self.message = message
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    async def ack(self, event: _Event) -> None:
+        self.acked.append(event.message.offset)
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+def test_ordered_ingest_processes_one_patient_in_order_and_acks_after() -> None:
+    """Without a running consumer nothing is waited for; a patient's records are processed
+    one at a time in release order, different patients concurrently, each acknowledged
+    only after it was processed."""
+
+    async def scenario() -> tuple[list[str], list[int], int]:
+        order: list[str] = []
+        running = 0
+        peak = 0
+
+        async def process(event: Any) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            order.append(f"{event.message.key.decode()}:{event.message.offset}")
+            running -= 1
+
+        ingest = OrderedIngest(
+            object(),
+            kinds_by_topic={"v": "vitals", "l": "labs", "a": "adt"},
+            kind_order=KINDS,
+            process=process,
+            concurrency=4,
+            idle_seconds=1.0,
+            max_held=100,
+        )
+        stream = _Stream()
+        for offset in range(3):
+            for key in (b"p1", b"p2"):
+                await ingest.offer(stream, _Event(_Message("v", 0, offset, key, 1000 * offset)))
+        await ingest.drain()
+        return order, stream.acked, peak
+
+    order, acked, peak = asyncio.run(scenario())
+    assert [o for o in order if o.startswith("p1")] == ["p1:0", "p1:1", "p1:2"]
+    assert [o for o in order if o.startswith("p2")] == ["p2:0", "p2:1", "p2:2"]
+    assert sorted(acked) == [0, 0, 1, 1, 2, 2]
+    assert peak == 2  # two patients at once, never two records of one patient
