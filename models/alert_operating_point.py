@@ -1,25 +1,36 @@
 """Alert burden against sensitivity on the validation split; the operating point.
 
-1. Hourly model risks (hours 1…48 after ICU admission) and OOD distances of every
-   **validation** stay, from the trained ensemble (``models/weights/deterioration.pt``)
-   and the OOD fit (``models/weights/ood.pt``); the split is recomputed with
-   :func:`models.train.split_record_ids` and must equal the checkpoint's. Cached as
-   ``.npz`` (a forward pass of 38,400 windows takes a few minutes on one core).
-2. Replay of the pure alert policy (:func:`streams.core.alerting.evaluate`) over each
-   stay's hourly risks, for a grid of arm thresholds, disarm margins and persistence.
-3. Burden = alert episodes opened (``open``; escalations and deferrals not counted) per
+1. Hourly model risks (hours 1…48 after ICU admission) of every **validation** stay, from
+   the trained ensemble (``models/weights/deterioration.pt``); the split is recomputed with
+   :func:`models.train.split_record_ids` and must equal the checkpoint's.
+2. The OOD verdict on the same windows, as served: the detector of
+   :func:`models.ood_export.build_detector` (the eager module that ``vigil export ood``
+   scripts into ``triton_repo/ood``, built from the same ``models/weights/ood.pt``), so
+   both channels (representation, and input statistics per hour bucket), the combined
+   ``distance`` (each channel's distance over its threshold; threshold 1.0) and its
+   ``ood`` flag. Risks and verdicts are cached per split as ``.npz`` with the SHA-256 of
+   the files they came from; a part whose files changed is recomputed (a forward pass of
+   38,400 windows takes about a minute on one core, twice: risk and OOD).
+3. Replay of the pure alert policy (:func:`streams.core.alerting.evaluate`) over each
+   stay's hourly risks and verdicts, for a grid of arm thresholds, disarm margins and
+   persistence; everything else is :class:`~streams.core.alerting.AlertPolicy`'s default
+   (resolution, refractory, OOD deferral persistence).
+4. Burden = alert episodes opened (``open``; escalations and deferrals not counted) per
    patient-hour scored; sensitivity = fraction of the stays that died in hospital with at
    least one alert opened within their 48 h. The chosen point is the most sensitive one
-   with burden <= ``--max-burden``; a tie goes to the lower burden.
+   with burden <= ``--max-burden``; a tie goes to the lower burden. With ``--test`` the
+   chosen point is replayed once on the **test** split (never used to choose).
 
 Run::
 
-    python -m models.alert_operating_point --out docs/alerting_curve.svg
+    python -m models.alert_operating_point --test --out docs/alerting_curve.svg
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -31,7 +42,15 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CurvePoint", "hourly_risks", "main", "replay"]
+__all__ = [
+    "CurvePoint",
+    "hourly_ood",
+    "hourly_risks",
+    "load_or_compute",
+    "main",
+    "policy_for",
+    "replay",
+]
 
 HOURS: Final = tuple(range(1, 49))
 _CHUNK: Final = 256
@@ -39,31 +58,23 @@ _T0: Final = datetime(2012, 1, 1, tzinfo=UTC)
 ARM_GRID: Final = tuple(round(0.10 + 0.025 * i, 3) for i in range(17))  # 0.10 ... 0.50
 MARGIN_GRID: Final = (0.025, 0.05, 0.10)
 PERSISTENCE_GRID: Final = (1, 2, 3)
+RISK_KEYS: Final = ("record_ids", "death", "risk")
+OOD_KEYS: Final = ("ood_distance", "ood_flag", "ood_representation", "ood_input", "threshold")
+"""Cached OOD arrays: ``[N,48]`` combined distance, flag and each channel's flag, and the
+threshold of the combined distance (``[]``)."""
 
 
-def hourly_risks(
-    data_dir: Path,
-    checkpoint: Path,
-    ood_checkpoint: Path,
-    threads: int = 1,
-    split_name: str = "validation",
-) -> dict[str, npt.NDArray[Any]]:
-    """Risks and OOD distances at hours 1…48 of one split's stays (``validation``; the
-    ``test`` split only to check the chosen point once).
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file (cache key)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    Returns:
-        ``record_ids [N]``, ``death [N]``, ``risk [N,48]``, ``distance [N,48]``,
-        ``threshold []`` (the OOD threshold).
-    """
-    import torch  # heavy; only this phase needs it
 
-    from models.export import load_checkpoint
+def _split_stays(data_dir: Path, meta: dict[str, Any], split_name: str) -> tuple[list[Any], Any]:
+    """The stays of one split (checked against the checkpoint's split) and their labels."""
     from models.physionet2012 import load_stays
-    from models.train import make_windows, split_record_ids
+    from models.train import split_record_ids
     from vigil.errors import ModelError
 
-    torch.set_num_threads(threads)
-    net, meta = load_checkpoint(checkpoint)
     stays, outcomes = load_stays(data_dir)
     if meta["settings"].get("max_stays") is not None:
         stays = stays[: int(meta["settings"]["max_stays"])]
@@ -72,45 +83,144 @@ def hourly_risks(
     if {k: list(v) for k, v in split.items()} != meta["split"]:
         raise ModelError("the recomputed split differs from the checkpoint's; wrong data?")
     by_id = {s.record_id: s for s in stays}
-    valid = [by_id[r] for r in split[split_name]]
-    ood = torch.load(ood_checkpoint, map_location="cpu", weights_only=True)
-    whitening = ood["whitening"].double()
-    centres = ood["means"].double() @ whitening.T
-    max_images, image_dim = (
-        int(meta["net_config"]["max_images"]),
-        int(meta["net_config"]["image_dim"]),
-    )
-    arrays = [s.arrays() for s in valid]
-    risk = np.zeros((len(valid), len(HOURS)))
-    distance = np.zeros((len(valid), len(HOURS)))
+    return [by_id[r] for r in split[split_name]], labels
+
+
+def _hourly_inputs(stays: Sequence[Any], meta: dict[str, Any]) -> Any:
+    """``(j, start, n, inputs)`` per hour ``HOURS[j]`` and chunk of stays: the eight
+    network inputs of the windows at admission + hour (image slots empty)."""
+    from models.train import make_windows
+
+    max_images = int(meta["net_config"]["max_images"])
+    image_dim = int(meta["net_config"]["image_dim"])
+    arrays = [s.arrays() for s in stays]
+    for j, hour in enumerate(HOURS):
+        for start in range(0, len(arrays), _CHUNK):
+            chunk = arrays[start : start + _CHUNK]
+            batch = make_windows(chunk, [hour] * len(chunk))
+            yield j, start, len(chunk), batch.tensors(max_images, image_dim)
+
+
+def hourly_risks(
+    data_dir: Path, checkpoint: Path, threads: int = 1, split_name: str = "validation"
+) -> dict[str, npt.NDArray[Any]]:
+    """Calibrated ensemble risks at hours 1…48 of one split's stays.
+
+    Returns:
+        ``record_ids [N]``, ``death [N]``, ``risk [N,48]``.
+    """
+    import torch  # heavy; only this phase needs it
+
+    from models.export import load_checkpoint
+
+    torch.set_num_threads(threads)
+    net, meta = load_checkpoint(checkpoint)
+    stays, labels = _split_stays(data_dir, meta, split_name)
+    risk = np.zeros((len(stays), len(HOURS)))
     with torch.no_grad():
-        for j, hour in enumerate(HOURS):
-            for start in range(0, len(arrays), _CHUNK):
-                chunk = arrays[start : start + _CHUNK]
-                inputs = make_windows(chunk, [hour] * len(chunk)).tensors(max_images, image_dim)
-                fused, logits = [], []
-                for member in net.members:
-                    f, logit, _ = member.encode(*inputs)  # type: ignore[operator]
-                    fused.append(f)
-                    logits.append(logit)
-                mean_logit = torch.stack(logits).mean(0)
-                p = torch.sigmoid(net.calibrated_logit(mean_logit)).reshape(-1)
-                white = torch.cat(fused, dim=1).double() @ whitening.T
-                d = torch.cdist(white, centres).min(dim=1).values
-                risk[start : start + len(chunk), j] = p.numpy()
-                distance[start : start + len(chunk), j] = d.numpy()
+        for j, start, n, inputs in _hourly_inputs(stays, meta):
+            logits = []
+            for member in net.members:
+                _, logit, _ = member.encode(*inputs)  # type: ignore[operator]
+                logits.append(logit)
+            mean_logit = torch.stack(logits).mean(0)
+            p = torch.sigmoid(net.calibrated_logit(mean_logit)).reshape(-1)
+            risk[start : start + n, j] = p.numpy()
     return {
-        "record_ids": np.array([s.record_id for s in valid]),
-        "death": np.array([labels[s.record_id] for s in valid]),
+        "record_ids": np.array([s.record_id for s in stays]),
+        "death": np.array([labels[s.record_id] for s in stays]),
         "risk": risk,
-        "distance": distance,
-        "threshold": np.array(float(ood["meta"]["threshold"])),
     }
+
+
+def hourly_ood(
+    data_dir: Path,
+    checkpoint: Path,
+    ood_checkpoint: Path,
+    threads: int = 1,
+    split_name: str = "validation",
+) -> dict[str, npt.NDArray[Any]]:
+    """The served OOD verdict at hours 1…48 of one split's stays (stays in the order of
+    :func:`hourly_risks`).
+
+    The detector is :func:`models.ood_export.build_detector`'s, the module exported to
+    ``triton_repo/ood`` (float32, as served); the flag is its ``ood`` output (either
+    channel above its threshold), as the worker reads it.
+
+    Returns:
+        :data:`OOD_KEYS`.
+    """
+    import torch
+
+    from models.export import load_checkpoint
+    from models.ood_export import build_detector
+
+    torch.set_num_threads(threads)
+    detector, ood_meta = build_detector(checkpoint, ood_checkpoint)
+    _, meta = load_checkpoint(checkpoint)  # the split and input shapes
+    stays, _ = _split_stays(data_dir, meta, split_name)
+    shape = (len(stays), len(HOURS))
+    distance = np.zeros(shape)
+    flags = {name: np.zeros(shape, dtype=bool) for name in ("ood", "rep", "inp")}
+    with torch.no_grad():
+        for j, start, n, inputs in _hourly_inputs(stays, meta):
+            d, ood, _, _, _, rep_ood, inp_ood = detector(*inputs)
+            distance[start : start + n, j] = d.reshape(-1).numpy()
+            for name, flag in (("ood", ood), ("rep", rep_ood), ("inp", inp_ood)):
+                flags[name][start : start + n, j] = flag.reshape(-1).numpy()
+    return {
+        "ood_distance": distance,
+        "ood_flag": flags["ood"],
+        "ood_representation": flags["rep"],
+        "ood_input": flags["inp"],
+        "threshold": np.array(float(ood_meta["threshold"])),
+    }
+
+
+def load_or_compute(
+    cache: Path,
+    data_dir: Path,
+    checkpoint: Path,
+    ood_checkpoint: Path,
+    *,
+    split_name: str,
+    threads: int = 1,
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, bool]]:
+    """Risks and OOD verdicts of one split, reusing the parts of ``cache`` computed from
+    the same files (by SHA-256; the OOD part also depends on the deterioration
+    checkpoint), recomputing the rest and rewriting the cache.
+
+    Returns:
+        The arrays (:data:`RISK_KEYS` and :data:`OOD_KEYS`), and which parts were reused
+        (``{"risk": bool, "ood": bool}``).
+    """
+    keys = {"risk": file_sha256(checkpoint)}
+    keys["ood"] = f"{keys['risk']}+{file_sha256(ood_checkpoint)}"
+    data: dict[str, npt.NDArray[Any]] = {}
+    if cache.exists():
+        with np.load(cache) as cached:
+            data = {k: cached[k] for k in cached.files}
+    reused = {
+        "risk": str(data.get("risk_sha256", "")) == keys["risk"]
+        and all(k in data for k in RISK_KEYS),
+        "ood": str(data.get("ood_sha256", "")) == keys["ood"] and all(k in data for k in OOD_KEYS),
+    }
+    if not reused["risk"]:
+        data = hourly_risks(data_dir, checkpoint, threads, split_name)
+        data["risk_sha256"] = np.array(keys["risk"])
+    if not (reused["risk"] and reused["ood"]):
+        data.update(hourly_ood(data_dir, checkpoint, ood_checkpoint, threads, split_name))
+        data["ood_sha256"] = np.array(keys["ood"])
+    data = {k: data[k] for k in (*RISK_KEYS, *OOD_KEYS, "risk_sha256", "ood_sha256")}
+    if not all(reused.values()):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **data)
+    return data, reused
 
 
 @dataclass(frozen=True)
 class CurvePoint:
-    """One policy on the validation stays.
+    """One policy on one split's stays.
 
     Attributes:
         arm_risk: Arm threshold.
@@ -121,6 +231,8 @@ class CurvePoint:
         survivor_alerted: Fraction of survivors' stays with an alert.
         deferred_per_patient_hour: ``deferred_for_review`` alerts per patient-hour.
         median_first_alert_hour: Median hour of the first alert among alerted deaths.
+        deaths_alerted: Stays that died with an alert within 48 h.
+        stays_deferred: Stays with at least one ``deferred_for_review`` alert.
     """
 
     arm_risk: float
@@ -131,32 +243,40 @@ class CurvePoint:
     survivor_alerted: float
     deferred_per_patient_hour: float
     median_first_alert_hour: float
+    deaths_alerted: int = 0
+    stays_deferred: int = 0
 
 
-def policy_for(arm: float, margin: float, persistence: int) -> Any:
-    """The policy replayed for one grid point (refractory and disarm persistence fixed)."""
+def policy_for(arm: float, margin: float, persistence: int, **overrides: Any) -> Any:
+    """The policy replayed for one grid point: :class:`~streams.core.alerting.AlertPolicy`'s
+    defaults (resolution, refractory, re-alert margin, OOD deferral persistence) with the
+    grid's arm threshold, disarm margin and arming persistence (``persistence`` scores
+    over ``persistence - 1`` hours), and any ``overrides``."""
     from streams.core.alerting import AlertPolicy
 
-    return AlertPolicy(
+    return dataclasses.replace(
+        AlertPolicy(),
         arm_risk=arm,
         disarm_risk=round(arm - margin, 4),
         arm_scores=persistence,
         arm_duration=timedelta(hours=persistence - 1),
-        disarm_scores=2,
-        disarm_duration=timedelta(hours=1),
-        refractory=timedelta(hours=6),
-        realert_margin=0.15,
+        **overrides,
     )
 
 
 def replay(
-    data: dict[str, npt.NDArray[Any]], arm: float, margin: float, persistence: int
+    data: dict[str, npt.NDArray[Any]],
+    arm: float,
+    margin: float,
+    persistence: int,
+    **overrides: Any,
 ) -> CurvePoint:
-    """Replay one policy over every stay's hourly risks and OOD verdicts."""
+    """Replay one policy over every stay's hourly risks and served OOD verdicts."""
     from streams.core.alerting import OodVerdict, evaluate
 
-    policy = policy_for(arm, margin, persistence)
-    risk, distance = data["risk"], data["distance"]
+    policy = policy_for(arm, margin, persistence, **overrides)
+    risk, distance, flag = data["risk"], data["ood_distance"], data["ood_flag"]
+    channels = np.stack([data["ood_representation"], data["ood_input"]], axis=-1)
     threshold = float(data["threshold"])
     death = data["death"].astype(bool)
     opened = np.zeros(len(risk), dtype=np.int64)
@@ -166,7 +286,11 @@ def replay(
         state: dict[str, Any] = {}
         ids: set[str] = set()
         for j, hour in enumerate(HOURS):
-            d = float(distance[i, j])
+            fired = tuple(
+                name
+                for name, on in zip(("representation", "input"), channels[i, j], strict=True)
+                if on
+            )
             state, decisions = evaluate(
                 state,
                 patient_id=str(data["record_ids"][i]),
@@ -174,7 +298,7 @@ def replay(
                 risk=float(risk[i, j]),
                 news2=None,
                 policy=policy,
-                ood=OodVerdict(d, threshold, d > threshold),
+                ood=OodVerdict(float(distance[i, j]), threshold, bool(flag[i, j]), fired),
             )
             for decision in decisions:
                 if decision.state == "open" and decision.alert_id not in ids:
@@ -197,6 +321,8 @@ def replay(
         median_first_alert_hour=float(np.nanmedian(first[death & alerted]))
         if (death & alerted).any()
         else float("nan"),
+        deaths_alerted=int(alerted[death].sum()),
+        stays_deferred=int((deferred > 0).sum()),
     )
 
 
@@ -229,6 +355,7 @@ def plot(points: Sequence[CurvePoint], chosen: CurvePoint, out: Path, max_burden
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams["svg.hashsalt"] = "vigil-alert-op"  # stable element ids: a rerun diffs clean
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
     groups = sorted({(p.margin, p.persistence) for p in points})
     for margin, persistence in groups:
@@ -266,26 +393,57 @@ def plot(points: Sequence[CurvePoint], chosen: CurvePoint, out: Path, max_burden
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: compute (or reuse) the risks, replay the grid, write curve and JSON."""
+    """Command line: compute (or reuse) risks and OOD verdicts, replay the grid on
+    validation, choose, optionally check the chosen point on test; write curve and JSON."""
     parser = argparse.ArgumentParser(prog="python -m models.alert_operating_point")
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/physionet2012"))
     parser.add_argument("--checkpoint", type=Path, default=Path("models/weights/deterioration.pt"))
     parser.add_argument("--ood-checkpoint", type=Path, default=Path("models/weights/ood.pt"))
     parser.add_argument(
-        "--cache", type=Path, default=Path("reports/alert_op/validation_hourly.npz")
+        "--cache-dir",
+        type=Path,
+        default=Path("reports/alert_op"),
+        help="<split>_hourly.npz per split, reused where its SHA-256 keys match",
     )
     parser.add_argument("--out", type=Path, default=Path("docs/alerting_curve.svg"))
     parser.add_argument("--json", type=Path, default=Path("reports/alert_op/curve.json"))
     parser.add_argument("--max-burden", type=float, default=0.05)
     parser.add_argument("--min-sensitivity", type=float, default=0.80)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--test", action="store_true", help="also replay the chosen point on the test split"
+    )
     args = parser.parse_args(argv)
-    if args.cache.exists():
-        with np.load(args.cache) as cached:
-            data = {k: cached[k] for k in cached.files}
-    else:
-        data = hourly_risks(args.data_dir, args.checkpoint, args.ood_checkpoint)
-        args.cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.cache, **data)
+
+    def split_data(name: str) -> tuple[dict[str, npt.NDArray[Any]], dict[str, bool]]:
+        return load_or_compute(
+            args.cache_dir / f"{name}_hourly.npz",
+            args.data_dir,
+            args.checkpoint,
+            args.ood_checkpoint,
+            split_name=name,
+            threads=args.threads,
+        )
+
+    def described(data: dict[str, npt.NDArray[Any]], reused: dict[str, bool]) -> dict[str, Any]:
+        flag = data["ood_flag"]
+        return {
+            "stays": len(data["risk"]),
+            "deaths": int(data["death"].sum()),
+            "patient_hours": int(data["risk"].size),
+            "reused_from_cache": reused,
+            "ood_threshold": float(data["threshold"]),
+            "ood_flagged_fraction": {
+                "combined": round(float(flag.mean()), 5),
+                "representation": round(float(data["ood_representation"].mean()), 5),
+                "input": round(float(data["ood_input"].mean()), 5),
+                # flagged scores whose previous hourly score was flagged too
+                "consecutive": round(float((flag[:, 1:] & flag[:, :-1]).mean()), 5),
+            },
+            "stays_ever_flagged": int(flag.any(axis=1).sum()),
+        }
+
+    data, reused = split_data("validation")
     points = [
         replay(data, arm, margin, persistence)
         for arm in ARM_GRID
@@ -295,16 +453,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     chosen = choose(points, args.max_burden, args.min_sensitivity)
     plot(points, chosen, args.out, args.max_burden)
-    summary = {
-        "stays": len(data["risk"]),
-        "deaths": int(data["death"].sum()),
-        "patient_hours": int(data["risk"].size),
-        "ood_threshold": float(data["threshold"]),
-        "chosen": chosen.__dict__,
+
+    def single_flag(d: dict[str, npt.NDArray[Any]]) -> dict[str, Any]:
+        """The chosen point with a deferral on a single flagged score (the old policy)."""
+        p = replay(
+            d,
+            chosen.arm_risk,
+            chosen.margin,
+            chosen.persistence,
+            defer_scores=1,
+            defer_duration=timedelta(0),
+        )
+        return dataclasses.asdict(p)
+
+    summary: dict[str, Any] = {
+        **described(data, reused),
+        "chosen": dataclasses.asdict(chosen),
         "meets_goal": chosen.alerts_per_patient_hour <= args.max_burden
         and chosen.death_sensitivity >= args.min_sensitivity,
-        "points": [p.__dict__ for p in points],
+        "chosen_single_flag_deferral": single_flag(data),
     }
+    if args.test:
+        test, test_reused = split_data("test")
+        point = replay(test, chosen.arm_risk, chosen.margin, chosen.persistence)
+        summary["test"] = {
+            **described(test, test_reused),
+            "chosen": dataclasses.asdict(point),
+            "chosen_single_flag_deferral": single_flag(test),
+        }
+    summary["points"] = [dataclasses.asdict(p) for p in points]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     sys.stdout.write(json.dumps({k: v for k, v in summary.items() if k != "points"}) + "\n")
