@@ -94,7 +94,10 @@ class VigilWorker:
     tables: Any
     kinds: dict[str, TopicKind]
     outputs: dict[TopicKind, Any]
-    stream_clock_ms: dict[str, int] = field(default_factory=dict)
+    stream_clock_ms: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Latest event time applied per (input kind, partition)."""
+    partition_of: dict[str, int] = field(default_factory=dict)
+    """Input partition of each patient seen by this worker (for its expiry clock)."""
     ordered: OrderedIngest | None = None
     locks: dict[bytes, asyncio.Lock] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -259,8 +262,9 @@ class VigilWorker:
             if event_ms is not None:
                 lag = time.time() - event_ms / 1000
                 self.metrics.event_lag.labels(kind.value).observe(max(lag, 0.0))
-                previous = self.stream_clock_ms.get(kind.value, event_ms)
-                self.stream_clock_ms[kind.value] = max(previous, event_ms)
+                mark = (kind.value, origin.partition)
+                self.stream_clock_ms[mark] = max(self.stream_clock_ms.get(mark, event_ms), event_ms)
+                self.partition_of[result.patient_id] = origin.partition
         if result.snapshot is not None:
             snapshots.append((result.snapshot, time.perf_counter()))
         return result
@@ -427,14 +431,27 @@ class VigilWorker:
 
     @property
     def expiry_clock(self) -> datetime | None:
-        """Event time that every input stream has reached (the slowest stream's clock).
+        """Event time that every input stream has reached on every partition (the slowest
+        stream partition's clock).
 
-        Expiry is judged on it so that a stream running ahead (a replay's ADT topic, say)
-        never expires patients whose vitals are still on their way.
+        Judged on it, a stream or a partition running ahead (a replay's ADT topic, say)
+        never expires patients whose records are still on their way.
         """
         if not self.stream_clock_ms:
             return None
         return datetime.fromtimestamp(min(self.stream_clock_ms.values()) / 1000, tz=UTC)
+
+    def clock_of(self, patient_id: str) -> datetime | None:
+        """Event time that every input stream of the patient's partition has reached: the
+        records of one partition number are applied in event-time order
+        (:mod:`streams.core.ordering`), while partitions go at their own pace, so a
+        worker-wide clock would call a patient on a slow partition silent. Falls back to
+        :attr:`expiry_clock` for a patient this worker has not seen a record of."""
+        partition = self.partition_of.get(patient_id)
+        marks = [ms for (_, p), ms in self.stream_clock_ms.items() if p == partition]
+        if partition is None or not marks:
+            return self.expiry_clock
+        return datetime.fromtimestamp(min(marks) / 1000, tz=UTC)
 
     async def expire_snoozes(self) -> int:
         """End the snoozes whose time has come on the event-time clock (see
@@ -477,15 +494,16 @@ class VigilWorker:
         return ended
 
     async def expire(self) -> int:
-        """Drop states discharged or silent for too long (event time); returns how many."""
-        clock = self.expiry_clock
-        if clock is None:
+        """Drop states discharged or silent for too long (event time, on the clock of the
+        patient's partition: :meth:`clock_of`); returns how many."""
+        if self.expiry_clock is None:
             return 0
         removed = 0
         for pid in list(self.tables.keys()):
             async with self._lock_for(pid.encode()):
                 data = self.tables.get(pid)
-                if data is None:
+                clock = self.clock_of(pid)
+                if data is None or clock is None:
                     continue
                 state = PatientState.from_dict(data)
                 if not state.expired(clock, self.settings.silence_expiry):
@@ -498,6 +516,7 @@ class VigilWorker:
                 ):
                     continue
                 del self.tables[pid]
+                self.partition_of.pop(pid, None)
                 removed += 1
         return removed
 

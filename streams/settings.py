@@ -125,7 +125,7 @@ class WorkerSettings(BaseSettings):
         "the input topics (streams/core/ordering.py); False applies them in arrival order.",
     )
     input_order_idle_seconds: float = Field(
-        default=10.0,
+        default=60.0,
         ge=0,
         le=600,
         description="An input topic partition silent this long no longer holds the others "

@@ -98,6 +98,9 @@ class OrderedIngest:
         self._outstanding = 0
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting = 0
+        self._paused_since = 0.0
+        self._paused_total = 0.0
 
     # -- the agents' side ------------------------------------------------------------------
 
@@ -114,12 +117,30 @@ class OrderedIngest:
                 partition=message.partition,
                 offset=message.offset,
                 event_ms=event_time_ms(value),
-                now_s=time.monotonic(),
+                now_s=self._clock(),
             )
             self._release()
-        while self._outstanding >= self._limit:
-            self._changed.clear()
-            await self._changed.wait()
+        if self._outstanding < self._limit:
+            return
+        # Back-pressure. While an agent waits here its topic delivers nothing because of
+        # us, not because it is idle: the merger's clock stands still meanwhile.
+        if not self._waiting:
+            self._paused_since = time.monotonic()
+        self._waiting += 1
+        try:
+            while self._outstanding >= self._limit:
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._waiting -= 1
+            if not self._waiting:
+                self._paused_total += time.monotonic() - self._paused_since
+
+    def _clock(self) -> float:
+        """Monotonic seconds, less the time any agent spent waiting for room."""
+        now = time.monotonic()
+        paused = self._paused_total + (now - self._paused_since if self._waiting else 0.0)
+        return now - paused
 
     @property
     def held(self) -> int:
@@ -145,7 +166,7 @@ class OrderedIngest:
         if self._stopping():
             released = self.merger.release_all()
         else:
-            released = self.merger.release(time.monotonic(), self._more_expected_now())
+            released = self.merger.release(self._clock(), self._more_expected_now())
         for stream, event in released:
             self._dispatch(stream, event)
 
