@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from models.imaging_ops import heatmap_png, summarise_segmentation
 from streams.adapters.faust_recovery import SeekFirstTableManager
 from streams.adapters.image_source import HeatmapStore, ImageSource
-from streams.adapters.input_order import OrderedIngest
+from streams.adapters.input_order import InOrderAcks, OrderedIngest
 from streams.adapters.lag import ConsumerLagMonitor
 from streams.adapters.redis_store import RedisStore
 from streams.adapters.security import (
@@ -776,34 +776,57 @@ def create_worker(
         outputs=outputs,
     )
 
-    ordered = OrderedIngest(
-        app,
-        kinds_by_topic={topic: kind.value for topic, kind in kinds.items()},
-        kind_order=tuple(kind.value for kind in _TIE_ORDER),
-        process=worker.process_event,
-        concurrency=settings.agent_concurrency * len(inputs),
-        idle_seconds=settings.input_order_idle_seconds,
-        max_held=settings.input_order_max_held,
-        ordered=settings.input_event_time_order,
-    )
-    worker.ordered = ordered
+    if settings.input_event_time_order:
+        ordered = OrderedIngest(
+            app,
+            kinds_by_topic={topic: kind.value for topic, kind in kinds.items()},
+            kind_order=tuple(kind.value for kind in _TIE_ORDER),
+            process=worker.process_event,
+            concurrency=settings.agent_concurrency * len(inputs),
+            idle_seconds=settings.input_order_idle_seconds,
+            max_held=settings.input_order_max_held,
+        )
+        worker.ordered = ordered
 
-    async def ingest(stream: Any) -> AsyncIterator[int]:
-        # Records go to the ordered ingest, which applies them in event-time order across
-        # the input topics and acknowledges each only after it is processed and its
-        # outputs and state are in Kafka: Faust otherwise acknowledges the current record
-        # even when its processing is cancelled (worker stopping). Yielding the offset
-        # marks the record as taken for Faust's agent test context.
-        stream.enable_acks = False
-        async for event in stream.events():
-            await ordered.offer(stream, event)
-            yield event.message.offset
+        async def ingest_in_order(stream: Any) -> AsyncIterator[int]:
+            # Records go to the ordered ingest, which applies them in event-time order
+            # across the input topics and acknowledges each only after it is processed.
+            # Yielding the offset marks the record as taken for Faust's test context.
+            stream.enable_acks = False
+            async for event in stream.events():
+                await ordered.offer(stream, event)
+                yield event.message.offset
 
-    # One agent per input topic (the topic names its kind). Concurrency comes from the
-    # ordered ingest: different patients are processed at once, so that patients due for
-    # a score at the same time share one Triton request, one patient's records in order.
-    for kind, topic in inputs.items():
-        app.agent(topic, name=f"vigil-{kind.value}")(ingest)
+        for kind, topic in inputs.items():
+            app.agent(topic, name=f"vigil-{kind.value}")(ingest_in_order)
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def release_held_inputs() -> None:
+            await ordered.run()
+
+    else:
+        acks = InOrderAcks()
+
+        async def ingest(stream: Any) -> AsyncIterator[int]:
+            # Acknowledge a record only after it is processed and its outputs and state
+            # are in Kafka: Faust otherwise acknowledges the current record even when its
+            # processing is cancelled (worker stopping). The actors finish records out of
+            # order; InOrderAcks hands them to Faust in offset order. Yielding the offset
+            # marks the record as done for Faust's agent test context.
+            stream.enable_acks = False
+            async for event in stream.events():
+                acks.take(event)
+                await worker.process_event(event)
+                await acks.done(stream, event)
+                yield event.message.offset
+
+        # One agent per input topic (the topic names its kind), each with several actors
+        # so that patients due for a score at the same time share one Triton request;
+        # records of one patient are serialised by the worker's per-patient lock.
+        for kind, topic in inputs.items():
+            app.agent(topic, name=f"vigil-{kind.value}", concurrency=settings.agent_concurrency)(
+                ingest
+            )
 
     async def acknowledge_alerts(stream: Any) -> AsyncIterator[int]:
         stream.enable_acks = False
@@ -828,10 +851,6 @@ def create_worker(
         await store.start()
         worker.ready.set()
         await asyncio.to_thread(lag_monitor.update)  # then every 15 s
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def release_held_inputs() -> None:
-        await ordered.run()
 
     @app.timer(interval=15.0)  # type: ignore[untyped-decorator]
     async def measure_consumer_lag() -> None:

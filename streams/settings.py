@@ -122,7 +122,8 @@ class WorkerSettings(BaseSettings):
     input_event_time_order: bool = Field(
         default=True,
         description="Apply the records of each partition number in event-time order across "
-        "the input topics (streams/core/ordering.py); False applies them in arrival order.",
+        "the input topics, each topic partition in offset order (streams/core/ordering.py); "
+        "False applies them in arrival order.",
     )
     input_order_idle_seconds: float = Field(
         default=60.0,

@@ -5,8 +5,9 @@ records to :meth:`OrderedIngest.offer`; the merger releases them in event-time o
 across the co-partitioned topics; released records are queued per patient (record key)
 and processed by one task per patient with records waiting, so one patient's records are
 processed in release order while different patients are processed concurrently (their
-Triton requests share micro-batches). A record is acknowledged to Faust only after it is
-processed, so a committed offset never runs ahead of the outputs and state it produced
+Triton requests share micro-batches). A record is acknowledged to Faust only after it and
+every earlier record of its topic partition are processed (:class:`InOrderAcks`), so a
+committed offset never runs ahead of the outputs and state it produced
 (``docs/worker.md``).
 
 "Caught up" comes from the consumer: a topic partition assigned here whose high
@@ -20,6 +21,7 @@ partitions up.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import time
@@ -30,7 +32,7 @@ from typing import Any
 
 from streams.core.ordering import InputMerger, MoreExpected
 
-__all__ = ["OrderedIngest", "event_time_ms"]
+__all__ = ["InOrderAcks", "OrderedIngest", "event_time_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,56 @@ def event_time_ms(value: bytes) -> int | None:
         return None
 
 
+class InOrderAcks:
+    """Acknowledges records to Faust in offset order within each topic partition.
+
+    Records processed concurrently finish out of order (one patient's record waits for a
+    slow Triton call while another patient's later record is done). Faust commits up to
+    the first gap in the acknowledged offsets, but tolerates one missing offset right after
+    the committed one (``Consumer._new_offset``: ``min(acked) - committed > 1``), so
+    acknowledging offset n+1 before n lets a commit pass over n, and a worker killed then
+    loses it. Here a record is acknowledged only once every record taken before it from
+    its topic partition is done, so the acknowledged offsets are always a contiguous run
+    from the committed one.
+    """
+
+    def __init__(self) -> None:
+        self._taken: dict[tuple[str, int], list[int]] = {}
+        self._done: dict[tuple[str, int], dict[int, list[tuple[Any, Any]]]] = {}
+
+    def take(self, event: Any) -> None:
+        """Note a record as taken (call in the order the records arrive)."""
+        message = event.message
+        heapq.heappush(
+            self._taken.setdefault((message.topic, message.partition), []), message.offset
+        )
+
+    async def done(self, stream: Any, event: Any) -> None:
+        """The record is processed: acknowledge it and every record of its topic partition
+        waiting for it, in offset order."""
+        message = event.message
+        tp = (message.topic, message.partition)
+        done = self._done.setdefault(tp, {})
+        done.setdefault(message.offset, []).append((stream, event))
+        taken = self._taken.get(tp, [])
+        while taken and taken[0] in done:
+            offset = heapq.heappop(taken)
+            waiting = done[offset]
+            stream_of, event_of = waiting.pop(0)
+            if not waiting:
+                del done[offset]
+            await stream_of.ack(event_of)  # synchronous inside: acks stay in order
+        if not taken:
+            self._taken.pop(tp, None)
+            if not done:
+                self._done.pop(tp, None)
+
+    @property
+    def pending(self) -> int:
+        """Records taken and not yet acknowledged."""
+        return sum(len(offsets) for offsets in self._taken.values())
+
+
 def _nothing_expected(kind: str, partition: int, next_offset: int | None) -> bool:
     return False
 
@@ -69,7 +121,6 @@ class OrderedIngest:
         concurrency: Records processed at once.
         idle_seconds: See :class:`~streams.core.ordering.InputMerger`.
         max_held: See :class:`~streams.core.ordering.InputMerger`.
-        ordered: False applies records in arrival order (no merging).
     """
 
     def __init__(
@@ -82,16 +133,15 @@ class OrderedIngest:
         concurrency: int,
         idle_seconds: float,
         max_held: int,
-        ordered: bool = True,
     ) -> None:
         self.app = app
         self.kinds_by_topic = kinds_by_topic
         self.topic_of = {kind: topic for topic, kind in kinds_by_topic.items()}
         self.process = process
-        self.ordered = ordered
         self.merger: InputMerger[tuple[Any, Any]] = InputMerger(
             kind_order, idle_seconds=idle_seconds, max_held=max_held
         )
+        self.acks = InOrderAcks()
         self._slots = asyncio.Semaphore(concurrency)
         self._limit = 4 * concurrency
         self._queues: dict[bytes, deque[tuple[Any, Any]]] = {}
@@ -106,20 +156,18 @@ class OrderedIngest:
 
     async def offer(self, stream: Any, event: Any) -> None:
         """Take one record from an input agent; returns once there is room for more."""
-        if not self.ordered:
-            self._dispatch(stream, event)
-        else:
-            message = event.message
-            value = message.value if isinstance(message.value, bytes) else b""
-            self.merger.add(
-                (stream, event),
-                kind=self.kinds_by_topic[message.topic],
-                partition=message.partition,
-                offset=message.offset,
-                event_ms=event_time_ms(value),
-                now_s=self._clock(),
-            )
-            self._release()
+        self.acks.take(event)
+        message = event.message
+        value = message.value if isinstance(message.value, bytes) else b""
+        self.merger.add(
+            (stream, event),
+            kind=self.kinds_by_topic[message.topic],
+            partition=message.partition,
+            offset=message.offset,
+            event_ms=event_time_ms(value),
+            now_s=self._clock(),
+        )
+        self._release()
         if self._outstanding < self._limit:
             return
         # Back-pressure. While an agent waits here its topic delivers nothing because of
@@ -235,7 +283,7 @@ class OrderedIngest:
                 stream, event = queue[0]
                 async with self._slots:
                     await self.process(event)
-                await stream.ack(event)
+                await self.acks.done(stream, event)
                 queue.popleft()
                 self._outstanding -= 1
                 self._changed.set()

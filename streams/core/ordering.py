@@ -7,24 +7,28 @@ vitals partition, so labs run hours ahead. Applied in that arrival order, a pati
 state is scored at a lab's time while its vitals are hours behind, and an ADT discharge
 read early makes every later record due at once (``docs/ood.md``, "In the stream").
 
-:class:`InputMerger` holds the records of each partition number and releases them in
-``(event time, topic rank, offset)`` order. A record is released once every other input
-topic of the same partition number either has a later record held here (so nothing
-earlier can still come from it: a partition is read in offset order and, within the
-lateness bound, in event-time order), or has nothing more to deliver (caught up), or has
-been silent for ``idle_seconds`` (a stuck or unassigned topic must not stall the others).
+:class:`InputMerger` holds the records of each topic partition in a queue, in offset
+order, and releases, per partition number, the queue head that comes first in
+``(event time, topic rank, offset)`` order. Within one topic partition the offset order
+is kept: a record that arrives late on its topic stays late (the lateness bound then
+dead-letters it as it would without the merger), and what is released never depends on
+how much happened to be held. A head is released once every other input topic of the same
+partition number either has a record held here (its next record is at or after the head,
+as far as that topic is in event-time order), or has nothing more to deliver (caught up),
+or has been silent for ``idle_seconds`` (a stuck or unassigned topic must not stall the
+others).
 This is the timestamp-ordered partition group of Kafka Streams with its
 ``max.task.idle.ms``, kept per worker process. What "caught up" means is the adapter's
 business (``streams.adapters.input_order``): it is passed in as a callable.
 
-Records whose event time cannot be read are released at once: they are dead-lettered
-whatever their position.
+Records whose event time cannot be read go as soon as they reach the head of their
+queue: they are dead-lettered whatever their position.
 """
 
 from __future__ import annotations
 
 import enum
-import heapq
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -77,8 +81,7 @@ class InputMerger(Generic[T]):
         self._rank = {kind: rank for rank, kind in enumerate(self.kinds)}
         self.idle_seconds = idle_seconds
         self.max_held = max_held
-        self._heaps: dict[int, list[_Held[T]]] = {}
-        self._held: dict[tuple[str, int], int] = {}
+        self._queues: dict[int, dict[str, deque[_Held[T]]]] = {}
         self._next_offset: dict[tuple[str, int], int] = {}
         self._last_arrival_s: dict[tuple[str, int], float] = {}
         self._seq = 0
@@ -88,48 +91,52 @@ class InputMerger(Generic[T]):
         """Records released because another topic was silent for ``idle_seconds``."""
 
     def __len__(self) -> int:
-        return sum(len(heap) for heap in self._heaps.values())
+        return sum(len(q) for queues in self._queues.values() for q in queues.values())
 
     def add(
         self, item: T, *, kind: str, partition: int, offset: int, event_ms: int | None, now_s: float
     ) -> None:
-        """Hold one record (``now_s``: a monotonic clock, seconds)."""
+        """Hold one record (``now_s``: a monotonic clock, seconds). Records of one topic
+        partition must be added in offset order."""
         if kind not in self._rank:
             raise ValueError(f"unknown input kind {kind!r}")
         tp = (kind, partition)
         self._seq += 1
         when = _UNREADABLE_MS if event_ms is None else event_ms
         held = _Held((when, self._rank[kind], offset), self._seq, kind, now_s, item)
-        heapq.heappush(self._heaps.setdefault(partition, []), held)
-        self._held[tp] = self._held.get(tp, 0) + 1
+        self._queues.setdefault(partition, {}).setdefault(kind, deque()).append(held)
         self._next_offset[tp] = max(self._next_offset.get(tp, 0), offset + 1)
         self._last_arrival_s[tp] = now_s
 
     def release(self, now_s: float, more_expected: MoreExpected) -> list[T]:
         """The records that may go now, in release order (per partition number)."""
         out: list[T] = []
-        for partition, heap in self._heaps.items():
-            while heap:
-                if len(heap) > self.max_held:
+        for partition, queues in self._queues.items():
+            count = sum(len(q) for q in queues.values())
+            while count:
+                head = min(q[0] for q in queues.values() if q)
+                if count > self.max_held:
                     self.forced += 1
                 else:
-                    verdict = self._verdict(heap[0], partition, now_s, more_expected)
+                    verdict = self._verdict(head, partition, now_s, more_expected)
                     if verdict is _Verdict.WAIT:
                         break
                     if verdict is _Verdict.IDLE:
                         self.idled += 1
-                out.append(self._pop(partition, heap))
-        self._heaps = {p: heap for p, heap in self._heaps.items() if heap}
+                out.append(queues[head.kind].popleft().item)
+                count -= 1
+        self._prune()
         return out
 
     def release_all(self) -> list[T]:
         """Everything held, in order per partition number (a rebalance or a stop: held
         records must be processed and acknowledged before the partitions go)."""
         out: list[T] = []
-        for partition, heap in self._heaps.items():
-            while heap:
-                out.append(self._pop(partition, heap))
-        self._heaps = {}
+        for queues in self._queues.values():
+            while any(queues.values()):
+                head = min(q[0] for q in queues.values() if q)
+                out.append(queues[head.kind].popleft().item)
+        self._queues = {}
         return out
 
     def forget(self, tps: Iterable[tuple[str, int]]) -> None:
@@ -139,15 +146,13 @@ class InputMerger(Generic[T]):
             self._next_offset.pop(tp, None)
             self._last_arrival_s.pop(tp, None)
 
-    def _pop(self, partition: int, heap: list[_Held[T]]) -> T:
-        held = heapq.heappop(heap)
-        tp = (held.kind, partition)
-        left = self._held[tp] - 1
-        if left:
-            self._held[tp] = left
-        else:
-            del self._held[tp]
-        return held.item
+    def _prune(self) -> None:
+        for partition in [p for p, queues in self._queues.items() if not any(queues.values())]:
+            del self._queues[partition]
+
+    def _held(self, kind: str, partition: int) -> bool:
+        queue = self._queues.get(partition, {}).get(kind)
+        return bool(queue)
 
     def _verdict(
         self, head: _Held[T], partition: int, now_s: float, more_expected: MoreExpected
@@ -159,8 +164,8 @@ class InputMerger(Generic[T]):
             if kind == head.kind:
                 continue
             tp = (kind, partition)
-            if self._held.get(tp):
-                continue  # a held record of that topic is at or after the head
+            if self._held(kind, partition):
+                continue  # that topic's next record is held, at or after the head
             if not more_expected(kind, partition, self._next_offset.get(tp)):
                 continue  # caught up (or not assigned here)
             silent_since = max(self._last_arrival_s.get(tp, head.arrived_s), head.arrived_s)

@@ -113,11 +113,13 @@ def _judge(
     origins: list[tuple[str, int, int]],
     dead: dict[tuple[str, int, int], dict[str, Any]],
     cited: Counter[str],
-) -> tuple[list[str], int]:
+) -> tuple[list[str], list[str]]:
+    """Errors, and the records not yet accounted for (class, topic, partition, offset)."""
     errors: list[str] = []
-    pending = 0
+    pending: list[str] = []
     for item, origin in zip(items, origins, strict=True):
         record = dead.get(origin)
+        where = f"{item.cls} at {origin[0]}/{origin[1]}@{origin[2]}"
         if item.cls == "duplicate":
             if record is not None:
                 errors.append(f"duplicate dead-lettered as {record['reason']}")
@@ -125,7 +127,7 @@ def _judge(
                 errors.append("duplicate: its event id was cited twice")
         elif item.bad:
             if record is None:
-                pending += 1
+                pending.append(where)
                 continue
             if record["reason"] != item.expected:
                 errors.append(f"{item.cls}: reason {record['reason']}, expected {item.expected}")
@@ -137,7 +139,7 @@ def _judge(
             if record["reason"] not in VALID_MAY_BE:
                 errors.append(f"valid {item.kind.value} record dead-lettered: {record['reason']}")
         elif not cited[item.event_id or ""]:
-            pending += 1
+            pending.append(where)
         elif cited[item.event_id or ""] > 1:
             errors.append("a valid event was cited by two scores")
     return errors, pending
@@ -175,7 +177,7 @@ def run_worker_fuzz(
         started = time.monotonic()
         origins = _produce(bootstrap, prefix, items)
         report.produce_seconds = time.monotonic() - started
-        pending = len(items)
+        pending: list[str] = []
         while True:
             dead = {
                 (r["source_topic"], r["partition"], r["offset"]): r
@@ -193,7 +195,10 @@ def run_worker_fuzz(
             time.sleep(2)
         report.worker_alive = worker.poll() is None
         if pending:
-            errors.append(f"{pending} records unaccounted for after {report.drain_seconds:.0f} s")
+            errors.append(
+                f"{len(pending)} records unaccounted for after {report.drain_seconds:.0f} s: "
+                + ", ".join(pending[:10])
+            )
         report.errors = errors
         report.reasons = Counter(r["reason"] for r in dead.values())
     finally:

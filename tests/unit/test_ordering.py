@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.adapters.input_order import OrderedIngest, event_time_ms
+from streams.adapters.input_order import InOrderAcks, OrderedIngest, event_time_ms
 from streams.core.ordering import InputMerger
 
 KINDS = ("adt", "vitals", "labs")
@@ -98,8 +98,8 @@ def test_next_offset_tells_the_adapter_where_the_topic_is() -> None:
 def test_equal_times_follow_the_kind_order_then_the_offset() -> None:
     merger = _merger()
     merger.add("lab", kind="labs", partition=0, offset=0, event_ms=100, now_s=0.0)
-    merger.add("vitals-b", kind="vitals", partition=0, offset=5, event_ms=100, now_s=0.0)
     merger.add("vitals-a", kind="vitals", partition=0, offset=4, event_ms=100, now_s=0.0)
+    merger.add("vitals-b", kind="vitals", partition=0, offset=5, event_ms=100, now_s=0.0)
     merger.add("admit", kind="adt", partition=0, offset=0, event_ms=100, now_s=0.0)
     assert merger.release(0.0, _never) == ["admit", "vitals-a", "vitals-b", "lab"]
 
@@ -139,18 +139,36 @@ def test_the_bound_releases_the_earliest_regardless() -> None:
     assert len(merger) == 3
 
 
-def test_unreadable_event_times_go_at_once() -> None:
+def test_unreadable_event_times_go_at_once_from_the_head_of_their_queue() -> None:
     merger = _merger()
+    merger.add("bad", kind="vitals", partition=0, offset=0, event_ms=None, now_s=0.0)
     merger.add("later", kind="labs", partition=0, offset=0, event_ms=5_000, now_s=0.0)
-    merger.add("bad", kind="labs", partition=0, offset=1, event_ms=None, now_s=0.0)
+    merger.add("bad too", kind="labs", partition=0, offset=1, event_ms=None, now_s=0.0)
+    # "bad too" waits behind "later": the offset order of a topic partition is kept.
     assert merger.release(0.0, _always) == ["bad"]
+    assert len(merger) == 2
+
+
+def test_a_record_late_on_its_own_topic_stays_behind_the_earlier_offsets() -> None:
+    """A late record must reach the core after the records its topic delivered before it
+    (the lateness bound then judges it), however many of those are still held."""
+    merger = _merger()
+    more = _lagging("labs")
+    merger.add("v@10h", kind="vitals", partition=0, offset=0, event_ms=10_000, now_s=0.0)
+    merger.add("v@11h", kind="vitals", partition=0, offset=1, event_ms=11_000, now_s=0.0)
+    merger.add("late v@1h", kind="vitals", partition=0, offset=2, event_ms=1_000, now_s=0.0)
+    assert merger.release(0.0, more) == []  # labs may still deliver earlier records
+    merger.add("lab@12h", kind="labs", partition=0, offset=0, event_ms=12_000, now_s=0.0)
+    assert merger.release(0.0, more) == ["v@10h", "v@11h", "late v@1h", "lab@12h"]
 
 
 def test_release_all_empties_in_order() -> None:
     merger: InputMerger[int] = InputMerger(KINDS, idle_seconds=1.0, max_held=100)
     for offset, ms in enumerate((30, 10, 20)):
         merger.add(ms, kind="labs", partition=0, offset=offset, event_ms=ms, now_s=0.0)
-    assert merger.release_all() == [10, 20, 30]
+    merger.add(15, kind="vitals", partition=0, offset=0, event_ms=15, now_s=0.0)
+    # Each topic partition in offset order; across them, the earlier head first.
+    assert merger.release_all() == [15, 30, 10, 20]
     assert len(merger) == 0
     assert merger.release(0.0, _always) == []
 
@@ -273,14 +291,72 @@ def test_ordered_ingest_processes_one_patient_in_order_and_acks_after() -> None:
             max_held=100,
         )
         stream = _Stream()
-        for offset in range(3):
-            for key in (b"p1", b"p2"):
-                await ingest.offer(stream, _Event(_Message("v", 0, offset, key, 1000 * offset)))
+        for step in range(3):
+            for index, key in enumerate((b"p1", b"p2")):
+                offset = 2 * step + index
+                await ingest.offer(stream, _Event(_Message("v", 0, offset, key, 1000 * step)))
         await ingest.drain()
         return order, stream.acked, peak
 
     order, acked, peak = asyncio.run(scenario())
-    assert [o for o in order if o.startswith("p1")] == ["p1:0", "p1:1", "p1:2"]
-    assert [o for o in order if o.startswith("p2")] == ["p2:0", "p2:1", "p2:2"]
-    assert sorted(acked) == [0, 0, 1, 1, 2, 2]
+    assert [o for o in order if o.startswith("p1")] == ["p1:0", "p1:2", "p1:4"]
+    assert [o for o in order if o.startswith("p2")] == ["p2:1", "p2:3", "p2:5"]
+    assert acked == [0, 1, 2, 3, 4, 5]  # in offset order
     assert peak == 2  # two patients at once, never two records of one patient
+
+
+def _acks_scenario(finish_order: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Take records (topic, offset) on partition 0 in offset order per topic, finish them
+    in ``finish_order``; returns what was acknowledged, in order."""
+    acked: list[tuple[str, int]] = []
+
+    class Recorder:
+        async def ack(self, event: _Event) -> None:
+            acked.append((event.message.topic, event.message.offset))
+
+    async def scenario() -> None:
+        acks = InOrderAcks()
+        events = {
+            (topic, offset): _Event(_Message(topic, 0, offset, b"p", 0))
+            for topic, offset in sorted(finish_order)
+        }
+        for event in events.values():
+            acks.take(event)
+        for item in finish_order:
+            await acks.done(Recorder(), events[item])
+        assert acks.pending == 0
+
+    asyncio.run(scenario())
+    return acked
+
+
+def test_in_order_acks_hold_a_record_until_the_earlier_ones_of_its_partition_are_done() -> None:
+    """Faust would commit past offset 0 if offset 1 were acknowledged first (it tolerates one
+    missing offset after the committed one); here 1 waits for 0, and topics are independent."""
+    acked = _acks_scenario([("v", 1), ("l", 0), ("v", 2), ("v", 0), ("l", 1)])
+    assert acked == [("l", 0), ("v", 0), ("v", 1), ("v", 2), ("l", 1)]
+
+
+def test_in_order_acks_keep_nothing_once_all_are_done() -> None:
+    acked = _acks_scenario([("v", 0), ("v", 1)])
+    assert acked == [("v", 0), ("v", 1)]
+
+
+def test_in_order_acks_never_acknowledge_past_an_unfinished_record() -> None:
+    acked: list[int] = []
+
+    class Recorder:
+        async def ack(self, event: _Event) -> None:
+            acked.append(event.message.offset)
+
+    async def scenario() -> int:
+        acks = InOrderAcks()
+        events = [_Event(_Message("v", 3, offset, b"p", 0)) for offset in range(4)]
+        for event in events:
+            acks.take(event)
+        for event in events[1:]:
+            await acks.done(Recorder(), event)  # offset 0 never finishes (worker killed)
+        return acks.pending
+
+    assert asyncio.run(scenario()) == 4
+    assert acked == []
