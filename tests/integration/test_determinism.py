@@ -13,10 +13,10 @@ order in which a patient's vitals, labs and ADT records reached its state follow
 timing (the worker now applies each partition number's records in event-time order,
 ``streams/core/ordering.py``), and the risk of one input varied by up to 1.2e-7 with the
 batch it was computed in (the Triton wrapper now runs fixed-shape blocks,
-``models/triton_model.py``). What is left: in some runs one stay (132556) diverges from
-some hour on, with its input records at different offsets in the two replays; not yet
-explained. The xfail is therefore not strict: the test passes in some runs and fails
-only by :class:`NotDeterministicError` in others.
+``models/triton_model.py``). A third cause went with a fix of the merger: it sorted all
+held records of a partition number by event time, so a record arriving late on its own
+topic was applied in or out of order depending on how much was held at that moment; it
+now keeps each topic partition's offset order. Identical in 7 of 7 runs since.
 """
 
 from __future__ import annotations
@@ -139,15 +139,6 @@ def _differences(first: Run, second: Run) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    raises=NotDeterministicError,
-    reason=(
-        "identical in some runs since the worker applies input in event-time order and "
-        "Triton runs fixed-shape blocks; in others one stay (132556) diverges from some "
-        "hour on, its input records at different offsets in the two replays (docs/replay.md)"
-    ),
-)
 def test_same_recording_replayed_twice_gives_the_same_scores_and_alerts(
     stack: StackSettings, unique: str, tmp_path: Path
 ) -> None:
