@@ -499,21 +499,21 @@ class VigilWorker:
         if self.expiry_clock is None:
             return 0
         removed = 0
-        for pid in list(self.tables.keys()):
+        silence, lateness = self.settings.silence_expiry, self.settings.lateness
+
+        def removable(pid: str) -> bool:
+            data, clock = self.tables.get(pid), self.clock_of(pid)
+            return (
+                data is not None
+                and clock is not None
+                and PatientState.removable(data, clock, silence, lateness)
+            )
+
+        # Judge every state without its lock first: waiting for each patient's lock in
+        # turn (held while its record waits for Triton) made a sweep take minutes.
+        for pid in [pid for pid in list(self.tables.keys()) if removable(pid)]:
             async with self._lock_for(pid.encode()):
-                data = self.tables.get(pid)
-                clock = self.clock_of(pid)
-                if data is None or clock is None:
-                    continue
-                state = PatientState.from_dict(data)
-                if not state.expired(clock, self.settings.silence_expiry):
-                    continue
-                # Keep a discharged state while late events may still arrive.
-                if (
-                    state.discharged_ms is not None
-                    and clock.timestamp() * 1000 - state.discharged_ms
-                    < self.settings.lateness_seconds * 1000
-                ):
+                if not removable(pid):  # changed while we waited for the lock
                     continue
                 del self.tables[pid]
                 self.partition_of.pop(pid, None)

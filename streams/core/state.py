@@ -463,6 +463,22 @@ class PatientState:
             return False
         return to_ms(now) - self.watermark_ms >= _td_ms(silence)
 
+    @staticmethod
+    def removable(
+        data: Mapping[str, Any], now: datetime, silence: timedelta, lateness: timedelta
+    ) -> bool:
+        """Whether the state stored as ``data`` (:meth:`to_dict`) can be dropped as of the
+        event time ``now``: discharged at least ``lateness`` ago (late events of a
+        discharged patient may still arrive until then), or, not discharged, silent for
+        ``silence`` (:meth:`expired`). Reads two fields, so a worker can sweep thousands of
+        states without decoding them."""
+        discharged_ms = data.get("discharged_ms")
+        now_ms = to_ms(now)
+        if discharged_ms is not None:
+            return bool(now_ms - int(discharged_ms) >= _td_ms(lateness))
+        watermark_ms = data.get("watermark_ms")
+        return watermark_ms is not None and now_ms - int(watermark_ms) >= _td_ms(silence)
+
     # -- serialisation ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -410,6 +410,24 @@ def test_expires_after_silence_measured_in_event_time():
     assert not state.expired(at(24 * 60), silence)
 
 
+def test_removable_reads_the_stored_state_as_expired_and_the_lateness_rule_do():
+    """The worker's sweep judges stored states without decoding them: silent for
+    ``silence``, or discharged at least ``lateness`` ago (late events may still come)."""
+    silence = timedelta(hours=24)
+    lateness = timedelta(hours=2)
+    quiet = PatientState(PID)
+    assert not PatientState.removable(quiet.to_dict(), at(10_000), silence, lateness)
+    apply(quiet, "ev-1", 0, {"HR": 80.0})
+    assert not PatientState.removable(quiet.to_dict(), at(24 * 60 - 1), silence, lateness)
+    assert PatientState.removable(quiet.to_dict(), at(24 * 60), silence, lateness)
+    gone = PatientState(PID)
+    apply(gone, "ev-1", 0, {"HR": 80.0})
+    gone.apply_adt(adt("adt-9", 10, action="discharge"), origin=None, lateness=LATENESS)
+    assert gone.expired(at(10), silence)  # discharged ...
+    assert not PatientState.removable(gone.to_dict(), at(10 + 119), silence, lateness)
+    assert PatientState.removable(gone.to_dict(), at(10 + 120), silence, lateness)
+
+
 # -- serialisation -----------------------------------------------------------------------------
 
 
