@@ -457,11 +457,7 @@ class PatientState:
     def expired(self, now: datetime, silence: timedelta) -> bool:
         """True when the patient was discharged, or silent for ``silence``, as of ``now``
         (an event time, for example the worker's global watermark)."""
-        if self.discharged_ms is not None:
-            return True
-        if self.watermark_ms is None:
-            return False
-        return to_ms(now) - self.watermark_ms >= _td_ms(silence)
+        return self.discharged_ms is not None or _silent(self.watermark_ms, now, silence)
 
     @staticmethod
     def removable(
@@ -473,11 +469,9 @@ class PatientState:
         ``silence`` (:meth:`expired`). Reads two fields, so a worker can sweep thousands of
         states without decoding them."""
         discharged_ms = data.get("discharged_ms")
-        now_ms = to_ms(now)
         if discharged_ms is not None:
-            return bool(now_ms - int(discharged_ms) >= _td_ms(lateness))
-        watermark_ms = data.get("watermark_ms")
-        return watermark_ms is not None and now_ms - int(watermark_ms) >= _td_ms(silence)
+            return to_ms(now) - int(discharged_ms) >= _td_ms(lateness)
+        return _silent(data.get("watermark_ms"), now, silence)
 
     # -- serialisation ---------------------------------------------------------------------
 
@@ -534,6 +528,11 @@ class PatientState:
             alert=dict(data["alert"]),
             artifacts=int(data["artifacts"]),
         )
+
+
+def _silent(watermark_ms: int | None, now: datetime, silence: timedelta) -> bool:
+    """Nothing newer than ``watermark_ms`` for ``silence`` as of the event time ``now``."""
+    return watermark_ms is not None and to_ms(now) - int(watermark_ms) >= _td_ms(silence)
 
 
 def _td_ms(delta: timedelta) -> int:
