@@ -6,6 +6,13 @@ fast as Kafka takes them, shows scores and alerts as they arrive, and ends with 
 summary of what the pipeline did, measured against the stays' real outcomes, and the
 ``vigil evaluate`` report of the run's scores and alerts (``evaluation/report.html`` in
 the run's report folder; see docs/evaluation.md).
+
+The headline of the live view, of the progress lines and of the summary is the share of
+scores degraded to NEWS2 only (Triton unavailable), with its reasons, in bold red when it
+is not zero: degraded scoring is the answer to an outage, never to load, and a run that
+silently became NEWS2 must not pass for a model run. On a terminal the view is drawn live;
+otherwise (CI, a pipe, a log file) one plain progress line is printed every
+``progress_every``.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -28,17 +37,19 @@ from kafka import KafkaConsumer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from models.metrics import auprc, auroc
 from models.physionet2012 import read_outcomes
 from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics
+from streams.evaluation.degraded import DEGRADED_LABEL, DegradedShare
 from streams.evaluation.run import EvaluateRequest, run_evaluation
 from streams.replay import DEFAULT_ANCHOR, physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
 from vigil.errors import ConfigError, VigilError
 
-__all__ = ["DEMO_DATA", "DemoResult", "run_demo"]
+__all__ = ["DEMO_DATA", "DemoResult", "degraded_text", "progress_line", "run_demo"]
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "physionet2012-demo"
 
@@ -49,7 +60,7 @@ class DemoResult:
 
     produced: int = 0
     scores: int = 0
-    degraded_scores: int = 0
+    degraded: DegradedShare = field(default_factory=DegradedShare)
     deadletters: int = 0
     alerts: Counter[str] = field(default_factory=Counter)
     max_risk: dict[str, float] = field(default_factory=dict)
@@ -58,24 +69,135 @@ class DemoResult:
     cited: set[str] = field(default_factory=set)
     recent_alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=8))
 
+    @property
+    def degraded_scores(self) -> int:
+        """Scores degraded to NEWS2 only."""
+        return self.degraded.degraded
+
+    def add(self, topic: str, record: dict[str, Any]) -> None:
+        """Count one output record.
+
+        Args:
+            topic: ``scores``, ``alerts`` or ``deadletter`` (the topic kind).
+            record: The record's JSON, decoded.
+        """
+        if topic == "scores":
+            pid = record["patient_id"]
+            self.scores += 1
+            self.cited.update(record["provenance"]["event_ids"])
+            self.degraded.add(bool(record["degraded"]), record.get("degraded_reason"))
+            # The model's peak risk comes from model scores only, never a degraded one.
+            if not record["degraded"] and record["risk"] is not None:
+                self.max_risk[pid] = max(self.max_risk.get(pid, 0.0), record["risk"])
+            news2 = record["news2"]["total"] if record["news2"] else 0
+            self.max_news2[pid] = max(self.max_news2.get(pid, 0), news2)
+        elif topic == "alerts":
+            self.alerts[record["state"]] += 1
+            self.degraded.add_alert(bool(record.get("degraded")))
+            if record["state"] == "open":
+                self.alerted.add(record["patient_id"])
+            self.recent_alerts.append(record)
+        else:
+            self.deadletters += 1
+
+
+def degraded_text(degraded: DegradedShare) -> Text:
+    """The degraded headline: bold red with a warning when any score was degraded."""
+    if degraded.degraded:
+        return Text(f"WARNING {degraded.headline()}", style="bold white on red")
+    return Text(degraded.headline(), style="bold green" if degraded.scores else "")
+
+
+def progress_line(result: DemoResult, expected: int, elapsed: timedelta) -> str:
+    """One plain line of progress (for a log file or a pipe), degraded share included."""
+    opened = result.alerts.get("open", 0)
+    warn = "WARNING " if result.degraded.degraded else ""
+    return (
+        f"demo {elapsed.total_seconds():.0f}s: events produced {result.produced}/{expected}, "
+        f"scores {result.scores}, alerts opened {opened} "
+        f"({sum(result.alerts.values())} changes), dead-letter {result.deadletters}; "
+        f"{warn}{result.degraded.headline()}"
+    )
+
 
 def _view(result: DemoResult, expected: int, started: float) -> Group:
     summary = Table.grid(padding=(0, 2))
     elapsed = time.monotonic() - started
     summary.add_row(
         f"events produced [bold]{result.produced}[/]/{expected}",
-        f"scores [bold]{result.scores}[/] ({result.degraded_scores} degraded)",
+        f"scores [bold]{result.scores}[/]",
         f"dead-letter [bold]{result.deadletters}[/]",
         f"alerts {dict(result.alerts)}",
         f"{elapsed:.0f}s",
     )
     alerts = Table("stay", "state", "severity", "risk", "explanation", title="latest alerts")
     for alert in reversed(result.recent_alerts):
-        risk = "-" if alert["risk"] is None else f"{alert['risk']:.2f}"
+        risk: str | Text = (
+            Text(DEGRADED_LABEL, style="red") if alert["risk"] is None else f"{alert['risk']:.2f}"
+        )
         alerts.add_row(
             alert["patient_id"], alert["state"], alert["severity"], risk, alert["explanation"]
         )
-    return Group(summary, alerts)
+    return Group(degraded_text(result.degraded), summary, alerts)
+
+
+class _Display:
+    """The live view on a terminal, else a progress line every ``every`` (and at the end).
+
+    Args:
+        console: Where to draw.
+        render: The live view, for a terminal.
+        line: The progress line, for anything else.
+        every: Time between progress lines.
+        clock: Monotonic seconds (injected for tests).
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        render: Callable[[], Group],
+        line: Callable[[], str],
+        every: timedelta,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console = console
+        self.render = render
+        self.line = line
+        self.every = every.total_seconds()
+        self.clock = clock
+        self.live: Live | None = None
+        self.last_line: float | None = None
+
+    def __enter__(self) -> _Display:
+        if self.console.is_terminal:
+            self.live = Live(self.render(), console=self.console, refresh_per_second=4)
+            self.live.__enter__()
+        return self
+
+    def update(self) -> None:
+        """Redraw the live view, or print a line when ``every`` has passed."""
+        if self.live is not None:
+            self.live.update(self.render())
+            return
+        now = self.clock()
+        if self.last_line is None or now - self.last_line >= self.every:
+            self._print()
+            self.last_line = now
+
+    def _print(self) -> None:
+        self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+            self.live.__exit__(kind, value, traceback)
+        else:
+            self._print()
 
 
 def _consume(settings: WorkerSettings, result: DemoResult, stop: threading.Event) -> None:
@@ -91,25 +213,7 @@ def _consume(settings: WorkerSettings, result: DemoResult, stop: threading.Event
     try:
         while not stop.is_set():
             for message in consumer:
-                record = json.loads(message.value)
-                topic = message.topic.rsplit(".", 1)[1]
-                if topic == "scores":
-                    pid = record["patient_id"]
-                    result.scores += 1
-                    result.cited.update(record["provenance"]["event_ids"])
-                    if record["degraded"]:
-                        result.degraded_scores += 1
-                    else:
-                        result.max_risk[pid] = max(result.max_risk.get(pid, 0.0), record["risk"])
-                    news2 = record["news2"]["total"] if record["news2"] else 0
-                    result.max_news2[pid] = max(result.max_news2.get(pid, 0), news2)
-                elif topic == "alerts":
-                    result.alerts[record["state"]] += 1
-                    if record["state"] == "open":
-                        result.alerted.add(record["patient_id"])
-                    result.recent_alerts.append(record)
-                else:
-                    result.deadletters += 1
+                result.add(message.topic.rsplit(".", 1)[1], json.loads(message.value))
                 if stop.is_set():
                     break
     finally:
@@ -119,14 +223,24 @@ def _consume(settings: WorkerSettings, result: DemoResult, stop: threading.Event
 def _summary(result: DemoResult, outcomes: dict[str, int], hours: float) -> dict[str, Any]:
     stays = sorted(set(result.max_risk) & set(outcomes))
     labels = np.array([outcomes[s] for s in stays])
+    degraded = result.degraded
     summary: dict[str, Any] = {
+        # The headline: how much of the run was NEWS2 only.
+        "degraded": degraded.as_dict(),
         "data": "500 PhysioNet 2012 set-A stays from the model's held-out test split",
         "stays_scored_by_model": len(stays),
         "events_produced": result.produced,
         "scores": result.scores,
-        "degraded_scores": result.degraded_scores,
+        "degraded_scores": degraded.degraded,
         "deadletters": result.deadletters,
         "alert_changes": dict(result.alerts),
+        "model_metrics": (
+            f"*_max_risk use the {degraded.model_scores} model scores only; "
+            f"{degraded.degraded} {DEGRADED_LABEL} scores excluded"
+        ),
+        "news2_metrics": (
+            f"*_max_news2 use all {degraded.scores} scores, {DEGRADED_LABEL} scores included"
+        ),
     }
     if len(stays) and 0 < labels.sum() < len(labels):
         risk = np.array([result.max_risk[s] for s in stays])
@@ -157,12 +271,23 @@ def run_demo(
     report_dir: Path = Path("reports"),
     timeout_seconds: float = 900.0,
     console: Console | None = None,
+    progress_every: timedelta = timedelta(seconds=10),
 ) -> dict[str, Any]:
     """Run the demo end to end; returns (and writes) the summary.
 
-    The summary's ``evaluation_report`` is the ``report.html`` that ``vigil evaluate``
+    The summary's ``degraded`` (first key) is the share of scores degraded to NEWS2 only,
+    with the reasons; ``evaluation_report`` is the ``report.html`` that ``vigil evaluate``
     wrote from the run's ``scores`` and ``alerts`` topics (every stay admitted at the
     replay's anchor, so the 48 h and 24 h views are exact).
+
+    Args:
+        settings: The worker's settings (the run gets its own topic prefix and app id).
+        data_dir: The demo stays.
+        limit_stays: Replay only the first N stays.
+        report_dir: Where the run's folder goes.
+        timeout_seconds: Give up when the pipeline has not accounted for every event.
+        console: Where the view goes (default stderr); live only on a terminal.
+        progress_every: Time between progress lines when the console is not a terminal.
 
     Raises:
         ConfigError: The demo data are missing.
@@ -224,13 +349,19 @@ def run_demo(
         daemon=True,
     )
     started = time.monotonic()
+    display = _Display(
+        console,
+        render=lambda: _view(result, len(events), started),
+        line=lambda: progress_line(
+            result, len(events), timedelta(seconds=time.monotonic() - started)
+        ),
+        every=progress_every,
+    )
     producer.start()
     try:
-        with Live(
-            _view(result, len(events), started), console=console, refresh_per_second=4
-        ) as live:
+        with display:
             while True:
-                live.update(_view(result, len(events), started))
+                display.update()
                 if worker.poll() is not None:
                     raise VigilError(f"the worker exited; see {log}")
                 accounted = len(result.cited) + result.deadletters
@@ -271,4 +402,5 @@ def run_demo(
     )
     summary["evaluation_report"] = evaluation["report"]
     (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(degraded_text(result.degraded))
     return {"report": str(report), **summary}

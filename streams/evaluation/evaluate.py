@@ -4,6 +4,11 @@ Views: PhysioNet 2012 is judged per stay at each horizon (48 h and 24 h after ad
 the last score at or before it); PhysioNet 2019 per hourly row (the last score at or
 before the row, as the challenge scores rows). Predictors: the model risk, the NEWS2 total
 of the same score records, and (2012) SAPS-I and SOFA from the outcomes file.
+
+Model metrics (the model's discrimination, calibration, simulated alerts and utility) use
+model scores only: a degraded score (NEWS2 only) is left out of them. NEWS2 baselines use
+every score, degraded or not, since NEWS2 is computed for both. ``metrics["degraded"]``
+states the share, the reasons and what was left out.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ from streams.evaluation.burden import (
     lead_time_summary,
     sensitivity_at_burden,
     threshold_sweep,
+)
+from streams.evaluation.degraded import (
+    DEGRADED_LABEL,
+    DegradedShare,
+    model_risk_from_earlier_score,
+    stays_without_model_score,
 )
 from streams.evaluation.outcomes import StayOutcome
 from streams.evaluation.stays import Signal, Track, values_at
@@ -231,11 +242,48 @@ def _timeline_stays(
     return picked + positives[n_pos : n_pos + count - len(picked)]
 
 
+def _degraded_section(
+    degraded: DegradedShare,
+    evaluated: Sequence[Track],
+    outcomes: Mapping[str, StayOutcome],
+    config: EvaluationConfig,
+) -> dict[str, Any]:
+    """The degraded share, and what the model and NEWS2 metrics were computed on."""
+    if config.data_format == "physionet2012":
+        units = "stays"
+        carried = {
+            f"{hours:g}h": sum(model_risk_from_earlier_score(t, [hours]) for t in evaluated)
+            for hours in config.horizons_hours
+        }
+    else:
+        units = "hourly rows"
+        carried = {
+            "hourly": sum(
+                model_risk_from_earlier_score(t, outcomes[t.patient_id].row_hours)
+                for t in evaluated
+            )
+        }
+    return degraded.as_dict() | {
+        "model_metrics": (
+            f"model metrics use the {degraded.model_scores} model scores only; "
+            f"{degraded.degraded} {DEGRADED_LABEL} scores excluded"
+        ),
+        "news2_metrics": (
+            f"NEWS2 baselines use all {degraded.scores} scores, {DEGRADED_LABEL} scores included"
+        ),
+        "stays_without_model_score": stays_without_model_score(evaluated),
+        "model_risk_from_earlier_score": carried,
+        "model_risk_from_earlier_score_units": units,
+    }
+
+
 def evaluate(
     tracks: Mapping[str, Track],
     outcomes: Mapping[str, StayOutcome],
     config: EvaluationConfig,
     episodes: Mapping[str, Sequence[float]] | None = None,
+    *,
+    degraded: DegradedShare,
 ) -> Evaluation:
     """Compute every metric.
 
@@ -244,10 +292,13 @@ def evaluate(
         outcomes: Outcome per stay.
         config: The evaluation's choices.
         episodes: Alert episode start hours per stay, None when no alerts were given.
+        degraded: Degraded counts of the score (and alert) records the tracks came from
+            (see :func:`streams.evaluation.degraded.degraded_share`).
     """
     evaluated = [tracks[p] for p in sorted(tracks) if p in outcomes]
     result = Evaluation(metrics={})
     m = result.metrics
+    m["degraded"] = _degraded_section(degraded, evaluated, outcomes, config)
     m["stays"] = {
         "scored": len(tracks),
         "evaluated": len(evaluated),

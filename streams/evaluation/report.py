@@ -2,7 +2,8 @@
 
 The HTML is self-contained: inline CSS, no script, images referenced by relative file
 name, so the folder opens from disk (or can be zipped) without a server. NaN becomes
-``null`` in the JSON.
+``null`` in the JSON. The headline, first in both files, is the degraded (NEWS2 only)
+share of the scores and what the model and NEWS2 metrics were computed on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.evaluation.burden import crossing_hours
+from streams.evaluation.degraded import DEGRADED_LABEL
 from streams.evaluation.evaluate import Evaluation, EvaluationConfig
 from streams.evaluation.outcomes import StayOutcome
 from streams.evaluation.plots import (
@@ -78,7 +80,56 @@ def _dl(items: Mapping[str, Any]) -> str:
     return _table(["", "value"], rows)
 
 
+def _used(predictor: str, degraded: Mapping[str, Any]) -> str:
+    """Which scores a predictor's numbers come from."""
+    if predictor == "model":
+        return escape(f"model scores only ({degraded['degraded']} {DEGRADED_LABEL} excluded)")
+    if predictor == "news2":
+        return escape(f"all scores ({DEGRADED_LABEL} included)")
+    return "outcomes file"
+
+
+def _headline(degraded: Mapping[str, Any]) -> str:
+    """The degraded share, loud (red, bold) when any score was degraded."""
+    warn = bool(degraded["degraded"])
+    reasons = degraded["reasons"]
+    carried = "; ".join(
+        f"{escape(view)}: {count}"
+        for view, count in degraded["model_risk_from_earlier_score"].items()
+    )
+    lines = [
+        f"<section id=degraded class='headline {'warn' if warn else 'ok'}'>",
+        f"<h2>Headline: {escape(DEGRADED_LABEL)} scores</h2>",
+        f"<p class=big><strong>{escape(degraded['headline'])}</strong></p>",
+    ]
+    if warn:
+        lines.append(
+            "<p><strong>Warning:</strong> degraded scoring is the answer to a Triton outage, "
+            "never to load; these scores carry no model risk. Reasons: "
+            + escape(", ".join(f"{r} {n}" for r, n in reasons.items()))
+            + ".</p>"
+        )
+    lines.append(
+        "<p>"
+        + escape(f"{degraded['model_metrics'][0].upper()}{degraded['model_metrics'][1:]}.")
+        + " "
+        + escape(f"{degraded['news2_metrics']}.")
+        + f" Evaluated stays the model never scored: {degraded['stays_without_model_score']}."
+        + f" {escape(degraded['model_risk_from_earlier_score_units'].capitalize())} whose model"
+        + " risk comes from an earlier score than their NEWS2 (the later scores were"
+        + f" {escape(DEGRADED_LABEL)}): {carried or 'n/a'}.</p>"
+    )
+    if degraded["alert_changes"] is not None:
+        lines.append(
+            f"<p>Alert state changes raised without the model ({escape(DEGRADED_LABEL)}): "
+            f"{degraded['degraded_alert_changes']} of {degraded['alert_changes']}.</p>"
+        )
+    lines.append("</section>")
+    return "\n".join(lines)
+
+
 def _html(metrics: Mapping[str, Any], images: Mapping[str, str], timelines: Sequence[str]) -> str:
+    degraded = metrics["degraded"]
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         "<title>Vigil evaluation</title><style>",
@@ -86,8 +137,12 @@ def _html(metrics: Mapping[str, Any], images: Mapping[str, str], timelines: Sequ
         "table{border-collapse:collapse;margin:.5em 0 1.5em}",
         "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}",
         "th{background:#f3f3f3}.ci{color:#666;font-size:90%}img{max-width:100%}",
+        ".headline{border:2px solid #2e7d32;padding:.2em 1em;margin:1em 0}",
+        ".headline.warn{border-color:#c62828;background:#fdecea;color:#b71c1c}",
+        ".headline .big{font-size:130%}",
         "</style></head><body>",
         f"<h1>Vigil evaluation: {escape(metrics['format'])}</h1>",
+        _headline(degraded),
         "<p>Every number is also in <a href='metrics.json'>metrics.json</a>; the definitions are "
         "in docs/evaluation.md. Intervals are 95% percentile bootstrap intervals over stays.</p>",
         "<h2>Inputs</h2>",
@@ -118,6 +173,7 @@ def _html(metrics: Mapping[str, Any], images: Mapping[str, str], timelines: Sequ
                 [
                     escape(view),
                     escape(name),
+                    _used(name, degraded),
                     _num(d["n"]),
                     _num(d["n_positive"]),
                     _ci(d["auroc"]),
@@ -126,10 +182,22 @@ def _html(metrics: Mapping[str, Any], images: Mapping[str, str], timelines: Sequ
                 ]
             )
     parts.append(
-        _table(["view", "predictor", "n", "positive", "AUROC", "AUPRC", "stays without"], rows)
+        _table(
+            [
+                "view",
+                "predictor",
+                "scores used",
+                "n",
+                "positive",
+                "AUROC",
+                "AUPRC",
+                "stays without",
+            ],
+            rows,
+        )
     )
     parts += [_img(images["roc"], "ROC"), _img(images["pr"], "PR")]
-    parts.append("<h2>Calibration of the model risk</h2>")
+    parts.append(f"<h2>Calibration of the model risk ({_used('model', degraded)})</h2>")
     parts.append(
         _table(
             ["view", "n", "expected calibration error"],
@@ -155,6 +223,7 @@ def _html(metrics: Mapping[str, Any], images: Mapping[str, str], timelines: Sequ
             rows.append(
                 [
                     escape(name),
+                    _used(name, degraded),
                     _num(entry["max_alerts_per_patient_hour"], 4),
                     _num(point.get("threshold")),
                     _num(point.get("alerts_per_patient_hour"), 4),
@@ -167,6 +236,7 @@ def _html(metrics: Mapping[str, Any], images: Mapping[str, str], timelines: Sequ
         _table(
             [
                 "signal",
+                "scores used",
                 "max burden /h",
                 "threshold",
                 "burden /h",
@@ -181,6 +251,9 @@ def _html(metrics: Mapping[str, Any], images: Mapping[str, str], timelines: Sequ
     utility = metrics.get("utility")
     if utility is not None:
         parts.append("<h2>PhysioNet 2019 normalised utility</h2>")
+        parts.append(
+            f"<p>Model: {_used('model', degraded)}. NEWS2: {_used('news2', degraded)}.</p>"
+        )
         rows = [
             ["model", _num(utility["model"]["threshold"]), _num(utility["model"]["normalised"])]
         ]
@@ -218,8 +291,14 @@ def write_report(
     Raises:
         ConfigError: ``out_dir`` cannot be created or written.
     """
+    # The degraded share is the headline: first after the format (a key keeps its place).
     metrics = json_ready(
-        {"format": config.data_format, "config": asdict(config), "inputs": dict(inputs)}
+        {
+            "format": config.data_format,
+            "degraded": result.metrics["degraded"],
+            "config": asdict(config),
+            "inputs": dict(inputs),
+        }
         | result.metrics
     )
     images = {

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from streams.evaluation.degraded import degraded_share
 from streams.evaluation.evaluate import DataFormat, EvaluationConfig, evaluate
 from streams.evaluation.outcomes import StayOutcome
 from streams.evaluation.records import decode_alerts, decode_scores
@@ -113,8 +114,8 @@ def run_evaluation(request: EvaluateRequest) -> dict[str, Any]:
     """Evaluate and write the report folder.
 
     Returns:
-        A short summary: the report path, stays evaluated, bad lines and each view's
-        model AUROC.
+        A short summary: the report path, the degraded (NEWS2 only) share of the scores,
+        stays evaluated, bad lines and each view's model AUROC (model scores only).
 
     Raises:
         ConfigError: A bad argument or unreadable input.
@@ -137,10 +138,13 @@ def run_evaluation(request: EvaluateRequest) -> dict[str, Any]:
     tracks, superseded = build_tracks(scores.records, request.admitted_at, first_score_hours)
     decoded: dict[str, Any] = {"scores": scores.summary()}
     episodes = None
+    alert_records = None
     if request.alerts is not None or request.alerts_topic is not None:
         alerts = decode_alerts(_lines(request.alerts, request.alerts_topic, request))
         decoded["alerts"] = alerts.summary()
         episodes = alert_episodes(alerts.records, tracks)
+        alert_records = alerts.records
+    degraded = degraded_share(scores.records, alert_records)
     config = EvaluationConfig(
         data_format=data_format,
         n_resamples=request.n_resamples,
@@ -149,7 +153,7 @@ def run_evaluation(request: EvaluateRequest) -> dict[str, Any]:
         risk_threshold=request.risk_threshold,
         timelines=request.timelines,
     )
-    result = evaluate(tracks, outcomes, config, episodes)
+    result = evaluate(tracks, outcomes, config, episodes, degraded=degraded)
     admission = (
         f"every stay admitted at {request.admitted_at.isoformat()} (--admitted-at)"
         if request.admitted_at is not None
@@ -180,6 +184,7 @@ def run_evaluation(request: EvaluateRequest) -> dict[str, Any]:
     )
     return {
         "report": str(report_dir / "report.html"),
+        "degraded": degraded.as_dict(),
         "stays": result.metrics["stays"],
         "bad_lines": {name: d["bad_lines"] for name, d in decoded.items()},
         "model_auroc": {

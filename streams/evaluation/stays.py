@@ -4,8 +4,9 @@ Admission, hour 0 of a stay, is its first score's event time (minus a known offs
 that first score, for PhysioNet 2019 the first row's ``ICULOS``), unless one admission
 time is given for every stay (``vigil replay`` admits every stay at one anchor). Times inside a
 stay are hours after admission. A prediction "at h hours" is the last score whose
-event time is at or before admission + h; a degraded score without a model risk (or a
-score without NEWS2) is skipped for that signal, so the last value that exists is used.
+event time is at or before admission + h; a degraded score (NEWS2 only: its risk, if
+any, is ignored) is skipped for the model risk, and a score without NEWS2 for NEWS2, so
+the last value that exists is used. NEWS2 is read from every score, degraded or not.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Track:
         patient_id: Stay identifier.
         admission: Hour 0 of the stay (UTC).
         hours: ``[N]`` event time of each score, hours after admission, ascending.
-        risk: ``[N]`` model risk, NaN where degraded.
+        risk: ``[N]`` model risk, NaN where every score of that time was degraded.
         news2: ``[N]`` NEWS2 total, NaN where absent.
     """
 
@@ -78,7 +79,8 @@ def build_tracks(
     superseded = 0
     for score in scores:
         seen = per_patient.setdefault(score.patient_id, {})
-        risk = np.nan if score.risk is None else score.risk
+        # A degraded record is never a model score, even if it carried a risk value.
+        risk = np.nan if score.degraded or score.risk is None else score.risk
         news2 = np.nan if score.news2 is None else float(score.news2.total)
         earlier = seen.get(score.event_time)
         if earlier is not None:

@@ -114,6 +114,21 @@ def test_dashboard_queries_are_valid_and_return_series_during_a_replay(
             assert body["status"] == "success", f"{title}: {expr}: {body}"
 
         # Plausible values for the key series.
+        # The headline "Degraded scores (share)": a share over every worker, and the same
+        # query on this worker alone (it scored in the last 5 minutes, so not NaN). Other
+        # workers on the shared stack may be degraded, and this one may be under load:
+        # the value itself is the pipeline's business, the query's shape is this test's.
+        (degraded_expr,) = [e for t, e in queries if t.endswith("/ Degraded scores (share)")]
+        degraded = _value(client, degraded_expr)
+        assert degraded is not None
+        assert math.isnan(degraded) or 0 <= degraded <= 1
+        own_expr = degraded_expr.replace(
+            "vigil_scores_total{", f'vigil_scores_total{{instance="{instance}",'
+        ).replace("vigil_scores_total[", f'vigil_scores_total{{instance="{instance}"}}[')
+        assert own_expr.count(instance) == 2, own_expr
+        own = _value(client, own_expr)
+        assert own is not None
+        assert 0 <= own <= 1
         up = _value(client, f'up{{job="vigil-worker", instance="{instance}"}}')
         assert up == 1
         assert _value(client, 'min(up{job="triton"})') == 1

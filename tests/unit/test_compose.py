@@ -385,3 +385,46 @@ def test_dashboards_never_break_down_by_patient(path: Path) -> None:
                 .replace("vigil:active_patients", "")
             )
             assert "patient" not in expr.lower(), f"{path.name}: {panel['title']}"
+
+
+DEGRADED_PANEL = "Degraded scores (share)"
+
+
+def _panel(dashboard: str, title: str) -> dict[str, Any]:
+    panels = json.loads((DASHBOARDS / dashboard).read_text())["panels"]
+    (panel,) = [p for p in panels if p["title"] == title]
+    assert isinstance(panel, dict)
+    return panel
+
+
+def test_pipeline_headline_shows_the_degraded_share_red_above_zero() -> None:
+    panel = _panel("vigil-pipeline.json", DEGRADED_PANEL)
+    assert panel["type"] == "stat"
+    assert panel["gridPos"]["y"] == 0, "the degraded share belongs in the headline row"
+    (target,) = panel["targets"]
+    expr = target["expr"]
+    assert 'vigil_scores_total{degraded="true"}' in expr
+    assert "/ sum(rate(vigil_scores_total[5m]))" in expr
+    assert target["legendFormat"] == "degraded (NEWS2 only)"
+    assert panel["options"]["textMode"] == "value_and_name"  # shows the label by the value
+    assert "degraded (NEWS2 only)" in panel["description"]
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["unit"] == "percentunit"
+    steps = defaults["thresholds"]["steps"]
+    assert steps[0] == {"color": "green", "value": None}
+    # Grafana colours a value by the last step at or below it: 0 is green, anything above red.
+    (red,) = steps[1:]
+    assert red["color"] == "red"
+    assert 0 < red["value"] <= 1e-6
+
+
+@pytest.mark.parametrize("path", _dashboard_files(), ids=lambda p: p.stem)
+def test_dashboard_panels_do_not_overlap(path: Path) -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in json.loads(path.read_text())["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = panel["title"]

@@ -156,3 +156,65 @@ def test_dashboard_queries_parse(promtool: str, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     result = _run(promtool, "check", "rules", str(path))
     assert result.returncode == 0, _output(result)
+
+
+def _panel_expr(dashboard: str, title: str) -> str:
+    panels = json.loads((REPO / "deploy" / "grafana" / "dashboards" / dashboard).read_text())
+    (panel,) = [p for p in panels["panels"] if p["title"] == title]
+    (target,) = panel["targets"]
+    return str(target["expr"])
+
+
+def test_degraded_share_panel_computes_the_share(promtool: str, tmp_path: Path) -> None:
+    # The pipeline dashboard's headline panel, evaluated by Prometheus's own engine on
+    # counters shaped like the worker's (degraded scores carry model="news2").
+    expr = _panel_expr("vigil-pipeline.json", "Degraded scores (share)")
+
+    def series(model: str, degraded: str, instance: str, values: str) -> dict[str, str]:
+        labels = f'model="{model}",degraded="{degraded}",instance="{instance}"'
+        return {"series": f"vigil_scores_total{{{labels}}}", "values": values}
+
+    cases = [
+        # two workers, 40 scores/min in all, 10 of them degraded: 25 %
+        (
+            [
+                series("deterioration", "false", "w1", "0+20x20"),
+                series("news2", "true", "w1", "0+10x20"),
+                series("deterioration", "false", "w2", "0+10x20"),
+                series("news2", "true", "w2", "0x20"),
+            ],
+            0.25,
+        ),
+        # primed series at zero: no degraded score is 0, not "no data"
+        (
+            [
+                series("deterioration", "false", "w1", "0+30x20"),
+                series("news2", "true", "w1", "0x20"),
+            ],
+            0.0,
+        ),
+        # a worker that never primed the degraded series: still 0
+        ([series("deterioration", "false", "w1", "0+30x20")], 0.0),
+        # an outage: every score degraded
+        (
+            [
+                series("deterioration", "false", "w1", "0x20"),
+                series("news2", "true", "w1", "0+30x20"),
+            ],
+            1.0,
+        ),
+    ]
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": inputs,
+            "promql_expr_test": [
+                {"expr": expr, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": v}]}
+            ],
+        }
+        for inputs, v in cases
+    ]
+    path = tmp_path / "degraded_share_test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [], "tests": tests}))
+    result = _run(promtool, "test", "rules", str(path))
+    assert result.returncode == 0, _output(result)
