@@ -8,6 +8,7 @@ standard exception it specialises so callers can catch either::
     ├── SchemaError(VigilError, ValueError)        an event that fails validation
     │   ├── (carries a machine-readable ``reason`` for the dead-letter topic)
     │   └── ImageError                             a study's pixels cannot be fetched or read
+    ├── StateError(VigilError, ValueError)         a stored patient state cannot be decoded
     ├── StackError(VigilError, RuntimeError)       a local service failed to start or stop
     ├── TopicError(VigilError, RuntimeError)       Kafka topics missing or misconfigured
     ├── InferenceError(VigilError, RuntimeError)   a model request failed
@@ -25,6 +26,7 @@ __all__ = [
     "ModelError",
     "SchemaError",
     "StackError",
+    "StateError",
     "TopicError",
     "VigilError",
 ]
@@ -56,6 +58,11 @@ class SchemaError(VigilError, ValueError):
 class ImageError(SchemaError):
     """An imaging study's pixels are missing, too large or not a readable image; the
     event goes to dead-letter with ``reason`` ``image_unavailable`` or ``image_unreadable``."""
+
+
+class StateError(VigilError, ValueError):
+    """A stored patient state (a table value or changelog record) is not a state this
+    version can read: bad magic or version, truncated, or inconsistent."""
 
 
 class StackError(VigilError, RuntimeError):

@@ -19,7 +19,9 @@ Lifecycle (all in event time, never wall time):
 State is bounded: observations older than the window are pruned, each parameter keeps at
 most :data:`MAX_POINTS_PER_CODE` points, and at most :data:`MAX_RECENT_IDS` event ids are
 remembered. It round-trips through a JSON-ready ``dict`` (:meth:`to_dict` /
-:meth:`from_dict`) for the Faust table and its changelog.
+:meth:`from_dict`, format version 1) and through the compact binary form of
+:mod:`streams.core.state_codec` (version 2, which also reads version 1) for the Faust
+table and its changelog.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from streams.core.features import (
 )
 from streams.core.news2 import News2Result, news2_from_observations
 from streams.core.validation import CanonicalObservation
-from vigil.errors import ConfigError
+from vigil.errors import ConfigError, StateError
 
 __all__ = [
     "MAX_IMAGES",
@@ -503,10 +505,10 @@ class PatientState:
         """Rebuild a state from :meth:`to_dict` output.
 
         Raises:
-            ValueError: The dict is not a version-1 state.
+            StateError: The dict is not a version-1 state (a ``ValueError``).
         """
         if data.get("v") != 1:
-            raise ValueError(f"unsupported state version {data.get('v')!r}")
+            raise StateError(f"unsupported state version {data.get('v')!r}")
         return cls(
             patient_id=str(data["patient_id"]),
             admit_ms=data["admit_ms"],
