@@ -29,11 +29,13 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     LOGS,
@@ -140,8 +142,14 @@ def run_workers(
     wanted = {event.event_id for event in events}
     triton_before = triton_counters()
     launched = time.time()
+    metrics_ports = [_closed_port() for _ in range(workers)]
     procs = [
-        start_worker(settings, logs / f"{settings.app_id}-{i}.log", code=code or ROOT, **extra)
+        start_worker(
+            settings,
+            logs / f"{settings.app_id}-{i}.log",
+            code=code or ROOT,
+            **{"metrics_port": str(metrics_ports[i]), **extra},
+        )
         for i in range(workers)
     ]
     spy: subprocess.Popen[bytes] | None = None
@@ -171,6 +179,7 @@ def run_workers(
         cpu_wall = time.time() - first_seen
         if spy is not None:
             spy.wait(profile_seconds + 60)
+        batches = [_batch_figures(port) for port in metrics_ports]
     finally:
         for proc in procs:
             stop_worker(proc)
@@ -199,6 +208,7 @@ def run_workers(
         "worker_rss_mib_at_first_output": None if rss_first is None else round(rss_first / 2**20),
         "worker_rss_mib_at_end": None if rss_last is None else round(rss_last / 2**20),
         "triton_during_run": triton,
+        "batches_per_worker": batches,
     }
     if profile_window is not None:
         begin, end = profile_window
@@ -207,6 +217,34 @@ def run_workers(
             profile_out, rate_hz=50, events=in_window, seconds=end - begin
         )
     return result
+
+
+def _batch_figures(port: int) -> dict[str, Any] | None:
+    """Batch count, mean records per batch and mean seconds per stage, from the worker's
+    own ``/metrics`` (None for a worker that has no batch metrics, an older checkout)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(("vigil_batch_records_", "vigil_batch_stage_seconds_")):
+                stage = sample.labels.get("stage", "")
+                sums[f"{sample.name}{':' + stage if stage else ''}"] = sample.value
+    count = sums.get("vigil_batch_records_count", 0.0)
+    if not count:
+        return None
+    return {
+        "batches": int(count),
+        "mean_records": round(sums["vigil_batch_records_sum"] / count, 1),
+        "mean_stage_ms": {
+            key.rsplit(":", 1)[1]: round(1000 * value / count, 2)
+            for key, value in sums.items()
+            if key.startswith("vigil_batch_stage_seconds_sum:")
+        },
+    }
 
 
 def _closed_port() -> int:

@@ -28,7 +28,14 @@ from prometheus_client import (
 from streams.core.events import INPUT_TOPICS, DeadLetterReason, IcuType, TopicKind
 from streams.core.state import Outcome
 
-__all__ = ["OUTPUT_TOPICS", "REGISTRY", "UNKNOWN_ICU_TYPE", "WorkerMetrics", "metrics"]
+__all__ = [
+    "BATCH_STAGES",
+    "OUTPUT_TOPICS",
+    "REGISTRY",
+    "UNKNOWN_ICU_TYPE",
+    "WorkerMetrics",
+    "metrics",
+]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -37,10 +44,14 @@ PlatformCollector(registry=REGISTRY)
 _LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_RECORDS_BUCKETS = (1, 4, 16, 64, 256, 512, 1024, 2048, 4096, 8192)
 _STATE_BUCKETS = tuple(float(2**k) for k in range(10, 24))  # 1 KiB .. 8 MiB
 
 OUTPUT_TOPICS: Final = (TopicKind.SCORES, TopicKind.ALERTS, TopicKind.DEADLETTER)
 """Topic kinds counted by ``vigil_events_out_total``."""
+
+BATCH_STAGES: Final = ("apply", "model", "explain", "send", "confirm", "changelog")
+"""``stage`` label values of ``vigil_batch_stage_seconds``, in the order a batch runs them."""
 
 UNKNOWN_ICU_TYPE: Final = "unknown"
 """``icu_type`` label of alerts whose patient has no ICU type (no admission record yet)."""
@@ -156,12 +167,29 @@ class WorkerMetrics:
             ["model"],
             registry=registry,
         )
+        self.batch_records = Histogram(
+            "vigil_batch_records",
+            "Input records per batch (the worker's unit of work).",
+            buckets=_RECORDS_BUCKETS,
+            registry=registry,
+        )
+        self.batch_stage = Histogram(
+            "vigil_batch_stage_seconds",
+            "Wall time of each stage of a batch, seconds: apply (decode, validate, apply, "
+            "snapshots), model (Triton answers), explain, send (outputs handed to the "
+            "producer), confirm (Kafka holds the outputs), changelog (states written and in "
+            "Kafka).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.active_patients = Gauge(
             "vigil_active_patients", "Patients with state held by this worker.", registry=registry
         )
         self.state_size = Histogram(
             "vigil_state_size_bytes",
-            "Serialised (JSON) size of each per-patient state, bytes, sampled periodically.",
+            "Serialised size of each per-patient state as the changelog holds it, bytes, "
+            "sampled periodically.",
             buckets=_STATE_BUCKETS,
             registry=registry,
         )
@@ -187,6 +215,8 @@ class WorkerMetrics:
                 self.events_out.labels(out.value, delivery)
         for reason in DeadLetterReason:
             self.deadletter.labels(reason.value)
+        for stage in BATCH_STAGES:
+            self.batch_stage.labels(stage)
         for severity in _ALERT_SEVERITIES:
             for alert_kind in _ALERT_KINDS:
                 for state in _ALERT_STATES:

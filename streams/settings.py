@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 from datetime import timedelta
 from typing import Literal, Self
 from urllib.parse import urlsplit
@@ -49,16 +52,37 @@ class WorkerSettings(BaseSettings):
     data_dir: str = Field(default=".vigil/worker", description="Faust data directory.")
     kafka_group_instance_id: str | None = Field(
         default=None,
-        description="Static group membership (one id per worker, kept across restarts): a "
+        description="Static group membership id (one per worker, kept across restarts): a "
         "restarted worker takes its partitions back at once instead of waiting for the "
-        "group to time its old session out (docs/reliability.md).",
+        "group to time its old session out (docs/reliability.md). Empty: derived from the "
+        "host name and the data directory, which are stable across restarts and differ "
+        "between workers of one host (see kafka_static_membership).",
+    )
+    kafka_static_membership: bool = Field(
+        default=True,
+        description="Join the consumer group as a static member (KIP-345) under "
+        "kafka_group_instance_id or its derived default; false joins as a dynamic member.",
     )
     kafka_session_timeout_seconds: float = Field(
-        default=60.0,
+        default=10.0,
         ge=6,
         le=1800,
         description="How long Kafka waits for a silent worker before giving its "
-        "partitions to the others (heartbeats every 3 s).",
+        "partitions to the others (heartbeats every 3 s from their own task; a batch "
+        "yields to it at least every few hundred records).",
+    )
+
+    kafka_producer_batch_bytes: int = Field(
+        default=256 * 1024,
+        ge=16 * 1024,
+        le=16 * 1024 * 1024,
+        description="Largest producer batch per partition, bytes (outputs and changelog).",
+    )
+    kafka_producer_linger_ms: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="How long the producer waits to fill a batch, ms.",
     )
 
     # --- Redis -------------------------------------------------------------------------
@@ -115,9 +139,21 @@ class WorkerSettings(BaseSettings):
     triton_retries: int = Field(default=2, ge=0, le=10)
     breaker_failures: int = Field(default=3, ge=1, description="Failures that open the breaker.")
     breaker_reset_seconds: float = Field(default=10.0, gt=0, description="Open-state cool-down.")
-    batch_max_size: int = Field(default=64, ge=1, le=1024, description="Patients per request.")
-    agent_concurrency: int = Field(
-        default=64, ge=1, le=1024, description="Records in flight per input topic."
+    batch_max_size: int = Field(
+        default=64, ge=1, le=1024, description="Patients per Triton request (rows)."
+    )
+    batch_max_records: int = Field(
+        default=2000,
+        ge=1,
+        le=100_000,
+        description="Input records per batch: a batch is decoded, applied, scored (one "
+        "model call per model), written and acknowledged as one unit (docs/worker.md).",
+    )
+    batch_max_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=5000,
+        description="Longest wait to fill a batch once its first record is there, in ms.",
     )
     input_event_time_order: bool = Field(
         default=True,
@@ -246,6 +282,17 @@ class WorkerSettings(BaseSettings):
         if (self.triton_ssl_certfile is None) != (self.triton_ssl_keyfile is None):
             raise ValueError("VIGIL_TRITON_SSL_CERTFILE and VIGIL_TRITON_SSL_KEYFILE go together")
         return self
+
+    @property
+    def group_instance_id(self) -> str | None:
+        """The static group membership id this worker joins with, or None (dynamic)."""
+        if not self.kafka_static_membership:
+            return None
+        if self.kafka_group_instance_id:
+            return self.kafka_group_instance_id
+        where = os.path.abspath(self.data_dir).encode()
+        digest = hashlib.sha256(where).hexdigest()[:10]
+        return f"{self.app_id}-{socket.gethostname()}-{digest}"
 
     def topic(self, suffix: str) -> str:
         """Full topic name for a suffix such as ``"vitals"``."""

@@ -111,16 +111,33 @@ def _nothing_expected(kind: str, partition: int, next_offset: int | None) -> boo
 
 
 class OrderedIngest:
-    """Merges, dispatches and acknowledges the input agents' records.
+    """Merges the input agents' records, processes them in batches, acknowledges them.
+
+    Released records are gathered into batches (up to ``batch_max_records``, waiting at
+    most ``batch_max_ms`` for more once the first is there) and handed to
+    ``process_batch`` one batch at a time: records of one patient keep their release
+    order inside a batch and batches never overlap, so the core sees each patient's
+    records in order while a whole batch shares one model call per model and one
+    changelog write per patient. A batch is acknowledged, record by record in offset order
+    per topic partition (:class:`InOrderAcks`), only after ``process_batch`` returned,
+    which is after its outputs and states are in Kafka.
+
+    While a batch is processed the next one fills; when more than
+    ``2 * batch_max_records`` records wait, the agents stop taking records
+    (back-pressure): a worker that falls behind reads more slowly and its batches grow,
+    it never drops or degrades work.
 
     Args:
         app: The Faust app (its consumer says what is assigned and caught up).
         kinds_by_topic: Input topic name to kind name (``vitals``, ...).
         kind_order: Kind names in tie-break order.
-        process: Processes one Faust event (``VigilWorker.process_event``).
-        concurrency: Records processed at once.
+        process_batch: Processes a list of Faust events (``VigilWorker.process_batch``).
+        batch_max_records: Most records per batch.
+        batch_max_ms: Longest wait, in milliseconds, to fill a batch.
         idle_seconds: See :class:`~streams.core.ordering.InputMerger`.
         max_held: See :class:`~streams.core.ordering.InputMerger`.
+        event_time_order: False releases every record as soon as it is offered (arrival
+            order; ``VIGIL_INPUT_EVENT_TIME_ORDER=false``).
     """
 
     def __init__(
@@ -129,28 +146,35 @@ class OrderedIngest:
         *,
         kinds_by_topic: dict[str, str],
         kind_order: tuple[str, ...],
-        process: Callable[[Any], Awaitable[None]],
-        concurrency: int,
+        process_batch: Callable[[list[Any]], Awaitable[None]],
+        batch_max_records: int,
+        batch_max_ms: float,
         idle_seconds: float,
         max_held: int,
+        event_time_order: bool = True,
     ) -> None:
         self.app = app
         self.kinds_by_topic = kinds_by_topic
         self.topic_of = {kind: topic for topic, kind in kinds_by_topic.items()}
-        self.process = process
+        self.process_batch = process_batch
         self.merger: InputMerger[tuple[Any, Any]] = InputMerger(
             kind_order, idle_seconds=idle_seconds, max_held=max_held
         )
+        self.event_time_order = event_time_order
         self.acks = InOrderAcks()
-        self._slots = asyncio.Semaphore(concurrency)
-        self._limit = 4 * concurrency
-        self._queues: dict[bytes, deque[tuple[Any, Any]]] = {}
+        self.batch_max_records = batch_max_records
+        self.batch_max_s = batch_max_ms / 1000
+        self._limit = 2 * batch_max_records
+        self._ready: deque[tuple[Any, Any]] = deque()
         self._outstanding = 0
         self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._arrived = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
         self._waiting = 0
         self._paused_since = 0.0
         self._paused_total = 0.0
+        self.batches = 0
+        """Batches processed so far."""
 
     # -- the agents' side ------------------------------------------------------------------
 
@@ -158,16 +182,19 @@ class OrderedIngest:
         """Take one record from an input agent; returns once there is room for more."""
         self.acks.take(event)
         message = event.message
-        value = message.value if isinstance(message.value, bytes) else b""
-        self.merger.add(
-            (stream, event),
-            kind=self.kinds_by_topic[message.topic],
-            partition=message.partition,
-            offset=message.offset,
-            event_ms=event_time_ms(value),
-            now_s=self._clock(),
-        )
-        self._release()
+        if self.event_time_order:
+            value = message.value if isinstance(message.value, bytes) else b""
+            self.merger.add(
+                (stream, event),
+                kind=self.kinds_by_topic[message.topic],
+                partition=message.partition,
+                offset=message.offset,
+                event_ms=event_time_ms(value),
+                now_s=self._clock(),
+            )
+            self._release()
+        else:
+            self._dispatch(stream, event)
         if self._outstanding < self._limit:
             return
         # Back-pressure. While an agent waits here its topic delivers nothing because of
@@ -261,39 +288,47 @@ class OrderedIngest:
 
         return more_expected
 
-    # -- dispatch ------------------------------------------------------------------------
+    # -- batches -------------------------------------------------------------------------
 
     def _dispatch(self, stream: Any, event: Any) -> None:
-        key = event.message.key
-        key = key if isinstance(key, bytes) else b""
         self._outstanding += 1
-        queue = self._queues.get(key)
-        if queue is not None:
-            queue.append((stream, event))
-            return
-        queue = deque([(stream, event)])
-        self._queues[key] = queue
-        task = asyncio.ensure_future(self._run(key, queue))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._ready.append((stream, event))
+        self._arrived.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.ensure_future(self._batches())
 
-    async def _run(self, key: bytes, queue: deque[tuple[Any, Any]]) -> None:
+    async def _take_batch(self) -> list[tuple[Any, Any]]:
+        """The next batch: what is ready now, topped up for at most ``batch_max_ms``."""
+        while not self._ready:
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = time.monotonic() + self.batch_max_s
+        while len(self._ready) < self.batch_max_records:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        count = min(len(self._ready), self.batch_max_records)
+        return [self._ready.popleft() for _ in range(count)]
+
+    async def _batches(self) -> None:
         try:
-            while queue:
-                stream, event = queue[0]
-                async with self._slots:
-                    await self.process(event)
-                await self.acks.done(stream, event)
-                queue.popleft()
-                self._outstanding -= 1
+            while True:
+                batch = await self._take_batch()
+                await self.process_batch([event for _, event in batch])
+                self.batches += 1
+                for stream, event in batch:
+                    await self.acks.done(stream, event)
+                self._outstanding -= len(batch)
                 self._changed.set()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # As an exception in an agent: the worker stops rather than skip a record.
-            log.exception("processing an input record failed; stopping the worker")
+            log.exception("processing a batch of input records failed; stopping the worker")
             await self.app.crash(exc)
             raise
-        finally:
-            if self._queues.get(key) is queue:
-                del self._queues[key]

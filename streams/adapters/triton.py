@@ -39,6 +39,9 @@ __all__ = ["ImageInput", "ModelOutput", "TritonScorer"]
 log = logging.getLogger(__name__)
 
 _MAX_RECONNECT_BACKOFF_MS = 2000
+_MAX_IN_FLIGHT = 2
+"""gRPC calls per model at once: the next batch is serialised and sent while Triton
+computes the current one."""
 
 
 def _channel_args() -> list[tuple[str, int]]:
@@ -92,6 +95,8 @@ class ModelOutput:
 class _Pending:
     arrays: dict[str, npt.NDArray[Any]]
     future: asyncio.Future[ModelOutput]
+    sent_at: float | None = None
+    """Monotonic time its gRPC call started (None while queued)."""
 
 
 class TritonScorer:
@@ -235,14 +240,21 @@ class TritonScorer:
         if self._task is None or self._task.done():
             raise InferenceError("scorer not started")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[ModelOutput] = loop.create_future()
-        self._queue.put_nowait(_Pending(arrays, future))
-        # A backstop: a caller never waits longer than every attempt could take.
+        pending = _Pending(arrays, loop.create_future())
+        self._queue.put_nowait(pending)
+        # A backstop: a caller never waits longer than every attempt of its own request
+        # could take. It counts from when the request goes out, not from when it was
+        # queued: a batch of many patients queues them all at once, and the last ones
+        # would otherwise time out behind the first while Triton is merely busy.
         limit = self.timeout_seconds * (self.retries + 2) + 1.0
-        try:
-            return await asyncio.wait_for(future, limit)
-        except TimeoutError as exc:
-            raise InferenceError(f"no answer within {limit:.1f}s") from exc
+        while True:
+            done, _ = await asyncio.wait({pending.future}, timeout=limit)
+            if done:
+                return pending.future.result()
+            sent = pending.sent_at
+            if sent is not None and time.monotonic() - sent >= limit:
+                pending.future.cancel()
+                raise InferenceError(f"no answer within {limit:.1f}s")
 
     def _arrays(
         self, window: FeatureWindow, images: Sequence[ImageInput]
@@ -270,30 +282,49 @@ class TritonScorer:
     # -- batching ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            deadline = time.monotonic() + self.batch_max_wait
-            # Drain without `wait_for(queue.get())`: on Python 3.11 a timeout racing a
-            # completed get can drop the item, and its caller would wait forever.
-            while len(batch) < self.batch_max_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                await asyncio.sleep(min(remaining, 0.001))
-            try:
-                await self._dispatch(batch)
-            except Exception as exc:  # never let the batcher die
-                log.exception("triton batch failed unexpectedly")
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(InferenceError(f"unexpected: {exc!r}"))
+        in_flight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                deadline = time.monotonic() + self.batch_max_wait
+                # Drain without `wait_for(queue.get())`: on Python 3.11 a timeout racing a
+                # completed get can drop the item, and its caller would wait forever.
+                while len(batch) < self.batch_max_size:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                        continue
+                    except asyncio.QueueEmpty:
+                        pass
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    await asyncio.sleep(min(remaining, 0.001))
+                await slots.acquire()
+                task = asyncio.create_task(self._dispatch_guarded(batch))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    async def _dispatch_guarded(self, batch: list[_Pending]) -> None:
+        try:
+            await self._dispatch(batch)
+        except Exception as exc:  # never let the batcher die
+            log.exception("triton batch failed unexpectedly")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(InferenceError(f"unexpected: {exc!r}"))
 
     async def _dispatch(self, batch: list[_Pending]) -> None:
+        batch = [item for item in batch if not item.future.done()]  # callers gone
+        if not batch:
+            return
+        sent_at = time.monotonic()
+        for item in batch:
+            item.sent_at = sent_at
         try:
             outputs = await self._infer_with_retries([item.arrays for item in batch])
         except InferenceError as exc:
@@ -357,6 +388,9 @@ class TritonScorer:
                     inputs,
                     outputs=requested,
                     client_timeout=self.timeout_seconds,
+                    # The same deadline for Triton's queue policy (REJECT): a request
+                    # still queued when this client has given up is never computed.
+                    timeout=int(self.timeout_seconds * 1_000_000),
                     headers=self._headers,
                 )
             except InferenceServerException as exc:

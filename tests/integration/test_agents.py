@@ -95,10 +95,10 @@ async def _run(stack: StackSettings, unique: str) -> tuple[VigilWorker, dict[str
     app = worker.app
     await app.producer.start()  # the table's changelog goes to the real Kafka
     await worker.tables.changelog_topic.maybe_declare()
-    await worker.scorer.start()
-    await worker.explainer.start()
-    assert worker.ood_scorer is not None  # on by default
-    await worker.ood_scorer.start()
+    await worker.models.scorer.start()
+    await worker.models.explainer.start()
+    assert worker.models.ood_scorer is not None  # on by default
+    await worker.models.ood_scorer.start()
     await worker.store.start()
     worker.ready.set()
     agents = {name.rsplit("-", 1)[-1]: agent for name, agent in app.agents.items()}
@@ -125,9 +125,9 @@ async def _run(stack: StackSettings, unique: str) -> tuple[VigilWorker, dict[str
         }
     finally:
         await worker.store.close()
-        await worker.ood_scorer.close()
-        await worker.explainer.close()
-        await worker.scorer.close()
+        await worker.models.ood_scorer.close()
+        await worker.models.explainer.close()
+        await worker.models.scorer.close()
         await app.producer.stop()
         # Iterating a stream makes Faust build its consumer, whose thread's event loop
         # exists from construction on; it is never started here, so close that loop.

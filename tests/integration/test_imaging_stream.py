@@ -89,9 +89,10 @@ async def _run(
     worker.outputs = {kind: app.channel() for kind in worker.outputs}
     await app.producer.start()
     await worker.tables.changelog_topic.maybe_declare()
-    assert worker.imager is not None
-    assert worker.ood_scorer is not None
-    scorers = (worker.scorer, worker.explainer, worker.ood_scorer, worker.imager)
+    assert worker.models.imager is not None
+    assert worker.models.ood_scorer is not None
+    scorers = worker.models.scorers()
+    assert len(scorers) == 4
     for scorer in scorers:
         await scorer.start()
     await worker.store.start()
@@ -122,7 +123,7 @@ async def _run(
         await worker.store.close()
         for scorer in scorers:
             await scorer.close()
-        await worker.images.close()
+        await worker.models.images.close()
         await app.producer.stop()
         app.consumer._thread.thread_loop.close()  # type: ignore[attr-defined]
 

@@ -263,46 +263,102 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
 
-def test_ordered_ingest_processes_one_patient_in_order_and_acks_after() -> None:
-    """Without a running consumer nothing is waited for; a patient's records are processed
-    one at a time in release order, different patients concurrently, each acknowledged
-    only after it was processed."""
+def _ingest(process_batch: Any, *, batch_max_records: int = 100, ordered: bool = True) -> Any:
+    return OrderedIngest(
+        object(),
+        kinds_by_topic={"v": "vitals", "l": "labs", "a": "adt"},
+        kind_order=KINDS,
+        process_batch=process_batch,
+        batch_max_records=batch_max_records,
+        batch_max_ms=5.0,
+        idle_seconds=1.0,
+        max_held=100,
+        event_time_order=ordered,
+    )
 
-    async def scenario() -> tuple[list[str], list[int], int]:
-        order: list[str] = []
+
+def test_ordered_ingest_processes_batches_in_order_and_acks_after() -> None:
+    """Without a running consumer nothing is waited for; records go out in batches that
+    never overlap, each patient's records in release order, and a record is acknowledged
+    only after its batch was processed."""
+
+    async def scenario() -> tuple[list[list[str]], list[int], int]:
+        batches: list[list[str]] = []
+        acked_before: list[int] = []
         running = 0
         peak = 0
+        stream = _Stream()
 
-        async def process(event: Any) -> None:
+        async def process_batch(events: list[Any]) -> None:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)
+            acked_before.append(len(stream.acked))
             await asyncio.sleep(0.01)
-            order.append(f"{event.message.key.decode()}:{event.message.offset}")
+            batches.append([f"{e.message.key.decode()}:{e.message.offset}" for e in events])
             running -= 1
 
-        ingest = OrderedIngest(
-            object(),
-            kinds_by_topic={"v": "vitals", "l": "labs", "a": "adt"},
-            kind_order=KINDS,
-            process=process,
-            concurrency=4,
-            idle_seconds=1.0,
-            max_held=100,
-        )
-        stream = _Stream()
+        ingest = _ingest(process_batch, batch_max_records=4)
         for step in range(3):
             for index, key in enumerate((b"p1", b"p2")):
                 offset = 2 * step + index
                 await ingest.offer(stream, _Event(_Message("v", 0, offset, key, 1000 * step)))
         await ingest.drain()
-        return order, stream.acked, peak
+        # Each batch started before any of its own records was acknowledged.
+        sizes = [len(b) for b in batches]
+        assert acked_before == [sum(sizes[:i]) for i in range(len(sizes))]
+        return batches, stream.acked, peak
 
-    order, acked, peak = asyncio.run(scenario())
+    batches, acked, peak = asyncio.run(scenario())
+    order = [record for batch in batches for record in batch]
     assert [o for o in order if o.startswith("p1")] == ["p1:0", "p1:2", "p1:4"]
     assert [o for o in order if o.startswith("p2")] == ["p2:1", "p2:3", "p2:5"]
+    assert all(len(batch) <= 4 for batch in batches)
+    assert len(batches) >= 2  # six records, at most four per batch
     assert acked == [0, 1, 2, 3, 4, 5]  # in offset order
-    assert peak == 2  # two patients at once, never two records of one patient
+    assert peak == 1  # batches never overlap
+
+
+def test_ordered_ingest_stops_the_worker_and_acknowledges_nothing_when_a_batch_fails() -> None:
+    crashed: list[BaseException] = []
+
+    class App:
+        async def crash(self, exc: BaseException) -> None:
+            crashed.append(exc)
+
+    async def scenario() -> list[int]:
+        stream = _Stream()
+
+        async def process_batch(events: list[Any]) -> None:
+            raise RuntimeError("Kafka refused the outputs")
+
+        ingest = _ingest(process_batch)
+        ingest.app = App()
+        await ingest.offer(stream, _Event(_Message("v", 0, 0, b"p1", 0)))
+        await asyncio.sleep(0.05)
+        return stream.acked
+
+    assert asyncio.run(scenario()) == []
+    assert len(crashed) == 1
+
+
+def test_arrival_order_ingest_batches_without_holding_records() -> None:
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+
+        async def process_batch(events: list[Any]) -> None:
+            seen.extend(f"{e.message.topic}:{e.message.offset}" for e in events)
+
+        ingest = _ingest(process_batch, ordered=False)
+        stream = _Stream()
+        # A lab far ahead in event time is not held back for the vitals topic.
+        await ingest.offer(stream, _Event(_Message("l", 0, 0, b"p1", 10_000_000)))
+        await ingest.offer(stream, _Event(_Message("v", 0, 0, b"p1", 0)))
+        assert ingest.held == 0
+        await ingest.drain()
+        return seen
+
+    assert asyncio.run(scenario()) == ["l:0", "v:0"]
 
 
 def _acks_scenario(finish_order: list[tuple[str, int]]) -> list[tuple[str, int]]:
