@@ -11,7 +11,13 @@ beside them, Triton's own statistics over the same interval (mean queue time per
 and compute time per execution, counting every client's requests to that model, since
 the stack is shared).
 
+With ``--concurrent``, the listed models are measured at the same time, one client
+thread per model (each still one request in flight), as the worker calls
+``deterioration`` and ``ood`` for the same events: that is where Python-backend stubs
+with default torch threads oversubscribe the cores (BENCHMARKS.md, issue 16).
+
     .venv/bin/python -m bench.triton_models --seconds 3
+    .venv/bin/python -m bench.triton_models --url 127.0.0.1:18001 --name triton_mine
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -106,22 +113,56 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="Triton gRPC host:port (default: the local stack's, VIGIL_STACK_TRITON_GRPC_PORT)",
+    )
+    parser.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="measure the listed models at the same time, one client thread each",
+    )
+    parser.add_argument(
+        "--name", default="triton", help="result file stem under bench/results/ (default: triton)"
+    )
     args = parser.parse_args(argv)
-    client = grpcclient.InferenceServerClient(StackSettings().triton_grpc_url)
+    url = args.url or StackSettings().triton_grpc_url
+    client = grpcclient.InferenceServerClient(url)
     results: dict[str, Any] = {}
-    for model in args.models:
-        before = load_average()
-        rows = [measure(client, model, batch, args.seconds) for batch in args.batches]
-        results[model] = {"load_before": before, "load_after": load_average(), "batches": rows}
-        for row in rows:
-            print(model, row)
+    if args.concurrent:
+        clients = {model: grpcclient.InferenceServerClient(url) for model in args.models}
+        for model in args.models:
+            results[model] = {"load_before": load_average(), "batches": []}
+        with ThreadPoolExecutor(len(args.models)) as pool:
+            for batch in args.batches:
+                futures = {
+                    model: pool.submit(measure, clients[model], model, batch, args.seconds)
+                    for model in args.models
+                }
+                for model, future in futures.items():
+                    row = future.result()
+                    results[model]["batches"].append(row)
+                    print(model, row)
+        for model in args.models:
+            results[model]["load_after"] = load_average()
+    else:
+        for model in args.models:
+            before = load_average()
+            rows = [measure(client, model, batch, args.seconds) for batch in args.batches]
+            results[model] = {"load_before": before, "load_after": load_average(), "batches": rows}
+            for row in rows:
+                print(model, row)
     result = {
         "benchmark": "triton",
         "machine": machine(),
-        "client": "tritonclient gRPC, one request in flight, synthetic inputs",
+        "client": "tritonclient gRPC, one request in flight"
+        + (" per model, models at the same time" if args.concurrent else "")
+        + ", synthetic inputs",
+        "url": url,
         "models": results,
     }
-    write_result("triton", result)
+    write_result(args.name, result)
     return result
 
 

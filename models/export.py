@@ -11,8 +11,10 @@ alert fires, so one trained network is served twice, from the same weights:
 Both take the same inputs. ``export`` writes, under ``<repo>/<name>/`` for each:
 
 * ``config.pbtxt``: the serving contract, rendered from :func:`tensor_specs` (names,
-  dims without the batch axis, dtypes), dynamic batching and an instance group
-  (``KIND_CPU`` here; ``KIND_GPU`` on a GPU server, see ``docs/deterioration.md``).
+  dims without the batch axis, dtypes), dynamic batching with a queue policy and an
+  instance group (``KIND_CPU`` here; ``KIND_GPU`` on a GPU server, see
+  ``docs/deterioration.md``), and the wrapper's ``torch_num_threads``
+  (:func:`render_serving`, shared by every served model).
 * ``<version>/model.pt``: the TorchScript module (weights, normalisation, calibration).
 * ``<version>/model.py``: the Python-backend wrapper, a copy of
   :mod:`models.triton_model`.
@@ -51,12 +53,17 @@ __all__ = [
     "EXPORT_SOURCES",
     "MODEL_NAME",
     "PARITY_TOLERANCE",
+    "QUEUE_DELAY_MICROSECONDS",
+    "QUEUE_TIMEOUT_MICROSECONDS",
+    "SCORING_INSTANCE_COUNT",
+    "TORCH_NUM_THREADS",
     "ExportResult",
     "TensorSpec",
     "example_inputs",
     "export",
     "load_checkpoint",
     "render_config",
+    "render_serving",
     "script_model",
     "tensor_specs",
 ]
@@ -73,6 +80,24 @@ EXPORT_SOURCES: Final[tuple[str, ...]] = (
     "models/triton_model.py",
 )
 """Files hashed into the model card's ``code_version`` at export time."""
+QUEUE_DELAY_MICROSECONDS: Final[int] = 2000
+"""Longest wait of Triton's dynamic batcher to fill a batch."""
+QUEUE_TIMEOUT_MICROSECONDS: Final[int] = 10_000_000
+"""Queue timeout of a request that carries none (``default_queue_policy``, REJECT): the
+worker's default deadline (``VIGIL_TRITON_TIMEOUT_SECONDS``, 10 s). The worker passes its
+own deadline with each request (``allow_timeout_override``), so a request whose client
+has given up is rejected in the queue instead of computed."""
+SCORING_INSTANCE_COUNT: Final[int] = 2
+"""Instances of the models called for every scored event (``deterioration``, ``ood``).
+Triton 2.51 does not prefetch the next batch of a model that has request timeouts, and
+its batcher then sometimes misses the end of an execution and waits its 500 ms default
+before starting the next one; a second instance (one more stub, about 0.7 GB) is free
+when the first is finishing, and removed those stalls in the benchmark (BENCHMARKS.md,
+issue 16). ``deterioration_explain`` and ``imaging``, called rarely, keep one."""
+TORCH_NUM_THREADS: Final[int] = 1
+"""Intra-op torch threads of each Python-backend stub (``parameters``
+``torch_num_threads``, read by :mod:`models.triton_model`): one stub per model shares the
+cores, and default threads oversubscribed them (BENCHMARKS.md, issue 16)."""
 _WIDE_KEYS: Final[frozenset[str]] = frozenset({"wide_weight", "wide_bias", "wide_mean", "wide_std"})
 _TRITON_MODEL_SOURCE: Final[Path] = Path(__file__).with_name("triton_model.py")
 
@@ -136,9 +161,12 @@ def render_config(
     explain: bool = False,
     max_batch_size: int = 64,
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
-    instance_count: int = 1,
+    instance_count: int | None = None,
 ) -> str:
-    """The ``config.pbtxt`` text of ``deterioration`` (or ``deterioration_explain``)."""
+    """The ``config.pbtxt`` text of ``deterioration`` (or ``deterioration_explain``);
+    ``instance_count`` defaults to :data:`SCORING_INSTANCE_COUNT` (1 when ``explain``)."""
+    if instance_count is None:
+        instance_count = 1 if explain else SCORING_INSTANCE_COUNT
     inputs, outputs = tensor_specs(config, explain=explain)
 
     def block(kind: str, specs: tuple[TensorSpec, ...]) -> str:
@@ -155,9 +183,31 @@ def render_config(
         f"max_batch_size: {max_batch_size}\n"
         + block("input", inputs)
         + block("output", outputs)
-        + "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
-        + "instance_group [\n"
-        + f"  {{\n    count: {instance_count}\n    kind: {instance_kind}\n  }}\n]\n"
+        + render_serving(instance_kind=instance_kind, instance_count=instance_count)
+    )
+
+
+def render_serving(
+    *,
+    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+    instance_count: int = 1,
+    torch_num_threads: int = TORCH_NUM_THREADS,
+) -> str:
+    """The scheduling part of every served model's ``config.pbtxt``: dynamic batching
+    with a REJECT queue policy, the instance group and ``torch_num_threads``."""
+    return (
+        "dynamic_batching {\n"
+        f"  max_queue_delay_microseconds: {QUEUE_DELAY_MICROSECONDS}\n"
+        "  default_queue_policy {\n"
+        "    timeout_action: REJECT\n"
+        f"    default_timeout_microseconds: {QUEUE_TIMEOUT_MICROSECONDS}\n"
+        "    allow_timeout_override: true\n"
+        "  }\n"
+        "}\n"
+        "instance_group [\n"
+        f"  {{\n    count: {instance_count}\n    kind: {instance_kind}\n  }}\n]\n"
+        'parameters {\n  key: "torch_num_threads"\n'
+        f'  value: {{ string_value: "{torch_num_threads}" }}\n}}\n'
     )
 
 

@@ -12,7 +12,8 @@ Written files:
 
 * ``imaging/config.pbtxt``: the contract (:func:`render_config`), with the lesion
   threshold (operating point chosen on validation patients) as the ``mask_threshold``
-  parameter.
+  parameter, and the queue policy and threads of
+  :func:`models.export.render_serving`.
 * ``imaging/<version>/model.pt``: TorchScript :class:`models.imaging_network.ImagingNet`.
 * ``imaging/<version>/model.py``: a copy of :mod:`models.triton_model` (the wrapper shared
   with the deterioration models; it reads names and dtypes from the config).
@@ -36,7 +37,7 @@ from typing import Any, Final, Literal
 
 import torch
 
-from models.export import TensorSpec
+from models.export import TensorSpec, render_serving
 from models.imaging_network import ImagingConfig, ImagingNet
 from models.imaging_train import IMAGING_SOURCES
 from models.train import code_version
@@ -112,8 +113,7 @@ def render_config(
         f"max_batch_size: {max_batch_size}\n"
         + block("input", inputs)
         + block("output", outputs)
-        + "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
-        + f"instance_group [\n  {{\n    count: 1\n    kind: {instance_kind}\n  }}\n]\n"
+        + render_serving(instance_kind=instance_kind)
         + 'parameters {\n  key: "mask_threshold"\n'
         + f'  value: {{ string_value: "{mask_threshold!r}" }}\n}}\n'
     )

@@ -11,7 +11,10 @@ fired). Written files:
 * ``ood/config.pbtxt``: the contract (:func:`render_config`), with the thresholds
   recorded as ``parameters``: ``threshold`` (``1.0``, of ``distance``),
   ``threshold_percentile``, ``representation_threshold``, ``input_hour_bucket_edges`` and
-  ``input_thresholds`` (comma-separated, one per bucket).
+  ``input_thresholds`` (comma-separated, one per bucket), and the queue policy and
+  threads of :func:`models.export.render_serving`. The detector re-runs the whole
+  ensemble for its features, so an ``ood`` request costs what a ``deterioration`` one
+  does (BENCHMARKS.md, issue 16).
 * ``ood/<version>/model.pt``: TorchScript :class:`models.ood.OODDetector` (ensemble
   weights, both channels' whitening matrices, class centres and thresholds).
 * ``ood/<version>/model.py``: a copy of :mod:`models.triton_model` (the same wrapper as
@@ -38,7 +41,14 @@ from typing import Any, Final, Literal
 import numpy as np
 import torch
 
-from models.export import TensorSpec, example_inputs, load_checkpoint, tensor_specs
+from models.export import (
+    SCORING_INSTANCE_COUNT,
+    TensorSpec,
+    example_inputs,
+    load_checkpoint,
+    render_serving,
+    tensor_specs,
+)
 from models.network import NetConfig
 from models.ood import OUTPUT_NAMES, GaussianFit, OODDetector
 from models.ood_input import InputChannel
@@ -95,6 +105,7 @@ def render_config(
     percentile: float,
     max_batch_size: int = 64,
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+    instance_count: int = SCORING_INSTANCE_COUNT,
 ) -> str:
     """The ``config.pbtxt`` text of ``ood``."""
     inputs, outputs = ood_tensor_specs(config)
@@ -116,8 +127,7 @@ def render_config(
         f"max_batch_size: {max_batch_size}\n"
         + block("input", inputs)
         + block("output", outputs)
-        + "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
-        + f"instance_group [\n  {{\n    count: 1\n    kind: {instance_kind}\n  }}\n]\n"
+        + render_serving(instance_kind=instance_kind, instance_count=instance_count)
         + parameter("threshold", repr(COMBINED_THRESHOLD))
         + parameter("threshold_percentile", repr(percentile))
         + parameter("representation_threshold", repr(representation_threshold))

@@ -4,6 +4,8 @@ the batch Triton or the worker put it in (docs/replay.md, "Determinism")."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,13 @@ import torch
 
 from models.export import MODEL_NAME, example_inputs
 from models.network import NetConfig
-from models.triton_model import BLOCK_ROWS, RequestError, Runner
+from models.triton_model import (
+    BLOCK_ROWS,
+    RequestError,
+    Runner,
+    prepare_module,
+    set_torch_threads,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "triton_repo" / MODEL_NAME
@@ -76,3 +84,83 @@ def test_bad_requests_are_still_refused(runner: Runner) -> None:
     arrays["values"] = arrays["values"][:1]
     with pytest.raises(RequestError, match="disagree"):
         runner.check(arrays)
+
+
+# --- What the wrapper does at load: threads, freezing, warm-up (issue 16) ---
+
+SERVED_WITH_WINDOW_INPUTS = (
+    ("deterioration", ("risk", "fused")),
+    ("deterioration_explain", ("risk", "fused", "contributions")),
+    ("ood", None),
+)
+
+
+@pytest.mark.parametrize(("model", "outputs"), SERVED_WITH_WINDOW_INPUTS)
+def test_the_frozen_module_gives_the_same_bits(model: str, outputs: tuple[str, ...] | None) -> None:
+    path = REPO / "triton_repo" / model / "1" / "model.pt"
+    plain = torch.jit.load(str(path)).eval()  # type: ignore[no-untyped-call]
+    arrays = _inputs(2 * BLOCK_ROWS + 5, seed=7)
+    inputs = [(n, np.float32, tuple(a.shape[1:])) for n, a in arrays.items()]
+    with torch.no_grad():
+        probe = plain(*(torch.from_numpy(a[:BLOCK_ROWS]) for a in arrays.values()))
+    names = outputs or tuple(f"out{i}" for i in range(len(probe)))
+    specs = [(n, t.numpy().dtype) for n, t in zip(names, probe, strict=True)]
+    frozen = prepare_module(torch.jit.load(str(path)), inputs)  # type: ignore[no-untyped-call]
+    assert frozen is not plain
+    expected = Runner(plain, inputs, specs).run(arrays)
+    got = Runner(frozen, inputs, specs).run(arrays)
+    for name in names:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+_THREADS_SCRIPT = """
+import json, sys, types
+import numpy as np
+sys.path.insert(0, {repo!r})
+pb = types.ModuleType("triton_python_backend_utils")
+pb.triton_string_to_numpy = {{"TYPE_FP32": np.float32}}.__getitem__
+sys.modules["triton_python_backend_utils"] = pb
+import torch
+from models.triton_model import TritonPythonModel
+config = json.loads({config!r})
+threads = {threads!r}
+if threads is not None:
+    config["parameters"] = {{"torch_num_threads": {{"string_value": threads}}}}
+TritonPythonModel().initialize({{
+    "model_config": json.dumps(config),
+    "model_repository": {model_dir!r},
+    "model_version": "1",
+    "model_instance_kind": "CPU",
+}})
+print(torch.get_num_threads(), torch.get_num_interop_threads())
+"""
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(None, 1), ("1", 1), ("3", 3)])
+def test_initialize_sets_the_configured_torch_threads(threads: str | None, expected: int) -> None:
+    config = {
+        "input": [
+            {"name": n, "data_type": "TYPE_FP32", "dims": [str(d) for d in a.shape[1:]]}
+            for n, a in _inputs(1, seed=0).items()
+        ],
+        "output": [
+            {"name": "risk", "data_type": "TYPE_FP32", "dims": ["1"]},
+            {"name": "fused", "data_type": "TYPE_FP32", "dims": ["64"]},
+        ],
+    }
+    script = _THREADS_SCRIPT.format(
+        repo=str(REPO), config=json.dumps(config), threads=threads, model_dir=str(SHIPPED)
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert result.stdout.split() == [str(expected), "1"], result.stderr
+
+
+def test_thread_count_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        set_torch_threads(0)

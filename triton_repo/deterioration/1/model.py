@@ -9,10 +9,23 @@ The requests of a dynamic batch are validated one by one; a bad request gets its
 ``TritonError`` (``INVALID_ARG``) and the valid ones are run together, in forwards of
 exactly :data:`BLOCK_ROWS` rows (see there). :class:`Runner` is the pure numpy/torch
 path, importable without Triton.
+
+At load (:func:`prepare_module`), each stub limits torch to ``torch_num_threads`` intra-op
+threads (a ``parameters`` entry of ``config.pbtxt``, default :data:`DEFAULT_NUM_THREADS`)
+and one inter-op thread, freezes the TorchScript module (:func:`torch.jit.freeze`:
+outputs bit-identical to the unfrozen module, tested) and runs warm-up blocks so that
+TorchScript's profiling executor has specialised the graph before the first request.
+Why one thread: Triton runs one stub process per model instance (six here) on a 2-core
+machine; with torch's default of one OpenMP thread per core, models computing at the same
+time (``deterioration`` and ``ood`` for every event, ``deterioration_explain`` on alerts)
+or any other load on the cores made each stub's threads wait for one another at every
+small operator of the 48-step recurrence: a 1-row ``deterioration`` execution took 0.8-2.3
+s instead of 35 ms (BENCHMARKS.md, "Triton serving: threads, executor, queue policy").
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -22,7 +35,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-__all__ = ["BLOCK_ROWS", "RequestError", "Runner", "TritonPythonModel"]
+__all__ = [
+    "BLOCK_ROWS",
+    "DEFAULT_NUM_THREADS",
+    "WARMUP_BLOCKS",
+    "RequestError",
+    "Runner",
+    "TritonPythonModel",
+    "prepare_module",
+    "set_torch_threads",
+]
 
 BLOCK_ROWS = 16
 """Rows per forward pass. Every forward runs at exactly this batch shape (the last block
@@ -33,6 +55,13 @@ bit-identical outputs at one fixed shape whatever the other rows and its positio
 (docs/replay.md, "Determinism"). Cost measured on the 2-core CI machine for the
 deterioration model: one row 10 ms alone, 20 ms padded to 16; 64 rows 51 ms in one
 forward, about 80 ms as four blocks."""
+
+
+DEFAULT_NUM_THREADS = 1
+"""Intra-op torch threads per stub when ``config.pbtxt`` has no ``torch_num_threads``."""
+WARMUP_BLOCKS = 3
+"""Forwards of one zero block run at load: the profiling executor records shapes on the
+first and optimises (fuses) from the second, which took 50-500 ms on the first requests."""
 
 
 class RequestError(ValueError):
@@ -107,6 +136,45 @@ class Runner:
         }
 
 
+def set_torch_threads(intra_op: int) -> None:
+    """Limits this process to ``intra_op`` torch threads and one inter-op thread.
+
+    The inter-op pool can be sized only before it first runs work (torch raises after
+    that), so a second call leaves it as it is.
+    """
+    if intra_op < 1:
+        raise ValueError(f"torch_num_threads must be positive, got {intra_op}")
+    torch.set_num_threads(intra_op)
+    with contextlib.suppress(RuntimeError):  # already set, or the pool has run work
+        torch.set_num_interop_threads(1)
+
+
+def prepare_module(
+    module: torch.jit.ScriptModule,
+    inputs: Sequence[tuple[str, npt.DTypeLike, tuple[int, ...]]],
+    device: str = "cpu",
+    *,
+    warmup_blocks: int = WARMUP_BLOCKS,
+) -> torch.jit.ScriptModule:
+    """Freezes an eval-mode TorchScript module and warms it up on zero blocks.
+
+    Freezing inlines the weights and attributes as constants (no ``self.`` lookups per
+    operator); outputs stay bit-identical to the unfrozen module (tests/models). The
+    warm-up runs ``warmup_blocks`` forwards of one :data:`BLOCK_ROWS`-row block of zeros,
+    the only shape :class:`Runner` ever runs.
+    """
+    module.eval()
+    frozen: torch.jit.ScriptModule = torch.jit.freeze(module)
+    zeros = [
+        torch.from_numpy(np.zeros((BLOCK_ROWS, *dims), dtype=dtype)).to(device)
+        for _, dtype, dims in inputs
+    ]
+    with torch.no_grad():
+        for _ in range(warmup_blocks):
+            frozen(*zeros)
+    return frozen
+
+
 def _block(array: npt.NDArray[Any], start: int, stop: int) -> npt.NDArray[Any]:
     """Rows ``start:stop`` padded to :data:`BLOCK_ROWS` with copies of the first."""
     block = array[start:stop]
@@ -136,12 +204,14 @@ class TritonPythonModel:
             (spec["name"], pb_utils.triton_string_to_numpy(spec["data_type"]))
             for spec in config["output"]
         ]
+        parameters = config.get("parameters", {})
+        threads = parameters.get("torch_num_threads", {}).get("string_value", "")
+        set_torch_threads(int(threads) if threads else DEFAULT_NUM_THREADS)
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         module = torch.jit.load(path, map_location=device)  # type: ignore[no-untyped-call]
-        module.eval()
-        self.runner = Runner(module, inputs, outputs, device)
+        self.runner = Runner(prepare_module(module, inputs, device), inputs, outputs, device)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb_utils = self.pb_utils
