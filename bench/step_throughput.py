@@ -1,0 +1,276 @@
+"""Served throughput of ``deterioration_step`` on its own Triton, and its model cost.
+
+Starts a private ``tritonserver`` (the binary of the ``nvidia-pytriton`` wheel, as
+``vigil stack`` does) on ports 28000/28001/28002 over a copy of
+``triton_repo/deterioration_step`` in a temporary folder, so the shared stack (8000-8002)
+is never touched. Requests are real: 256 demo stays (test split) stepped to hour 24 with
+the committed model, each request carrying the bin closed at 24 h (committed) and the open
+bin at 25 h. A ``tritonclient`` gRPC loop sends batch-256 requests for ``--seconds`` with
+``--in-flight`` requests outstanding (1 and 4 by default) and reports rows per second.
+
+Beside it, the TorchScript cost alone (frozen, one thread, the shape the wrapper runs:
+16-row blocks; and one 256-row forward) for the shipped ensemble and its first member.
+
+    .venv/bin/python -m bench.step_throughput --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import torch
+import tritonclient.grpc as grpcclient
+
+from bench.common import DEMO, ROOT, load_average, machine, write_result
+from models.physionet2012 import load_stays
+from models.step_export import MODEL_NAME, tensor_specs
+from models.step_network import StepEnsemble, StepModule
+from models.step_train import load_step_checkpoint
+from streams.core.step_features import BINS_PER_REQUEST, bin_inputs, pack_bins, stay_bins
+from vigil.stack import provision
+
+__all__ = ["model_cost", "request_arrays", "served"]
+
+PORTS = (28000, 28001, 28002)
+ADMIT = datetime(2012, 1, 1, tzinfo=UTC)
+ROWS = 256
+
+
+def request_arrays(net: StepEnsemble, rows: int = ROWS) -> dict[str, npt.NDArray[np.float32]]:
+    """``rows`` real requests: state at 24 h, bins closed at 24 h and open at 25 h."""
+    stays, _ = load_stays(DEMO)
+    stays = (stays * (rows // len(stays) + 1))[:rows]
+    arrays = [s.arrays(ADMIT) for s in stays]
+    config = net.config
+    no_images = (
+        torch.zeros(rows, config.max_images, config.image_dim),
+        torch.zeros(rows, config.max_images),
+        torch.zeros(rows, config.max_images),
+    )
+    statics = torch.from_numpy(np.stack([a.statics for a in arrays]))
+    static_mask = torch.from_numpy(np.stack([a.static_mask for a in arrays]))
+    # The stored state at 24 h: every bin before bin 23 committed, 8 per call.
+    history = []
+    for a in arrays:
+        bins = stay_bins(a, ADMIT + timedelta(hours=24))
+        history.append([bins.bin(i) for i in range(len(bins)) if bins.index[i] < 23])
+    state = torch.zeros(rows, net.layout.width)
+    for start in range(0, max(len(h) for h in history), BINS_PER_REQUEST):
+        chunk = [pack_bins(h[start : start + BINS_PER_REQUEST]) for h in history]
+        tensors = [torch.from_numpy(np.stack([c[i] for c in chunk])) for i in range(4)]
+        with torch.no_grad():
+            _, state, _ = net(
+                state, *tensors, torch.full((rows, 1), 8.0), statics, static_mask, *no_images
+            )
+    packed = []
+    commits = []
+    for stay in stays:
+        observations = stay.observations(ADMIT)
+        closed = bin_inputs(observations, admit_time=ADMIT, index=23)
+        open_bin = bin_inputs(
+            observations,
+            admit_time=ADMIT,
+            index=24,
+            end_time=ADMIT + timedelta(hours=24, minutes=30),
+        )
+        request_bins = [b for b in (closed, open_bin) if b is not None]
+        packed.append(pack_bins(request_bins))
+        commits.append([1.0 if closed is not None else 0.0])
+    return {
+        "state": state.numpy(),
+        "bins_values": np.stack([p[0] for p in packed]),
+        "bins_mask": np.stack([p[1] for p in packed]),
+        "bins_delta_hours": np.stack([p[2] for p in packed]),
+        "bins_valid": np.stack([p[3] for p in packed]),
+        "commit_bins": np.array(commits, dtype=np.float32),
+        "statics": np.stack([a.statics for a in arrays]),
+        "static_mask": np.stack([a.static_mask for a in arrays]),
+        "image_embeddings": np.zeros((rows, config.max_images, config.image_dim), np.float32),
+        "image_age_hours": np.zeros((rows, config.max_images), np.float32),
+        "image_mask": np.zeros((rows, config.max_images), np.float32),
+    }
+
+
+def model_cost(net: StepEnsemble, arrays: dict[str, npt.NDArray[np.float32]]) -> dict[str, Any]:
+    """Frozen TorchScript, one thread: ms per 16-row block and per 256-row forward."""
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.freeze(torch.jit.script(StepModule(net).eval()))
+    names = list(arrays)
+    out: dict[str, Any] = {}
+    for rows in (16, 256):
+        tensors = [torch.from_numpy(arrays[name][:rows].copy()) for name in names]
+        with torch.no_grad():
+            for _ in range(5):
+                module(*tensors)
+            runs = 400 if rows == 16 else 60
+            started = time.perf_counter()
+            for _ in range(runs):
+                module(*tensors)
+            seconds = (time.perf_counter() - started) / runs
+        out[f"ms_per_forward_{rows}_rows"] = round(seconds * 1000, 3)
+        out[f"us_per_row_{rows}_rows"] = round(seconds / rows * 1e6, 1)
+    return out
+
+
+def _start_server(repo: Path, log: Path) -> subprocess.Popen[bytes]:
+    binary = provision.triton_server()
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    argv = [
+        str(binary),
+        f"--model-repository={repo}",
+        f"--backend-directory={binary.parent.parent / 'backends'}",
+        "--http-address=127.0.0.1",
+        f"--http-port={PORTS[0]}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={PORTS[1]}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={PORTS[2]}",
+        "--allow-gpu-metrics=false",
+        "--pinned-memory-pool-byte-size=0",
+        "--disable-auto-complete-config",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--log-verbose=0",
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"tritonserver exited: {log.read_text()[-2000:]}")
+        try:
+            if (
+                httpx.get(f"http://127.0.0.1:{PORTS[0]}/v2/health/ready", timeout=1).status_code
+                == 200
+            ):
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise RuntimeError("tritonserver did not become ready in 120 s")
+
+
+def served(
+    arrays: dict[str, npt.NDArray[np.float32]], seconds: float, in_flight: int
+) -> dict[str, Any]:
+    """Rows per second of batch-``ROWS`` requests with ``in_flight`` outstanding."""
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{PORTS[1]}")
+    inputs = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    outputs = [grpcclient.InferRequestedOutput(n) for n in ("risk", "state_out", "fused")]
+    client.infer(MODEL_NAME, inputs, outputs=outputs)  # warm-up
+    done = 0
+    errors: list[str] = []
+    lock = threading.Condition()
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    def send() -> None:
+        begin = time.perf_counter()
+
+        def callback(result: Any, error: Any) -> None:
+            nonlocal done
+            with lock:
+                if error is not None:
+                    errors.append(str(error))
+                else:
+                    done += 1
+                    latencies.append(time.perf_counter() - begin)
+                lock.notify()
+
+        client.async_infer(MODEL_NAME, inputs, callback, outputs=outputs)
+
+    started = time.perf_counter()
+    sent = 0
+    with lock:
+        while time.perf_counter() < stop_at:
+            while sent - done - len(errors) < in_flight:
+                send()
+                sent += 1
+            lock.wait(timeout=1.0)
+        while done + len(errors) < sent:
+            lock.wait(timeout=5.0)
+    elapsed = time.perf_counter() - started
+    client.close()
+    ms = np.array(latencies) * 1000
+    return {
+        "in_flight": in_flight,
+        "requests": done,
+        "errors": len(errors),
+        "rows_per_second": round(done * ROWS / elapsed, 1),
+        "latency_p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "latency_p99_ms": round(float(np.percentile(ms, 99)), 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure and write ``bench/results/deterioration_step.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 4])
+    args = parser.parse_args(argv)
+    net, _ = load_step_checkpoint(ROOT / "models" / "weights" / "deterioration_step.pt")
+    arrays = request_arrays(net)
+    single = StepEnsemble(net.config, 1)
+    single.load_state_dict(
+        {k: v for k, v in net.state_dict().items() if not k.startswith("members.")}
+        | {k: v for k, v in net.state_dict().items() if k.startswith("members.0.")}
+    )
+    p = net.config.n_series
+    single_arrays = dict(arrays)
+    single_arrays["state"] = arrays["state"][:, : 5 * p + net.config.hidden].copy()
+    result: dict[str, Any] = {
+        "benchmark": "deterioration_step",
+        "machine": machine(),
+        "load_before": load_average(),
+        "model_cost": {
+            f"shipped_{net.layout.members}_members": model_cost(net, arrays),
+            "first_member_only": model_cost(single, single_arrays),
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="vigil-step-triton-") as tmp:
+        repo = Path(tmp) / "repo"
+        shutil.copytree(ROOT / "triton_repo" / MODEL_NAME, repo / MODEL_NAME)
+        process = _start_server(repo, Path(tmp) / "triton.log")
+        try:
+            result["served"] = [served(arrays, args.seconds, k) for k in args.in_flight]
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    result["load_after"] = load_average()
+    result["client"] = (
+        f"tritonclient gRPC async, batch {ROWS}, real demo stays at 24 h (1 committed + 1 "
+        "open bin per row), own tritonserver on 28000-28002 with only this model"
+    )
+    inputs, _ = tensor_specs(net.config, net.layout.width)
+    result["request_bytes_per_row"] = 4 * sum(int(np.prod(s.dims)) for s in inputs)
+    write_result("deterioration_step", result)
+    for key, value in result.items():
+        print(key, value)
+    return result
+
+
+if __name__ == "__main__":
+    main()
