@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -328,8 +328,14 @@ class VigilWorker:
             touched: dict[str, PatientState] = {}
             emitter = self.emitter
             ended = 0
+            owned = self._owned_partitions()
             try:
                 for state in list(self.states.states()):
+                    if (
+                        owned is not None
+                        and self.tables.partition_of(state.patient_id) not in owned
+                    ):
+                        continue  # a standby copy: its owner ends the snooze
                     until = (state.alert.get("active") or {}).get("snoozed_until_s")
                     if until is None or float(until) > clock.timestamp():
                         continue
@@ -349,6 +355,15 @@ class VigilWorker:
                 raise
         return ended
 
+    def _owned_partitions(self) -> set[int] | None:
+        """Input partition numbers assigned to this worker (None without a running
+        consumer, as in agent tests: every state is then this worker's)."""
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - no consumer (agent test context)
+            return None
+        return {tp.partition for tp in assignment if tp.topic in self.kinds}
+
     async def expire(self) -> int:
         """Drop states discharged or silent for too long (event time, on the clock of the
         patient's partition: :meth:`clock_of`); returns how many."""
@@ -356,17 +371,22 @@ class VigilWorker:
             return 0
         removed = 0
         silence, lateness = self.settings.silence_expiry, self.settings.lateness
+        deletions: list[Awaitable[Any]] = []
+        owned = self._owned_partitions()
         async with self.lock:
             for state in list(self.states.states()):
                 pid = state.patient_id
+                if owned is not None and self.tables.partition_of(pid) not in owned:
+                    continue  # a standby copy: its owner decides
                 clock = self.clock_of(pid)
                 # The two fields expiry reads, without encoding the state.
                 fields = {"discharged_ms": state.discharged_ms, "watermark_ms": state.watermark_ms}
                 if clock is None or not PatientState.removable(fields, clock, silence, lateness):
                     continue
-                self.states.delete(pid)
+                deletions.append(self.states.delete(pid))
                 self.partition_of.pop(pid, None)
                 removed += 1
+            await asyncio.gather(*deletions)
             self.states.prune()
         return removed
 
@@ -510,6 +530,9 @@ def create_worker(
         name="patients",
         beacon=app.tables.beacon,
         default=None,
+        # Values are encoded states (bytes, streams/core/state_codec.py): Faust derives the
+        # changelog's value serializer from value_type, so bytes makes it "raw" both ways.
+        value_type=bytes,
         partitions=settings.topic_partitions,
         schema=faust.Schema(
             key_type=str, value_type=None, key_serializer="raw", value_serializer="raw"

@@ -239,6 +239,8 @@ class OrderedIngest:
 
     def _release(self) -> None:
         if self._stopping():
+            # Faust waits for every record it handed out to be acknowledged before it
+            # gives partitions up, so a rebalance or a stop releases everything held.
             released = self.merger.release_all()
         else:
             released = self.merger.release(self._clock(), self._more_expected_now())
@@ -329,6 +331,6 @@ class OrderedIngest:
             raise
         except Exception as exc:
             # As an exception in an agent: the worker stops rather than skip a record.
+            # app.crash stops the worker; the batch is never acknowledged.
             log.exception("processing a batch of input records failed; stopping the worker")
             await self.app.crash(exc)
-            raise

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import faust
+from aiokafka.partitioner import murmur2
 
 from streams.core.state import PatientState
 from streams.core.state_codec import decode_state, encode_state
@@ -45,18 +46,48 @@ class DurableTable(faust.Table[str, Any]):
     starts).
     """
 
+    _partitions_of: dict[str, int] | None = None
+
+    def partition_of(self, key: str) -> int:
+        """The changelog partition of ``key``: the partition Kafka's default partitioner
+        gives the raw patient id, which is the partition of the patient's input records.
+
+        Faust's own path hands the JSON-serialised key (``"132556"``, with quotes) to
+        the producer's partitioner, which put a patient's state in another partition
+        than its input (for 132556: 2 instead of 6): after a rebalance the worker that
+        took the input partition did not have the state, restarted the stay from an
+        empty state, and the events the state still had to cite were never cited."""
+        if self._partitions_of is None:
+            self._partitions_of = {}
+        partition = self._partitions_of.get(key)
+        if partition is None:
+            partition = (murmur2(key.encode()) & 0x7FFFFFFF) % int(self.partitions or 1)
+            if len(self._partitions_of) > 1_000_000:
+                self._partitions_of.clear()
+            self._partitions_of[key] = partition
+        return partition
+
     def write(self, key: str, value: bytes) -> Awaitable[Any]:
         """Set ``key`` to ``value``; the result completes once Kafka holds the change."""
         self.data[key] = value  # the store only: the changelog record is sent below
         return asyncio.ensure_future(self._send_changelog_record(key, value))
 
-    async def _send_changelog_record(self, key: str, value: bytes) -> Any:
+    def remove(self, key: str) -> Awaitable[Any]:
+        """Delete ``key``; the result completes once Kafka holds the tombstone."""
+        self.data.pop(key, None)
+        return asyncio.ensure_future(self._send_changelog_record(key, None))
+
+    async def _send_changelog_record(self, key: str, value: bytes | None) -> Any:
         producer = self.app.producer
+        topic = self.changelog_topic
+        # The key exactly as Faust's own changelog path serialises it (JSON), so that
+        # its recovery reads it back; the partition is the input's (partition_of).
+        key_bytes, _ = topic.prepare_key(key, self.key_serializer)
         sent = await producer.send(
-            self.changelog_topic.get_topic_name(),
-            key.encode(),
+            topic.get_topic_name(),
+            key_bytes,
             value,
-            partition=None,
+            partition=self.partition_of(key),
             timestamp=None,
             headers=None,
         )
@@ -105,10 +136,10 @@ class StateTable:
         for patient_id in patient_ids:
             self._decoded.pop(patient_id, None)
 
-    def delete(self, patient_id: str) -> None:
-        """Remove a patient's state (expiry)."""
-        del self.table[patient_id]
+    def delete(self, patient_id: str) -> Awaitable[Any]:
+        """Remove a patient's state (expiry); returns the tombstone's delivery."""
         self._decoded.pop(patient_id, None)
+        return cast(Awaitable[Any], self.table.remove(patient_id))
 
     def patient_ids(self) -> list[str]:
         """Every patient whose state this worker holds (standby copies included)."""
