@@ -58,6 +58,9 @@ def _query(client: httpx.Client, expr: str) -> dict[str, Any]:
     return body
 
 
+_TRITON_P95 = 'max(vigil:triton_request_seconds:p95_5m{model="deterioration"})'
+
+
 def _value(client: httpx.Client, expr: str) -> float | None:
     body = _query(client, expr)
     result = body.get("data", {}).get("result", [])
@@ -88,7 +91,12 @@ def test_dashboard_queries_are_valid_and_return_series_during_a_replay(
     instance = f"{stack.host}:{port}"
     log = tmp_path / "worker.log"
     with running_worker(env, log) as worker:
-        produce(events, bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
+        # Two halves, the second once Prometheus has scraped the first: a worker that
+        # processes the whole replay between two scrapes would leave every rate at 0 (the
+        # counters must move between the two scrapes a rate5m recording rule reads).
+        half = len(events) // 2
+        produce(events[:half], bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
+        first_half_scraped = False
         # Wait until this worker's scores are scraped and every query that should have
         # data has it (the rate5m recording rules need two scrapes of the new series).
         wanted = [(title, e) for title, e in queries if e not in MAY_BE_EMPTY]
@@ -97,13 +105,22 @@ def test_dashboard_queries_are_valid_and_return_series_during_a_replay(
         while time.monotonic() < deadline:
             assert worker.poll() is None, log.read_text()[-3000:]
             scored = _value(client, f'sum(vigil_scores_total{{instance="{instance}"}})')
+            if scored and not first_half_scraped:
+                produce(events[half:], bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
+                first_half_scraped = True
+                continue
             if scored:
                 empty = [
                     f"{title}: {e}"
                     for title, e in wanted
                     if not _query(client, e).get("data", {}).get("result")
                 ]
-                if not empty:
+                # Rates and quantiles of the counters and histograms this test checks
+                # exist once they moved between two scrapes (NaN or 0 before).
+                rate = _value(client, "sum(vigil:events_in:rate5m)") or 0.0
+                p95 = _value(client, _TRITON_P95)
+                moving = rate > 0 and p95 is not None and not math.isnan(p95)
+                if not empty and moving:
                     break
             time.sleep(5)
         assert scored, f"Prometheus never scraped scores from {instance}"
@@ -139,7 +156,7 @@ def test_dashboard_queries_are_valid_and_return_series_during_a_replay(
         risk = _value(client, f'sum(vigil_risk_score_count{{instance="{instance}"}})')
         assert risk is not None
         assert risk > 0
-        p95 = _value(client, 'max(vigil:triton_request_seconds:p95_5m{model="deterioration"})')
+        p95 = _value(client, _TRITON_P95)
         assert p95 is not None
         assert 0 < p95 < 5
         assert _value(client, f'vigil_degraded{{instance="{instance}"}}') == 0
