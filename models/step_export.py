@@ -6,15 +6,23 @@ Writes, under ``<repo>/deterioration_step/``:
   with the scheduling part every served model shares
   (:func:`models.export.render_serving`: dynamic batching with a short queue delay, a
   ``default_queue_policy`` that REJECTs on timeout, one torch thread), with two CPU
-  instances like ``deterioration``.
-* ``<version>/model.pt``: :class:`models.step_network.StepModule` in TorchScript.
+  instances like ``deterioration``, and the OOD verdict's thresholds as ``parameters``
+  (``threshold`` ``1.0`` of ``distance``, as the ``ood`` model has it).
+* ``<version>/model.pt``: :class:`models.step_ood.StepOODModule` in TorchScript: the step
+  (:class:`models.step_network.StepModule`, outputs ``risk``, ``state_out``, ``fused``)
+  and its own two-channel OOD verdict (:data:`models.step_ood.OOD_OUTPUT_NAMES`, named
+  and typed as the ``ood`` model's outputs), fitted by :mod:`models.step_ood_train`
+  (``models/weights/deterioration_step_ood.pt``; export refuses a fit of another step
+  checkpoint).
 * ``<version>/model.py``: a copy of :mod:`models.triton_model` (the shared wrapper).
 * ``model_card.json`` / ``model_card.md``: data hash, split, seeds, settings, metrics,
   the state layout, the contract, parity gap and file hash.
 
 Before writing, the reloaded TorchScript is compared with the eager ensemble
-(:meth:`models.step_network.StepEnsemble.forward`) with and without images; a gap above
-:data:`PARITY_TOLERANCE` raises :class:`vigil.errors.ModelError`.
+(:meth:`models.step_network.StepEnsemble.forward`) with and without images on ``risk``,
+``state_out`` and ``fused``, and with the eager :class:`~models.step_ood.StepOODModule`
+on the OOD outputs; a gap above :data:`PARITY_TOLERANCE` (:data:`OOD_PARITY_TOLERANCE`,
+relative, for the distances) raises :class:`vigil.errors.ModelError`.
 """
 
 from __future__ import annotations
@@ -24,14 +32,19 @@ import io
 import json
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from models.export import SCORING_INSTANCE_COUNT, TensorSpec, render_serving
 from models.network import NetConfig
-from models.step_network import StepEnsemble, StepModule
+from models.step_network import StepEnsemble
+from models.step_ood import OOD_OUTPUT_NAMES, StepOODModule
+from models.step_ood_train import STEP_OOD_SOURCES, load_fit
 from models.step_train import STEP_TRAINING_SOURCES, load_step_checkpoint
 from models.train import code_version
 from streams.core.features import SERIES_CODES, STATIC_FEATURES
@@ -39,8 +52,11 @@ from streams.core.step_features import BINS_PER_REQUEST
 from vigil.errors import ModelError
 
 __all__ = [
+    "COMBINED_THRESHOLD",
     "MAX_BATCH_SIZE",
     "MODEL_NAME",
+    "OOD_FIT",
+    "OOD_PARITY_TOLERANCE",
     "PARITY_TOLERANCE",
     "STEP_EXPORT_SOURCES",
     "StepExportResult",
@@ -53,10 +69,18 @@ __all__ = [
 
 MODEL_NAME: Final[str] = "deterioration_step"
 PARITY_TOLERANCE: Final[float] = 1e-5
+OOD_PARITY_TOLERANCE: Final[float] = 1e-4
+"""Largest relative |eager - TorchScript| gap of the OOD distances."""
+COMBINED_THRESHOLD: Final[float] = 1.0
+"""Threshold of the served ``distance`` (each channel's distance over its threshold)."""
+OOD_FIT: Final[Path] = Path("models/weights/deterioration_step_ood.pt")
+"""The OOD fit exported with the step model by default."""
+_BOOL_OUTPUTS: Final[frozenset[str]] = frozenset({"ood", "representation_ood", "input_ood"})
 MAX_BATCH_SIZE: Final[int] = 1024
 """Rows per Triton execution (dynamic batching merges requests up to it)."""
 STEP_EXPORT_SOURCES: Final[tuple[str, ...]] = (
     *STEP_TRAINING_SOURCES,
+    *(s for s in STEP_OOD_SOURCES if s not in STEP_TRAINING_SOURCES),
     "models/step_export.py",
     "models/triton_model.py",
 )
@@ -64,19 +88,30 @@ _TRITON_MODEL_SOURCE: Final[Path] = Path(__file__).with_name("triton_model.py")
 
 
 class StepExportResult:
-    """Paths written by :func:`export_step` and the measured parity gap."""
+    """Paths written by :func:`export_step` and the measured parity gaps (step outputs,
+    absolute; OOD distances, relative)."""
 
-    def __init__(self, config: Path, model: Path, model_card: Path, max_abs_diff: float) -> None:
+    def __init__(
+        self,
+        config: Path,
+        model: Path,
+        model_card: Path,
+        max_abs_diff: float,
+        ood_max_rel_diff: float = 0.0,
+    ) -> None:
         self.config = config
         self.model = model
         self.model_card = model_card
         self.max_abs_diff = max_abs_diff
+        self.ood_max_rel_diff = ood_max_rel_diff
 
 
 def tensor_specs(
     config: NetConfig, state_width: int, length: int = BINS_PER_REQUEST
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Inputs and outputs of ``deterioration_step`` in forward order (dims without batch)."""
+    """Inputs and outputs of ``deterioration_step`` in forward order (dims without batch):
+    the step's ``risk``, ``state_out``, ``fused``, then the OOD outputs of the ``ood``
+    model (``[1]`` each; ``ood``, ``representation_ood``, ``input_ood`` TYPE_BOOL)."""
     p, s, k, e = config.n_series, config.n_statics, config.max_images, config.image_dim
     fp32 = "TYPE_FP32"
     inputs = (
@@ -96,6 +131,10 @@ def tensor_specs(
         TensorSpec("risk", fp32, (1,)),
         TensorSpec("state_out", fp32, (state_width,)),
         TensorSpec("fused", fp32, (config.fused,)),
+        *(
+            TensorSpec(name, "TYPE_BOOL" if name in _BOOL_OUTPUTS else fp32, (1,))
+            for name in OOD_OUTPUT_NAMES
+        ),
     )
     return inputs, outputs
 
@@ -103,6 +142,8 @@ def tensor_specs(
 def render_config(
     config: NetConfig,
     state_width: int,
+    ood_fit: Mapping[str, npt.ArrayLike],
+    percentile: float,
     *,
     max_batch_size: int = MAX_BATCH_SIZE,
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
@@ -111,7 +152,10 @@ def render_config(
     """The ``config.pbtxt`` text of ``deterioration_step``: called for every score like
     ``deterioration``, so it gets the same :data:`~models.export.SCORING_INSTANCE_COUNT`
     instances (one instance with a queue-policy timeout stalls ~500 ms at times in
-    Triton 2.51; BENCHMARKS.md, issue 16 part 1)."""
+    Triton 2.51; BENCHMARKS.md, issue 16 part 1). ``ood_fit`` (the fit's arrays) and
+    ``percentile`` give the ``parameters`` the ``ood`` model also has: ``threshold``
+    (``1.0``, of ``distance``), ``threshold_percentile``, ``representation_threshold``,
+    then ``input_step_bucket_edges`` and ``input_thresholds`` (comma-separated)."""
     inputs, outputs = tensor_specs(config, state_width)
 
     def block(kind: str, specs: tuple[TensorSpec, ...]) -> str:
@@ -122,6 +166,13 @@ def render_config(
         ]
         return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
 
+    def parameter(key: str, value: str) -> str:
+        return f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
+
+    def listed(name: str) -> str:
+        return ",".join(repr(float(v)) for v in np.asarray(ood_fit[name]).reshape(-1))
+
+    rep_threshold = float(np.asarray(ood_fit["rep_threshold"]).reshape(-1)[0])
     return (
         f'name: "{MODEL_NAME}"\n'
         'backend: "python"\n'
@@ -129,15 +180,20 @@ def render_config(
         + block("input", inputs)
         + block("output", outputs)
         + render_serving(instance_kind=instance_kind, instance_count=instance_count)
+        + parameter("threshold", repr(COMBINED_THRESHOLD))
+        + parameter("threshold_percentile", repr(float(percentile)))
+        + parameter("representation_threshold", repr(rep_threshold))
+        + parameter("input_step_bucket_edges", listed("input_edges"))
+        + parameter("input_thresholds", listed("input_thresholds"))
     )
 
 
-def script_step(net: StepEnsemble) -> torch.jit.ScriptModule:
-    """TorchScript of :class:`StepModule` built from ``net`` (eval mode)."""
+def script_step(net: StepEnsemble, ood_fit: Mapping[str, npt.ArrayLike]) -> torch.jit.ScriptModule:
+    """TorchScript of :class:`StepOODModule` built from ``net`` and the OOD fit (eval)."""
     net.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
-        scripted: torch.jit.ScriptModule = torch.jit.script(StepModule(net).eval())
+        scripted: torch.jit.ScriptModule = torch.jit.script(StepOODModule(net, ood_fit).eval())
     return scripted
 
 
@@ -184,36 +240,60 @@ def example_step_inputs(
     return (state, *bins(), valid, commit, statics, static_mask, embeddings, ages, image_mask)
 
 
-def _parity(net: StepEnsemble, reloaded: torch.jit.ScriptModule) -> float:
-    worst = 0.0
+def _parity(
+    net: StepEnsemble, ood_fit: Mapping[str, npt.ArrayLike], reloaded: torch.jit.ScriptModule
+) -> tuple[float, float]:
+    """Largest gap of the step outputs (absolute, against the eager ensemble) and of the
+    OOD distances (relative, against the eager :class:`StepOODModule`); a flag that
+    differs away from its threshold counts as an infinite gap."""
+    eager_ood = StepOODModule(net, ood_fit).eval()
+    worst, worst_ood = 0.0, 0.0
     for images in (False, True):
         inputs = example_step_inputs(net, images=images)
         with torch.no_grad():
             expected = net(*inputs)
+            eager = eager_ood(*inputs)
             served = reloaded(*inputs)
-        for a, b in zip(expected, served, strict=True):
+        for a, b in zip(expected, served[:3], strict=True):
             worst = max(worst, float((a - b).abs().max().item()))
-    return worst
+        distance, rep, inp, inp_threshold = eager[3], eager[5], eager[6], eager[7]
+        for i in (3, 5, 6, 7):
+            gap = (eager[i] - served[i]).abs() / torch.clamp(eager[i].abs(), min=1.0)
+            worst_ood = max(worst_ood, float(gap.max().item()))
+        margins = {
+            4: (distance - 1.0).abs(),
+            8: (rep / eager_ood.rep_threshold - 1.0).abs(),
+            9: (inp / inp_threshold - 1.0).abs(),
+        }
+        for i, margin in margins.items():
+            differ = (eager[i] != served[i]) & (margin > OOD_PARITY_TOLERANCE)
+            if bool(differ.any()):
+                worst_ood = float("inf")
+    return worst, worst_ood
 
 
-def scripted_bytes(net: StepEnsemble) -> tuple[bytes, float]:
-    """Serialised TorchScript and its parity gap with the eager ensemble.
+def scripted_bytes(
+    net: StepEnsemble, ood_fit: Mapping[str, npt.ArrayLike]
+) -> tuple[bytes, float, float]:
+    """Serialised TorchScript and its parity gaps (step outputs, OOD distances).
 
     Raises:
-        ModelError: The gap exceeds :data:`PARITY_TOLERANCE`.
+        ModelError: A gap exceeds :data:`PARITY_TOLERANCE` or
+            :data:`OOD_PARITY_TOLERANCE`.
     """
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(script_step(net), buffer)
+        torch.jit.save(script_step(net, ood_fit), buffer)
         buffer.seek(0)
         reloaded = torch.jit.load(buffer)  # type: ignore[no-untyped-call]
-    gap = _parity(net, reloaded)
-    if gap > PARITY_TOLERANCE:
+    gap, ood_gap = _parity(net, ood_fit, reloaded)
+    if gap > PARITY_TOLERANCE or ood_gap > OOD_PARITY_TOLERANCE:
         raise ModelError(
-            f"export parity failed for {MODEL_NAME}: max |eager - TorchScript| = {gap:.3g}"
+            f"export parity failed for {MODEL_NAME}: max |eager - TorchScript| = {gap:.3g}, "
+            f"OOD relative gap {ood_gap:.3g}"
         )
-    return buffer.getvalue(), gap
+    return buffer.getvalue(), gap, ood_gap
 
 
 def _fmt(entry: dict[str, Any]) -> str:
@@ -260,7 +340,46 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         "- Image branch: untrained (`image_out` weight zero): images do not change the "
         "risk.\n\n"
         "| Split | Hour | Score | AUROC [95 % CI] | AUPRC | ECE |\n"
-        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n" + _ood_markdown(card)
+    )
+
+
+def _ood_markdown(card: dict[str, Any]) -> str:
+    ood = card["ood"]
+    m = ood["metrics"]
+    pct = ood["percentile"]
+    shifts = []
+    for key, entry in m["shifts"].items():
+        c = entry["combined"]
+        window = entry.get("window_detector", {}).get("auroc")
+        shifts.append(
+            f"| {key} | {entry['n_shifted']} | {c['auroc']:.3f} {c['auroc_ci']} | "
+            f"{c['flagged_fraction']:.3f} | {'—' if window is None else f'{window:.3f}'} |"
+        )
+    test = m["test"]["combined"]
+    val = m["validation"]["combined"]
+    return (
+        "\n## OOD verdict (same call)\n\n"
+        "Two Mahalanobis channels (docs/ood.md, 'OOD on the step model'): every member's "
+        "`fused` concatenated (class Gaussians, tied covariance) and the running "
+        "statistics of the state per bucket of steps observed; `distance` = the larger "
+        "of each channel's distance over its threshold, `ood` = `distance > 1`.\n\n"
+        f"- Fit: `{ood['fit_file']}` SHA-256 `{ood['fit_sha256']}`, of step checkpoint "
+        f"`{ood['step_checkpoint_sha256']}`; code `{ood['code_version']['source_sha256']}`, "
+        f"git `{ood['code_version']['git_commit']}`; {ood['seconds']} s\n"
+        f"- {ood['fitted_on']}; thresholds: the {pct:g}th percentile of validation "
+        f"distances (representation {ood['representation_threshold']:.3f}; input per "
+        f"step bucket {', '.join(f'{t:.2f}' for t in ood['input_thresholds'])} for edges "
+        f"{', '.join(f'{e:g}' for e in ood['input_step_bucket_edges'])})\n"
+        "- Export parity of the OOD distances (relative): "
+        f"{ood['export_parity_max_rel_diff']:.2g}\n"
+        f"- In-distribution flag rate: validation {val['flagged_fraction']:.4f}, test "
+        f"{test['flagged_fraction']:.4f} {test['flagged_fraction_ci']}\n\n"
+        "Test split at 48 h; shifts are **synthetic** (models/ood_shifts.py); bracketed: "
+        "95 % stay-bootstrap interval; last column: the shipped window detector `ood` on "
+        "the same windows.\n\n"
+        "| Shift | Shifted windows | AUROC | Flagged | Window detector AUROC |\n"
+        "| --- | --- | --- | --- | --- |\n" + "\n".join(shifts) + "\n"
     )
 
 
@@ -271,8 +390,10 @@ def export_step(
     version: int = 1,
     max_batch_size: int = MAX_BATCH_SIZE,
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+    ood_fit: Path = OOD_FIT,
 ) -> StepExportResult:
-    """Writes ``<repo_dir>/deterioration_step`` for a trained step checkpoint.
+    """Writes ``<repo_dir>/deterioration_step`` for a trained step checkpoint and the OOD
+    fit of that checkpoint (:func:`models.step_ood_train.fit_step_ood`).
 
     Raises:
         ModelError: An unreadable checkpoint, a bad argument, or a parity failure.
@@ -280,7 +401,14 @@ def export_step(
     if version < 1 or max_batch_size < 1:
         raise ModelError("version and max_batch_size must be positive")
     net, meta = load_step_checkpoint(checkpoint)
-    blob, gap = scripted_bytes(net)
+    ood_arrays, ood_meta = load_fit(ood_fit)
+    checkpoint_sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    if ood_meta["step_checkpoint_sha256"] != checkpoint_sha:
+        raise ModelError(
+            f"the OOD fit {ood_fit} is of another step checkpoint; run "
+            "python -m models.step_ood_train"
+        )
+    blob, gap, ood_gap = scripted_bytes(net, ood_arrays)
     model_dir = repo_dir / MODEL_NAME
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +420,8 @@ def export_step(
         render_config(
             net.config,
             net.layout.width,
+            ood_arrays,
+            float(ood_meta["percentile"]),
             max_batch_size=max_batch_size,
             instance_kind=instance_kind,
         )
@@ -317,11 +447,22 @@ def export_step(
         },
         "training_code_version": meta["code_version"],
         "code_version": code_version(STEP_EXPORT_SOURCES),
+        "ood": {
+            **{k: v for k, v in ood_meta.items() if k not in ("split", "settings")},
+            "fit_file": str(ood_fit),
+            "fit_sha256": hashlib.sha256(ood_fit.read_bytes()).hexdigest(),
+            "fit_settings": ood_meta["settings"],
+            "representation_threshold": float(ood_arrays["rep_threshold"].reshape(-1)[0]),
+            "input_step_bucket_edges": [float(e) for e in ood_arrays["input_edges"]],
+            "input_thresholds": [float(t) for t in ood_arrays["input_thresholds"]],
+            "export_parity_max_rel_diff": ood_gap,
+            "split_equals_checkpoint": ood_meta["split"] == meta["split"],
+        },
     }
     card_path = model_dir / "model_card.json"
     card_path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
     (model_dir / "model_card.md").write_text(_model_card_markdown(card))
-    return StepExportResult(config_path, model_path, card_path, gap)
+    return StepExportResult(config_path, model_path, card_path, gap, ood_gap)
 
 
 def main() -> None:
@@ -332,7 +473,10 @@ def main() -> None:
         Path(sys.argv[1]) if len(sys.argv) > 1 else Path("models/weights/deterioration_step.pt")
     )
     result = export_step(checkpoint)
-    sys.stdout.write(f"wrote {result.config}, {result.model}; parity {result.max_abs_diff:.3g}\n")
+    sys.stdout.write(
+        f"wrote {result.config}, {result.model}; parity {result.max_abs_diff:.3g}, "
+        f"OOD {result.ood_max_rel_diff:.3g}\n"
+    )
 
 
 if __name__ == "__main__":

@@ -492,6 +492,38 @@ class StepModule(nn.Module):
         image_mask: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``risk [B,1]``, ``state_out [B,D]``, ``fused [B,F]`` (see the class)."""
+        risk, state_out, fused, _ = self.step(
+            state,
+            bins_values,
+            bins_mask,
+            bins_delta_hours,
+            bins_valid,
+            commit_bins,
+            statics,
+            static_mask,
+            image_embeddings,
+            image_age_hours,
+            image_mask,
+        )
+        return risk, state_out, fused[0]
+
+    def step(
+        self,
+        state: Tensor,
+        bins_values: Tensor,
+        bins_mask: Tensor,
+        bins_delta_hours: Tensor,
+        bins_valid: Tensor,
+        commit_bins: Tensor,
+        statics: Tensor,
+        static_mask: Tensor,
+        image_embeddings: Tensor,
+        image_age_hours: Tensor,
+        image_mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`forward` with what an OOD head reads: ``risk [B,1]``, ``state_out
+        [B,D]``, every member's ``fused [M,B,F]`` and the running statistics after every
+        valid bin ``[B,5,P]`` (those the risk was computed from)."""
         batch, length, p = bins_values.shape
         m_count, hidden = self.n_members, self.hidden
         valid = bins_valid > 0.5
@@ -533,7 +565,7 @@ class StepModule(nn.Module):
             image_mask,
         )
         risk = torch.sigmoid(self.calibration_scale * logit + self.calibration_bias)
-        return risk.unsqueeze(1), state_out, fused
+        return risk.unsqueeze(1), state_out, fused, stats_seq[:, steps]
 
     def _head(
         self,
@@ -545,7 +577,7 @@ class StepModule(nn.Module):
         image_age_hours: Tensor,
         image_mask: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """First member's ``fused [B,F]`` and the mean ``logit [B]`` from ``h [M,B,H]``."""
+        """Every member's ``fused [M,B,F]`` and the mean ``logit [B]`` from ``h [M,B,H]``."""
         m_count, batch = h.shape[0], h.shape[1]
         st = (statics - self.static_mean) / self.static_std * static_mask
         static_in = torch.cat([st, static_mask], 1).unsqueeze(0).expand(m_count, batch, -1)
@@ -572,4 +604,4 @@ class StepModule(nn.Module):
         else:
             fused = z + self.b_out
         logit = torch.baddbmm(self.b_head, fused, self.w_head).squeeze(2).mean(0)
-        return fused[0], logit
+        return fused, logit

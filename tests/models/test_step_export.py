@@ -11,12 +11,14 @@ import torch
 
 from models.step_export import (
     MODEL_NAME,
+    OOD_FIT,
     PARITY_TOLERANCE,
     example_step_inputs,
     export_step,
     render_config,
     tensor_specs,
 )
+from models.step_ood_train import load_fit
 from models.step_settings import StepTrainSettings
 from models.step_train import load_step_checkpoint, train_step
 from streams.core.step_features import BINS_PER_REQUEST
@@ -43,7 +45,14 @@ def test_config_is_what_the_exporter_renders(shipped):
     net, meta = shipped
     card = json.loads((MODEL_DIR / "model_card.json").read_text())
     served = card["served_model"]
-    text = render_config(net.config, net.layout.width, max_batch_size=served["max_batch_size"])
+    arrays, fit_meta = load_fit(ROOT / OOD_FIT)
+    text = render_config(
+        net.config,
+        net.layout.width,
+        arrays,
+        fit_meta["percentile"],
+        max_batch_size=served["max_batch_size"],
+    )
     assert (MODEL_DIR / "config.pbtxt").read_text() == text
     assert served["max_batch_size"] >= 256
     assert "timeout_action: REJECT" in text
@@ -74,8 +83,12 @@ def test_reloaded_artifact_matches_eager_and_declared_dims(shipped):
             expected = net(*inputs)
             served = module(*inputs)
         assert len(served) == len(outputs)
-        for spec, a, b in zip(outputs, expected, served, strict=True):
-            assert tuple(b.shape[1:]) == spec.dims
+        for spec, b in zip(outputs, served, strict=True):
+            assert tuple(b.shape[1:]) == spec.dims, spec.name
+            assert (b.dtype == torch.bool) == (spec.data_type == "TYPE_BOOL"), spec.name
+        # risk, state_out, fused against the eager ensemble; the OOD outputs that follow
+        # are checked in test_step_ood.py.
+        for spec, a, b in zip(outputs[:3], expected, served[:3], strict=True):
             assert float((a - b).abs().max()) <= PARITY_TOLERANCE, spec.name
         # The untrained image branch leaves the risk unchanged (image_out weight zero).
     without = example_step_inputs(net, images=False, seed=3)
