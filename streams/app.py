@@ -126,6 +126,18 @@ class VigilWorker:
         """Topic kind of an input topic name."""
         return self.kinds[topic]
 
+    async def use_step_model(self) -> None:
+        """Score with the step model once its version is known (read from Triton; until
+        then, and when it is not configured, the window model scores)."""
+        stepper = self.models.stepper
+        if stepper is None or self.processor.step_model is not None:
+            return
+        if not stepper.breaker.allow():
+            return
+        self.processor.step_model = await self.models.step_model_id()
+        if self.processor.step_model is not None:
+            log.info("scoring with the step model %s", self.processor.step_model)
+
     async def process_batch(self, events: Sequence[Any]) -> None:
         """Process a batch of input records (see the module docstring).
 
@@ -137,6 +149,7 @@ class VigilWorker:
         (the table still holds the states as before the batch) and the error propagates.
         """
         await self.ready.wait()  # Triton and Redis clients are up
+        await self.use_step_model()
         async with self.lock:
             touched: dict[str, PatientState] = {}
             emitter = self.emitter
@@ -589,6 +602,15 @@ def create_worker(
     explainer = triton(
         settings.triton_explain_model, timeout_seconds=max(timeout, 5.0), batch_max_size=8
     )
+    stepper = (
+        triton(
+            settings.triton_step_model,
+            timeout_seconds=timeout,
+            batch_max_size=settings.batch_max_size,
+        )
+        if settings.triton_step_model
+        else None
+    )
     ood_scorer = (
         triton(
             settings.triton_ood_model,
@@ -630,6 +652,7 @@ def create_worker(
         processor=Processor(config, clock),
         models=ModelCalls(
             scorer=scorer,
+            stepper=stepper,
             explainer=explainer,
             ood_scorer=ood_scorer,
             imager=imager,
@@ -683,13 +706,16 @@ def create_worker(
 
     app.agent(acks_topic, name="vigil-acks")(acknowledge_alerts)
 
-    worker_metrics.prime([settings.triton_model, "news2"])
+    worker_metrics.prime(
+        [settings.triton_model, "news2", *([stepper.model] if stepper is not None else [])]
+    )
     lag_monitor = ConsumerLagMonitor(settings, worker_metrics.consumer_lag)
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_adapters() -> None:
         for model in worker.models.scorers():
             await model.start()
+        await worker.use_step_model()
         await store.start()
         worker.ready.set()
         await asyncio.to_thread(lag_monitor.update)  # then every 15 s

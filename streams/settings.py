@@ -113,6 +113,15 @@ class WorkerSettings(BaseSettings):
         "(for a gateway in front of Triton; Triton itself does not check it).",
     )
     triton_model: str = Field(default="deterioration", description="Scoring model.")
+    triton_step_model: str | None = Field(
+        default=None,
+        description="Step (incremental) deterioration model, e.g. deterioration_step: when "
+        "set, each score advances the patient's stored model state through the hour bins "
+        "that closed since its last score instead of re-reading the whole window "
+        "(docs/worker.md, 'Step scoring'); its risk replaces the window model's. Off by "
+        "default: the alert operating point and the OOD detector were fitted on the "
+        "window model.",
+    )
     triton_ood_model: str | None = Field(
         default="ood",
         description="Out-of-distribution model asked alongside the scoring model, so that "

@@ -12,6 +12,7 @@ into gRPC calls of up to ``VIGIL_BATCH_MAX_SIZE`` rows.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from streams.core.alerting import OodVerdict
 from streams.core.events import DeadLetterReason, ImagingEvent, make_finding_id
 from streams.core.imaging import StudyAnalysis, decode_image, model_input
 from streams.core.pipeline import ModelAnswer, Snapshot
+from streams.core.step_features import BINS_PER_REQUEST, StepBin, pack_bins
+from streams.core.stepping import ModelState, StepRequest
 from streams.metrics import WorkerMetrics
 from vigil.errors import CircuitOpenError, InferenceError, SchemaError
 
@@ -50,6 +53,7 @@ class ModelCalls:
         self,
         *,
         scorer: TritonScorer,
+        stepper: TritonScorer | None = None,
         explainer: TritonScorer,
         ood_scorer: TritonScorer | None,
         imager: TritonScorer | None,
@@ -58,6 +62,7 @@ class ModelCalls:
         metrics: WorkerMetrics,
     ) -> None:
         self.scorer = scorer
+        self.stepper = stepper
         self.explainer = explainer
         self.ood_scorer = ood_scorer
         self.imager = imager
@@ -67,15 +72,181 @@ class ModelCalls:
 
     def scorers(self) -> list[TritonScorer]:
         """Every configured model client (to start and close them)."""
-        optional = [self.ood_scorer, self.imager]
+        optional = [self.stepper, self.ood_scorer, self.imager]
         return [self.scorer, self.explainer, *(s for s in optional if s is not None)]
 
     async def score_all(
         self, snapshots: Sequence[Snapshot]
     ) -> list[tuple[ModelAnswer | None, str | None]]:
         """The model's answer (or the degraded reason) for every snapshot, in order; all
-        requests go out together, so the batcher packs them into as few calls as it may."""
-        return list(await asyncio.gather(*(self._score(s) for s in snapshots)))
+        requests go out together, so the batcher packs them into as few calls as it may.
+        Snapshots with step inputs go to the step model (:meth:`_score_steps`)."""
+        stepped = [i for i, s in enumerate(snapshots) if s.step is not None]
+        if self.stepper is None or not stepped:
+            return list(await asyncio.gather(*(self._score(s) for s in snapshots)))
+        windowed = [i for i, s in enumerate(snapshots) if s.step is None]
+        answers: list[tuple[ModelAnswer | None, str | None]] = [(None, "unavailable")] * len(
+            snapshots
+        )
+        by_step, by_window = await asyncio.gather(
+            self._score_steps([snapshots[i] for i in stepped]),
+            asyncio.gather(*(self._score(snapshots[i]) for i in windowed)),
+        )
+        for i, answer in zip(stepped, by_step, strict=True):
+            answers[i] = answer
+        for i, answer in zip(windowed, by_window, strict=True):
+            answers[i] = answer
+        return answers
+
+    async def step_model_id(self) -> str | None:
+        """``name/version`` of the step model (reads its metadata); None when it is not
+        configured or not reachable yet (scores then use the window model)."""
+        if self.stepper is None:
+            return None
+        try:
+            await self.stepper.ensure_metadata()
+        except InferenceError as exc:
+            log.warning("step model unavailable, scoring with the window model: %s", exc)
+            return None
+        return f"{self.stepper.model}/{self.stepper.model_version}"
+
+    async def _score_steps(
+        self, snapshots: Sequence[Snapshot]
+    ) -> list[tuple[ModelAnswer | None, str | None]]:
+        """Step-model answers for a batch's snapshots, all in one go.
+
+        Each snapshot runs from its patient's stored state through the bins that closed
+        since and its open bin. A patient with more closed bins than one request holds
+        (a backlog, a long outage) first gets a chain of commit-only requests over its
+        latest snapshot's closed bins, a request per ``BINS_PER_REQUEST`` bins; each
+        snapshot then starts from the deepest link of the chain that lies wholly before
+        its own open bin, so no snapshot sees a bin from its future.
+        """
+        stepper = self.stepper
+        assert stepper is not None  # noqa: S101 - callers check
+        model_id = f"{stepper.model}/{stepper.model_version}"
+        latest: dict[str, Snapshot] = {}
+        for snapshot in snapshots:
+            latest[snapshot.patient_id] = snapshot  # in order: the last one wins
+        chains: dict[str, list[ModelState | None]] = {
+            pid: [_step_of(snapshot).base] for pid, snapshot in latest.items()
+        }
+        failed: dict[str, str] = {}
+        while True:
+            links = {
+                pid: (latest[pid], _after(latest[pid], chain[-1])[:BINS_PER_REQUEST])
+                for pid, chain in chains.items()
+                if pid not in failed and len(_after(latest[pid], chain[-1])) >= BINS_PER_REQUEST
+            }
+            if not links:
+                break
+            committed = await asyncio.gather(
+                *(
+                    self._step(snapshot, chains[pid][-1], chunk, None)
+                    for pid, (snapshot, chunk) in links.items()
+                ),
+                return_exceptions=True,
+            )
+            for (pid, (snapshot, chunk)), result in zip(links.items(), committed, strict=True):
+                if isinstance(result, BaseException):
+                    failed[pid] = _reason(result)
+                    continue
+                link = ModelState(model_id, _step_of(snapshot).admit_ms, chunk[-1].index, result[1])
+                chains[pid].append(link)
+        starts = {
+            i: _deepest(chains[snapshot.patient_id], _step_of(snapshot).open_index)
+            for i, snapshot in enumerate(snapshots)
+            if snapshot.patient_id not in failed
+        }
+        requests = {
+            i: self._step(
+                snapshots[i], base, _after(snapshots[i], base), _step_of(snapshots[i]).open
+            )
+            for i, base in starts.items()
+        }
+        results = dict(
+            zip(
+                requests,
+                await asyncio.gather(*requests.values(), return_exceptions=True),
+                strict=True,
+            )
+        )
+        answers: list[tuple[ModelAnswer | None, str | None]] = []
+        ood_wanted: list[int] = []
+        for i, snapshot in enumerate(snapshots):
+            if i not in results:
+                answers.append((None, failed[snapshot.patient_id]))
+                continue
+            result = results[i]
+            if isinstance(result, BaseException):
+                answers.append((None, _reason(result)))
+                continue
+            output, vector = result
+            step = snapshot.step
+            assert step is not None  # noqa: S101 - callers check
+            state = ModelState(model_id, step.admit_ms, step.open_index - 1, vector)
+            verdict = _verdict(output, stepper) if "ood" in output.extra else None
+            answer = ModelAnswer(
+                output.risk,
+                stepper.model_version,
+                ood=verdict,
+                model_state=state,
+                model=stepper.model,
+            )
+            answers.append((answer, None))
+            if verdict is None:
+                ood_wanted.append(i)
+        ood_scorer = self.ood_scorer
+        if ood_wanted and ood_scorer is not None:
+            # The step model declares no OOD outputs: ask the window detector.
+            verdicts = await asyncio.gather(
+                *(
+                    self._ood(ood_scorer, snapshots[i].window, _image_inputs(snapshots[i]))
+                    for i in ood_wanted
+                )
+            )
+            for i, found in zip(ood_wanted, verdicts, strict=True):
+                scored, _ = answers[i]
+                assert scored is not None  # noqa: S101 - set above
+                answers[i] = (dataclasses.replace(scored, ood=found), None)
+        for given, _ in answers:
+            if given is not None and given.ood is not None and given.ood.flagged:
+                self.metrics.ood.labels(stepper.model).inc()
+        self.metrics.degraded.set(1 if any(a is None for a, _ in answers) else 0)
+        return answers
+
+    async def _step(
+        self,
+        snapshot: Snapshot,
+        base: ModelState | None,
+        closed: tuple[StepBin, ...],
+        current: StepBin | None,
+    ) -> tuple[ModelOutput, bytes]:
+        """One step-model request: ``closed`` committed after ``base``, then ``current``
+        run provisionally; returns the output and the committed state's bytes."""
+        stepper = self.stepper
+        assert stepper is not None  # noqa: S101 - callers check
+        bins = [*closed, current] if current is not None else list(closed)
+        values, mask, delta, valid = pack_bins(bins)
+        width = stepper.input_dims("state")[0]
+        vector = np.zeros(width, dtype=np.float32)
+        if base is not None and len(base.vector) == 4 * width:
+            vector = np.frombuffer(base.vector, dtype="<f4").astype(np.float32)
+        window = snapshot.window
+        arrays = {
+            "state": vector,
+            "bins_values": values,
+            "bins_mask": mask,
+            "bins_delta_hours": delta,
+            "bins_valid": valid,
+            "commit_bins": np.array([len(closed)], dtype=np.float32),
+            "statics": window.statics,
+            "static_mask": window.static_mask,
+            **stepper.image_arrays(_image_inputs(snapshot)),
+        }
+        output = await stepper.infer(arrays)
+        committed = np.asarray(output.extra["state_out"], dtype="<f4").reshape(-1)
+        return output, committed.tobytes()
 
     async def _score(self, snapshot: Snapshot) -> tuple[ModelAnswer | None, str | None]:
         images = _image_inputs(snapshot)
@@ -188,3 +359,46 @@ class ModelCalls:
 
 def _image_inputs(snapshot: Snapshot) -> list[ImageInput]:
     return [ImageInput(age, emb) for age, emb in snapshot.images]
+
+
+def _after(snapshot: Snapshot, base: ModelState | None) -> tuple[StepBin, ...]:
+    """The snapshot's closed bins that ``base`` has not committed yet."""
+    step = snapshot.step
+    assert step is not None  # noqa: S101 - callers check
+    last = -1 if base is None else base.bin
+    return tuple(b for b in step.closed if b.index > last)
+
+
+def _step_of(snapshot: Snapshot) -> StepRequest:
+    step = snapshot.step
+    assert step is not None  # noqa: S101 - callers check
+    return step
+
+
+def _deepest(chain: Sequence[ModelState | None], open_index: int) -> ModelState | None:
+    """The last link of ``chain`` that committed only bins before ``open_index``."""
+    usable = [link for link in chain if link is None or link.bin < open_index]
+    return usable[-1] if usable else chain[0]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CircuitOpenError):
+        return "circuit_open"
+    log.warning("step scoring failed, degraded to NEWS2: %s", exc)
+    return "inference_error"
+
+
+def _verdict(output: ModelOutput, scorer: TritonScorer) -> OodVerdict:
+    """The OOD verdict a model returns beside its risk (outputs named as ``ood``'s)."""
+    channels = tuple(
+        channel
+        for channel in ("representation", "input")
+        if f"{channel}_ood" in output.extra
+        and bool(np.asarray(output.extra[f"{channel}_ood"]).reshape(-1)[0])
+    )
+    return OodVerdict(
+        distance=float(np.asarray(output.extra["distance"]).reshape(-1)[0]),
+        threshold=float(scorer.parameters.get("threshold", "nan")),
+        flagged=bool(np.asarray(output.extra["ood"]).reshape(-1)[0]),
+        channels=channels,
+    )

@@ -189,6 +189,38 @@ class TritonScorer:
             for name, value in config["config"].get("parameters", {}).items()
         }
 
+    async def ensure_metadata(self) -> None:
+        """Read the model's metadata and configuration (once).
+
+        Raises:
+            InferenceError: Triton did not answer or does not serve the model.
+        """
+        try:
+            await self._ensure_metadata()
+        except InferenceServerException as exc:
+            self.metrics.inference_errors.labels(self.model, "metadata").inc()
+            raise InferenceError(f"model metadata unavailable: {exc.status()}") from exc
+
+    def input_dims(self, name: str) -> tuple[int, ...]:
+        """The configured dims (batch excluded) of input ``name`` (metadata read first)."""
+        return self._inputs[name][1]
+
+    def image_arrays(self, images: Sequence[ImageInput]) -> dict[str, npt.NDArray[Any]]:
+        """The image slots of a request (the ``K`` most recent embeddings, zero-padded),
+        as the model's ``image_*`` inputs; empty for a model without them."""
+        if "image_embeddings" not in self._inputs:
+            return {}
+        k, e = self._inputs["image_embeddings"][1]
+        emb = np.zeros((k, e), dtype=np.float32)
+        age = np.zeros((k,), dtype=np.float32)
+        present = np.zeros((k,), dtype=np.float32)
+        for i, image in enumerate(list(images)[-k:]):
+            vec = np.asarray(image.embedding, dtype=np.float32)[:e]
+            emb[i, : vec.shape[0]] = vec
+            age[i] = image.age_hours
+            present[i] = 1.0
+        return {"image_embeddings": emb, "image_age_hours": age, "image_mask": present}
+
     def _require_client(self) -> grpcaio.InferenceServerClient:
         if self._client is None:
             raise InferenceError("scorer not started")
@@ -266,17 +298,7 @@ class TritonScorer:
             "statics": window.statics,
             "static_mask": window.static_mask,
         }
-        if "image_embeddings" in self._inputs:
-            k, e = self._inputs["image_embeddings"][1]
-            emb = np.zeros((k, e), dtype=np.float32)
-            age = np.zeros((k,), dtype=np.float32)
-            present = np.zeros((k,), dtype=np.float32)
-            for i, image in enumerate(list(images)[-k:]):
-                vec = np.asarray(image.embedding, dtype=np.float32)[:e]
-                emb[i, : vec.shape[0]] = vec
-                age[i] = image.age_hours
-                present[i] = 1.0
-            arrays.update(image_embeddings=emb, image_age_hours=age, image_mask=present)
+        arrays.update(self.image_arrays(images))
         return arrays
 
     # -- batching ------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from streams.core.features import SERIES_CODES, FeatureWindow
 from streams.core.imaging import StudyAnalysis
 from streams.core.news2 import News2Result
 from streams.core.state import Origin, Outcome, PatientState, from_ms
+from streams.core.stepping import ModelState, StepRequest, step_request
 from streams.core.validation import dead_letter, decode_ack, decode_input
 from vigil.errors import SchemaError
 
@@ -99,18 +100,25 @@ class Snapshot:
     images: tuple[tuple[float, tuple[float, ...]], ...]
     latest: dict[str, tuple[float, datetime]]
     studies: tuple[ImagingReference, ...] = ()
+    step: StepRequest | None = None
+    """The step model's inputs (when the processor scores with it, :attr:`Processor.step_model`)."""
 
 
 @dataclass(frozen=True)
 class ModelAnswer:
     """What the model said about one snapshot (from the Triton adapter).
 
-    ``ood`` is the verdict of Triton model ``ood`` on the same inputs, when it was asked.
+    ``ood`` is the verdict of the out-of-distribution detector on the same inputs, when it
+    was asked. ``model_state`` is the step model's state after the bins this score
+    committed (stored in the patient's state by :meth:`Processor.finish`).
     """
 
     risk: float
     model_version: str
     ood: OodVerdict | None = None
+    model_state: ModelState | None = None
+    model: str | None = None
+    """The model that answered, when not the configured ``model_name`` (the step model)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,9 @@ class Processor:
     def __init__(self, config: ProcessorConfig, clock: Callable[[], datetime]) -> None:
         self.config = config
         self.clock = clock
+        self.step_model: str | None = None
+        """``name/version`` of the step model the adapter scores with (set once it is
+        known); while None, snapshots carry no step inputs."""
 
     def ingest(
         self,
@@ -380,9 +391,18 @@ class Processor:
             for study in state.studies
             if int(study["t"]) <= at_ms
         )
+        step = None
+        if self.step_model is not None and state.admit_ms is not None:
+            step = step_request(
+                state.series,
+                admit_ms=state.admit_ms,
+                at_ms=at_ms,
+                stored=state.model_state,
+                model=self.step_model,
+            )
         state.mark_scored({"at_ms": at_ms}, at=at)
         return Snapshot(
-            state.patient_id, at, window, news2, event_ids, offsets, images, latest, studies
+            state.patient_id, at, window, news2, event_ids, offsets, images, latest, studies, step
         )
 
     def finish(
@@ -412,7 +432,7 @@ class Processor:
             event_time=snapshot.at,
             risk=risk,
             news2=_news2_record(snapshot.news2),
-            model=self.config.model_name if answer is not None else "news2",
+            model=(answer.model or self.config.model_name) if answer is not None else "news2",
             model_version=answer.model_version if answer is not None else "rcp-2017",
             degraded=answer is None,
             degraded_reason=None if answer is not None else (degraded_reason or "unavailable"),
@@ -441,6 +461,8 @@ class Processor:
             ood=None if answer is None else answer.ood,
         )
         state.alert = new_alert
+        if answer is not None and answer.model_state is not None:
+            state.model_state = answer.model_state
         return score, decisions
 
     def policy_for(self, state: PatientState) -> AlertPolicy:

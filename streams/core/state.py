@@ -26,6 +26,7 @@ table and its changelog.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import heapq
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,7 @@ from streams.core.features import (
     features_at,
 )
 from streams.core.news2 import News2Result, news2_from_observations
+from streams.core.stepping import ModelState
 from streams.core.validation import CanonicalObservation
 from vigil.errors import ConfigError, StateError
 
@@ -129,6 +131,8 @@ class PatientState:
     last_score: dict[str, Any] | None = None
     alert: dict[str, Any] = field(default_factory=dict)
     artifacts: int = 0
+    model_state: ModelState | None = None
+    """The step model's state after the patient's last committed bin (streams/core/stepping.py)."""
 
     # -- event application ---------------------------------------------------------------
 
@@ -498,6 +502,7 @@ class PatientState:
             "last_score": self.last_score,
             "alert": self.alert,
             "artifacts": self.artifacts,
+            "model_state": _model_state_dict(self.model_state),
         }
 
     @classmethod
@@ -529,7 +534,30 @@ class PatientState:
             last_score=data["last_score"],
             alert=dict(data["alert"]),
             artifacts=int(data["artifacts"]),
+            model_state=_model_state_from(data.get("model_state")),
         )
+
+
+def _model_state_dict(model_state: ModelState | None) -> dict[str, Any] | None:
+    if model_state is None:
+        return None
+    return {
+        "model": model_state.model,
+        "admit_ms": model_state.admit_ms,
+        "bin": model_state.bin,
+        "vector": base64.b64encode(model_state.vector).decode(),
+    }
+
+
+def _model_state_from(data: Mapping[str, Any] | None) -> ModelState | None:
+    if data is None:
+        return None
+    return ModelState(
+        model=str(data["model"]),
+        admit_ms=int(data["admit_ms"]),
+        bin=int(data["bin"]),
+        vector=base64.b64decode(data["vector"]),
+    )
 
 
 def _silent(watermark_ms: int | None, now: datetime, silence: timedelta) -> bool:

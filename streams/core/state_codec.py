@@ -2,12 +2,14 @@
 
 The Faust table and its changelog hold one value per patient. Version 1 of that value is
 the JSON of :meth:`PatientState.to_dict` (12.6 / 24.1 / 28.2 KB p50 / p99 / max on the
-demo stays); version 2, written here, is a fixed header followed by packed arrays (2.8 /
-5.4 / 6.4 KB, see ``BENCHMARKS.md``). :func:`decode_state` reads both, so a running deployment
-upgrades in place: states restored from old changelog records come back as version 1 and
-are written back as version 2 on their next change.
+demo stays); version 2 is a fixed header followed by packed arrays (2.8 / 5.4 / 6.4 KB,
+see ``BENCHMARKS.md``); version 3, written here, is version 2 plus, when present, the step
+model's state (:class:`~streams.core.stepping.ModelState`: about 2 KB more for
+``deterioration_step``). :func:`decode_state` reads all three, so a running deployment
+upgrades in place: states restored from old changelog records come back as they were and
+are written back as version 3 on their next change.
 
-Version 2 layout (little-endian; ``N`` series points, ``R`` remembered event ids, ``P``
+Version 2 and 3 layout (little-endian; ``N`` series points, ``R`` remembered event ids, ``P``
 pending provenance ids)::
 
     header   _HEADER: b"VPS", version (2), flags, time width, value scale exponent,
@@ -24,6 +26,8 @@ pending provenance ids)::
     ids      the R remembered ids then the P pending ids, newline-joined UTF-8 (JSON list
              if an id holds a newline or cannot be encoded), raw-deflated when long
     images   per image its time (int64) and length (uint32), then every embedding float64
+    model    version 3, when ``flags & 128``: name length (uint16), admission ms and
+             committed bin (int64), vector bytes (uint32), the name (UTF-8), the vector
 
 Every field comes back equal to what was encoded (values bit for bit, dict orders kept),
 so de-duplication, eviction order, features and NEWS2 are those of the original state.
@@ -47,12 +51,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from streams.core.state import PatientState
+from streams.core.stepping import ModelState
 from vigil.errors import StateError
 
 __all__ = ["STATE_FORMAT_VERSION", "decode_state", "encode_state"]
 
-STATE_FORMAT_VERSION = 2
-"""Version written by :func:`encode_state`; version 1 is the JSON of ``to_dict``."""
+STATE_FORMAT_VERSION = 3
+"""Version written by :func:`encode_state`; version 1 is the JSON of ``to_dict``; version
+2 is version 3 without the step model's state (read as a state without one)."""
+_READABLE_VERSIONS = frozenset({2, 3})
 
 _MAGIC = b"VPS"
 _HEADER = struct.Struct("<3sBHBB7q9I")
@@ -67,6 +74,10 @@ _HAS_DISCHARGED = 8
 _CHANGED = 16
 _IDS_JSON = 32
 _IDS_DEFLATE = 64
+_HAS_MODEL_STATE = 128
+_MODEL_STATE = struct.Struct("<HqqI")
+"""After the images (version 3, when flagged): model name length, admission ms, committed
+bin, vector bytes; then the name (UTF-8) and the vector."""
 
 _DEFLATE_FROM = 96
 """Id blobs at least this long are raw-deflated (level 1: ~9 µs for 4 KB, to 15 %)."""
@@ -85,7 +96,7 @@ _INT32_MAX = 2147483647.0
 
 
 def encode_state(state: PatientState) -> bytes:
-    """The version-2 binary form of ``state`` (see the module docstring).
+    """The version-3 binary form of ``state`` (see the module docstring).
 
     Raises:
         StateError: A field cannot be encoded (a time outside int64, a non-JSON value
@@ -98,7 +109,8 @@ def encode_state(state: PatientState) -> bytes:
 
 
 def decode_state(data: bytes | bytearray | memoryview | Mapping[str, Any]) -> PatientState:
-    """Rebuild a state from its version-2 binary form or its version-1 JSON form.
+    """Rebuild a state from its version-3 or version-2 binary form, or its version-1 JSON
+    form.
 
     Args:
         data: What :func:`encode_state` returned; or a version-1 state, either as the
@@ -174,8 +186,10 @@ def _encode(state: PatientState) -> bytes:
         ],
         separators=(",", ":"),
     ).encode()
+    model_bytes = _pack_model_state(state.model_state)
     flags |= (
-        (_HAS_ADMIT if state.admit_ms is not None else 0)
+        (_HAS_MODEL_STATE if model_bytes else 0)
+        | (_HAS_ADMIT if state.admit_ms is not None else 0)
         | (_HAS_WATERMARK if state.watermark_ms is not None else 0)
         | (_HAS_LAST_SCORED if state.last_scored_ms is not None else 0)
         | (_HAS_DISCHARGED if state.discharged_ms is not None else 0)
@@ -204,7 +218,29 @@ def _encode(state: PatientState) -> bytes:
         len(state.images),
         n_image_floats,
     )
-    return b"".join((header, meta, time_bytes, *value_parts, ids, image_bytes))
+    return b"".join((header, meta, time_bytes, *value_parts, ids, image_bytes, model_bytes))
+
+
+def _pack_model_state(model_state: ModelState | None) -> bytes:
+    if model_state is None:
+        return b""
+    name = model_state.model.encode()
+    head = _MODEL_STATE.pack(
+        len(name), model_state.admit_ms, model_state.bin, len(model_state.vector)
+    )
+    return b"".join((head, name, model_state.vector))
+
+
+def _unpack_model_state(view: memoryview, at: int) -> tuple[ModelState, int]:
+    name_len, admit_ms, bin_index, vector_len = _MODEL_STATE.unpack_from(view, at)
+    at += _MODEL_STATE.size
+    name = bytes(view[at : at + name_len]).decode()
+    at += name_len
+    vector = bytes(view[at : at + vector_len])
+    if len(vector) != vector_len:
+        raise StateError("truncated model state")
+    at += vector_len
+    return ModelState(model=name, admit_ms=admit_ms, bin=bin_index, vector=vector), at
 
 
 def _pack_times(times: NDArray[np.int64]) -> tuple[int, int, int, bytes]:
@@ -331,8 +367,10 @@ def _decode(view: memoryview) -> PatientState:
         n_images,
         n_image_floats,
     ) = _HEADER.unpack_from(view)
-    if version != STATE_FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise StateError(f"unsupported state version {version}")
+    if flags & _HAS_MODEL_STATE and version < 3:
+        raise StateError("a version-2 state cannot hold a model state")
     if time_width not in _TIME_DTYPES or exponent > _MAX_EXPONENT:
         raise StateError(f"bad time width {time_width} or value exponent {exponent}")
     n_not_narrow = n_float + n_wide
@@ -386,6 +424,9 @@ def _decode(view: memoryview) -> PatientState:
             first += length
         if first != n_image_floats:
             raise StateError("image lengths disagree with the header")
+    model_state = None
+    if flags & _HAS_MODEL_STATE:
+        model_state, at = _unpack_model_state(view, at)
     if at != len(view):
         raise StateError(f"state is {len(view)} bytes, its header describes {at}")
 
@@ -407,6 +448,7 @@ def _decode(view: memoryview) -> PatientState:
         last_score=last_score,
         alert=alert,
         artifacts=artifacts,
+        model_state=model_state,
     )
 
 

@@ -39,6 +39,7 @@ import httpx
 from kafka import KafkaConsumer, TopicPartition
 
 from streams.adapters.topics import create_topics
+from streams.core.state_codec import decode_state
 from streams.replay import ReplayEvent, physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
 from tests.integration.workers import start_worker, stop_worker, worker_env
@@ -276,7 +277,7 @@ def final_states(bootstrap: str, app_id: str) -> dict[str, dict[str, Any]]:
     states: dict[str, dict[str, Any]] = {}
     for key, value in _read(bootstrap, f"{app_id}-patients-changelog"):
         if key is not None and value is not None:
-            states[key.decode()] = json.loads(value)
+            states[key.decode()] = decode_state(value).to_dict()
     return states
 
 

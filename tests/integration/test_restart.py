@@ -13,6 +13,7 @@ docs/worker.md).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -95,16 +96,40 @@ def test_restart_mid_stream_loses_nothing(
 
     worker = start_worker(env, log)
     try:
-        produce(events[:half], bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
-        # Stop once part, not all, of the first half is committed.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            done, end = _committed(stack.kafka_bootstrap, app_id, vitals, 8)
-            if done >= end // 10:
-                break
-            assert worker.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.5)
-        stop_worker(worker)  # SIGTERM
+        # The first half arrives in slices while the worker runs, and the worker is
+        # stopped (SIGTERM) once part of it is committed, while slices still arrive: the
+        # stop lands mid-stream however fast the worker is (a batch worker processed a
+        # half produced at once before the first poll). The last slice is produced after
+        # the stop, so the stopped worker cannot have read everything.
+        slices = [events[i : min(i + 25, half)] for i in range(0, half, 25)]
+        fed = 0
+        stopping = threading.Event()
+
+        def feed() -> None:
+            nonlocal fed
+            for piece in slices[:-1]:
+                if stopping.is_set():
+                    return
+                produce(piece, bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
+                fed += 1
+                time.sleep(0.2)
+
+        feeder = threading.Thread(target=feed, name="restart-feed")
+        feeder.start()
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                done, end = _committed(stack.kafka_bootstrap, app_id, vitals, 8)
+                if done > 0:
+                    break
+                assert worker.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.5)
+            stop_worker(worker)  # SIGTERM
+        finally:
+            stopping.set()
+            feeder.join()
+        for piece in slices[fed:]:
+            produce(piece, bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
         done, end = _committed(stack.kafka_bootstrap, app_id, vitals, 8)
         assert 0 < done < end, f"the stop was not mid-stream ({done} of {end} committed)"
 

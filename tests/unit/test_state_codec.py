@@ -19,6 +19,7 @@ from streams.core.events import TopicKind
 from streams.core.pipeline import Processor, ProcessorConfig
 from streams.core.state import Origin, PatientState, from_ms
 from streams.core.state_codec import STATE_FORMAT_VERSION, decode_state, encode_state
+from streams.core.stepping import ModelState
 from streams.replay import physionet2012_events, read_length_of_stay
 from vigil.errors import StateError, VigilError
 
@@ -79,7 +80,30 @@ def test_round_trip_is_exact_for_every_field() -> None:
     state = _rich_state()
     data = _assert_round_trip(state)
     assert data[:3] == b"VPS"
-    assert data[3] == STATE_FORMAT_VERSION == 2
+    assert data[3] == STATE_FORMAT_VERSION == 3
+
+
+def test_the_step_model_state_round_trips_bit_for_bit() -> None:
+    state = _rich_state()
+    vector = struct.pack("<4f", 0.5, -0.0, float("inf"), 1e-30)
+    state.model_state = ModelState("deterioration_step/1", T0, 7, vector)
+    data = _assert_round_trip(state)
+    restored = decode_state(data)
+    assert restored.model_state is not None
+    assert restored.model_state.vector == vector
+    assert PatientState.from_dict(state.to_dict()) == state
+
+
+def test_a_version_2_record_is_read_without_a_model_state() -> None:
+    state = _rich_state()
+    data = bytearray(encode_state(state))
+    data[3] = 2  # no model state flagged: the layout is version 2's
+    assert decode_state(bytes(data)) == state
+    state.model_state = ModelState("deterioration_step/1", T0, 0, b"\x00" * 8)
+    flagged = bytearray(encode_state(state))
+    flagged[3] = 2
+    with pytest.raises(StateError, match="version-2"):
+        decode_state(bytes(flagged))
 
 
 def test_empty_state_round_trips() -> None:
@@ -257,7 +281,7 @@ def test_garbage_raises_state_error(data: bytes) -> None:
 
 def test_other_versions_and_types_raise_state_error() -> None:
     data = bytearray(encode_state(_rich_state()))
-    data[3] = 3
+    data[3] = 4
     with pytest.raises(StateError, match="version"):
         decode_state(data)
     v1 = _rich_state().to_dict()

@@ -1,0 +1,164 @@
+"""What a patient's next step-model request holds, built from its state in O(bins).
+
+The step model (``deterioration_step``, docs/deterioration.md, "Step model") keeps its
+recurrent state and running statistics in the patient's state (:class:`ModelState`):
+the vector after the last **committed** hour bin. A score at time ``at`` sends that vector
+with the bins that closed since (hours with an observation, oldest first) and the **open**
+bin holding ``at``; the model commits the closed bins into a new vector and runs the open
+bin provisionally for the risk. Only bins are read, never the whole window, so a score
+costs the same on the first hour and the hundredth.
+
+The bin inputs are those of :func:`streams.core.step_features.bin_inputs` (the training
+path), computed here from the state's integer-millisecond series without converting every
+stored time to a ``datetime``; a test checks the two agree on real stays.
+
+A late observation for a bin that is already committed cannot change the stored vector
+(the model has moved past it); it still counts for NEWS2, the window models and the
+bins not yet committed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from streams.core.features import DEFAULT_STEP, DELTA_CAP_HOURS, SERIES_CODES
+from streams.core.step_features import BINS_PER_REQUEST, StepBin
+
+__all__ = ["BINS_PER_REQUEST", "ModelState", "StepRequest", "bin_from_series", "step_request"]
+
+_STEP_MS = int(DEFAULT_STEP.total_seconds() * 1000)
+_MS_PER_HOUR = 3_600_000.0
+_CODE_INDEX = {code: i for i, code in enumerate(SERIES_CODES)}
+_MAX_SCAN_BINS = 24 * 14
+"""Most bins scanned back for uncommitted steps (the longest window a state keeps)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """The step model's state for one patient.
+
+    Attributes:
+        model: ``name/version`` of the served model that wrote it; a vector is only valid
+            with that model (an upgrade starts the patient afresh).
+        admit_ms: Admission time the bins were aligned to (a changed admission time
+            starts afresh too).
+        bin: Last committed hour bin since admission (``-1``: none).
+        vector: The model's state, little-endian float32, opaque here.
+    """
+
+    model: str
+    admit_ms: int
+    bin: int
+    vector: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StepRequest:
+    """One score's step inputs.
+
+    Attributes:
+        base: The stored model state, or None (a new patient, or a stale state).
+        closed: Steps after ``base`` that closed before the open bin, oldest first.
+        open: The open bin's inputs up to the scoring time, or None when nothing was
+            observed in it yet (the risk is then that of the committed state).
+        open_index: The bin holding the scoring time.
+        admit_ms: Admission time the bins are aligned to.
+    """
+
+    base: ModelState | None
+    closed: tuple[StepBin, ...]
+    open: StepBin | None
+    open_index: int
+    admit_ms: int
+
+
+def step_request(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    *,
+    admit_ms: int,
+    at_ms: int,
+    stored: ModelState | None,
+    model: str | None,
+) -> StepRequest:
+    """The step inputs of a score at ``at_ms``.
+
+    Args:
+        series: The patient's observations per code, time-sorted ``(epoch ms, value)``.
+        admit_ms: Admission time (bins are aligned to it).
+        at_ms: Scoring time.
+        stored: The patient's stored model state.
+        model: ``name/version`` of the model that will answer, when known: a stored state
+            written by another model (or for another admission time) is not used.
+    """
+    open_index = max((at_ms - admit_ms) // _STEP_MS, 0)
+    base = stored
+    if base is not None and (
+        base.admit_ms != admit_ms or (model is not None and base.model != model)
+    ):
+        base = None
+    first = 0 if base is None else base.bin + 1
+    first = max(first, open_index - _MAX_SCAN_BINS)
+    closed = []
+    for index in range(first, open_index):
+        step = bin_from_series(series, admit_ms=admit_ms, index=index, end_ms=None)
+        if step is not None:
+            closed.append(step)
+    current = bin_from_series(series, admit_ms=admit_ms, index=open_index, end_ms=at_ms)
+    return StepRequest(base, tuple(closed), current, open_index, admit_ms)
+
+
+def bin_from_series(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    *,
+    admit_ms: int,
+    index: int,
+    end_ms: int | None,
+) -> StepBin | None:
+    """One bin's step inputs (:func:`streams.core.step_features.bin_inputs` on epoch ms).
+
+    Args:
+        series: Per code, time-sorted ``(epoch ms, value)``.
+        admit_ms: Admission time.
+        index: The bin (``>= 0``).
+        end_ms: For the open bin, the scoring time inside it; None for a closed bin.
+
+    Returns:
+        The inputs, or None when no parameter was observed in the bin.
+    """
+    start = admit_ms + _STEP_MS * index
+    end = start + _STEP_MS
+    p = len(SERIES_CODES)
+    values = np.zeros(p, dtype=np.float32)
+    mask = np.zeros(p, dtype=np.float32)
+    delta = np.full(p, DELTA_CAP_HOURS, dtype=np.float32)
+    observed = False
+    for code, points in series.items():
+        col = _CODE_INDEX.get(code)
+        if col is None or not points:
+            continue
+        if end_ms is None:
+            pos = bisect.bisect_left(points, end, key=_time) - 1
+        else:
+            pos = bisect.bisect_right(points, end_ms, key=_time) - 1
+        while pos >= 0 and not math.isfinite(points[pos][1]):
+            pos -= 1
+        if pos < 0 or points[pos][0] < admit_ms:
+            continue
+        moment, value = points[pos]
+        delta[col] = min((end - moment) / _MS_PER_HOUR, DELTA_CAP_HOURS)
+        if moment >= start:
+            values[col] = value
+            mask[col] = 1.0
+            observed = True
+    if not observed:
+        return None
+    return StepBin(index=index, values=values, mask=mask, delta_hours=delta)
+
+
+def _time(point: tuple[int, float]) -> int:
+    return point[0]
