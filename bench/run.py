@@ -28,6 +28,20 @@ def _throughput_1w(args: argparse.Namespace) -> Any:
     return throughput.main([*_sized(args), "--profile", "60", "--py-spy", args.py_spy])
 
 
+def _throughput_news2(args: argparse.Namespace) -> Any:
+    # The worker's own cost: Triton unreachable, every score NEWS2 only (labelled degraded).
+    return throughput.main(
+        [*_sized(args), "--without-triton", "--name", "throughput-1w-without-triton"]
+    )
+
+
+def _throughput_step(args: argparse.Namespace) -> Any:
+    # Step scoring (VIGIL_TRITON_STEP_MODEL): one O(1) model call per score, OOD included.
+    return throughput.main(
+        [*_sized(args), "--step-model", "deterioration_step", "--name", "throughput-1w-step"]
+    )
+
+
 def _throughput_2w(args: argparse.Namespace) -> Any:
     return throughput.main([*_sized(args), "--workers", "2"])
 
@@ -52,6 +66,8 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "triton": _triton,
     "state_size": _state,
     "throughput": _throughput_1w,
+    "throughput_news2": _throughput_news2,
+    "throughput_step": _throughput_step,
     "scaling": _throughput_2w,
     "latency": _latency,
 }

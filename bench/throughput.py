@@ -271,6 +271,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="diagnostic: point the worker at a closed port, so every score is degraded "
         "(NEWS2 only) and the figure is the worker's own cost without the model",
     )
+    parser.add_argument(
+        "--step-model",
+        default=None,
+        help="score with this step model (VIGIL_TRITON_STEP_MODEL, e.g. deterioration_step)",
+    )
     args = parser.parse_args(argv)
 
     name = args.name or f"throughput-{args.workers}w"
@@ -283,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     raw = raw_consume(settings, len(events), decode=False)
     raw_json = raw_consume(settings, len(events), decode=True)
     extra = {"triton_url": f"127.0.0.1:{_closed_port()}"} if args.without_triton else {}
+    if args.step_model:
+        extra["triton_step_model"] = args.step_model
     worker = run_workers(
         settings,
         events,
@@ -306,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "raw_aiokafka_json": raw_json,
         "worker_code": str(args.code or "this checkout"),
         "without_triton": args.without_triton,
+        "step_model": args.step_model,
         "worker": worker,
         "worker_to_raw_ratio": round(worker["events_per_second"] / raw["records_per_second"], 5),
     }

@@ -136,6 +136,8 @@ class VigilWorker:
             return
         self.processor.step_model = await self.models.step_model_id()
         if self.processor.step_model is not None:
+            # Its own OOD verdict: the whole window is then only built for explanations.
+            self.processor.window_on_demand = self.models.step_model_judges_ood
             log.info("scoring with the step model %s", self.processor.step_model)
 
     async def process_batch(self, events: Sequence[Any]) -> None:

@@ -110,6 +110,11 @@ class ModelCalls:
             return None
         return f"{self.stepper.model}/{self.stepper.model_version}"
 
+    @property
+    def step_model_judges_ood(self) -> bool:
+        """Whether the step model gives its own OOD verdict (read with its metadata)."""
+        return self.stepper is not None and self.stepper.declares("ood")
+
     async def _score_steps(
         self, snapshots: Sequence[Snapshot]
     ) -> list[tuple[ModelAnswer | None, str | None]]:
@@ -232,7 +237,11 @@ class ModelCalls:
         vector = np.zeros(width, dtype=np.float32)
         if base is not None and len(base.vector) == 4 * width:
             vector = np.frombuffer(base.vector, dtype="<f4").astype(np.float32)
-        window = snapshot.window
+        statics, static_mask = (
+            snapshot.statics
+            if snapshot.statics is not None
+            else (snapshot.window.statics, snapshot.window.static_mask)
+        )
         arrays = {
             "state": vector,
             "bins_values": values,
@@ -240,8 +249,8 @@ class ModelCalls:
             "bins_delta_hours": delta,
             "bins_valid": valid,
             "commit_bins": np.array([len(closed)], dtype=np.float32),
-            "statics": window.statics,
-            "static_mask": window.static_mask,
+            "statics": statics,
+            "static_mask": static_mask,
             **stepper.image_arrays(_image_inputs(snapshot)),
         }
         output = await stepper.infer(arrays)

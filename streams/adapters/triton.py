@@ -201,6 +201,10 @@ class TritonScorer:
             self.metrics.inference_errors.labels(self.model, "metadata").inc()
             raise InferenceError(f"model metadata unavailable: {exc.status()}") from exc
 
+    def declares(self, output: str) -> bool:
+        """Whether the model's configuration declares ``output`` (metadata read first)."""
+        return output in self._outputs
+
     def input_dims(self, name: str) -> tuple[int, ...]:
         """The configured dims (batch excluded) of input ``name`` (metadata read first)."""
         return self._inputs[name][1]

@@ -53,6 +53,7 @@ __all__ = [
     "FeatureWindow",
     "StayArrays",
     "build_features",
+    "encode_statics",
     "features_at",
 ]
 
@@ -257,6 +258,12 @@ class StayArrays:
 def _require_aware(moment: datetime, what: str) -> None:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got {moment!r}")
+
+
+def encode_statics(statics: Mapping[str, float | None]) -> tuple[FloatArray, FloatArray]:
+    """``statics [S]`` and ``static_mask [S]`` of a patient's descriptors (as every model
+    input has them)."""
+    return _encode_statics(statics)
 
 
 def _encode_statics(statics: Mapping[str, float | None]) -> tuple[FloatArray, FloatArray]:

@@ -11,6 +11,7 @@ injected clock, so agent tests and offline replays see exactly what the worker d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,7 +49,7 @@ from streams.core.events import (
     make_audit_id,
     make_finding_id,
 )
-from streams.core.features import SERIES_CODES, FeatureWindow
+from streams.core.features import SERIES_CODES, FeatureWindow, encode_statics
 from streams.core.imaging import StudyAnalysis
 from streams.core.news2 import News2Result
 from streams.core.state import Origin, Outcome, PatientState, from_ms
@@ -89,11 +90,17 @@ class ProcessorConfig:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A patient's model input and NEWS2 frozen at the moment the score became due."""
+    """A patient's model input and NEWS2 frozen at the moment the score became due.
+
+    With step scoring, the whole-window input is built only when something asks for it
+    (the explain model for an alert, or the window OOD detector when the step model has
+    none): ``window`` then computes it on first use from the patient's state at the
+    snapshot's time, and ``statics`` is all the step model needs.
+    """
 
     patient_id: str
     at: datetime
-    window: FeatureWindow
+    window_or_builder: FeatureWindow | Callable[[], FeatureWindow]
     news2: News2Result
     event_ids: tuple[str, ...]
     offsets: tuple[OffsetRange, ...]
@@ -102,6 +109,18 @@ class Snapshot:
     studies: tuple[ImagingReference, ...] = ()
     step: StepRequest | None = None
     """The step model's inputs (when the processor scores with it, :attr:`Processor.step_model`)."""
+    statics: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+    """``statics`` and ``static_mask`` ``[S]`` (always set by :meth:`Processor.snapshot`)."""
+    _window: list[FeatureWindow] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def window(self) -> FeatureWindow:
+        """The whole-window model input at :attr:`at` (built once, on first use)."""
+        if isinstance(self.window_or_builder, FeatureWindow):
+            return self.window_or_builder
+        if not self._window:
+            self._window.append(self.window_or_builder())
+        return self._window[0]
 
 
 @dataclass(frozen=True)
@@ -181,6 +200,9 @@ class Processor:
         self.step_model: str | None = None
         """``name/version`` of the step model the adapter scores with (set once it is
         known); while None, snapshots carry no step inputs."""
+        self.window_on_demand = False
+        """With step scoring: build each snapshot's whole-window input only if asked for
+        (set when the step model gives its own OOD verdict, so only alerts need it)."""
 
     def ingest(
         self,
@@ -378,7 +400,11 @@ class Processor:
         """
         if at is None:
             at = state.observation_time
-        window = state.features(self.config.window, at=at)
+        window: FeatureWindow | Callable[[], FeatureWindow]
+        if self.step_model is not None and self.window_on_demand:
+            window = functools.partial(state.features, self.config.window, at)
+        else:
+            window = state.features(self.config.window, at=at)
         news2 = state.news2(self.config.news2_max_age, at=at)
         event_ids, offsets = state.take_provenance()
         at_ms = int(at.timestamp() * 1000)
@@ -402,7 +428,17 @@ class Processor:
             )
         state.mark_scored({"at_ms": at_ms}, at=at)
         return Snapshot(
-            state.patient_id, at, window, news2, event_ids, offsets, images, latest, studies, step
+            state.patient_id,
+            at,
+            window,
+            news2,
+            event_ids,
+            offsets,
+            images,
+            latest,
+            studies,
+            step,
+            encode_statics(state.statics),
         )
 
     def finish(

@@ -1,0 +1,96 @@
+"""The worker's step inputs (streams/core/stepping.py) against the training path's.
+
+``bin_from_series`` builds a bin from the state's epoch-ms series; it must give exactly
+what :func:`streams.core.step_features.bin_inputs` (the training and parity path) gives
+from the same observations as datetimes, for every bin of real stays, open or closed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from streams.core.events import TopicKind
+from streams.core.pipeline import Processor, ProcessorConfig
+from streams.core.state import Origin, PatientState, from_ms
+from streams.core.step_features import bin_inputs
+from streams.core.stepping import ModelState, bin_from_series, step_request
+from streams.replay import physionet2012_events, read_length_of_stay
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
+HOUR_MS = 3_600_000  # the model's bins are hours
+
+
+def _states(n: int) -> dict[str, PatientState]:
+    processor = Processor(ProcessorConfig(), lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    states: dict[str, PatientState] = {}
+    paths = sorted((DEMO / "set-a").glob("*.txt"))[:n]
+    los = read_length_of_stay(DEMO / "Outcomes-a.txt")
+    for event in sorted(physionet2012_events(paths, length_of_stay=los)):
+        processor.ingest(states, TopicKind(event.kind), event.key, event.payload, Origin("t", 0, 0))
+    return states
+
+
+def _same(a: object, b: object) -> bool:
+    if a is None or b is None:
+        return a is b
+    return all(
+        np.array_equal(getattr(a, f), getattr(b, f)) for f in ("values", "mask", "delta_hours")
+    ) and getattr(a, "index") == getattr(b, "index")  # noqa: B009
+
+
+def test_bins_from_the_state_equal_the_training_path_on_real_stays() -> None:
+    compared = 0
+    for state in _states(8).values():
+        assert state.admit_ms is not None
+        admit = from_ms(state.admit_ms)
+        observations = state.observations()
+        for index in range(49):
+            closed = bin_from_series(
+                state.series, admit_ms=state.admit_ms, index=index, end_ms=None
+            )
+            want = bin_inputs(observations, admit_time=admit, index=index)
+            assert _same(closed, want), (state.patient_id, index)
+            at_ms = state.admit_ms + index * HOUR_MS + 37 * 60_000
+            open_bin = bin_from_series(
+                state.series, admit_ms=state.admit_ms, index=index, end_ms=at_ms
+            )
+            want_open = bin_inputs(
+                observations, admit_time=admit, index=index, end_time=from_ms(at_ms)
+            )
+            assert _same(open_bin, want_open), (state.patient_id, index)
+            compared += 1
+    assert compared == 8 * 49
+
+
+def test_a_request_starts_after_the_stored_bin_and_drops_a_stale_state() -> None:
+    state = next(iter(_states(1).values()))
+    assert state.admit_ms is not None
+    at_ms = state.admit_ms + 10 * HOUR_MS + 5 * 60_000
+    fresh = step_request(
+        state.series, admit_ms=state.admit_ms, at_ms=at_ms, stored=None, model="m/1"
+    )
+    assert fresh.open_index == 10
+    assert fresh.base is None
+    assert [b.index for b in fresh.closed] == sorted(b.index for b in fresh.closed)
+    assert all(b.index < 10 for b in fresh.closed)
+    stored = ModelState("m/1", state.admit_ms, 6, b"\0" * 8)
+    later = step_request(
+        state.series, admit_ms=state.admit_ms, at_ms=at_ms, stored=stored, model="m/1"
+    )
+    assert later.base == stored
+    assert [b.index for b in later.closed] == [b.index for b in fresh.closed if b.index > 6]
+    upgraded = step_request(
+        state.series, admit_ms=state.admit_ms, at_ms=at_ms, stored=stored, model="m/2"
+    )
+    assert upgraded.base is None  # another model version: start afresh
+    moved = step_request(
+        state.series,
+        admit_ms=state.admit_ms - HOUR_MS,
+        at_ms=at_ms,
+        stored=stored,
+        model="m/1",
+    )
+    assert moved.base is None  # another admission time: the bins moved
