@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import latency, report, state_size, throughput, triton_models
+from bench import latency, recovery, report, state_size, throughput, triton_models
 
 __all__ = ["BENCHMARKS", "main"]
 
@@ -54,6 +54,10 @@ def _latency(args: argparse.Namespace) -> Any:
     return latency.main(["--seconds", "15", "--drain", "20"])
 
 
+def _recovery(args: argparse.Namespace) -> Any:
+    return recovery.main([])
+
+
 def _triton(args: argparse.Namespace) -> Any:
     return triton_models.main([])
 
@@ -70,6 +74,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "throughput_step": _throughput_step,
     "scaling": _throughput_2w,
     "latency": _latency,
+    "recovery": _recovery,
 }
 
 
