@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,7 @@ from streams.adapters.triton import TritonScorer
 from streams.core.alerting import AlertDecision, AlertPolicy
 from streams.core.breaker import CircuitBreaker
 from streams.core.events import (
+    AlertRecord,
     DeadLetterRecord,
     FindingRecord,
     IcuType,
@@ -54,7 +56,13 @@ from streams.core.events import (
     ScoreRecord,
     TopicKind,
 )
-from streams.core.pipeline import IngestResult, Processor, ProcessorConfig, Snapshot
+from streams.core.pipeline import (
+    EXPLAINED_STATES,
+    IngestResult,
+    Processor,
+    ProcessorConfig,
+    Snapshot,
+)
 from streams.core.state import Origin, Outcome, PatientState
 from streams.metrics import UNKNOWN_ICU_TYPE, WorkerMetrics, metrics
 from streams.settings import WorkerSettings
@@ -83,7 +91,6 @@ class _Scored:
     score: ScoreRecord
     decisions: list[AlertDecision]
     explained: bool
-    contributions: Any = None
 
 
 @dataclass
@@ -108,6 +115,11 @@ class VigilWorker:
     """Held by a batch, an acknowledgement and the expiry sweeps: one writer at a time."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     states: StateTable = field(init=False)
+    explain_later: list[tuple[Snapshot, list[AlertRecord]]] = field(default_factory=list)
+    """This batch's alerts for the explain model (queued once the batch is in Kafka)."""
+    explain_queue: deque[tuple[Snapshot, list[AlertRecord]]] = field(default_factory=deque)
+    explain_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    explain_task: asyncio.Future[None] | None = None
 
     def __post_init__(self) -> None:
         self.states = StateTable(self.tables)
@@ -168,7 +180,9 @@ class VigilWorker:
                 await asyncio.gather(*changelog)
                 stage.done("changelog")
                 self.metrics.batch_records.observe(len(events))
+                self._explain_after()
             except BaseException:
+                self.explain_later.clear()
                 self.states.forget(touched)
                 emitter.abandon()
                 raise
@@ -191,30 +205,83 @@ class VigilWorker:
         scored: list[_Scored] = []
         for (snapshot, started), (answer, reason) in zip(snapshots, answers, strict=True):
             score, decisions = self.processor.finish(states, snapshot, answer, reason)
-            # The explain model costs several deterioration calls: ask it only when an
-            # alert opens or changes on a trusted risk. A deferral (the risk is not
-            # trusted) and a resolution are explained by their reason and NEWS2.
-            explained = answer is not None and any(d.state in _EXPLAINED for d in decisions)
+            # The explain model costs several deterioration calls: it is asked only when an
+            # alert opens or changes on a trusted risk, and after the batch (explanations
+            # topic), so it never delays an alert. A deferral (the risk is not trusted)
+            # and a resolution are explained by their reason and NEWS2.
+            explained = answer is not None and any(d.state in EXPLAINED_STATES for d in decisions)
             scored.append(_Scored(snapshot, started, score, decisions, explained))
-        wanted = [item for item in scored if item.explained]
-        if wanted:
-            contributions = await self.models.explain_all([item.snapshot for item in wanted])
-            for item, found in zip(wanted, contributions, strict=True):
-                item.contributions = found
-            stage.done("explain")
         for record, kind in dead:
             await emitter.dead_letter(record, kind)
         for finding in findings:
             await emitter.finding(finding)
         for item in scored:
-            alerts = self.processor.alert_records(
-                item.snapshot, item.score, item.decisions, item.contributions
-            )
+            alerts = self.processor.alert_records(item.snapshot, item.score, item.decisions, None)
+            if item.explained:
+                self.explain_later.append((item.snapshot, alerts))
             await emitter.score(item.score)
             await emitter.alerts(alerts, _icu_type(states.get(item.score.patient_id)))
             await emitter.audits(self.processor.audit_records(alerts))
             self.metrics.score_latency.observe(time.perf_counter() - item.started)
         stage.done("send")
+
+    def _explain_after(self) -> None:
+        """Queue the batch's alerts for the explain model (explanations topic)."""
+        if not self.explain_later:
+            return
+        for item in self.explain_later:
+            if len(self.explain_queue) >= _EXPLAIN_QUEUE_MAX:
+                self.metrics.explanations.labels("dropped").inc()
+                continue
+            self.explain_queue.append(item)
+        self.explain_later.clear()
+        self.explain_wakeup.set()
+        if self.explain_task is None or self.explain_task.done():
+            self.explain_task = asyncio.ensure_future(self._explain_loop())
+
+    async def _explain_loop(self) -> None:
+        """Explain queued alerts, a few at a time, and publish each explanation; an alert
+        already went out explained by its reason and NEWS2, so a failure here loses
+        only the model's contributions (counted, logged)."""
+        explainer = self.models.explainer
+        while True:
+            if not self.explain_queue:
+                self.explain_wakeup.clear()
+                await self.explain_wakeup.wait()
+                continue
+            items = [self.explain_queue.popleft() for _ in range(min(8, len(self.explain_queue)))]
+            emitter = self.emitter
+            try:
+                found = await self.models.explain_all([snapshot for snapshot, _ in items])
+                count = 0
+                for (snapshot, alerts), contributions in zip(items, found, strict=True):
+                    if contributions is None:
+                        self.metrics.explanations.labels("unavailable").inc()
+                        continue
+                    for record in self.processor.explanation_records(
+                        snapshot,
+                        alerts,
+                        contributions,
+                        model=explainer.model,
+                        model_version=explainer.model_version,
+                    ):
+                        await emitter.explanation(record)
+                        count += 1
+                await emitter.confirm()
+                self.metrics.explanations.labels("sent").inc(count)
+            except Exception:
+                emitter.abandon()
+                self.metrics.explanations.labels("failed").inc(len(items))
+                log.exception("explanations not published")
+
+    async def explained(self) -> None:
+        """Wait until every queued explanation went out (tests, shutdown)."""
+        while self.explain_queue or (
+            self.explain_task is not None
+            and not self.explain_task.done()
+            and self.explain_wakeup.is_set()
+        ):
+            await asyncio.sleep(0.05)
 
     async def process_ack(self, event: Any) -> None:
         """Apply one ``acks`` record (acknowledge, snooze, escalate, resolve) to the alert
@@ -408,8 +475,8 @@ class VigilWorker:
 
 _YIELD_EVERY = 256
 """Records applied between two yields to the event loop within a batch."""
-_EXPLAINED = frozenset({"open", "escalated"})
-"""Alert states whose records carry the explain model's top contributors."""
+_EXPLAIN_QUEUE_MAX = 10_000
+"""Alerts waiting for the explain model beyond which new ones go unexplained (counted)."""
 
 
 def _record(event: Any) -> tuple[bytes | None, bytes, Origin]:
@@ -530,6 +597,7 @@ def create_worker(
             TopicKind.DEADLETTER,
             TopicKind.AUDIT,
             TopicKind.FINDINGS,
+            TopicKind.EXPLANATIONS,
         )
     }
     acks_topic = app.topic(

@@ -50,7 +50,7 @@ _STATE_BUCKETS = tuple(float(2**k) for k in range(10, 24))  # 1 KiB .. 8 MiB
 OUTPUT_TOPICS: Final = (TopicKind.SCORES, TopicKind.ALERTS, TopicKind.DEADLETTER)
 """Topic kinds counted by ``vigil_events_out_total``."""
 
-BATCH_STAGES: Final = ("apply", "model", "explain", "send", "confirm", "changelog")
+BATCH_STAGES: Final = ("apply", "model", "send", "confirm", "changelog")
 """``stage`` label values of ``vigil_batch_stage_seconds``, in the order a batch runs them."""
 
 UNKNOWN_ICU_TYPE: Final = "unknown"
@@ -176,11 +176,19 @@ class WorkerMetrics:
         self.batch_stage = Histogram(
             "vigil_batch_stage_seconds",
             "Wall time of each stage of a batch, seconds: apply (decode, validate, apply, "
-            "snapshots), model (Triton answers), explain, send (outputs handed to the "
+            "snapshots), model (Triton answers), send (outputs handed to the "
             "producer), confirm (Kafka holds the outputs), changelog (states written and in "
             "Kafka).",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.explanations = Counter(
+            "vigil_explanations_total",
+            "Alert explanations by the explain model, by outcome: sent (on the explanations "
+            "topic), unavailable (the model failed), failed (not published), dropped (queue "
+            "full).",
+            ["outcome"],
             registry=registry,
         )
         self.active_patients = Gauge(
@@ -217,6 +225,8 @@ class WorkerMetrics:
             self.deadletter.labels(reason.value)
         for stage in BATCH_STAGES:
             self.batch_stage.labels(stage)
+        for outcome in ("sent", "unavailable", "failed", "dropped"):
+            self.explanations.labels(outcome)
         for severity in _ALERT_SEVERITIES:
             for alert_kind in _ALERT_KINDS:
                 for state in _ALERT_STATES:

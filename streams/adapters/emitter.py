@@ -21,6 +21,7 @@ from streams.core.events import (
     AlertRecord,
     AuditRecord,
     DeadLetterRecord,
+    ExplanationRecord,
     FindingRecord,
     ScoreRecord,
     TopicKind,
@@ -110,6 +111,12 @@ class Emitter:
             await self._send(
                 TopicKind.AUDIT, audit.patient_id.encode(), audit.model_dump_json().encode()
             )
+
+    async def explanation(self, record: ExplanationRecord) -> None:
+        """The explain model's account of an alert change."""
+        await self._send(
+            TopicKind.EXPLANATIONS, record.patient_id.encode(), record.model_dump_json().encode()
+        )
 
     async def confirm(self) -> int:
         """Wait until Kafka holds every output sent since the last call; returns how many.

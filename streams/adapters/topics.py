@@ -25,6 +25,7 @@ REQUIRED_TOPICS: tuple[TopicKind, ...] = (
     TopicKind.ACKS,
     TopicKind.AUDIT,
     TopicKind.FINDINGS,
+    TopicKind.EXPLANATIONS,
 )
 
 

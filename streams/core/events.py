@@ -49,6 +49,7 @@ __all__ = [
     "AuditRecord",
     "DeadLetterReason",
     "DeadLetterRecord",
+    "ExplanationRecord",
     "FindingRecord",
     "IcuType",
     "ImagingEvent",
@@ -87,6 +88,7 @@ class TopicKind(StrEnum):
     FINDINGS = "findings"
     ACKS = "acks"
     AUDIT = "audit"
+    EXPLANATIONS = "explanations"
 
 
 INPUT_TOPICS: Final = frozenset(
@@ -513,6 +515,44 @@ class AlertRecord(_Record):
     degraded: bool
     processing_time: UtcDatetime
     imaging: tuple[ImagingReference, ...] = Field(default=(), max_length=16)
+
+
+class ExplanationRecord(_Record):
+    """The model's explanation of an alert change, after the alert (topic
+    ``explanations``).
+
+    An alert goes out as soon as its score exists, explained by its reason and NEWS2; the
+    explain model's per-parameter contributions (several forwards of the model) follow
+    here, keyed like the alert, so the explanation never delays an alert.
+
+    Attributes:
+        alert_id: The alert's id (as on ``alerts``).
+        alert_state: The alert change explained (``open`` or ``escalated``).
+        patient_id: Stay identifier; also the Kafka key.
+        event_time: Event time of the alert change (UTC).
+        model: The explaining model, for example ``deterioration_explain``.
+        model_version: Its version.
+        contributing: The parameters that raised the risk most, largest first.
+        contributions: Each contributing parameter's change of the calibrated log-odds
+            when its window is hidden (positive: it raised the risk).
+        explanation: Human-readable explanation (no patient identifiers).
+        processing_time: Wall-clock time the record was produced (UTC).
+    """
+
+    alert_id: AlertId
+    alert_state: AlertState
+    patient_id: PatientId
+    event_time: UtcDatetime
+    model: Label
+    model_version: Version
+    contributing: tuple[Annotated[str, StringConstraints(min_length=1, max_length=64)], ...] = (
+        Field(default=(), max_length=32)
+    )
+    contributions: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], float] = (
+        Field(default_factory=dict, max_length=64)
+    )
+    explanation: Text
+    processing_time: UtcDatetime
 
 
 def make_alert_id(

@@ -36,6 +36,7 @@ from streams.core.events import (
     AuditRecord,
     DeadLetterReason,
     DeadLetterRecord,
+    ExplanationRecord,
     FindingRecord,
     IcuType,
     ImagingEvent,
@@ -58,6 +59,7 @@ from streams.core.validation import dead_letter, decode_ack, decode_input
 from vigil.errors import SchemaError
 
 __all__ = [
+    "EXPLAINED_STATES",
     "AckIngest",
     "IngestResult",
     "ModelAnswer",
@@ -66,6 +68,11 @@ __all__ = [
     "Snapshot",
     "StudyIngest",
 ]
+
+
+EXPLAINED_STATES = frozenset({"open", "escalated"})
+"""Alert changes the explain model accounts for (on a trusted risk): a deferral (the risk is
+not trusted) and a resolution are explained by their reason and NEWS2 alone."""
 
 
 @dataclass(frozen=True)
@@ -677,6 +684,49 @@ class Processor:
                 imaging=snapshot.studies,
             )
             for d in decisions
+        ]
+
+    def explanation_records(
+        self,
+        snapshot: Snapshot,
+        alerts: Sequence[AlertRecord],
+        contributions: npt.NDArray[np.float32] | None,
+        *,
+        model: str,
+        model_version: str,
+    ) -> list[ExplanationRecord]:
+        """The explain model's account of a score's alerts that open or escalate (none
+        when it gave no contributions)."""
+        if contributions is None or contributions.size != len(SERIES_CODES):
+            return []
+        now = self.clock()
+        contributing = _top_contributors(contributions, snapshot)
+        values = {code: float(contributions[SERIES_CODES.index(code)]) for code in contributing}
+        shown = []
+        for code in contributing:
+            if code in snapshot.latest:
+                value, at = snapshot.latest[code]
+                shown.append(f"{code} {value:g} at {at.strftime('%H:%M')}Z ({values[code]:+.2f})")
+            else:
+                shown.append(f"{code} ({values[code]:+.2f})")
+        text = "inputs that raised the model risk (change of log-odds when hidden): " + (
+            ", ".join(shown) if shown else "none"
+        )
+        return [
+            ExplanationRecord(
+                alert_id=alert.alert_id,
+                alert_state=alert.state,
+                patient_id=alert.patient_id,
+                event_time=alert.event_time,
+                model=model,
+                model_version=model_version,
+                contributing=contributing,
+                contributions=values,
+                explanation=text[:2000],
+                processing_time=now,
+            )
+            for alert in alerts
+            if alert.state in EXPLAINED_STATES and not alert.degraded
         ]
 
     def _dead(

@@ -22,6 +22,7 @@ from streams.core.events import (
     AlertRecord,
     AuditRecord,
     DeadLetterRecord,
+    ExplanationRecord,
     FindingRecord,
     ImagingEvent,
     ObservationEvent,
@@ -44,6 +45,7 @@ _RECORDS: Final[dict[TopicKind, tuple[type[BaseModel], str | None]]] = {
     TopicKind.ACKS: (AckEvent, "patient_id"),
     TopicKind.AUDIT: (AuditRecord, "patient_id"),
     TopicKind.FINDINGS: (FindingRecord, "patient_id"),
+    TopicKind.EXPLANATIONS: (ExplanationRecord, "patient_id"),
 }
 
 

@@ -59,6 +59,23 @@ def _dead_ids(dead: list[Any]) -> list[str]:
     return ids
 
 
+def _explanations(
+    bootstrap: str, prefix: str
+) -> tuple[set[tuple[str, str, str]], dict[tuple[str, str, str], dict[str, Any]]]:
+    """The alert changes that need a model explanation (opened or escalated on a model
+    risk), and the explanations published, both keyed (alert id, state, event time)."""
+    wanted = set()
+    for m in _read_all(bootstrap, f"{prefix}.alerts", 500):
+        alert = json.loads(m.value)
+        if alert["state"] in ("open", "escalated") and not alert["degraded"]:
+            wanted.add((alert["alert_id"], alert["state"], alert["event_time"]))
+    explained = {}
+    for m in _read_all(bootstrap, f"{prefix}.explanations", 500):
+        record = json.loads(m.value)
+        explained[(record["alert_id"], record["alert_state"], record["event_time"])] = record
+    return wanted, explained
+
+
 @pytest.mark.slow
 def test_replay_200_stays_every_event_accounted_once(
     stack: StackSettings, unique: str, tmp_path: Path
@@ -98,8 +115,22 @@ def test_replay_200_stays_every_event_accounted_once(
                 break
             assert worker.poll() is None, log.read_text()[-3000:]
             time.sleep(3)
+        # Explanations follow their alerts, after each batch: wait for them too.
+        while time.monotonic() < deadline:
+            wanted, explained = _explanations(stack.kafka_bootstrap, prefix)
+            if wanted <= set(explained):
+                break
+            assert worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(2)
     finally:
         stop_worker(worker)
+    wanted, explained = _explanations(stack.kafka_bootstrap, prefix)
+    assert wanted, "no alert opened on a model risk: nothing to explain"
+    assert wanted <= set(explained), f"{len(wanted - set(explained))} alerts never explained"
+    for record in explained.values():
+        assert record["model"] == "deterioration_explain"
+        assert record["explanation"]
+        assert set(record["contributions"]) == set(record["contributing"])
 
     scores = _read_all(stack.kafka_bootstrap, f"{prefix}.scores")
     dead = _read_all(stack.kafka_bootstrap, f"{prefix}.deadletter", 500)

@@ -316,6 +316,7 @@ def test_topic_names() -> None:
         "findings",
         "acks",
         "audit",
+        "explanations",
     }
     assert {TopicKind.VITALS, TopicKind.LABS, TopicKind.IMAGING, TopicKind.ADT} == INPUT_TOPICS
 

@@ -59,6 +59,7 @@ def test_examples_in_events_doc_are_valid() -> None:
         events.ScoreRecord,
         events.AlertRecord,
         events.FindingRecord,
+        events.ExplanationRecord,
         events.DeadLetterRecord,
         events.AckEvent,
         events.AuditRecord,
