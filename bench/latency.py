@@ -80,11 +80,13 @@ def paced_run(
     rate: float,
     seconds: float,
     drain_seconds: float,
+    step_model: str | None = None,
 ) -> dict[str, Any]:
     """Warm a fresh worker up, produce ``events`` at ``rate`` for ``seconds``, wait up to
     ``drain_seconds`` for them, and return latencies and backlog samples."""
     reader = OutputReader(settings)
-    proc = start_worker(settings, LOGS / f"{settings.app_id}.log")
+    extra: dict[str, Any] = {"triton_step_model": step_model} if step_model else {}
+    proc = start_worker(settings, LOGS / f"{settings.app_id}.log", **extra)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
         produce(settings, warmup)
@@ -195,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait after pacing")
     parser.add_argument("--name", default="latency")
+    parser.add_argument(
+        "--step-model", default=None, help="score with this step model (deterioration_step)"
+    )
     args = parser.parse_args(argv)
     warmup = load_events(WARMUP_STAYS)
     pool = load_events(500 - WARMUP_STAYS, first=WARMUP_STAYS)
@@ -208,8 +213,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rate=rate,
             seconds=args.seconds,
             drain_seconds=args.drain,
+            step_model=args.step_model,
         )
-        runs.append({"load_before": before, "load_after": load_average(), **run})
+        runs.append(
+            {
+                "load_before": before,
+                "load_after": load_average(),
+                "step_model": args.step_model,
+                **run,
+            }
+        )
         print(
             f"rate {rate:.0f}/s: achieved {run['rate_achieved']}, kept up {run['kept_up']}, "
             f"backlog growth {run['backlog_growth_events_per_second']}/s, "

@@ -58,6 +58,21 @@ def _recovery(args: argparse.Namespace) -> Any:
     return recovery.main([])
 
 
+def _latency_step(args: argparse.Namespace) -> Any:
+    return latency.main(
+        [
+            "--seconds",
+            "15",
+            "--drain",
+            "20",
+            "--step-model",
+            "deterioration_step",
+            "--name",
+            "latency-step",
+        ]
+    )
+
+
 def _triton(args: argparse.Namespace) -> Any:
     return triton_models.main([])
 
@@ -74,6 +89,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "throughput_step": _throughput_step,
     "scaling": _throughput_2w,
     "latency": _latency,
+    "latency_step": _latency_step,
     "recovery": _recovery,
 }
 
