@@ -33,7 +33,12 @@ def _load_text(load: dict[str, float]) -> str:
 
 
 def _throughput(lines: list[str]) -> None:
-    names = ("throughput-1w", "throughput-2w", "throughput-1w-without-triton")
+    names = (
+        "throughput-1w",
+        "throughput-1w-step",
+        "throughput-2w",
+        "throughput-1w-without-triton",
+    )
     rows = [(name, _load(name)) for name in names]
     lines += [
         "| Run | Events | Worker events/s | With start-up | Raw aiokafka rec/s | Ratio "
@@ -53,7 +58,7 @@ def _throughput(lines: list[str]) -> None:
             f"| {raw:,.0f}{mark} | {worker['events_per_second'] / raw:.5f} "
             f"| {worker.get('worker_cpu_ms_per_event')} "
             f"| {worker['degraded_scores']:,} "
-            f"| {worker['triton_during_run']['deterioration']['mean_request_ms']} "
+            f"| {worker['triton_during_run'].get('deterioration', {}).get('mean_request_ms')} "
             f"| {_load_text(data['load_before'])} / {_load_text(data['load_after'])} |"
         )
     lines.append(
@@ -64,18 +69,22 @@ def _throughput(lines: list[str]) -> None:
 
 
 def _latency(lines: list[str]) -> None:
-    data = _load("latency")
-    if data is None:
+    runs = [
+        (name, run)
+        for name in ("latency", "latency-step")
+        for run in ((_load(name) or {}).get("runs") or [])
+    ]
+    if not runs:
         return
     lines += [
-        "| Rate asked | Achieved | Kept up | Backlog growth (events/s) | Score p50 / p99 ms "
-        "| Alert p50 / p99 ms (n) | Load 1m before/after |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| Run | Rate asked | Achieved | Kept up | Backlog growth (events/s) "
+        "| Score p50 / p99 ms | Alert p50 / p99 ms (n) | Load 1m before/after |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for run in data["runs"]:
+    for name, run in runs:
         score, alert = run["event_to_score"], run["event_to_alert"]
         lines.append(
-            f"| {run['rate_target']:,.0f} | {run['rate_achieved']:,} | {run['kept_up']} "
+            f"| {name} | {run['rate_target']:,.0f} | {run['rate_achieved']:,} | {run['kept_up']} "
             f"| {run['backlog_growth_events_per_second']} "
             f"| {score['p50_ms']} / {score['p99_ms']} "
             f"| {alert['p50_ms']} / {alert['p99_ms']} ({alert['n']}) "
