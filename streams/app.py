@@ -676,7 +676,7 @@ def create_worker(
         triton(
             settings.triton_step_model,
             timeout_seconds=timeout,
-            batch_max_size=settings.batch_max_size,
+            batch_max_size=settings.step_batch_max_size,
         )
         if settings.triton_step_model
         else None

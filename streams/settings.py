@@ -151,6 +151,13 @@ class WorkerSettings(BaseSettings):
     batch_max_size: int = Field(
         default=64, ge=1, le=1024, description="Patients per Triton request (rows)."
     )
+    step_batch_max_size: int = Field(
+        default=256,
+        ge=1,
+        le=1024,
+        description="Patients per request to the step model (rows): one row costs it "
+        "microseconds, so a batch's scores go in a few large requests.",
+    )
     batch_max_records: int = Field(
         default=2000,
         ge=1,
