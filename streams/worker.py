@@ -7,9 +7,9 @@ import logging
 from prometheus_client import start_http_server
 
 from streams.adapters.topics import missing_topics
-from streams.app import create_worker
 from streams.metrics import REGISTRY
 from streams.settings import WorkerSettings
+from streams.wiring import create_worker
 from vigil.errors import TopicError
 
 __all__ = ["run_worker"]

@@ -15,6 +15,7 @@ import functools
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +66,7 @@ __all__ = [
     "ModelAnswer",
     "Processor",
     "ProcessorConfig",
+    "ProcessorSettings",
     "Snapshot",
     "StudyIngest",
 ]
@@ -93,6 +95,79 @@ class ProcessorConfig:
     unit_policies: Mapping[str, AlertPolicy] = field(default_factory=dict)
     code_version: str = "0.0.0"
     model_name: str = "deterioration"
+
+    @classmethod
+    def from_settings(cls, settings: ProcessorSettings, *, code_version: str) -> ProcessorConfig:
+        """The processor's parameters from the worker's settings (every default lives in
+        ``streams/settings.py``; this only converts units)."""
+        return cls(
+            window=settings.window,
+            score_interval=settings.score_interval,
+            lateness=settings.lateness,
+            max_future=settings.max_future,
+            max_event_bytes=settings.max_event_bytes,
+            news2_max_age=timedelta(hours=settings.news2_max_age_hours),
+            policy=AlertPolicy(
+                arm_risk=settings.alert_arm_risk,
+                disarm_risk=settings.alert_disarm_risk,
+                arm_scores=settings.alert_arm_scores,
+                arm_duration=timedelta(hours=settings.alert_arm_hours),
+                disarm_scores=settings.alert_disarm_scores,
+                disarm_duration=timedelta(hours=settings.alert_disarm_hours),
+                refractory=timedelta(hours=settings.alert_refractory_hours),
+                realert_margin=settings.alert_realert_margin,
+                news2_threshold=settings.alert_news2_threshold,
+                max_snooze=timedelta(hours=settings.alert_max_snooze_hours),
+                defer_scores=settings.alert_defer_scores,
+                defer_duration=timedelta(hours=settings.alert_defer_hours),
+            ),
+            code_version=code_version,
+            model_name=settings.triton_model,
+        )
+
+
+class ProcessorSettings(Protocol):
+    """What :meth:`ProcessorConfig.from_settings` reads (``streams.settings.WorkerSettings``
+    has it; the core does not import the settings module)."""
+
+    @property
+    def window(self) -> timedelta: ...
+    @property
+    def score_interval(self) -> timedelta: ...
+    @property
+    def lateness(self) -> timedelta: ...
+    @property
+    def max_future(self) -> timedelta: ...
+    @property
+    def max_event_bytes(self) -> int: ...
+    @property
+    def news2_max_age_hours(self) -> float: ...
+    @property
+    def alert_arm_risk(self) -> float: ...
+    @property
+    def alert_disarm_risk(self) -> float: ...
+    @property
+    def alert_arm_scores(self) -> int: ...
+    @property
+    def alert_arm_hours(self) -> float: ...
+    @property
+    def alert_disarm_scores(self) -> int: ...
+    @property
+    def alert_disarm_hours(self) -> float: ...
+    @property
+    def alert_refractory_hours(self) -> float: ...
+    @property
+    def alert_realert_margin(self) -> float: ...
+    @property
+    def alert_news2_threshold(self) -> int: ...
+    @property
+    def alert_max_snooze_hours(self) -> float: ...
+    @property
+    def alert_defer_scores(self) -> int: ...
+    @property
+    def alert_defer_hours(self) -> float: ...
+    @property
+    def triton_model(self) -> str: ...
 
 
 @dataclass(frozen=True)

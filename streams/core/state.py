@@ -465,6 +465,13 @@ class PatientState:
         (an event time, for example the worker's global watermark)."""
         return self.discharged_ms is not None or _silent(self.watermark_ms, now, silence)
 
+    def may_drop(self, now: datetime, silence: timedelta, lateness: timedelta) -> bool:
+        """Whether this state may be dropped as of the event time ``now``: the lifecycle's
+        end (discharged at least ``lateness`` ago, or silent for ``silence``), as
+        :meth:`removable` judges a stored one."""
+        fields = {"discharged_ms": self.discharged_ms, "watermark_ms": self.watermark_ms}
+        return PatientState.removable(fields, now, silence, lateness)
+
     @staticmethod
     def removable(
         data: Mapping[str, Any], now: datetime, silence: timedelta, lateness: timedelta

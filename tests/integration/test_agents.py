@@ -17,9 +17,10 @@ from typing import Any
 
 import redis
 
-from streams.app import VigilWorker, create_worker
+from streams.app import VigilWorker
 from streams.core.events import TopicKind
 from streams.settings import WorkerSettings
+from streams.wiring import create_worker
 from vigil.stack.settings import StackSettings
 
 ADMIT = datetime(2025, 1, 1, tzinfo=UTC)

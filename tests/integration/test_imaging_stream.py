@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import redis
 
-from streams.app import VigilWorker, create_worker
+from streams.app import VigilWorker
 from streams.core.events import TopicKind
 from streams.settings import WorkerSettings
+from streams.wiring import create_worker
 from tests.imaging_files import ct_patches, dicom_bytes, npz_bytes, png_bytes, xrays
 from vigil.stack.settings import StackSettings
 

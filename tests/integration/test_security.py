@@ -33,10 +33,10 @@ from streams.adapters.security import (
     redis_options,
 )
 from streams.adapters.topics import create_topics, missing_topics
-from streams.app import create_worker
 from streams.core.events import TopicKind
 from streams.metrics import WorkerMetrics
 from streams.settings import WorkerSettings
+from streams.wiring import create_worker
 from tests.integration.secured import SecuredKafka, make_ca, start_kafka, start_redis
 from tests.unit.test_events import score_record
 from vigil.errors import TopicError

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from models.step_export import MODEL_NAME
 from models.triton_model import Runner
-from streams.app import VigilWorker, create_worker
+from streams.app import VigilWorker
 from streams.core.events import TopicKind
 from streams.core.pipeline import Processor, ProcessorConfig
 from streams.core.state import Origin, PatientState, to_ms
@@ -32,6 +32,7 @@ from streams.core.step_features import BINS_PER_REQUEST, pack_bins
 from streams.core.stepping import step_request
 from streams.replay import ReplayEvent, physionet2012_events, read_length_of_stay
 from streams.settings import WorkerSettings
+from streams.wiring import create_worker
 from vigil.stack.settings import StackSettings
 
 pytestmark = [

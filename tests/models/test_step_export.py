@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.step_export import (
+    BLOCK_ROWS,
     MODEL_NAME,
     OOD_FIT,
     PARITY_TOLERANCE,
@@ -22,6 +23,7 @@ from models.step_ood_train import load_fit
 from models.step_settings import StepTrainSettings
 from models.step_train import load_step_checkpoint, train_step
 from streams.core.step_features import BINS_PER_REQUEST
+from vigil.errors import ModelError
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "models" / "weights" / "deterioration_step.pt"
@@ -57,8 +59,16 @@ def test_config_is_what_the_exporter_renders(shipped):
     assert served["max_batch_size"] >= 256
     assert "timeout_action: REJECT" in text
     assert "max_queue_delay_microseconds" in text
+    assert f'key: "block_rows"\n  value: {{ string_value: "{BLOCK_ROWS}" }}' in text
     assert card["state_layout"] == meta["state_layout"]
     assert served["bins_per_request"] == BINS_PER_REQUEST
+
+
+def test_a_bad_block_rows_is_not_rendered(shipped):
+    net, _ = shipped
+    arrays, fit_meta = load_fit(ROOT / OOD_FIT)
+    with pytest.raises(ModelError, match="block_rows must be positive"):
+        render_config(net.config, net.layout.width, arrays, fit_meta["percentile"], block_rows=0)
 
 
 def test_wrapper_is_the_shared_one():

@@ -16,7 +16,7 @@ import torch
 
 from models.ood_shifts import apply_shift
 from models.physionet2012 import Stay, load_stays
-from models.step_export import MODEL_NAME, OOD_FIT, tensor_specs
+from models.step_export import BLOCK_ROWS, MODEL_NAME, OOD_FIT, tensor_specs
 from models.step_ood import OOD_OUTPUT_NAMES, reference_scores
 from models.step_ood_train import load_fit, ood_features, prepare_minutes
 from models.step_train import load_step_checkpoint
@@ -48,6 +48,7 @@ def setup() -> dict[str, Any]:
         module,
         [(s.name, np.float32, s.dims) for s in inputs],
         [(s.name, np.bool_ if s.name in bool_out else np.float32) for s in outputs],
+        block_rows=BLOCK_ROWS,
     )
     arrays, meta = load_fit(ROOT / OOD_FIT)
     return {"stays": stays[:N_STAYS], "net": net, "runner": runner, "fit": arrays, "meta": meta}

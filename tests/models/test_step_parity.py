@@ -5,7 +5,8 @@ risk of the full-sequence forward at every hour (issue 16: max abs difference <=
 is taken: the bin closed since the last call and the open bin are built from the stay's
 observations with :func:`streams.core.step_features.bin_inputs`, packed with
 :func:`pack_bins` and run through the served wrapper (:class:`models.triton_model.Runner`,
-16-row blocks) on the committed TorchScript, carrying ``state_out`` forward. The reference
+in the model's served block size :data:`models.step_export.BLOCK_ROWS`) on the committed
+TorchScript, carrying ``state_out`` forward. The reference
 is the eager ensemble's full-sequence path (:meth:`StepEnsemble.score_hours`) on the
 committed checkpoint.
 """
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 from models.physionet2012 import Stay, load_stays
-from models.step_export import MODEL_NAME, tensor_specs
+from models.step_export import BLOCK_ROWS, MODEL_NAME, tensor_specs
 from models.step_train import load_step_checkpoint, prepare
 from models.triton_model import Runner
 from streams.core.step_features import BINS_PER_REQUEST, StepBin, bin_inputs, pack_bins
@@ -55,6 +56,7 @@ def setup() -> dict[str, Any]:
         module,
         [(s.name, np.float32, s.dims) for s in inputs],
         [(s.name, np.float32) for s in outputs],
+        block_rows=BLOCK_ROWS,
     )
     return {
         "stays": stays,

@@ -19,6 +19,7 @@ from models.triton_model import (
     BLOCK_ROWS,
     RequestError,
     Runner,
+    block_rows_parameter,
     prepare_module,
     set_torch_threads,
 )
@@ -70,6 +71,51 @@ def test_a_row_gives_the_same_bits_in_any_batch(runner: Runner) -> None:
         for name in ("risk", "fused"):
             assert part[name].shape[0] == size
             np.testing.assert_array_equal(part[name], whole[name][index], err_msg=f"{size}")
+
+
+@pytest.mark.parametrize("block_rows", [5, 40])
+def test_a_row_gives_the_same_bits_in_any_batch_with_a_configured_block(
+    runner: Runner, block_rows: int
+) -> None:
+    """A model's own ``block_rows`` is its one fixed shape: the guarantee above holds."""
+    sized = Runner(runner.module, runner.inputs, runner.outputs, block_rows=block_rows)
+    total = 2 * block_rows + 5
+    arrays = _inputs(total, seed=13)
+    whole = sized.run(arrays)
+    rng = np.random.default_rng(1)
+    for size in (1, 2, 3, block_rows, block_rows + 1, total):
+        index = [int(i) for i in rng.permutation(total)[:size]]
+        part = sized.run(_rows(arrays, index))
+        for name in ("risk", "fused"):
+            assert part[name].shape[0] == size
+            np.testing.assert_array_equal(part[name], whole[name][index], err_msg=f"{size}")
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        ({}, BLOCK_ROWS),
+        ({"torch_num_threads": {"string_value": "1"}}, BLOCK_ROWS),
+        ({"block_rows": {"string_value": ""}}, BLOCK_ROWS),
+        ({"block_rows": {"string_value": "256"}}, 256),
+        ({"block_rows": {"string_value": " 1 "}}, 1),
+    ],
+)
+def test_block_rows_comes_from_the_config(
+    parameters: dict[str, dict[str, str]], expected: int
+) -> None:
+    assert block_rows_parameter(parameters) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-16", "16.5", "sixteen", "1e3"])
+def test_a_bad_block_rows_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match=f"block_rows must be a positive integer, got '{value}'"):
+        block_rows_parameter({"block_rows": {"string_value": value}})
+
+
+def test_a_runner_refuses_a_non_positive_block(runner: Runner) -> None:
+    with pytest.raises(ValueError, match="block_rows must be positive"):
+        Runner(runner.module, runner.inputs, runner.outputs, block_rows=0)
 
 
 def test_outputs_keep_the_rows_and_dtypes(runner: Runner) -> None:
@@ -126,18 +172,21 @@ config = json.loads({config!r})
 threads = {threads!r}
 if threads is not None:
     config["parameters"] = {{"torch_num_threads": {{"string_value": threads}}}}
-TritonPythonModel().initialize({{
+block_rows = {block_rows!r}
+if block_rows is not None:
+    config.setdefault("parameters", {{}})["block_rows"] = {{"string_value": block_rows}}
+model = TritonPythonModel()
+model.initialize({{
     "model_config": json.dumps(config),
     "model_repository": {model_dir!r},
     "model_version": "1",
     "model_instance_kind": "CPU",
 }})
-print(torch.get_num_threads(), torch.get_num_interop_threads())
+print(torch.get_num_threads(), torch.get_num_interop_threads(), model.runner.block_rows)
 """
 
 
-@pytest.mark.parametrize(("threads", "expected"), [(None, 1), ("1", 1), ("3", 3)])
-def test_initialize_sets_the_configured_torch_threads(threads: str | None, expected: int) -> None:
+def _initialize(threads: str | None, block_rows: str | None) -> subprocess.CompletedProcess[str]:
     config = {
         "input": [
             {"name": n, "data_type": "TYPE_FP32", "dims": [str(d) for d in a.shape[1:]]}
@@ -149,16 +198,39 @@ def test_initialize_sets_the_configured_torch_threads(threads: str | None, expec
         ],
     }
     script = _THREADS_SCRIPT.format(
-        repo=str(REPO), config=json.dumps(config), threads=threads, model_dir=str(SHIPPED)
+        repo=str(REPO),
+        config=json.dumps(config),
+        threads=threads,
+        block_rows=block_rows,
+        model_dir=str(SHIPPED),
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-W", "ignore", "-c", script],
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
+        check=False,
     )
-    assert result.stdout.split() == [str(expected), "1"], result.stderr
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(None, 1), ("1", 1), ("3", 3)])
+def test_initialize_sets_the_configured_torch_threads(threads: str | None, expected: int) -> None:
+    result = _initialize(threads, None)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(expected), "1", str(BLOCK_ROWS)], result.stderr
+
+
+def test_initialize_uses_the_configured_block_rows() -> None:
+    result = _initialize("1", "40")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1", "40"], result.stderr
+
+
+def test_initialize_refuses_a_bad_block_rows() -> None:
+    """A bad value stops the model from loading (Triton reports the stub's exception)."""
+    result = _initialize("1", "0")
+    assert result.returncode != 0
+    assert "block_rows must be a positive integer, got '0'" in result.stderr
 
 
 def test_thread_count_must_be_positive() -> None:

@@ -638,3 +638,17 @@ def test_a_discharge_read_ahead_of_the_data_does_not_prune_it():
     assert state.observation_time == at(40 * 60)
     window = state.features(WINDOW, at=state.observation_time)
     assert window.mask[:, SERIES_CODES.index("HR")].sum() == 2
+
+
+def test_may_drop_is_the_stored_state_rule() -> None:
+    state = PatientState("p-drop")
+    state.watermark_ms = 1_700_000_000_000
+    now = datetime.fromtimestamp(1_700_000_000 + 3600, tz=UTC)
+    silence, lateness = timedelta(hours=2), timedelta(minutes=30)
+    assert not state.may_drop(now, silence, lateness)
+    assert state.may_drop(now + timedelta(hours=1), silence, lateness)
+    state.discharged_ms = 1_700_000_000_000
+    assert state.may_drop(now, silence, lateness)  # discharged an hour ago, lateness 30 min
+    assert state.may_drop(now, silence, lateness) == PatientState.removable(
+        state.to_dict(), now, silence, lateness
+    )
