@@ -6,8 +6,10 @@ Writes, under ``<repo>/deterioration_step/``:
   with the scheduling part every served model shares
   (:func:`models.export.render_serving`: dynamic batching with a short queue delay, a
   ``default_queue_policy`` that REJECTs on timeout, one torch thread), with two CPU
-  instances like ``deterioration``, and the OOD verdict's thresholds as ``parameters``
-  (``threshold`` ``1.0`` of ``distance``, as the ``ood`` model has it).
+  instances like ``deterioration``, the wrapper's block size ``block_rows``
+  (:data:`BLOCK_ROWS`, bigger than the other models' 16), and the OOD verdict's
+  thresholds as ``parameters`` (``threshold`` ``1.0`` of ``distance``, as the ``ood``
+  model has it).
 * ``<version>/model.pt``: :class:`models.step_ood.StepOODModule` in TorchScript: the step
   (:class:`models.step_network.StepModule`, outputs ``risk``, ``state_out``, ``fused``)
   and its own two-channel OOD verdict (:data:`models.step_ood.OOD_OUTPUT_NAMES`, named
@@ -52,6 +54,7 @@ from streams.core.step_features import BINS_PER_REQUEST
 from vigil.errors import ModelError
 
 __all__ = [
+    "BLOCK_ROWS",
     "COMBINED_THRESHOLD",
     "MAX_BATCH_SIZE",
     "MODEL_NAME",
@@ -78,6 +81,9 @@ OOD_FIT: Final[Path] = Path("models/weights/deterioration_step_ood.pt")
 _BOOL_OUTPUTS: Final[frozenset[str]] = frozenset({"ood", "representation_ood", "input_ood"})
 MAX_BATCH_SIZE: Final[int] = 1024
 """Rows per Triton execution (dynamic batching merges requests up to it)."""
+BLOCK_ROWS: Final[int] = 128
+"""Rows per forward in the served wrapper (``block_rows`` of ``config.pbtxt``; the other
+models keep :data:`models.triton_model.BLOCK_ROWS`, 16)."""
 STEP_EXPORT_SOURCES: Final[tuple[str, ...]] = (
     *STEP_TRAINING_SOURCES,
     *(s for s in STEP_OOD_SOURCES if s not in STEP_TRAINING_SOURCES),
@@ -148,6 +154,7 @@ def render_config(
     max_batch_size: int = MAX_BATCH_SIZE,
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
     instance_count: int = SCORING_INSTANCE_COUNT,
+    block_rows: int = BLOCK_ROWS,
 ) -> str:
     """The ``config.pbtxt`` text of ``deterioration_step``: called for every score like
     ``deterioration``, so it gets the same :data:`~models.export.SCORING_INSTANCE_COUNT`
@@ -155,7 +162,10 @@ def render_config(
     Triton 2.51; BENCHMARKS.md, issue 16 part 1). ``ood_fit`` (the fit's arrays) and
     ``percentile`` give the ``parameters`` the ``ood`` model also has: ``threshold``
     (``1.0``, of ``distance``), ``threshold_percentile``, ``representation_threshold``,
-    then ``input_step_bucket_edges`` and ``input_thresholds`` (comma-separated)."""
+    then ``input_step_bucket_edges`` and ``input_thresholds`` (comma-separated).
+    ``block_rows`` is the served wrapper's rows per forward (:data:`BLOCK_ROWS`)."""
+    if block_rows < 1:
+        raise ModelError(f"block_rows must be positive, got {block_rows}")
     inputs, outputs = tensor_specs(config, state_width)
 
     def block(kind: str, specs: tuple[TensorSpec, ...]) -> str:
@@ -180,6 +190,7 @@ def render_config(
         + block("input", inputs)
         + block("output", outputs)
         + render_serving(instance_kind=instance_kind, instance_count=instance_count)
+        + parameter("block_rows", str(block_rows))
         + parameter("threshold", repr(COMBINED_THRESHOLD))
         + parameter("threshold_percentile", repr(float(percentile)))
         + parameter("representation_threshold", repr(rep_threshold))

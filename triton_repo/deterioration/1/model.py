@@ -7,8 +7,12 @@ matched to the config's outputs in order, so the same file serves the fast model
 (``risk``, ``fused``) and the explaining one (``risk``, ``fused``, ``contributions``).
 The requests of a dynamic batch are validated one by one; a bad request gets its own
 ``TritonError`` (``INVALID_ARG``) and the valid ones are run together, in forwards of
-exactly :data:`BLOCK_ROWS` rows (see there). :class:`Runner` is the pure numpy/torch
-path, importable without Triton.
+exactly ``block_rows`` rows (see :data:`BLOCK_ROWS`). The block size is fixed per model: a
+``parameters`` entry ``block_rows`` of ``config.pbtxt`` (a positive integer; default
+:data:`BLOCK_ROWS`, which every model but ``deterioration_step`` uses). A bigger block
+costs fewer forwards for big batches and pads small ones more (BENCHMARKS.md, "Step model
+``deterioration_step``"). :class:`Runner` is the pure numpy/torch path, importable
+without Triton.
 
 At load (:func:`prepare_module`), each stub limits torch to ``torch_num_threads`` intra-op
 threads (a ``parameters`` entry of ``config.pbtxt``, default :data:`DEFAULT_NUM_THREADS`)
@@ -42,19 +46,23 @@ __all__ = [
     "RequestError",
     "Runner",
     "TritonPythonModel",
+    "block_rows_parameter",
     "prepare_module",
     "set_torch_threads",
 ]
 
 BLOCK_ROWS = 16
-"""Rows per forward pass. Every forward runs at exactly this batch shape (the last block
+"""Rows per forward pass unless the model's ``config.pbtxt`` sets ``block_rows``
+(:func:`block_rows_parameter`). Every forward runs at exactly this batch shape (the last block
 padded with copies of its first row, whose outputs are dropped), so a row's outputs do not
 depend on how Triton's dynamic batcher or the worker's micro-batches grouped it: on CPU
 the same row gave outputs up to 1.2e-7 apart in batches of different sizes, and
 bit-identical outputs at one fixed shape whatever the other rows and its position
 (docs/replay.md, "Determinism"). Cost measured on the 2-core CI machine for the
 deterioration model: one row 10 ms alone, 20 ms padded to 16; 64 rows 51 ms in one
-forward, about 80 ms as four blocks."""
+forward, about 80 ms as four blocks. A model's block size is one fixed shape, so the
+guarantee holds for any value; changing a model's value may change its outputs in the
+last bits."""
 
 
 DEFAULT_NUM_THREADS = 1
@@ -76,6 +84,10 @@ class Runner:
         inputs: ``(name, dtype, dims)`` per input in forward order; dims exclude batch.
         outputs: ``(name, dtype)`` per output in forward order.
         device: Torch device of the module.
+        block_rows: Rows of every forward (the model's fixed shape).
+
+    Raises:
+        ValueError: ``block_rows`` is not positive.
     """
 
     def __init__(
@@ -84,7 +96,12 @@ class Runner:
         inputs: Sequence[tuple[str, npt.DTypeLike, tuple[int, ...]]],
         outputs: Sequence[tuple[str, npt.DTypeLike]],
         device: str = "cpu",
+        *,
+        block_rows: int = BLOCK_ROWS,
     ) -> None:
+        if block_rows < 1:
+            raise ValueError(f"block_rows must be positive, got {block_rows}")
+        self.block_rows = block_rows
         self.module = module
         self.inputs = [(name, np.dtype(dtype), dims) for name, dtype, dims in inputs]
         self.outputs = [(name, np.dtype(dtype)) for name, dtype in outputs]
@@ -120,10 +137,10 @@ class Runner:
         """Runs a checked (possibly concatenated) batch; returns outputs by name."""
         rows = int(arrays[self.inputs[0][0]].shape[0])
         parts: list[list[npt.NDArray[Any]]] = [[] for _ in self.outputs]
-        for start in range(0, rows, BLOCK_ROWS):
-            stop = min(start + BLOCK_ROWS, rows)
+        for start in range(0, rows, self.block_rows):
+            stop = min(start + self.block_rows, rows)
             tensors = [
-                torch.from_numpy(_block(arrays[name], start, stop)).to(self.device)
+                torch.from_numpy(_block(arrays[name], start, stop, self.block_rows)).to(self.device)
                 for name, _, _ in self.inputs
             ]
             with torch.no_grad():
@@ -149,24 +166,43 @@ def set_torch_threads(intra_op: int) -> None:
         torch.set_num_interop_threads(1)
 
 
+def block_rows_parameter(parameters: Mapping[str, Any]) -> int:
+    """The ``block_rows`` of a model config's ``parameters`` (:data:`BLOCK_ROWS` if absent).
+
+    Raises:
+        ValueError: The value is not a positive integer (the model does not load).
+    """
+    text = str(parameters.get("block_rows", {}).get("string_value", "")).strip()
+    if not text:
+        return BLOCK_ROWS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"block_rows must be a positive integer, got {text!r}")
+    return value
+
+
 def prepare_module(
     module: torch.jit.ScriptModule,
     inputs: Sequence[tuple[str, npt.DTypeLike, tuple[int, ...]]],
     device: str = "cpu",
     *,
     warmup_blocks: int = WARMUP_BLOCKS,
+    block_rows: int = BLOCK_ROWS,
 ) -> torch.jit.ScriptModule:
     """Freezes an eval-mode TorchScript module and warms it up on zero blocks.
 
     Freezing inlines the weights and attributes as constants (no ``self.`` lookups per
     operator); outputs stay bit-identical to the unfrozen module (tests/models). The
-    warm-up runs ``warmup_blocks`` forwards of one :data:`BLOCK_ROWS`-row block of zeros,
-    the only shape :class:`Runner` ever runs.
+    warm-up runs ``warmup_blocks`` forwards of one ``block_rows``-row block of zeros,
+    the only shape :class:`Runner` ever runs for this model.
     """
     module.eval()
     frozen: torch.jit.ScriptModule = torch.jit.freeze(module)
     zeros = [
-        torch.from_numpy(np.zeros((BLOCK_ROWS, *dims), dtype=dtype)).to(device)
+        torch.from_numpy(np.zeros((block_rows, *dims), dtype=dtype)).to(device)
         for _, dtype, dims in inputs
     ]
     with torch.no_grad():
@@ -175,10 +211,10 @@ def prepare_module(
     return frozen
 
 
-def _block(array: npt.NDArray[Any], start: int, stop: int) -> npt.NDArray[Any]:
-    """Rows ``start:stop`` padded to :data:`BLOCK_ROWS` with copies of the first."""
+def _block(array: npt.NDArray[Any], start: int, stop: int, rows: int) -> npt.NDArray[Any]:
+    """Rows ``start:stop`` padded to ``rows`` with copies of the first."""
     block = array[start:stop]
-    missing = BLOCK_ROWS - (stop - start)
+    missing = rows - (stop - start)
     if missing:
         block = np.concatenate([block, np.repeat(block[:1], missing, axis=0)])
     return np.ascontiguousarray(block)
@@ -207,11 +243,13 @@ class TritonPythonModel:
         parameters = config.get("parameters", {})
         threads = parameters.get("torch_num_threads", {}).get("string_value", "")
         set_torch_threads(int(threads) if threads else DEFAULT_NUM_THREADS)
+        block_rows = block_rows_parameter(parameters)
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         module = torch.jit.load(path, map_location=device)  # type: ignore[no-untyped-call]
-        self.runner = Runner(prepare_module(module, inputs, device), inputs, outputs, device)
+        frozen = prepare_module(module, inputs, device, block_rows=block_rows)
+        self.runner = Runner(frozen, inputs, outputs, device, block_rows=block_rows)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb_utils = self.pb_utils
