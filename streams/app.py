@@ -36,6 +36,7 @@ from streams.adapters.models import ModelCalls
 from streams.adapters.redis_store import RedisStore
 from streams.adapters.state_table import StateTable
 from streams.core.alerting import AlertDecision
+from streams.core.breaker import BreakerState
 from streams.core.events import (
     AlertRecord,
     DeadLetterRecord,
@@ -123,8 +124,8 @@ class VigilWorker:
         stepper = self.models.stepper
         if stepper is None or self.processor.step_model is not None:
             return
-        if not stepper.breaker.allow():
-            return
+        if stepper.breaker.state is BreakerState.OPEN:
+            return  # Triton is down: try again once the breaker lets calls through
         self.processor.step_model = await self.models.step_model_id()
         if self.processor.step_model is not None:
             # Its own OOD verdict: the whole window is then only built for explanations.
