@@ -22,7 +22,7 @@ __all__ = ["STAGES", "summarise"]
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # innermost first: the first stage whose marker is on the stack wins, scanning leaf-up
     ("state: to_dict + table write (Faust JSON, changelog)", ("to_dict (", "put (streams/app")),
-    ("state: from_dict (table read)", ("from_dict (",)),
+    ("state: from_dict / decode (table read)", ("from_dict (", "decode_state (")),
     (
         "feature window (PatientState.features)",
         ("PatientState.features (", "build_features (", "features_at ("),
@@ -31,9 +31,13 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decode + validate (pydantic)", ("decode_input (",)),
     ("score/alert records (finish, alert policy)", ("finish (", "alert_records (")),
     ("Triton client (tritonclient gRPC, batching)", ("streams/adapters/triton.py",)),
-    ("output send (Faust/aiokafka producer)", ("_emit (", "send (faust", "aiokafka/producer")),
+    (
+        "output send (Faust/aiokafka producer)",
+        ("Emitter.", "_emit (", "send (faust", "aiokafka/producer"),
+    ),
     ("Redis writes", ("redis_store.py",)),
-    ("other process_event work", ("process_event (",)),
+    ("state encode + changelog", ("state_codec.py", "StateTable.write", "DurableTable")),
+    ("other batch work", ("process_batch (", "_process_batch (", "process_event (")),
     ("aiokafka consumer / Faust stream", ("aiokafka/consumer", "faust/transport", "faust/streams")),
     ("Faust tables / commit", ("faust/tables", "faust/transport/consumer")),
     ("metrics (prometheus_client)", ("prometheus_client",)),

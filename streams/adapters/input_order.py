@@ -2,13 +2,11 @@
 
 The Faust side of :class:`streams.core.ordering.InputMerger`. Each input agent hands its
 records to :meth:`OrderedIngest.offer`; the merger releases them in event-time order
-across the co-partitioned topics; released records are queued per patient (record key)
-and processed by one task per patient with records waiting, so one patient's records are
-processed in release order while different patients are processed concurrently (their
-Triton requests share micro-batches). A record is acknowledged to Faust only after it and
-every earlier record of its topic partition are processed (:class:`InOrderAcks`), so a
-committed offset never runs ahead of the outputs and state it produced
-(``docs/worker.md``).
+across the co-partitioned topics; released records are gathered into batches, processed
+one batch at a time in release order (``VigilWorker.process_batch``). A record is
+acknowledged to Faust only after its batch is processed and every earlier record of its
+topic partition is too (:class:`InOrderAcks`), so a committed offset never runs ahead of
+the outputs and state it produced (``docs/worker.md``).
 
 "Caught up" comes from the consumer: a topic partition assigned here whose high
 watermark is not beyond the next offset the merger expects (or, before any record of it
