@@ -30,7 +30,7 @@ import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import numpy as np
@@ -50,6 +50,7 @@ __all__ = [
     "StepBins",
     "bin_index",
     "bin_inputs",
+    "bin_on_ticks",
     "pack_bins",
     "stay_bins",
 ]
@@ -58,6 +59,7 @@ BINS_PER_REQUEST: Final[int] = 8
 """``L``: most bins one ``deterioration_step`` request runs after the stored state."""
 
 _ONE_US: Final[timedelta] = timedelta(microseconds=1)
+_EPOCH: Final[datetime] = datetime(1970, 1, 1, tzinfo=UTC)
 _US_PER_HOUR: Final[float] = 3_600_000_000.0
 _CODE_INDEX: Final[Mapping[str, int]] = {code: i for i, code in enumerate(SERIES_CODES)}
 
@@ -168,29 +170,64 @@ def bin_inputs(
     if index < 0:
         raise ValueError(f"bin index must be >= 0, got {index}")
     start = admit_time + step * index
-    end = start + step
-    if end_time is not None and not start <= end_time < end:
+    if end_time is not None and not start <= end_time < start + step:
         raise ValueError("end_time must lie inside the bin")
+    return bin_on_ticks(
+        {code: [(_us(t), v) for t, v in series] for code, series in observations.items()},
+        admit=_us(admit_time),
+        index=index,
+        end=None if end_time is None else _us(end_time),
+        step=step // _ONE_US,
+        ticks_per_hour=_US_PER_HOUR,
+    )
+
+
+def bin_on_ticks(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    *,
+    admit: int,
+    index: int,
+    end: int | None,
+    step: int,
+    ticks_per_hour: float,
+) -> StepBin | None:
+    """One bin's step inputs on an integer clock: the one implementation of the bin rule,
+    for :func:`bin_inputs` (datetimes, as microseconds) and for the worker's state (epoch
+    milliseconds, :func:`streams.core.stepping.bin_from_series`).
+
+    Args:
+        series: Per code, time-sorted ``(time, value)``, times in ticks.
+        admit: Admission time in ticks (bins are aligned to it).
+        index: The bin (``>= 0``).
+        end: For the open bin, the scoring time inside it; None for a closed bin.
+        step: Bin width in ticks.
+        ticks_per_hour: Ticks in an hour (``delta_hours`` is in hours).
+
+    Returns:
+        The bin's inputs, or None when no parameter was observed in it (no step).
+    """
+    start = admit + step * index
+    stop = start + step
     p = len(SERIES_CODES)
     values = np.zeros(p, dtype=np.float32)
     mask = np.zeros(p, dtype=np.float32)
     delta = np.full(p, DELTA_CAP_HOURS, dtype=np.float32)
-    for code, series in observations.items():
+    for code, points in series.items():
         col = _CODE_INDEX.get(code)
-        if col is None:
+        if col is None or not points:
             continue
         # Last observation counted: strictly before the bin's end (closed bin), or at or
         # before the scoring time (open bin); ties keep their order, the later one wins.
-        if end_time is None:
-            pos = bisect.bisect_left(series, end, key=_time) - 1
+        if end is None:
+            pos = bisect.bisect_left(points, stop, key=_tick) - 1
         else:
-            pos = bisect.bisect_right(series, end_time, key=_time) - 1
-        while pos >= 0 and not math.isfinite(series[pos][1]):
+            pos = bisect.bisect_right(points, end, key=_tick) - 1
+        while pos >= 0 and not math.isfinite(points[pos][1]):
             pos -= 1  # features_at drops non-finite values
-        if pos < 0 or series[pos][0] < admit_time:
+        if pos < 0 or points[pos][0] < admit:
             continue  # nothing before admission counts
-        moment, value = series[pos]
-        delta[col] = min(((end - moment) // _ONE_US) / _US_PER_HOUR, DELTA_CAP_HOURS)
+        moment, value = points[pos]
+        delta[col] = min((stop - moment) / ticks_per_hour, DELTA_CAP_HOURS)
         if moment >= start:
             values[col] = value
             mask[col] = 1.0
@@ -199,8 +236,13 @@ def bin_inputs(
     return StepBin(index=index, values=values, mask=mask, delta_hours=delta)
 
 
-def _time(observation: tuple[datetime, float]) -> datetime:
-    return observation[0]
+def _us(moment: datetime) -> int:
+    """Microseconds since the epoch (exact: datetimes resolve microseconds)."""
+    return (moment - _EPOCH) // _ONE_US
+
+
+def _tick(point: tuple[int, float]) -> int:
+    return point[0]
 
 
 def pack_bins(

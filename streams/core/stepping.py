@@ -8,9 +8,10 @@ bin holding ``at``; the model commits the closed bins into a new vector and runs
 bin provisionally for the risk. Only bins are read, never the whole window, so a score
 costs the same on the first hour and the hundredth.
 
-The bin inputs are those of :func:`streams.core.step_features.bin_inputs` (the training
-path), computed here from the state's integer-millisecond series without converting every
-stored time to a ``datetime``; a test checks the two agree on real stays.
+The bin inputs follow the training path's one rule
+(:func:`streams.core.step_features.bin_on_ticks`), applied to the state's integer
+millisecond series without converting every stored time to a ``datetime``; a test checks
+them against :func:`~streams.core.step_features.bin_inputs` on real stays.
 
 A late observation for a bin that is already committed cannot change the stored vector
 (the model has moved past it); it still counts for NEWS2, the window models and the
@@ -19,21 +20,16 @@ bins not yet committed.
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
+from streams.core.features import DEFAULT_STEP
+from streams.core.step_features import StepBin, bin_on_ticks
 
-from streams.core.features import DEFAULT_STEP, DELTA_CAP_HOURS, SERIES_CODES
-from streams.core.step_features import BINS_PER_REQUEST, StepBin
-
-__all__ = ["BINS_PER_REQUEST", "ModelState", "StepRequest", "bin_from_series", "step_request"]
+__all__ = ["ModelState", "StepRequest", "bin_from_series", "step_request"]
 
 _STEP_MS = int(DEFAULT_STEP.total_seconds() * 1000)
 _MS_PER_HOUR = 3_600_000.0
-_CODE_INDEX = {code: i for i, code in enumerate(SERIES_CODES)}
 _MAX_SCAN_BINS = 24 * 14
 """Most bins scanned back for uncommitted steps (the longest window a state keeps)."""
 
@@ -119,7 +115,8 @@ def bin_from_series(
     index: int,
     end_ms: int | None,
 ) -> StepBin | None:
-    """One bin's step inputs (:func:`streams.core.step_features.bin_inputs` on epoch ms).
+    """One bin's step inputs from the state's epoch-ms series: the training path's rule
+    (:func:`streams.core.step_features.bin_on_ticks`) on a millisecond clock.
 
     Args:
         series: Per code, time-sorted ``(epoch ms, value)``.
@@ -130,35 +127,11 @@ def bin_from_series(
     Returns:
         The inputs, or None when no parameter was observed in the bin.
     """
-    start = admit_ms + _STEP_MS * index
-    end = start + _STEP_MS
-    p = len(SERIES_CODES)
-    values = np.zeros(p, dtype=np.float32)
-    mask = np.zeros(p, dtype=np.float32)
-    delta = np.full(p, DELTA_CAP_HOURS, dtype=np.float32)
-    observed = False
-    for code, points in series.items():
-        col = _CODE_INDEX.get(code)
-        if col is None or not points:
-            continue
-        if end_ms is None:
-            pos = bisect.bisect_left(points, end, key=_time) - 1
-        else:
-            pos = bisect.bisect_right(points, end_ms, key=_time) - 1
-        while pos >= 0 and not math.isfinite(points[pos][1]):
-            pos -= 1
-        if pos < 0 or points[pos][0] < admit_ms:
-            continue
-        moment, value = points[pos]
-        delta[col] = min((end - moment) / _MS_PER_HOUR, DELTA_CAP_HOURS)
-        if moment >= start:
-            values[col] = value
-            mask[col] = 1.0
-            observed = True
-    if not observed:
-        return None
-    return StepBin(index=index, values=values, mask=mask, delta_hours=delta)
-
-
-def _time(point: tuple[int, float]) -> int:
-    return point[0]
+    return bin_on_ticks(
+        series,
+        admit=admit_ms,
+        index=index,
+        end=end_ms,
+        step=_STEP_MS,
+        ticks_per_hour=_MS_PER_HOUR,
+    )

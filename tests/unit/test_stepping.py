@@ -1,8 +1,10 @@
 """The worker's step inputs (streams/core/stepping.py) against the training path's.
 
 ``bin_from_series`` builds a bin from the state's epoch-ms series; it must give exactly
-what :func:`streams.core.step_features.bin_inputs` (the training and parity path) gives
-from the same observations as datetimes, for every bin of real stays, open or closed.
+what :func:`streams.core.step_features.bin_inputs` (the training and parity path, checked
+against ``features_at`` in test_step_features.py) gives from the same observations as
+datetimes, for every bin of real stays, open or closed: both apply one rule
+(``bin_on_ticks``), so this checks the millisecond clock against the datetime one.
 """
 
 from __future__ import annotations
