@@ -138,10 +138,15 @@ class ModelCalls:
         }
         failed: dict[str, str] = {}
         while True:
-            links = {
-                pid: (latest[pid], _after(latest[pid], chain[-1])[:BINS_PER_REQUEST])
+            pending = {
+                pid: _after(latest[pid], chain[-1])
                 for pid, chain in chains.items()
-                if pid not in failed and len(_after(latest[pid], chain[-1])) >= BINS_PER_REQUEST
+                if pid not in failed
+            }
+            links = {
+                pid: (latest[pid], bins[:BINS_PER_REQUEST])
+                for pid, bins in pending.items()
+                if len(bins) >= BINS_PER_REQUEST
             }
             if not links:
                 break
