@@ -20,11 +20,10 @@ it from settings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -96,6 +95,8 @@ class VigilWorker:
     """Held by a batch, an acknowledgement and the expiry sweeps: one writer at a time."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     states: StateTable = field(init=False)
+    explain_later: list[tuple[Snapshot, list[AlertRecord]]] = field(default_factory=list)
+    """This batch's alerts for the explain model (queued once the batch is in Kafka)."""
     explain_queue: deque[tuple[Snapshot, list[AlertRecord]]] = field(default_factory=deque)
     explain_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     explain_task: asyncio.Future[None] | None = None
@@ -143,46 +144,32 @@ class VigilWorker:
         """
         await self.ready.wait()  # Triton and Redis clients are up
         await self.use_step_model()
-        stage = _StageClock(self.metrics)
-        async with self._unit_of_work(stage) as (states, emitter):
-            explain = await self._process_batch(events, states, emitter, stage)
-        self.metrics.batch_records.observe(len(events))
-        self._explain_after(explain)
-
-    @contextlib.asynccontextmanager
-    async def _unit_of_work(
-        self, stage: _StageClock | None = None
-    ) -> AsyncIterator[tuple[_BatchStates, Emitter]]:
-        """One writer's turn under the worker's lock (a batch, an action, a snooze sweep).
-
-        The body reads and changes states through the yielded ``_BatchStates`` and sends
-        outputs through the yielded emitter. On leaving, the outputs are confirmed first
-        and each changed state is written once after them: a worker stopped in between
-        then re-reads the input rather than losing outputs. If anything fails, the changes
-        are dropped from memory (the table still holds the states as before) and the error
-        propagates.
-        """
         async with self.lock:
             touched: dict[str, PatientState] = {}
             emitter = self.emitter
+            stage = _StageClock(self.metrics)
             try:
-                yield _BatchStates(self.states, touched), emitter
+                await self._process_batch(
+                    events, _BatchStates(self.states, touched), emitter, stage
+                )
                 await emitter.confirm()
-                if stage is not None:
-                    stage.done("confirm")
-                await asyncio.gather(*self.states.write(touched.values()))
-                if stage is not None:
-                    stage.done("changelog")
+                stage.done("confirm")
+                # Outputs must be in Kafka before the states that say they were produced:
+                # a worker stopped in between then re-reads the batch rather than losing them.
+                changelog = self.states.write(touched.values())
+                await asyncio.gather(*changelog)
+                stage.done("changelog")
+                self.metrics.batch_records.observe(len(events))
+                self._explain_after()
             except BaseException:
+                self.explain_later.clear()
                 self.states.forget(touched)
                 emitter.abandon()
                 raise
 
     async def _process_batch(
         self, events: Sequence[Any], states: _BatchStates, emitter: Emitter, stage: _StageClock
-    ) -> list[tuple[Snapshot, list[AlertRecord]]]:
-        """Apply, score and send one batch; returns the alerts for the explain model."""
-        explain: list[tuple[Snapshot, list[AlertRecord]]] = []
+    ) -> None:
         snapshots: list[tuple[Snapshot, float]] = []
         dead: list[tuple[DeadLetterRecord, str]] = []
         findings: list[FindingRecord] = []
@@ -211,24 +198,23 @@ class VigilWorker:
         for item in scored:
             alerts = self.processor.alert_records(item.snapshot, item.score, item.decisions, None)
             if item.explained:
-                explain.append((item.snapshot, alerts))
+                self.explain_later.append((item.snapshot, alerts))
             await emitter.score(item.score)
             await emitter.alerts(alerts, _icu_type(states.get(item.score.patient_id)))
             await emitter.audits(self.processor.audit_records(alerts))
             self.metrics.score_latency.observe(time.perf_counter() - item.started)
         stage.done("send")
-        return explain
 
-    def _explain_after(self, explain: list[tuple[Snapshot, list[AlertRecord]]]) -> None:
-        """Queue a batch's alerts for the explain model (explanations topic), once the
-        batch is in Kafka."""
-        if not explain:
+    def _explain_after(self) -> None:
+        """Queue the batch's alerts for the explain model (explanations topic)."""
+        if not self.explain_later:
             return
-        for item in explain:
+        for item in self.explain_later:
             if len(self.explain_queue) >= _EXPLAIN_QUEUE_MAX:
                 self.metrics.explanations.labels("dropped").inc()
                 continue
             self.explain_queue.append(item)
+        self.explain_later.clear()
         self.explain_wakeup.set()
         if self.explain_task is None or self.explain_task.done():
             self.explain_task = asyncio.ensure_future(self._explain_loop())
@@ -283,16 +269,27 @@ class VigilWorker:
         action with the reason. Same write order as :meth:`process_batch`."""
         await self.ready.wait()
         key, value, origin = _record(event)
-        async with self._unit_of_work() as (states, emitter):
-            result = self.processor.ingest_ack(states, key, value, origin)
-            if result.deadletter is not None:
-                await emitter.dead_letter(result.deadletter, TopicKind.ACKS.value)
-            else:
-                self.metrics.events_in.labels(TopicKind.ACKS.value, "accepted").inc()
-            if result.alert is not None:
-                await emitter.alert_update(result.alert)
-            if result.audit is not None:
-                await emitter.audits([result.audit])
+        async with self.lock:
+            touched: dict[str, PatientState] = {}
+            emitter = self.emitter
+            try:
+                result = self.processor.ingest_ack(
+                    _BatchStates(self.states, touched), key, value, origin
+                )
+                if result.deadletter is not None:
+                    await emitter.dead_letter(result.deadletter, TopicKind.ACKS.value)
+                else:
+                    self.metrics.events_in.labels(TopicKind.ACKS.value, "accepted").inc()
+                if result.alert is not None:
+                    await emitter.alert_update(result.alert)
+                if result.audit is not None:
+                    await emitter.audits([result.audit])
+                await emitter.confirm()
+                await asyncio.gather(*self.states.write(touched.values()))
+            except BaseException:
+                self.states.forget(touched)
+                emitter.abandon()
+                raise
 
     def _ingest_one(
         self,
@@ -389,33 +386,45 @@ class VigilWorker:
         clock = self.expiry_clock
         if clock is None:
             return 0
-        ended = 0
-        async with self._unit_of_work() as (states, emitter):
-            for state in self._owned_states():
-                until = (state.alert.get("active") or {}).get("snoozed_until_s")
-                if until is None or float(until) > clock.timestamp():
-                    continue
-                alerts, audits = self.processor.expire_snooze(state, clock)
-                if not alerts:
-                    continue
-                states[state.patient_id] = state  # written once the outputs are in Kafka
-                for alert in alerts:
-                    await emitter.alert_update(alert)
-                await emitter.audits(audits)
-                ended += len(alerts)
+        async with self.lock:
+            touched: dict[str, PatientState] = {}
+            emitter = self.emitter
+            ended = 0
+            owned = self._owned_partitions()
+            try:
+                for state in list(self.states.states()):
+                    if (
+                        owned is not None
+                        and self.tables.partition_of(state.patient_id) not in owned
+                    ):
+                        continue  # a standby copy: its owner ends the snooze
+                    until = (state.alert.get("active") or {}).get("snoozed_until_s")
+                    if until is None or float(until) > clock.timestamp():
+                        continue
+                    alerts, audits = self.processor.expire_snooze(state, clock)
+                    if not alerts:
+                        continue
+                    touched[state.patient_id] = state
+                    for alert in alerts:
+                        await emitter.alert_update(alert)
+                    await emitter.audits(audits)
+                    ended += len(alerts)
+                await emitter.confirm()
+                await asyncio.gather(*self.states.write(touched.values()))
+            except BaseException:
+                self.states.forget(touched)
+                emitter.abandon()
+                raise
         return ended
 
-    def _owned_states(self) -> list[PatientState]:
-        """The states of the input partitions assigned to this worker; standby copies of
-        other workers' partitions are theirs to change. Without a running consumer (agent
-        tests) every state is this worker's."""
-        states = list(self.states.states())
+    def _owned_partitions(self) -> set[int] | None:
+        """Input partition numbers assigned to this worker (None without a running
+        consumer, as in agent tests: every state is then this worker's)."""
         try:
             assignment = self.app.consumer.assignment()
         except Exception:  # noqa: BLE001 - no consumer (agent test context)
-            return states
-        owned = {tp.partition for tp in assignment if tp.topic in self.kinds}
-        return [s for s in states if self.tables.partition_of(s.patient_id) in owned]
+            return None
+        return {tp.partition for tp in assignment if tp.topic in self.kinds}
 
     async def expire(self) -> int:
         """Drop states discharged or silent for too long (event time, on the clock of the
@@ -425,9 +434,12 @@ class VigilWorker:
         removed = 0
         silence, lateness = self.settings.silence_expiry, self.settings.lateness
         deletions: list[Awaitable[Any]] = []
+        owned = self._owned_partitions()
         async with self.lock:
-            for state in self._owned_states():
+            for state in list(self.states.states()):
                 pid = state.patient_id
+                if owned is not None and self.tables.partition_of(pid) not in owned:
+                    continue  # a standby copy: its owner decides
                 clock = self.clock_of(pid)
                 if clock is None or not state.may_drop(clock, silence, lateness):
                     continue

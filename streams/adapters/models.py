@@ -138,15 +138,10 @@ class ModelCalls:
         }
         failed: dict[str, str] = {}
         while True:
-            pending = {
-                pid: _after(latest[pid], chain[-1])
-                for pid, chain in chains.items()
-                if pid not in failed
-            }
             links = {
-                pid: (latest[pid], bins[:BINS_PER_REQUEST])
-                for pid, bins in pending.items()
-                if len(bins) >= BINS_PER_REQUEST
+                pid: (latest[pid], _after(latest[pid], chain[-1])[:BINS_PER_REQUEST])
+                for pid, chain in chains.items()
+                if pid not in failed and len(_after(latest[pid], chain[-1])) >= BINS_PER_REQUEST
             }
             if not links:
                 break
