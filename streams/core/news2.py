@@ -36,6 +36,7 @@ from typing import Final, TypeAlias
 from vigil.errors import ConfigError
 
 __all__ = [
+    "NEWS2_INPUT_CODES",
     "Acvpu",
     "News2Band",
     "News2Inputs",
@@ -53,6 +54,11 @@ __all__ = [
 
 Observation: TypeAlias = tuple[float, datetime]
 """A value in its canonical unit and its (timezone-aware) observation time."""
+
+NEWS2_INPUT_CODES: frozenset[str] = frozenset(
+    {"RespRate", "SpO2", "SaO2", "FiO2", "MechVent", "SysABP", "NISysABP", "HR", "GCS", "Temp"}
+)
+"""The keys :func:`news2_from_observations` reads (PhysioNet 2012 names); others are ignored."""
 
 
 class Acvpu(StrEnum):

@@ -187,13 +187,20 @@ class Snapshot:
     event_ids: tuple[str, ...]
     offsets: tuple[OffsetRange, ...]
     images: tuple[tuple[float, tuple[float, ...]], ...]
-    latest: dict[str, tuple[float, datetime]]
+    latest_ms: dict[str, tuple[float, int]]
+    """Newest value of each parameter and its time in epoch ms (see :attr:`latest`)."""
     studies: tuple[ImagingReference, ...] = ()
     step: StepRequest | None = None
     """The step model's inputs (when the processor scores with it, :attr:`Processor.step_model`)."""
     statics: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
     """``statics`` and ``static_mask`` ``[S]`` (always set by :meth:`Processor.snapshot`)."""
     _window: list[FeatureWindow] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def latest(self) -> dict[str, tuple[float, datetime]]:
+        """Newest value of each parameter and its time (for the alert's explanation text;
+        converted on use, as most snapshots never need it)."""
+        return {code: (value, from_ms(t)) for code, (value, t) in self.latest_ms.items()}
 
     @property
     def window(self) -> FeatureWindow:
@@ -493,7 +500,7 @@ class Processor:
         images = tuple(
             ((at_ms - t) / 3_600_000, tuple(emb)) for t, emb in state.images if t <= at_ms
         )
-        latest = {code: (pts[-1][1], from_ms(pts[-1][0])) for code, pts in state.series.items()}
+        latest = {code: (pts[-1][1], pts[-1][0]) for code, pts in state.series.items()}
         studies = tuple(
             ImagingReference.model_validate({k: v for k, v in study.items() if k != "t"})
             for study in state.studies
@@ -778,9 +785,10 @@ class Processor:
         contributing = _top_contributors(contributions, snapshot)
         values = {code: float(contributions[SERIES_CODES.index(code)]) for code in contributing}
         shown = []
+        latest = snapshot.latest
         for code in contributing:
-            if code in snapshot.latest:
-                value, at = snapshot.latest[code]
+            if code in latest:
+                value, at = latest[code]
                 shown.append(f"{code} {value:g} at {at.strftime('%H:%M')}Z ({values[code]:+.2f})")
             else:
                 shown.append(f"{code} ({values[code]:+.2f})")
@@ -860,9 +868,10 @@ def _explain(
         parts.append(f"model risk {risk:.2f}")
     parts.append(f"NEWS2 {snapshot.news2.total} ({snapshot.news2.band.value})")
     shown = []
+    latest = snapshot.latest
     for code in contributing:
-        if code in snapshot.latest:
-            value, at = snapshot.latest[code]
+        if code in latest:
+            value, at = latest[code]
             shown.append(f"{code} {value:g} at {at.strftime('%H:%M')}Z")
         else:
             shown.append(code)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,8 @@ _ONE_US: Final[timedelta] = timedelta(microseconds=1)
 _EPOCH: Final[datetime] = datetime(1970, 1, 1, tzinfo=UTC)
 _US_PER_HOUR: Final[float] = 3_600_000_000.0
 _CODE_INDEX: Final[Mapping[str, int]] = {code: i for i, code in enumerate(SERIES_CODES)}
+_tick: Final = operator.itemgetter(0)
+"""A series point's time (a C-level key for :mod:`bisect`)."""
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -208,41 +211,49 @@ def bin_on_ticks(
     """
     start = admit + step * index
     stop = start + step
+    # Last observation counted: strictly before the bin's end (closed bin), or at or
+    # before the scoring time (open bin); ties keep their order, the later one wins.
+    # Times are integers, so "at or before end" is "before end + 1".
+    limit = stop if end is None else end + 1
     p = len(SERIES_CODES)
-    values = np.zeros(p, dtype=np.float32)
-    mask = np.zeros(p, dtype=np.float32)
-    delta = np.full(p, DELTA_CAP_HOURS, dtype=np.float32)
+    values = [0.0] * p
+    mask = [0.0] * p
+    delta = [DELTA_CAP_HOURS] * p
+    observed = False
     for code, points in series.items():
         col = _CODE_INDEX.get(code)
         if col is None or not points:
             continue
-        # Last observation counted: strictly before the bin's end (closed bin), or at or
-        # before the scoring time (open bin); ties keep their order, the later one wins.
-        if end is None:
-            pos = bisect.bisect_left(points, stop, key=_tick) - 1
+        # Most parameters' newest point is already before the limit: no search.
+        if points[-1][0] < limit:
+            pos = len(points) - 1
         else:
-            pos = bisect.bisect_right(points, end, key=_tick) - 1
+            pos = bisect.bisect_left(points, limit, key=_tick) - 1
         while pos >= 0 and not math.isfinite(points[pos][1]):
             pos -= 1  # features_at drops non-finite values
-        if pos < 0 or points[pos][0] < admit:
-            continue  # nothing before admission counts
+        if pos < 0:
+            continue
         moment, value = points[pos]
+        if moment < admit:
+            continue  # nothing before admission counts
         delta[col] = min((stop - moment) / ticks_per_hour, DELTA_CAP_HOURS)
         if moment >= start:
             values[col] = value
             mask[col] = 1.0
-    if not mask.any():
+            observed = True
+    if not observed:
         return None
-    return StepBin(index=index, values=values, mask=mask, delta_hours=delta)
+    return StepBin(
+        index=index,
+        values=np.array(values, dtype=np.float32),
+        mask=np.array(mask, dtype=np.float32),
+        delta_hours=np.array(delta, dtype=np.float32),
+    )
 
 
 def _us(moment: datetime) -> int:
     """Microseconds since the epoch (exact: datetimes resolve microseconds)."""
     return (moment - _EPOCH) // _ONE_US
-
-
-def _tick(point: tuple[int, float]) -> int:
-    return point[0]
 
 
 def pack_bins(

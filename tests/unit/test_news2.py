@@ -13,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.core import news2
+from streams.core.features import SERIES_CODES
 from streams.core.news2 import (
+    NEWS2_INPUT_CODES,
     Acvpu,
     News2Band,
     News2Inputs,
@@ -483,6 +485,32 @@ FULL: dict[str, Observation | None] = {
 }
 
 
+class _ReadLog(dict[str, Observation | None]):
+    """A dict that records which keys were read."""
+
+    def __init__(self, data: dict[str, Observation | None]) -> None:
+        super().__init__(data)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Observation | None:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def test_input_codes_are_exactly_the_keys_read() -> None:
+    # The worker hands NEWS2 only these codes (PatientState.news2), so the set must be
+    # complete: every key the scorer reads, and nothing it never reads.
+    every = _ReadLog({code: _obs(1.0) for code in (*SERIES_CODES, "MechVent", "SaO2")})
+    every.update(FULL)
+    every["MechVent"] = _obs(0.0)
+    news2_from_observations(every, at=AT, max_age=AGE)
+    assert every.read == set(NEWS2_INPUT_CODES)
+
+
 def test_from_observations_complete_normal() -> None:
     result = news2_from_observations(FULL, at=AT, max_age=AGE)
     assert result.complete
@@ -619,6 +647,7 @@ def test_from_observations_rejects_bad_arguments(
 def test_public_api_is_pinned() -> None:
     assert sorted(news2.__all__) == [
         "Acvpu",
+        "NEWS2_INPUT_CODES",
         "News2Band",
         "News2Inputs",
         "News2Parameter",
