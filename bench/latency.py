@@ -47,6 +47,7 @@ from bench.common import (
     stop_worker,
     write_result,
 )
+from bench.throughput import batch_figures, batch_sums, closed_port
 from streams.settings import WorkerSettings
 
 __all__ = ["paced_run"]
@@ -85,14 +86,18 @@ def paced_run(
     """Warm a fresh worker up, produce ``events`` at ``rate`` for ``seconds``, wait up to
     ``drain_seconds`` for them, and return latencies and backlog samples."""
     reader = OutputReader(settings)
+    metrics_port = closed_port()
     extra: dict[str, Any] = {"triton_step_model": step_model} if step_model else {}
-    proc = start_worker(settings, LOGS / f"{settings.app_id}.log", **extra)
+    proc = start_worker(
+        settings, LOGS / f"{settings.app_id}.log", metrics_port=str(metrics_port), **extra
+    )
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
         produce(settings, warmup)
         if not reader.wait_for({e.event_id for e in warmup}, timeout=180):
             raise RuntimeError("warm-up events not processed within 180 s")
         base_committed = _committed(admin, settings.app_id)
+        warm_batches = batch_sums(metrics_port)
         stop = threading.Event()
 
         def read() -> None:
@@ -138,6 +143,7 @@ def paced_run(
             time.sleep(1.0)
         stop.set()
         thread.join(5)
+        batches = batch_figures(batch_sums(metrics_port), warm_batches)
     finally:
         stop_worker(proc)
         admin.close()
@@ -175,6 +181,7 @@ def paced_run(
         "backlog_at_end_of_pacing": paced[-1][1] if paced else None,
         "backlog_samples": [[round(t, 1), produced_, lag] for t, produced_, lag in samples],
         "degraded_scores": reader.degraded,
+        "batches": batches,
     }
     if kept_up:
         result["event_to_score"] = _percentiles(to_score)

@@ -142,7 +142,7 @@ def run_workers(
     wanted = {event.event_id for event in events}
     triton_before = triton_counters()
     launched = time.time()
-    metrics_ports = [_closed_port() for _ in range(workers)]
+    metrics_ports = [closed_port() for _ in range(workers)]
     procs = [
         start_worker(
             settings,
@@ -179,7 +179,7 @@ def run_workers(
         cpu_wall = time.time() - first_seen
         if spy is not None:
             spy.wait(profile_seconds + 60)
-        batches = [_batch_figures(port) for port in metrics_ports]
+        batches = [batch_figures(batch_sums(port)) for port in metrics_ports]
     finally:
         for proc in procs:
             stop_worker(proc)
@@ -219,9 +219,9 @@ def run_workers(
     return result
 
 
-def _batch_figures(port: int) -> dict[str, Any] | None:
-    """Batch count, mean records per batch and mean seconds per stage, from the worker's
-    own ``/metrics`` (None for a worker that has no batch metrics, an older checkout)."""
+def batch_sums(port: int) -> dict[str, float] | None:
+    """The worker's batch metrics as read from its own ``/metrics``: per series name (and
+    ``:stage``), the running count or sum; None when unreachable."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             text = reply.read().decode()
@@ -233,6 +233,19 @@ def _batch_figures(port: int) -> dict[str, Any] | None:
             if sample.name.startswith(("vigil_batch_records_", "vigil_batch_stage_seconds_")):
                 stage = sample.labels.get("stage", "")
                 sums[f"{sample.name}{':' + stage if stage else ''}"] = sample.value
+    return sums
+
+
+def batch_figures(
+    after: dict[str, float] | None, before: dict[str, float] | None = None
+) -> dict[str, Any] | None:
+    """Batch count, mean records per batch and mean milliseconds per stage over the
+    batches between two :func:`batch_sums` readings (None for a worker that has no batch
+    metrics, an older checkout)."""
+    if after is None:
+        return None
+    base = before or {}
+    sums = {key: value - base.get(key, 0.0) for key, value in after.items()}
     count = sums.get("vigil_batch_records_count", 0.0)
     if not count:
         return None
@@ -247,7 +260,7 @@ def _batch_figures(port: int) -> dict[str, Any] | None:
     }
 
 
-def _closed_port() -> int:
+def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])  # closed again once the socket is
@@ -287,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     produce_seconds = time.perf_counter() - produce_started
     raw = raw_consume(settings, len(events), decode=False)
     raw_json = raw_consume(settings, len(events), decode=True)
-    extra = {"triton_url": f"127.0.0.1:{_closed_port()}"} if args.without_triton else {}
+    extra = {"triton_url": f"127.0.0.1:{closed_port()}"} if args.without_triton else {}
     if args.step_model:
         extra["triton_step_model"] = args.step_model
     worker = run_workers(

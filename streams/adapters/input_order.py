@@ -266,15 +266,16 @@ class OrderedIngest:
         the consumer as it is now (its assignment read once per release)."""
         try:
             consumer = self.app.consumer
-            assignment = set(consumer.assignment())
+            # A TP is a named tuple: keyed by itself, it is found by a plain (topic, partition).
+            assignment = {tp: tp for tp in consumer.assignment()}
         except Exception:  # noqa: BLE001 - no running consumer (agent test context)
             return _nothing_expected
 
         def more_expected(kind: str, partition: int, next_offset: int | None) -> bool:
             topic = self.topic_of.get(kind)
-            if topic is None or (topic, partition) not in assignment:
+            tp = None if topic is None else assignment.get((topic, partition))
+            if tp is None:
                 return False  # not assigned here: nothing to wait for
-            tp = next(tp for tp in assignment if tp == (topic, partition))
             try:
                 high = consumer.highwater(tp)
                 if next_offset is None:
