@@ -97,6 +97,8 @@ class VigilWorker:
     states: StateTable = field(init=False)
     explain_later: list[tuple[Snapshot, list[AlertRecord]]] = field(default_factory=list)
     """This batch's alerts for the explain model (queued once the batch is in Kafka)."""
+    durable: asyncio.Future[None] | None = None
+    """The last batch's writes on their way to Kafka (:meth:`process_batch`)."""
     explain_queue: deque[tuple[Snapshot, list[AlertRecord]]] = field(default_factory=deque)
     explain_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     explain_task: asyncio.Future[None] | None = None
@@ -132,15 +134,19 @@ class VigilWorker:
             self.processor.window_on_demand = self.models.step_model_judges_ood
             log.info("scoring with the step model %s", self.processor.step_model)
 
-    async def process_batch(self, events: Sequence[Any]) -> None:
-        """Process a batch of input records (see the module docstring).
+    async def process_batch(self, events: Sequence[Any]) -> Awaitable[None]:
+        """Process a batch of input records (see the module docstring); returns its
+        durability, which completes once the batch's outputs and states are in Kafka.
 
-        Nothing is written before every model answer of the batch is in; then the outputs
-        are sent and, once Kafka has them all, each changed state is written once; this
-        returns when those changelog records are in Kafka too. The caller acknowledges the
-        batch afterwards, so a committed offset never runs ahead of the outputs and states
-        it produced. If anything fails, the batch's state changes are dropped from memory
-        (the table still holds the states as before the batch) and the error propagates.
+        Nothing is sent before every model answer of the batch is in; then the outputs
+        are sent, and each changed state is encoded and stored at once, so the next
+        batch may be applied meanwhile. The durability then waits for the previous
+        batch's, confirms this batch's outputs, and only then sends its changelog
+        records and waits for them. The caller acknowledges the batch once it completes,
+        so a committed offset never runs ahead of the outputs and states it produced. If
+        anything fails, the batch's state changes are dropped from memory and the error
+        propagates (from here, or from the durability: a failed batch fails every batch
+        after it, and the worker stops).
         """
         await self.ready.wait()  # Triton and Redis clients are up
         await self.use_step_model()
@@ -152,20 +158,52 @@ class VigilWorker:
                 await self._process_batch(
                     events, _BatchStates(self.states, touched), emitter, stage
                 )
-                await emitter.confirm()
-                stage.done("confirm")
-                # Outputs must be in Kafka before the states that say they were produced:
-                # a worker stopped in between then re-reads the batch rather than losing them.
-                changelog = self.states.write(touched.values())
-                await asyncio.gather(*changelog)
-                stage.done("changelog")
-                self.metrics.batch_records.observe(len(events))
-                self._explain_after()
+                staged = self.states.stage(touched.values())
             except BaseException:
                 self.explain_later.clear()
                 self.states.forget(touched)
                 emitter.abandon()
                 raise
+            self.metrics.batch_records.observe(len(events))
+            explain, self.explain_later = self.explain_later, []
+            self.durable = asyncio.ensure_future(
+                self._make_durable(self.durable, emitter, staged, touched, explain, stage)
+            )
+            return self.durable
+
+    async def _make_durable(
+        self,
+        previous: asyncio.Future[None] | None,
+        emitter: Emitter,
+        staged: list[tuple[str, bytes]],
+        touched: dict[str, PatientState],
+        explain: list[tuple[Snapshot, list[AlertRecord]]],
+        stage: _StageClock,
+    ) -> None:
+        """A batch's writes, in the order that makes the guarantee: after the previous
+        batch's (a patient's changelog records stay in order), its outputs confirmed,
+        then its states sent and confirmed."""
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)  # its failure is this batch's too
+            await emitter.confirm()
+            stage.done("confirm")
+            # Outputs must be in Kafka before the states that say they were produced:
+            # a worker stopped in between then re-reads the batch rather than losing them.
+            await asyncio.gather(*self.states.send(staged))
+            stage.done("changelog")
+        except BaseException:
+            self.states.forget(touched)
+            emitter.abandon()
+            raise
+        self._explain_after(explain)
+
+    async def settled(self) -> None:
+        """Wait until the last batch's outputs and states are in Kafka (raises its
+        error). Every other writer (acknowledgements, the sweeps) waits for this under
+        the lock first, so no state or tombstone overtakes a batch's on the changelog."""
+        if self.durable is not None:
+            await asyncio.shield(self.durable)
 
     async def _process_batch(
         self, events: Sequence[Any], states: _BatchStates, emitter: Emitter, stage: _StageClock
@@ -205,16 +243,16 @@ class VigilWorker:
             self.metrics.score_latency.observe(time.perf_counter() - item.started)
         stage.done("send")
 
-    def _explain_after(self) -> None:
-        """Queue the batch's alerts for the explain model (explanations topic)."""
-        if not self.explain_later:
+    def _explain_after(self, items: list[tuple[Snapshot, list[AlertRecord]]]) -> None:
+        """Queue a batch's alerts for the explain model (explanations topic), once the
+        batch is in Kafka."""
+        if not items:
             return
-        for item in self.explain_later:
+        for item in items:
             if len(self.explain_queue) >= _EXPLAIN_QUEUE_MAX:
                 self.metrics.explanations.labels("dropped").inc()
                 continue
             self.explain_queue.append(item)
-        self.explain_later.clear()
         self.explain_wakeup.set()
         if self.explain_task is None or self.explain_task.done():
             self.explain_task = asyncio.ensure_future(self._explain_loop())
@@ -270,6 +308,7 @@ class VigilWorker:
         await self.ready.wait()
         key, value, origin = _record(event)
         async with self.lock:
+            await self.settled()
             touched: dict[str, PatientState] = {}
             emitter = self.emitter
             try:
@@ -387,6 +426,7 @@ class VigilWorker:
         if clock is None:
             return 0
         async with self.lock:
+            await self.settled()
             touched: dict[str, PatientState] = {}
             emitter = self.emitter
             ended = 0
@@ -436,6 +476,7 @@ class VigilWorker:
         deletions: list[Awaitable[Any]] = []
         owned = self._owned_partitions()
         async with self.lock:
+            await self.settled()
             for state in list(self.states.states()):
                 pid = state.patient_id
                 if owned is not None and self.tables.partition_of(pid) not in owned:

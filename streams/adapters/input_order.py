@@ -2,11 +2,12 @@
 
 The Faust side of :class:`streams.core.ordering.InputMerger`. Each input agent hands its
 records to :meth:`OrderedIngest.offer`; the merger releases them in event-time order
-across the co-partitioned topics; released records are gathered into batches, processed
-one batch at a time in release order (``VigilWorker.process_batch``). A record is
-acknowledged to Faust only after its batch is processed and every earlier record of its
-topic partition is too (:class:`InOrderAcks`), so a committed offset never runs ahead of
-the outputs and state it produced (``docs/worker.md``).
+across the co-partitioned topics; released records are gathered into batches, applied
+one batch at a time in release order (``VigilWorker.process_batch``), the next batch
+overlapping only the previous one's wait for Kafka. A record is acknowledged to Faust
+only after its batch's outputs and states are in Kafka and every earlier record of its
+topic partition is acknowledged too (:class:`InOrderAcks`), so a committed offset never
+runs ahead of the outputs and state it produced (``docs/worker.md``).
 
 "Caught up" comes from the consumer: a topic partition assigned here whose high
 watermark is not beyond the next offset the merger expects (or, before any record of it
@@ -116,9 +117,12 @@ class OrderedIngest:
     ``process_batch`` one batch at a time: records of one patient keep their release
     order inside a batch and batches never overlap, so the core sees each patient's
     records in order while a whole batch shares one model call per model and one
-    changelog write per patient. A batch is acknowledged, record by record in offset order
-    per topic partition (:class:`InOrderAcks`), only after ``process_batch`` returned,
-    which is after its outputs and states are in Kafka.
+    changelog write per patient. ``process_batch`` returns once the batch is applied and
+    its outputs sent, with an awaitable that completes once its outputs and states are
+    in Kafka (its durability); the batch is acknowledged, record by record in offset
+    order per topic partition (:class:`InOrderAcks`), only after that. The next batch is
+    processed meanwhile, but a third waits until the first is acknowledged: at most one
+    batch is on its way to Kafka while the next is applied.
 
     While a batch is processed the next one fills; when more than
     ``2 * batch_max_records`` records wait, the agents stop taking records
@@ -144,7 +148,7 @@ class OrderedIngest:
         *,
         kinds_by_topic: dict[str, str],
         kind_order: tuple[str, ...],
-        process_batch: Callable[[list[Any]], Awaitable[None]],
+        process_batch: Callable[[list[Any]], Awaitable[Awaitable[None] | None]],
         batch_max_records: int,
         batch_max_ms: float,
         idle_seconds: float,
@@ -173,6 +177,7 @@ class OrderedIngest:
         self._paused_total = 0.0
         self.batches = 0
         """Batches processed so far."""
+        self._failed = False
 
     # -- the agents' side ------------------------------------------------------------------
 
@@ -317,15 +322,17 @@ class OrderedIngest:
         return [self._ready.popleft() for _ in range(count)]
 
     async def _batches(self) -> None:
+        finishing: asyncio.Task[bool] | None = None
         try:
             while True:
                 batch = await self._take_batch()
-                await self.process_batch([event for _, event in batch])
-                self.batches += 1
-                for stream, event in batch:
-                    await self.acks.done(stream, event)
-                self._outstanding -= len(batch)
-                self._changed.set()
+                if self._failed:
+                    return  # a batch did not reach Kafka: the worker is stopping
+                durable = await self.process_batch([event for _, event in batch])
+                if finishing is not None and not await finishing:
+                    return
+                # At most one batch on its way to Kafka while the next one is applied.
+                finishing = asyncio.ensure_future(self._finish(batch, durable))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -333,3 +340,21 @@ class OrderedIngest:
             # app.crash stops the worker; the batch is never acknowledged.
             log.exception("processing a batch of input records failed; stopping the worker")
             await self.app.crash(exc)
+
+    async def _finish(self, batch: list[tuple[Any, Any]], durable: Awaitable[None] | None) -> bool:
+        """Acknowledge a batch once its outputs and states are in Kafka; False (and the
+        worker stopped) when they did not get there."""
+        try:
+            if durable is not None:
+                await durable
+        except Exception as exc:
+            self._failed = True
+            log.exception("a batch's outputs or states did not reach Kafka; stopping the worker")
+            await self.app.crash(exc)
+            return False
+        self.batches += 1
+        for stream, event in batch:
+            await self.acks.done(stream, event)
+        self._outstanding -= len(batch)
+        self._changed.set()
+        return True

@@ -69,7 +69,15 @@ class DurableTable(faust.Table[str, Any]):
 
     def write(self, key: str, value: bytes) -> Awaitable[Any]:
         """Set ``key`` to ``value``; the result completes once Kafka holds the change."""
-        self.data[key] = value  # the store only: the changelog record is sent below
+        self.store(key, value)
+        return self.send(key, value)
+
+    def store(self, key: str, value: bytes) -> None:
+        """Set ``key`` to ``value`` in the store only (:meth:`send` makes it durable)."""
+        self.data[key] = value
+
+    def send(self, key: str, value: bytes) -> Awaitable[Any]:
+        """Send the changelog record of a stored value; completes once Kafka holds it."""
         return asyncio.ensure_future(self._send_changelog_record(key, value))
 
     def remove(self, key: str) -> Awaitable[Any]:
@@ -123,12 +131,23 @@ class StateTable:
 
     def write(self, states: Iterable[PatientState]) -> list[Awaitable[Any]]:
         """Encode and store each state once; returns their changelog deliveries."""
-        deliveries = []
+        return self.send(self.stage(states))
+
+    def stage(self, states: Iterable[PatientState]) -> list[tuple[str, bytes]]:
+        """Encode and store each state now, as it is at this moment; nothing is sent yet
+        (:meth:`send`). The next batch reads the staged states, so a batch may be applied
+        while the previous one's states are still on their way to Kafka."""
+        staged = []
         for state in states:
             encoded = encode_state(state)
-            deliveries.append(self.table.write(state.patient_id, encoded))
+            self.table.store(state.patient_id, encoded)
             self._decoded[state.patient_id] = (encoded, state)
-        return deliveries
+            staged.append((state.patient_id, encoded))
+        return staged
+
+    def send(self, staged: Iterable[tuple[str, bytes]]) -> list[Awaitable[Any]]:
+        """Send the changelog records of staged states (:meth:`stage`); returns their deliveries."""
+        return [self.table.send(patient_id, encoded) for patient_id, encoded in staged]
 
     def forget(self, patient_ids: Iterable[str]) -> None:
         """Drop the decoded copies (their changes were not written): the next

@@ -342,6 +342,90 @@ def test_ordered_ingest_stops_the_worker_and_acknowledges_nothing_when_a_batch_f
     assert len(crashed) == 1
 
 
+def test_a_batch_is_acknowledged_once_durable_and_overlaps_only_the_previous_one() -> None:
+    """``process_batch`` returns a batch's durability: its records are acknowledged only
+    once it completes; the next batch is processed meanwhile, a third one is not."""
+
+    async def scenario() -> list[str]:
+        stream = _Stream()
+        trace: list[str] = []
+        durables: list[asyncio.Future[None]] = []
+
+        async def process_batch(events: list[Any]) -> asyncio.Future[None]:
+            trace.append(f"apply {[e.message.offset for e in events]} acked={stream.acked}")
+            durables.append(asyncio.get_running_loop().create_future())
+            return durables[-1]
+
+        ingest = _ingest(process_batch, batch_max_records=2)
+
+        async def offer_all() -> None:  # waits for room after four (back-pressure)
+            for offset in range(6):
+                await ingest.offer(stream, _Event(_Message("v", 0, offset, b"p1", 1000 * offset)))
+
+        offers = asyncio.ensure_future(offer_all())
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        trace.append(f"waiting acked={stream.acked}")
+        durables[0].set_result(None)
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        trace.append(f"first durable acked={stream.acked}")
+        while ingest.outstanding:
+            for durable in durables:
+                if not durable.done():
+                    durable.set_result(None)
+            await asyncio.sleep(0.01)
+        await offers
+        trace.append(f"end acked={stream.acked}")
+        return trace
+
+    trace = asyncio.run(scenario())
+    assert trace[:4] == [
+        "apply [0, 1] acked=[]",
+        "apply [2, 3] acked=[]",  # applied while the first batch waits for Kafka
+        "waiting acked=[]",  # nothing acknowledged, and no third batch
+        "apply [4, 5] acked=[0, 1]",  # the third batch once the first one is acknowledged
+    ]
+    assert trace[-1] == "end acked=[0, 1, 2, 3, 4, 5]"
+
+
+def test_a_batch_that_does_not_reach_kafka_stops_the_worker_unacknowledged() -> None:
+    crashed: list[BaseException] = []
+
+    class App:
+        async def crash(self, exc: BaseException) -> None:
+            crashed.append(exc)
+
+    async def scenario() -> tuple[list[int], int]:
+        stream = _Stream()
+        applied = 0
+
+        async def process_batch(events: list[Any]) -> asyncio.Future[None]:
+            nonlocal applied
+            applied += 1
+            durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            durable.set_exception(RuntimeError("changelog refused"))
+            return durable
+
+        ingest = _ingest(process_batch, batch_max_records=1)
+        ingest.app = App()
+
+        async def offer_all() -> None:
+            for offset in range(4):
+                await ingest.offer(stream, _Event(_Message("v", 0, offset, b"p1", 1000 * offset)))
+
+        offers = asyncio.ensure_future(offer_all())
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        offers.cancel()  # the stopped worker takes no more
+        return stream.acked, applied
+
+    acked, applied = asyncio.run(scenario())
+    assert acked == []
+    assert len(crashed) == 1
+    assert applied <= 2  # the batch after the failed one at most, never a third
+
+
 def test_arrival_order_ingest_batches_without_holding_records() -> None:
     async def scenario() -> list[str]:
         seen: list[str] = []
