@@ -14,7 +14,10 @@ What is measured, all on this machine's clock:
   score it came from (same patient and event time);
 * **backlog**: every second, records produced minus the offsets the worker's consumer
   group has committed (Faust commits every few seconds), and its growth per second over
-  the paced phase (least-squares slope).
+  the paced phase (least-squares slope);
+* per second of pacing (by the newest cited event's send time): scores, median and
+  largest event to score, to see whether a tail is steady or one stall;
+* the worker's batches over the paced phase: count, mean records, mean time per stage.
 
 A rate the worker does not keep up with (backlog growing by more than 5% of the input
 rate) gets no percentile: its latencies would only measure the queue. Its backlog growth
@@ -159,11 +162,13 @@ def paced_run(
     kept_up = slope is not None and slope <= KEEP_UP_FRACTION * achieved
     newest: dict[tuple[str, str], float] = {}
     to_score: list[float] = []
+    by_second: dict[int, list[float]] = {}
     for score in reader.scores:
         times = [sent_at[i] for i in score["provenance"]["event_ids"] if i in sent_at]
         if times:
             newest[(score["patient_id"], score["event_time"])] = max(times)
             to_score.append(score["_at"] - max(times))
+            by_second.setdefault(int(max(times) - started), []).append(to_score[-1])
     to_alert = [
         alert["_at"] - newest[(alert["patient_id"], alert["event_time"])]
         for alert in reader.alerts
@@ -182,6 +187,10 @@ def paced_run(
         "backlog_samples": [[round(t, 1), produced_, lag] for t, produced_, lag in samples],
         "degraded_scores": reader.degraded,
         "batches": batches,
+        "event_to_score_by_second": [
+            [second, len(found), round(1000 * float(np.median(found))), round(1000 * max(found))]
+            for second, found in sorted(by_second.items())
+        ],
     }
     if kept_up:
         result["event_to_score"] = _percentiles(to_score)
