@@ -191,7 +191,15 @@ class WorkerSettings(BaseSettings):
         description="Records held for ordering per partition number before the earliest is "
         "released regardless.",
     )
-    batch_max_wait_ms: int = Field(default=20, ge=0, le=5000)
+    batch_max_wait_ms: int = Field(
+        default=2,
+        ge=0,
+        le=5000,
+        description="Longest wait, in milliseconds, to fill a Triton request once the "
+        "first row is queued. A batch of input records queues all its rows at once, so "
+        "a longer wait only delays its answers (20 ms before 5 Dec: 20 ms of every "
+        "event's latency per model call).",
+    )
 
     # --- Imaging studies (streams/adapters/image_source.py) ----------------------------
     imaging_file_root: str = Field(
