@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import faust
 import redis.asyncio as aioredis
 
-from streams.adapters.faust_recovery import SeekFirstTableManager
+from streams.adapters.faust_recovery import RewindingConsumer, SeekFirstTableManager
 from streams.adapters.image_source import HeatmapStore, ImageSource
 from streams.adapters.input_order import OrderedIngest
 from streams.adapters.lag import ConsumerLagMonitor
@@ -89,6 +89,9 @@ def create_worker(
         producer_linger_ms=settings.kafka_producer_linger_ms,
         TableManager=SeekFirstTableManager,
     )
+    # Before anything builds the consumer (on first use): see RewindingConsumer. Faust
+    # picks the transport by the broker URL's scheme, so the class is set on its instance.
+    app.transport.Consumer = RewindingConsumer  # type: ignore[misc]
     kinds = {settings.topic(kind.value): kind for kind in _INPUT_ORDER}
     inputs = {
         kind: app.topic(

@@ -11,14 +11,28 @@ that way (docs/worker.md, "Restarts").
 
 :class:`SeekFirstRecovery` stops the flow before the stream partitions are resumed, so
 nothing is delivered until the seek is done; Faust resumes the flow itself afterwards.
+
+:class:`RewindingConsumer` closes the same kind of hole for input partitions that have no
+committed offset yet. Faust drops records it fetched while its flow was stopped or its
+generation changed (recovery is such a time) and relies on "seek to the committed
+offsets" to have them read again, but aiokafka's ``seek_to_committed`` leaves a partition
+without a committed offset where it is, so those records were never read, and Faust then
+committed past them (with no committed offset it does not check for a gap at the head).
+In the two-worker fault case a worker killed before its first commit handed its
+partitions over that way: the survivor started at the offsets the fetcher had reached
+during its recovery and committed them, and every record before went uncited.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
-__all__ = ["SeekFirstRecovery", "SeekFirstTableManager"]
+__all__ = ["RewindingConsumer", "SeekFirstRecovery", "SeekFirstTableManager", "rewind_uncommitted"]
 
 
 class SeekFirstRecovery(Recovery):
@@ -41,3 +55,26 @@ class SeekFirstTableManager(TableManager):
         if self._recovery is None:
             self._recovery = SeekFirstRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
+
+
+async def rewind_uncommitted(
+    thread: Any, committed: Mapping[Any, int | None], acking: Callable[[str], bool]
+) -> list[Any]:
+    """Seek the partitions of acking (input) topics that have no committed offset (None,
+    or 0, which aiokafka does not seek to either) to their first offset, as
+    ``consumer_auto_offset_reset="earliest"`` would for a fresh assignment; returns them.
+    Changelog partitions are left alone (Faust's recovery positions them)."""
+    fresh = [tp for tp, offset in committed.items() if not offset and acking(tp.topic)]
+    if fresh:
+        await thread.seek_to_beginning(*fresh)
+    return fresh
+
+
+class RewindingConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer whose seek to the committed offsets also rewinds input
+    partitions that have none (see the module docstring)."""
+
+    async def seek_to_committed(self) -> Mapping[Any, int]:
+        committed = await self._thread.seek_to_committed()
+        await rewind_uncommitted(self._thread, committed, self.app.topics.acks_enabled_for)
+        return committed
