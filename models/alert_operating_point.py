@@ -17,13 +17,21 @@
    (resolution, refractory, OOD deferral persistence).
 4. Burden = alert episodes opened (``open``; escalations and deferrals not counted) per
    patient-hour scored; sensitivity = fraction of the stays that died in hospital with at
-   least one alert opened within their 48 h. The chosen point is the most sensitive one
-   with burden <= ``--max-burden``; a tie goes to the lower burden. With ``--test`` the
-   chosen point is replayed once on the **test** split (never used to choose).
+   least one alert opened within their 48 h. The chosen point (:func:`choose`): among the
+   points with burden <= ``--max-burden`` and sensitivity >= ``--min-sensitivity``, the
+   fewest alerts; if none is that sensitive, the most sensitive within the burden. With
+   ``--test`` the chosen point is replayed once on the **test** split (never used to
+   choose).
+
+``--model step`` does the same for the step model ``deterioration_step``: its served risk
+and its own OOD verdict, from one call of the served module per hour
+(:mod:`models.alert_step_scores`), on the step checkpoint's split, cached in
+``step_<split>_hourly.npz``.
 
 Run::
 
-    python -m models.alert_operating_point --test --out docs/alerting_curve.svg
+    python -m models.alert_operating_point --test
+    python -m models.alert_operating_point --model step --test
 """
 
 from __future__ import annotations
@@ -43,13 +51,16 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "MODELS",
     "CurvePoint",
+    "choose",
     "hourly_ood",
     "hourly_risks",
     "load_or_compute",
     "main",
     "policy_for",
     "replay",
+    "split_stays",
 ]
 
 HOURS: Final = tuple(range(1, 49))
@@ -62,6 +73,16 @@ RISK_KEYS: Final = ("record_ids", "death", "risk")
 OOD_KEYS: Final = ("ood_distance", "ood_flag", "ood_representation", "ood_input", "threshold")
 """Cached OOD arrays: ``[N,48]`` combined distance, flag and each channel's flag, and the
 threshold of the combined distance (``[]``)."""
+STEP_KEYS: Final = ("full_sequence_max_abs_diff",)
+"""Also cached for the step model: the largest |served - full-sequence| risk (``[]``)."""
+MODELS: Final = {
+    "window": (Path("models/weights/deterioration.pt"), Path("models/weights/ood.pt")),
+    "step": (
+        Path("models/weights/deterioration_step.pt"),
+        Path("models/weights/deterioration_step_ood.pt"),
+    ),
+}
+"""Default checkpoint and OOD checkpoint of each ``--model``."""
 
 
 def file_sha256(path: Path) -> str:
@@ -69,8 +90,15 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _split_stays(data_dir: Path, meta: dict[str, Any], split_name: str) -> tuple[list[Any], Any]:
-    """The stays of one split (checked against the checkpoint's split) and their labels."""
+def split_stays(data_dir: Path, meta: dict[str, Any], split_name: str) -> tuple[list[Any], Any]:
+    """The stays of one split (checked against the checkpoint's split) and their labels.
+
+    Args:
+        data_dir: PhysioNet 2012 folder.
+        meta: A window or step checkpoint's metadata (``settings.split_seed``,
+            ``settings.max_stays``, ``split``).
+        split_name: ``train``, ``validation`` or ``test``.
+    """
     from models.physionet2012 import load_stays
     from models.train import split_record_ids
     from vigil.errors import ModelError
@@ -115,7 +143,7 @@ def hourly_risks(
 
     torch.set_num_threads(threads)
     net, meta = load_checkpoint(checkpoint)
-    stays, labels = _split_stays(data_dir, meta, split_name)
+    stays, labels = split_stays(data_dir, meta, split_name)
     risk = np.zeros((len(stays), len(HOURS)))
     with torch.no_grad():
         for j, start, n, inputs in _hourly_inputs(stays, meta):
@@ -158,7 +186,7 @@ def hourly_ood(
     torch.set_num_threads(threads)
     detector, ood_meta = build_detector(checkpoint, ood_checkpoint)
     _, meta = load_checkpoint(checkpoint)  # the split and input shapes
-    stays, _ = _split_stays(data_dir, meta, split_name)
+    stays, _ = split_stays(data_dir, meta, split_name)
     shape = (len(stays), len(HOURS))
     distance = np.zeros(shape)
     flags = {name: np.zeros(shape, dtype=bool) for name in ("ood", "rep", "inp")}
@@ -185,15 +213,22 @@ def load_or_compute(
     *,
     split_name: str,
     threads: int = 1,
+    model: str = "window",
 ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, bool]]:
     """Risks and OOD verdicts of one split, reusing the parts of ``cache`` computed from
     the same files (by SHA-256; the OOD part also depends on the deterioration
     checkpoint), recomputing the rest and rewriting the cache.
 
+    For ``model="step"`` both parts come from one pass
+    (:func:`models.alert_step_scores.hourly_step_scores`), so either part's files changing
+    recomputes both.
+
     Returns:
-        The arrays (:data:`RISK_KEYS` and :data:`OOD_KEYS`), and which parts were reused
-        (``{"risk": bool, "ood": bool}``).
+        The arrays (:data:`RISK_KEYS` and :data:`OOD_KEYS`; for the step model also
+        :data:`STEP_KEYS`), and which parts were reused (``{"risk": bool, "ood": bool}``).
     """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
     keys = {"risk": file_sha256(checkpoint)}
     keys["ood"] = f"{keys['risk']}+{file_sha256(ood_checkpoint)}"
     data: dict[str, npt.NDArray[Any]] = {}
@@ -205,13 +240,25 @@ def load_or_compute(
         and all(k in data for k in RISK_KEYS),
         "ood": str(data.get("ood_sha256", "")) == keys["ood"] and all(k in data for k in OOD_KEYS),
     }
-    if not reused["risk"]:
-        data = hourly_risks(data_dir, checkpoint, threads, split_name)
-        data["risk_sha256"] = np.array(keys["risk"])
-    if not (reused["risk"] and reused["ood"]):
-        data.update(hourly_ood(data_dir, checkpoint, ood_checkpoint, threads, split_name))
-        data["ood_sha256"] = np.array(keys["ood"])
-    data = {k: data[k] for k in (*RISK_KEYS, *OOD_KEYS, "risk_sha256", "ood_sha256")}
+    extra: tuple[str, ...] = ()
+    if model == "step":
+        extra = STEP_KEYS
+        fresh = all(reused.values()) and all(k in data for k in extra)
+        reused = {"risk": fresh, "ood": fresh}
+        if not fresh:
+            from models.alert_step_scores import hourly_step_scores  # heavy: torch
+
+            data = hourly_step_scores(data_dir, checkpoint, ood_checkpoint, threads, split_name)
+            data["risk_sha256"] = np.array(keys["risk"])
+            data["ood_sha256"] = np.array(keys["ood"])
+    else:
+        if not reused["risk"]:
+            data = hourly_risks(data_dir, checkpoint, threads, split_name)
+            data["risk_sha256"] = np.array(keys["risk"])
+        if not (reused["risk"] and reused["ood"]):
+            data.update(hourly_ood(data_dir, checkpoint, ood_checkpoint, threads, split_name))
+            data["ood_sha256"] = np.array(keys["ood"])
+    data = {k: data[k] for k in (*RISK_KEYS, *OOD_KEYS, *extra, "risk_sha256", "ood_sha256")}
     if not all(reused.values()):
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **data)
@@ -348,7 +395,13 @@ def choose(points: Sequence[CurvePoint], max_burden: float, min_sensitivity: flo
     return best
 
 
-def plot(points: Sequence[CurvePoint], chosen: CurvePoint, out: Path, max_burden: float) -> None:
+def plot(
+    points: Sequence[CurvePoint],
+    chosen: CurvePoint,
+    out: Path,
+    max_burden: float,
+    title: str = "Alert burden vs sensitivity, validation split (800 stays)",
+) -> None:
     """Burden (x) against death sensitivity (y), one line per margin and persistence."""
     import matplotlib
 
@@ -383,7 +436,7 @@ def plot(points: Sequence[CurvePoint], chosen: CurvePoint, out: Path, max_burden
     )
     ax.set_xlabel("alerts opened per patient-hour (validation, hours 1-48)")
     ax.set_ylabel("stays that died with an alert within 48 h")
-    ax.set_title("Alert burden vs sensitivity, validation split (800 stays)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -396,17 +449,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: compute (or reuse) risks and OOD verdicts, replay the grid on
     validation, choose, optionally check the chosen point on test; write curve and JSON."""
     parser = argparse.ArgumentParser(prog="python -m models.alert_operating_point")
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="window",
+        help="window: deterioration and the ood model; step: deterioration_step and its "
+        "own verdict (changes the defaults of the paths below)",
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/physionet2012"))
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/weights/deterioration.pt"))
-    parser.add_argument("--ood-checkpoint", type=Path, default=Path("models/weights/ood.pt"))
+    parser.add_argument(
+        "--checkpoint", type=Path, help="default: models/weights/deterioration[_step].pt"
+    )
+    parser.add_argument(
+        "--ood-checkpoint",
+        type=Path,
+        help="default: models/weights/ood.pt, or deterioration_step_ood.pt for step",
+    )
     parser.add_argument(
         "--cache-dir",
         type=Path,
         default=Path("reports/alert_op"),
-        help="<split>_hourly.npz per split, reused where its SHA-256 keys match",
+        help="[step_]<split>_hourly.npz per split, reused where its SHA-256 keys match",
     )
-    parser.add_argument("--out", type=Path, default=Path("docs/alerting_curve.svg"))
-    parser.add_argument("--json", type=Path, default=Path("reports/alert_op/curve.json"))
+    parser.add_argument(
+        "--out", type=Path, help="default: docs/alerting_curve.svg (step: _step.svg)"
+    )
+    parser.add_argument(
+        "--json", type=Path, help="default: reports/alert_op/curve.json (step: step_curve.json)"
+    )
     parser.add_argument("--max-burden", type=float, default=0.05)
     parser.add_argument("--min-sensitivity", type=float, default=0.80)
     parser.add_argument("--threads", type=int, default=1)
@@ -414,15 +484,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--test", action="store_true", help="also replay the chosen point on the test split"
     )
     args = parser.parse_args(argv)
+    step = args.model == "step"
+    prefix = "step_" if step else ""
+    checkpoint = args.checkpoint or MODELS[args.model][0]
+    ood_checkpoint = args.ood_checkpoint or MODELS[args.model][1]
+    out = args.out or Path(f"docs/alerting_curve{'_step' if step else ''}.svg")
+    json_path = args.json or args.cache_dir / f"{prefix}curve.json"
 
     def split_data(name: str) -> tuple[dict[str, npt.NDArray[Any]], dict[str, bool]]:
         return load_or_compute(
-            args.cache_dir / f"{name}_hourly.npz",
+            args.cache_dir / f"{prefix}{name}_hourly.npz",
             args.data_dir,
-            args.checkpoint,
-            args.ood_checkpoint,
+            checkpoint,
+            ood_checkpoint,
             split_name=name,
             threads=args.threads,
+            model=args.model,
         )
 
     def described(data: dict[str, npt.NDArray[Any]], reused: dict[str, bool]) -> dict[str, Any]:
@@ -441,7 +518,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "consecutive": round(float((flag[:, 1:] & flag[:, :-1]).mean()), 5),
             },
             "stays_ever_flagged": int(flag.any(axis=1).sum()),
+            **{k: float(data[k]) for k in STEP_KEYS if k in data},
         }
+
+    def served_default(d: dict[str, npt.NDArray[Any]]) -> dict[str, Any]:
+        """The worker's current default policy (the window model's operating point)."""
+        from streams.core.alerting import AlertPolicy
+
+        policy = AlertPolicy()
+        point = replay(
+            d, policy.arm_risk, round(policy.arm_risk - policy.disarm_risk, 4), policy.arm_scores
+        )
+        return dataclasses.asdict(point)
 
     data, reused = split_data("validation")
     points = [
@@ -452,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arm - margin > 0
     ]
     chosen = choose(points, args.max_burden, args.min_sensitivity)
-    plot(points, chosen, args.out, args.max_burden)
+    title = "Alert burden vs sensitivity, validation split (800 stays)"
+    plot(points, chosen, out, args.max_burden, f"{title}, step model" if step else title)
 
     def single_flag(d: dict[str, npt.NDArray[Any]]) -> dict[str, Any]:
         """The chosen point with a deferral on a single flagged score (the old policy)."""
@@ -472,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "meets_goal": chosen.alerts_per_patient_hour <= args.max_burden
         and chosen.death_sensitivity >= args.min_sensitivity,
         "chosen_single_flag_deferral": single_flag(data),
+        "served_default": served_default(data),
     }
     if args.test:
         test, test_reused = split_data("test")
@@ -480,10 +570,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             **described(test, test_reused),
             "chosen": dataclasses.asdict(point),
             "chosen_single_flag_deferral": single_flag(test),
+            "served_default": served_default(test),
         }
     summary["points"] = [dataclasses.asdict(p) for p in points]
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     sys.stdout.write(json.dumps({k: v for k, v in summary.items() if k != "points"}) + "\n")
     return 0
 
