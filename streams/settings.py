@@ -47,7 +47,10 @@ class WorkerSettings(BaseSettings):
     app_id: str = Field(default="vigil-worker", description="Consumer group and changelog prefix.")
     store: str = Field(
         default="memory://",
-        description="Faust table store: memory:// (tests) or rocksdb:// (production).",
+        pattern=r"^memory://$",
+        description="Faust table store: memory:// only. The changelog is the durable copy; "
+        "a persistent store would keep states the changelog never got (docs/worker.md, "
+        "Processing guarantee).",
     )
     data_dir: str = Field(default=".vigil/worker", description="Faust data directory.")
     kafka_group_instance_id: str | None = Field(
