@@ -268,15 +268,23 @@ class OrderedIngest:
 
     def _more_expected_now(self) -> MoreExpected:
         """The merger's "may this topic partition still deliver?" question, answered from
-        the consumer as it is now (its assignment read once per release)."""
+        the consumer as it is now (its assignment read once per release, and only when
+        the merger asks: most releases never do)."""
         try:
             consumer = self.app.consumer
-            # A TP is a named tuple: keyed by itself, it is found by a plain (topic, partition).
-            assignment = {tp: tp for tp in consumer.assignment()}
         except Exception:  # noqa: BLE001 - no running consumer (agent test context)
             return _nothing_expected
+        assignment: dict[Any, Any] | None = None
 
         def more_expected(kind: str, partition: int, next_offset: int | None) -> bool:
+            nonlocal assignment
+            if assignment is None:
+                try:
+                    # A TP is a named tuple: keyed by itself, a plain (topic, partition)
+                    # finds it.
+                    assignment = {tp: tp for tp in consumer.assignment()}
+                except Exception:  # noqa: BLE001 - no running consumer (agent test context)
+                    assignment = {}
             topic = self.topic_of.get(kind)
             tp = None if topic is None else assignment.get((topic, partition))
             if tp is None:
