@@ -230,7 +230,10 @@ def batch_sums(port: int) -> dict[str, float] | None:
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.startswith(("vigil_batch_records_", "vigil_batch_stage_seconds_")):
+            if sample.name == "vigil_batch_stage_seconds_bucket":
+                if sample.labels.get("le") == "1.0":  # batches whose stage took up to 1 s
+                    sums[f"vigil_batch_stage_up_to_1s:{sample.labels['stage']}"] = sample.value
+            elif sample.name.startswith(("vigil_batch_records_", "vigil_batch_stage_seconds_")):
                 stage = sample.labels.get("stage", "")
                 sums[f"{sample.name}{':' + stage if stage else ''}"] = sample.value
     return sums
@@ -239,8 +242,9 @@ def batch_sums(port: int) -> dict[str, float] | None:
 def batch_figures(
     after: dict[str, float] | None, before: dict[str, float] | None = None
 ) -> dict[str, Any] | None:
-    """Batch count, mean records per batch and mean milliseconds per stage over the
-    batches between two :func:`batch_sums` readings (None for a worker that has no batch
+    """Batch count, mean records per batch, mean milliseconds per stage and how many
+    batches spent over a second in a stage, over the batches between two
+    :func:`batch_sums` readings (None for a worker that has no batch
     metrics, an older checkout)."""
     if after is None:
         return None
@@ -256,6 +260,12 @@ def batch_figures(
             key.rsplit(":", 1)[1]: round(1000 * value / count, 2)
             for key, value in sums.items()
             if key.startswith("vigil_batch_stage_seconds_sum:")
+        },
+        "stage_over_1s": {
+            stage: int(sums[key] - sums.get(f"vigil_batch_stage_up_to_1s:{stage}", 0.0))
+            for key in sums
+            if key.startswith("vigil_batch_stage_seconds_count:")
+            for stage in [key.rsplit(":", 1)[1]]
         },
     }
 
