@@ -195,7 +195,7 @@ class OrderedIngest:
                 event_ms=event_time_ms(value),
                 now_s=self._clock(),
             )
-            self._release()
+            self._release(message.partition)
         else:
             self._dispatch(stream, event)
         if self._outstanding < self._limit:
@@ -240,13 +240,18 @@ class OrderedIngest:
 
     # -- merging -------------------------------------------------------------------------
 
-    def _release(self) -> None:
+    def _release(self, partition: int | None = None) -> None:
+        """Release what may go: of ``partition`` only, after a record of it arrived (an
+        arrival changes no other partition's verdicts), else of every partition (the
+        clock: idle topics, topics that caught up)."""
         if self._stopping():
             # Faust waits for every record it handed out to be acknowledged before it
             # gives partitions up, so a rebalance or a stop releases everything held.
             released = self.merger.release_all()
         else:
-            released = self.merger.release(self._clock(), self._more_expected_now())
+            released = self.merger.release(
+                self._clock(), self._more_expected_now(), partition=partition
+            )
         for stream, event in released:
             self._dispatch(stream, event)
 

@@ -108,24 +108,50 @@ class InputMerger(Generic[T]):
         self._next_offset[tp] = max(self._next_offset.get(tp, 0), offset + 1)
         self._last_arrival_s[tp] = now_s
 
-    def release(self, now_s: float, more_expected: MoreExpected) -> list[T]:
-        """The records that may go now, in release order (per partition number)."""
+    def release(
+        self, now_s: float, more_expected: MoreExpected, partition: int | None = None
+    ) -> list[T]:
+        """The records that may go now, in release order (per partition number).
+
+        Args:
+            now_s: A monotonic clock, seconds.
+            more_expected: Whether a topic partition may still deliver.
+            partition: Only this partition number (the one a record was just added to:
+                an arrival changes no other partition's verdicts); None for all of them
+                (on a clock, for idle topics and topics that caught up).
+        """
         out: list[T] = []
-        for partition, queues in self._queues.items():
-            count = sum(len(q) for q in queues.values())
-            while count:
-                head = min(q[0] for q in queues.values() if q)
-                if count > self.max_held:
-                    self.forced += 1
-                else:
-                    verdict = self._verdict(head, partition, now_s, more_expected)
-                    if verdict is _Verdict.WAIT:
-                        break
-                    if verdict is _Verdict.IDLE:
-                        self.idled += 1
-                out.append(queues[head.kind].popleft().item)
-                count -= 1
+        if partition is None:
+            chosen = list(self._queues.items())
+        else:
+            queues_of = self._queues.get(partition)
+            chosen = [] if queues_of is None else [(partition, queues_of)]
+        for partition_number, queues in chosen:
+            out.extend(self._release_partition(partition_number, queues, now_s, more_expected))
         self._prune()
+        return out
+
+    def _release_partition(
+        self,
+        partition: int,
+        queues: dict[str, deque[_Held[T]]],
+        now_s: float,
+        more_expected: MoreExpected,
+    ) -> list[T]:
+        out: list[T] = []
+        count = sum(len(q) for q in queues.values())
+        while count:
+            head = min(q[0] for q in queues.values() if q)
+            if count > self.max_held:
+                self.forced += 1
+            else:
+                verdict = self._verdict(head, partition, now_s, more_expected)
+                if verdict is _Verdict.WAIT:
+                    break
+                if verdict is _Verdict.IDLE:
+                    self.idled += 1
+            out.append(queues[head.kind].popleft().item)
+            count -= 1
         return out
 
     def release_all(self) -> list[T]:

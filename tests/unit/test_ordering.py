@@ -79,6 +79,23 @@ def test_only_the_same_partition_number_is_waited_for() -> None:
     assert ("vitals", 2, None) in seen
 
 
+def test_a_release_after_an_arrival_looks_at_that_partition_only() -> None:
+    merger = _merger()
+    asked: set[int] = set()
+
+    def more(kind: str, partition: int, next_offset: int | None) -> bool:
+        asked.add(partition)
+        return False  # everything caught up: whatever is looked at goes
+
+    merger.add("p1", kind="labs", partition=1, offset=0, event_ms=1_000, now_s=0.0)
+    merger.add("p2", kind="labs", partition=2, offset=0, event_ms=1_000, now_s=0.0)
+    assert merger.release(0.0, more, partition=2) == ["p2"]
+    assert asked == {2}
+    assert merger.release(0.0, more, partition=7) == []  # nothing held there
+    assert merger.release(0.0, more) == ["p1"]  # the clock's release: every partition
+    assert len(merger) == 0
+
+
 def test_next_offset_tells_the_adapter_where_the_topic_is() -> None:
     merger = _merger()
     asked: dict[str, int | None] = {}
