@@ -32,6 +32,7 @@ import argparse
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from bench.common import (
     LOGS,
+    ROOT,
     BenchEvent,
     OutputReader,
     fresh_settings,
@@ -85,6 +87,7 @@ def paced_run(
     seconds: float,
     drain_seconds: float,
     step_model: str | None = None,
+    code: Path | None = None,
 ) -> dict[str, Any]:
     """Warm a fresh worker up, produce ``events`` at ``rate`` for ``seconds``, wait up to
     ``drain_seconds`` for them, and return latencies and backlog samples."""
@@ -92,7 +95,11 @@ def paced_run(
     metrics_port = closed_port()
     extra: dict[str, Any] = {"triton_step_model": step_model} if step_model else {}
     proc = start_worker(
-        settings, LOGS / f"{settings.app_id}.log", metrics_port=str(metrics_port), **extra
+        settings,
+        LOGS / f"{settings.app_id}.log",
+        code=code or ROOT,
+        metrics_port=str(metrics_port),
+        **extra,
     )
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
@@ -216,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--step-model", default=None, help="score with this step model (deterioration_step)"
     )
+    parser.add_argument(
+        "--code", type=Path, default=None, help="run the worker from this checkout (A/B runs)"
+    )
     args = parser.parse_args(argv)
     warmup = load_events(WARMUP_STAYS)
     pool = load_events(500 - WARMUP_STAYS, first=WARMUP_STAYS)
@@ -230,12 +240,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             seconds=args.seconds,
             drain_seconds=args.drain,
             step_model=args.step_model,
+            code=args.code,
         )
         runs.append(
             {
                 "load_before": before,
                 "load_after": load_average(),
                 "step_model": args.step_model,
+                "worker_code": str(args.code) if args.code else "this checkout",
                 **run,
             }
         )
