@@ -176,9 +176,10 @@ class WorkerMetrics:
         self.batch_stage = Histogram(
             "vigil_batch_stage_seconds",
             "Wall time of each stage of a batch, seconds: apply (decode, validate, apply, "
-            "snapshots), model (Triton answers), send (outputs handed to the "
-            "producer), confirm (Kafka holds the outputs), changelog (states written and in "
-            "Kafka).",
+            "snapshots), model (Triton answers), send (outputs handed to the producer), "
+            "confirm (from there: states encoded, then until Kafka holds the outputs, "
+            "including the wait for the previous batch's writes; the next batch is applied "
+            "meanwhile), changelog (states sent and in Kafka).",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
