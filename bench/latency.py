@@ -93,7 +93,7 @@ def paced_run(
     ``drain_seconds`` for them, and return latencies and backlog samples."""
     reader = OutputReader(settings)
     metrics_port = closed_port()
-    extra: dict[str, Any] = {"triton_step_model": step_model} if step_model else {}
+    extra: dict[str, Any] = {"triton_step_model": step_model} if step_model is not None else {}
     proc = start_worker(
         settings,
         LOGS / f"{settings.app_id}.log",
@@ -221,7 +221,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait after pacing")
     parser.add_argument("--name", default="latency")
     parser.add_argument(
-        "--step-model", default=None, help="score with this step model (deterioration_step)"
+        "--step-model",
+        default=None,
+        help="VIGIL_TRITON_STEP_MODEL for the worker: deterioration_step, or '' for the "
+        "window model; unset: the worker's default (the window model)",
     )
     parser.add_argument(
         "--code", type=Path, default=None, help="run the worker from this checkout (A/B runs)"

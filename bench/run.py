@@ -21,11 +21,13 @@ __all__ = ["BENCHMARKS", "main"]
 
 
 def _throughput_1w(args: argparse.Namespace) -> Any:
-    # py-spy samples the worker for 60 s of the run (attached by pid, --nonblocking).
+    # The window model (no step model); py-spy samples the worker for 60 s of the run
+    # (attached by pid, --nonblocking).
+    window = [*_sized(args), "--step-model", ""]
     if shutil.which(args.py_spy) is None:
         print(f"py-spy not found ({args.py_spy}): no profile (pip install py-spy)")
-        return throughput.main(_sized(args))
-    return throughput.main([*_sized(args), "--profile", "60", "--py-spy", args.py_spy])
+        return throughput.main(window)
+    return throughput.main([*window, "--profile", "60", "--py-spy", args.py_spy])
 
 
 def _throughput_news2(args: argparse.Namespace) -> Any:
@@ -51,7 +53,7 @@ def _sized(args: argparse.Namespace) -> list[str]:
 
 
 def _latency(args: argparse.Namespace) -> Any:
-    return latency.main(["--seconds", "15", "--drain", "20"])
+    return latency.main(["--seconds", "15", "--drain", "20", "--step-model", ""])  # window
 
 
 def _recovery(args: argparse.Namespace) -> Any:

@@ -297,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--step-model",
         default=None,
-        help="score with this step model (VIGIL_TRITON_STEP_MODEL, e.g. deterioration_step)",
+        help="VIGIL_TRITON_STEP_MODEL for the worker: a step model (deterioration_step), or "
+        "'' for the window model; unset: the worker's default (the window model)",
     )
     args = parser.parse_args(argv)
 
@@ -311,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     raw = raw_consume(settings, len(events), decode=False)
     raw_json = raw_consume(settings, len(events), decode=True)
     extra = {"triton_url": f"127.0.0.1:{closed_port()}"} if args.without_triton else {}
-    if args.step_model:
+    if args.step_model is not None:
         extra["triton_step_model"] = args.step_model
     worker = run_workers(
         settings,
