@@ -350,7 +350,9 @@ class OrderedIngest:
             raise
         except Exception as exc:
             # As an exception in an agent: the worker stops rather than skip a record.
-            # app.crash stops the worker; the batch is never acknowledged.
+            # app.crash stops the worker; the batch is never acknowledged, and no later
+            # one is processed (a record arriving meanwhile starts no new loop's work).
+            self._failed = True
             log.exception("processing a batch of input records failed; stopping the worker")
             await self.app.crash(exc)
 

@@ -353,6 +353,9 @@ def test_ordered_ingest_stops_the_worker_and_acknowledges_nothing_when_a_batch_f
         ingest.app = App()
         await ingest.offer(stream, _Event(_Message("v", 0, 0, b"p1", 0)))
         await asyncio.sleep(0.05)
+        # A record arriving while the worker stops is not processed either.
+        await ingest.offer(stream, _Event(_Message("v", 0, 1, b"p1", 1000)))
+        await asyncio.sleep(0.05)
         return stream.acked
 
     assert asyncio.run(scenario()) == []
