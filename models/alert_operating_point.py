@@ -50,6 +50,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from models.alert_split import HOURS, split_stays
+
 __all__ = [
     "MODELS",
     "CurvePoint",
@@ -60,10 +62,8 @@ __all__ = [
     "main",
     "policy_for",
     "replay",
-    "split_stays",
 ]
 
-HOURS: Final = tuple(range(1, 49))
 _CHUNK: Final = 256
 _T0: Final = datetime(2012, 1, 1, tzinfo=UTC)
 ARM_GRID: Final = tuple(round(0.10 + 0.025 * i, 3) for i in range(17))  # 0.10 ... 0.50
@@ -88,30 +88,6 @@ MODELS: Final = {
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file (cache key)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def split_stays(data_dir: Path, meta: dict[str, Any], split_name: str) -> tuple[list[Any], Any]:
-    """The stays of one split (checked against the checkpoint's split) and their labels.
-
-    Args:
-        data_dir: PhysioNet 2012 folder.
-        meta: A window or step checkpoint's metadata (``settings.split_seed``,
-            ``settings.max_stays``, ``split``).
-        split_name: ``train``, ``validation`` or ``test``.
-    """
-    from models.physionet2012 import load_stays
-    from models.train import split_record_ids
-    from vigil.errors import ModelError
-
-    stays, outcomes = load_stays(data_dir)
-    if meta["settings"].get("max_stays") is not None:
-        stays = stays[: int(meta["settings"]["max_stays"])]
-    labels = {s.record_id: outcomes[s.record_id].in_hospital_death for s in stays}
-    split = split_record_ids(labels, seed=int(meta["settings"]["split_seed"]))
-    if {k: list(v) for k, v in split.items()} != meta["split"]:
-        raise ModelError("the recomputed split differs from the checkpoint's; wrong data?")
-    by_id = {s.record_id: s for s in stays}
-    return [by_id[r] for r in split[split_name]], labels
 
 
 def _hourly_inputs(stays: Sequence[Any], meta: dict[str, Any]) -> Any:

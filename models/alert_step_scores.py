@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from models.alert_split import HOURS, split_stays
 from models.network import NetConfig
 from models.physionet2012 import Stay
 from models.step_export import COMBINED_THRESHOLD
@@ -140,14 +141,13 @@ def hourly_step_scores(
     """Served risks and OOD verdicts at hours 1…48 of one split of the step checkpoint.
 
     The split is recomputed from the checkpoint's seed and checked against the one it
-    recorded (:func:`models.alert_operating_point.split_stays`).
+    recorded (:func:`models.alert_split.split_stays`).
 
     Returns:
         :data:`models.alert_operating_point.RISK_KEYS` and
         :data:`~models.alert_operating_point.OOD_KEYS`, and ``full_sequence_max_abs_diff``
         (``[]``, the largest |served - full-sequence| risk).
     """
-    from models.alert_operating_point import HOURS, split_stays
 
     torch.set_num_threads(threads)
     module, net, meta = build_served_module(checkpoint, ood_checkpoint)

@@ -11,9 +11,10 @@ import numpy.typing as npt
 import pytest
 
 from models import alert_operating_point as aop
+from models.alert_split import HOURS
 from streams.core.alerting import AlertPolicy
 
-N_HOURS = len(aop.HOURS)
+N_HOURS = len(HOURS)
 
 
 def _data(risk: list[list[float]], flagged: list[set[int]]) -> dict[str, npt.NDArray[Any]]:

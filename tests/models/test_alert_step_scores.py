@@ -19,6 +19,7 @@ import torch
 
 from models import alert_operating_point as aop
 from models import alert_step_scores as steps
+from models.alert_split import HOURS
 from models.physionet2012 import load_stays
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,7 @@ WEIGHTS = ROOT / "models" / "weights"
 MODEL_PT = ROOT / "triton_repo" / "deterioration_step" / "1" / "model.pt"
 DEMO_DIR = ROOT / "data" / "physionet2012-demo"
 N_STAYS = 4
-N_HOURS = len(aop.HOURS)
+N_HOURS = len(HOURS)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning")
 
