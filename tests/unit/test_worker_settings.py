@@ -14,4 +14,3 @@ def test_the_table_store_is_memory_only() -> None:
     assert WorkerSettings().store == "memory://"
     with pytest.raises(ValidationError, match="store"):
         WorkerSettings(store="rocksdb://")
-
