@@ -147,11 +147,34 @@ def _profile(lines: list[str]) -> None:
     lines.append("")
 
 
+def _scaling(lines: list[str]) -> None:
+    data = _load("scaling")
+    if data is None:
+        return
+    outputs = data["outputs"]
+    one, two = (run["events_per_second"] for run in data["runs"])
+    lines += [
+        "| Workers | Events/s | Scores | Distinct (patient, time) | Alert changes |",
+        "| --- | --- | --- | --- | --- |",
+        f"| 1 | {one:,} | {outputs['scores'][0]:,} | {outputs['distinct_score_keys'][0]:,} "
+        f"| {outputs['alert_changes'][0]:,} |",
+        f"| 2 | {two:,} | {outputs['scores'][1]:,} | {outputs['distinct_score_keys'][1]:,} "
+        f"| {outputs['alert_changes'][1]:,} |",
+        f"\nTwo to one: {data['two_to_one']}x; outputs identical: {outputs['identical']} "
+        f"({outputs['score_keys_in_both']:,} scoring keys in both, "
+        f"{outputs['risk_differs_on_common_keys']:,} of them with another risk; alert "
+        f"changes only in one run: {outputs['alert_changes_only_in_one_worker_run']} and "
+        f"{outputs['alert_changes_only_in_two_worker_run']}). Target: at least 1.0x with "
+        "identical outputs.\n",
+    ]
+
+
 def render() -> str:
     """The Markdown summary of every result present."""
     lines: list[str] = []
     for title, part in (
         ("Throughput", _throughput),
+        ("Scaling", _scaling),
         ("Latency", _latency),
         ("Triton", _triton),
         ("State size", _state),

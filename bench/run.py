@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import latency, recovery, report, state_size, throughput, triton_models
+from bench import latency, recovery, report, scaling, state_size, throughput, triton_models
 
 __all__ = ["BENCHMARKS", "main"]
 
@@ -44,8 +44,19 @@ def _throughput_step(args: argparse.Namespace) -> Any:
     )
 
 
-def _throughput_2w(args: argparse.Namespace) -> Any:
-    return throughput.main([*_sized(args), "--workers", "2"])
+def _scaling(args: argparse.Namespace) -> Any:
+    # One worker, then two on the same backlog (fresh topics each): speed and whether
+    # their scores and alerts are the same, with step scoring.
+    return scaling.main(
+        [
+            "--stays",
+            str(args.stays),
+            "--timeout",
+            str(args.timeout),
+            "--step-model",
+            "deterioration_step",
+        ]
+    )
 
 
 def _sized(args: argparse.Namespace) -> list[str]:
@@ -89,7 +100,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "throughput": _throughput_1w,
     "throughput_news2": _throughput_news2,
     "throughput_step": _throughput_step,
-    "scaling": _throughput_2w,
+    "scaling": _scaling,
     "latency": _latency,
     "latency_step": _latency_step,
     "recovery": _recovery,
