@@ -128,7 +128,7 @@ class InputMerger(Generic[T]):
             chosen = [] if queues_of is None else [(partition, queues_of)]
         for partition_number, queues in chosen:
             out.extend(self._release_partition(partition_number, queues, now_s, more_expected))
-        self._prune()
+        self._prune(number for number, _ in chosen)
         return out
 
     def _release_partition(
@@ -172,9 +172,12 @@ class InputMerger(Generic[T]):
             self._next_offset.pop(tp, None)
             self._last_arrival_s.pop(tp, None)
 
-    def _prune(self) -> None:
-        for partition in [p for p, queues in self._queues.items() if not any(queues.values())]:
-            del self._queues[partition]
+    def _prune(self, partitions: Iterable[int]) -> None:
+        """Forget the given partition numbers' queues once they hold nothing."""
+        for partition in partitions:
+            queues = self._queues.get(partition)
+            if queues is not None and not any(queues.values()):
+                del self._queues[partition]
 
     def _held(self, kind: str, partition: int) -> bool:
         queue = self._queues.get(partition, {}).get(kind)
