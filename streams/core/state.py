@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import bisect
 import heapq
-import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +44,7 @@ from streams.core.features import (
     features_at,
 )
 from streams.core.news2 import NEWS2_INPUT_CODES, News2Result, news2_from_observations
+from streams.core.step_features import last_before, point_time
 from streams.core.stepping import ModelState
 from streams.core.validation import CanonicalObservation
 from vigil.errors import ConfigError, StateError
@@ -222,7 +222,7 @@ class PatientState:
             if not points or points[-1][0] <= event_ms:
                 points.append(item)
             else:  # late but within bound: insert after equal times, keeping arrival order
-                points.insert(bisect.bisect_right(points, event_ms, key=_time), item)
+                points.insert(bisect.bisect_right(points, event_ms, key=point_time), item)
         self._remember(event_id, event_ms, origin, stream)
         self.prune(window)
         return Outcome.ACCEPTED
@@ -343,7 +343,7 @@ class PatientState:
             if not points:
                 emptied = True
             elif points[0][0] < horizon or len(points) > MAX_POINTS_PER_CODE:
-                cut = bisect.bisect_left(points, horizon, key=_time)
+                cut = bisect.bisect_left(points, horizon, key=point_time)
                 cut = max(cut, len(points) - MAX_POINTS_PER_CODE)
                 self.series[code] = points[cut:]
                 emptied = emptied or cut == len(points)
@@ -435,7 +435,7 @@ class PatientState:
             points = self.series.get(code)
             if not points:
                 continue
-            index = _last_at_or_before(points, end_ms)
+            index = last_before(points, end_ms + 1)  # at or before: times are integers
             if index >= 0:
                 t, v = points[index]
                 latest[code] = (v, from_ms(t))
@@ -578,18 +578,6 @@ def _model_state_from(data: Mapping[str, Any] | None) -> ModelState | None:
 def _silent(watermark_ms: int | None, now: datetime, silence: timedelta) -> bool:
     """Nothing newer than ``watermark_ms`` for ``silence`` as of the event time ``now``."""
     return watermark_ms is not None and to_ms(now) - int(watermark_ms) >= _td_ms(silence)
-
-
-def _last_at_or_before(points: list[tuple[int, float]], moment_ms: int) -> int:
-    """Index of the last of time-sorted ``points`` at or before ``moment_ms`` (-1: none);
-    the newest point is checked first, as it usually is the one."""
-    if points[-1][0] <= moment_ms:
-        return len(points) - 1
-    return bisect.bisect_right(points, moment_ms, key=_time) - 1
-
-
-_time = operator.itemgetter(0)
-"""A series point's epoch milliseconds (a C-level key for :mod:`bisect`)."""
 
 
 def _td_ms(delta: timedelta) -> int:

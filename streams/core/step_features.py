@@ -52,7 +52,9 @@ __all__ = [
     "bin_index",
     "bin_inputs",
     "bin_on_ticks",
+    "last_before",
     "pack_bins",
+    "point_time",
     "stay_bins",
 ]
 
@@ -63,7 +65,7 @@ _ONE_US: Final[timedelta] = timedelta(microseconds=1)
 _EPOCH: Final[datetime] = datetime(1970, 1, 1, tzinfo=UTC)
 _US_PER_HOUR: Final[float] = 3_600_000_000.0
 _CODE_INDEX: Final[Mapping[str, int]] = {code: i for i, code in enumerate(SERIES_CODES)}
-_tick: Final = operator.itemgetter(0)
+point_time: Final = operator.itemgetter(0)
 """A series point's time (a C-level key for :mod:`bisect`)."""
 
 FloatArray = npt.NDArray[np.float32]
@@ -224,11 +226,7 @@ def bin_on_ticks(
         col = _CODE_INDEX.get(code)
         if col is None or not points:
             continue
-        # Most parameters' newest point is already before the limit: no search.
-        if points[-1][0] < limit:
-            pos = len(points) - 1
-        else:
-            pos = bisect.bisect_left(points, limit, key=_tick) - 1
+        pos = last_before(points, limit)
         while pos >= 0 and not math.isfinite(points[pos][1]):
             pos -= 1  # features_at drops non-finite values
         if pos < 0:
@@ -249,6 +247,15 @@ def bin_on_ticks(
         mask=np.array(mask, dtype=np.float32),
         delta_hours=np.array(delta, dtype=np.float32),
     )
+
+
+def last_before(points: Sequence[tuple[int, float]], limit: int) -> int:
+    """Index of the last of time-sorted, non-empty ``points`` whose time is before
+    ``limit`` (-1: none). The newest point is checked first: for most parameters it is
+    the one, and no search is needed."""
+    if points[-1][0] < limit:
+        return len(points) - 1
+    return bisect.bisect_left(points, limit, key=point_time) - 1
 
 
 def _us(moment: datetime) -> int:
