@@ -7,7 +7,8 @@ standard exception it specialises so callers can catch either::
     ├── ConfigError(VigilError, ValueError)        bad setting or CLI argument
     ├── SchemaError(VigilError, ValueError)        an event that fails validation
     │   ├── (carries a machine-readable ``reason`` for the dead-letter topic)
-    │   └── ImageError                             a study's pixels cannot be fetched or read
+    │   ├── ImageError                             a study's pixels cannot be fetched or read
+    │   └── MessageError                           an HL7 v2 or FHIR message the gateway cannot use
     ├── StateError(VigilError, ValueError)         a stored patient state cannot be decoded
     ├── StackError(VigilError, RuntimeError)       a local service failed to start or stop
     ├── TopicError(VigilError, RuntimeError)       Kafka topics missing or misconfigured
@@ -23,6 +24,7 @@ __all__ = [
     "ConfigError",
     "ImageError",
     "InferenceError",
+    "MessageError",
     "ModelError",
     "SchemaError",
     "StackError",
@@ -58,6 +60,22 @@ class SchemaError(VigilError, ValueError):
 class ImageError(SchemaError):
     """An imaging study's pixels are missing, too large or not a readable image; the
     event goes to dead-letter with ``reason`` ``image_unavailable`` or ``image_unreadable``."""
+
+
+class MessageError(SchemaError):
+    """A hospital-interface message (HL7 v2 over MLLP, FHIR) that ``vigil gateway`` cannot
+    use: it is answered with an error (HL7 ``AE``, a FHIR OperationOutcome) and goes to
+    dead-letter with ``reason``.
+
+    Args:
+        reason: A dead-letter reason (see ``SchemaError``).
+        detail: Human-readable explanation, without field values.
+        control_id: The HL7 message control id (MSH-10) when it could be read, for the ACK.
+    """
+
+    def __init__(self, reason: str, detail: str, *, control_id: str | None = None) -> None:
+        super().__init__(reason, detail)
+        self.control_id = control_id
 
 
 class StateError(VigilError, ValueError):
