@@ -34,6 +34,8 @@ from rich.text import Text
 from models.cli import export_app, train_app
 from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics, missing_topics
+from streams.gateway.server import run_gateway
+from streams.gateway.settings import GatewaySettings
 from streams.replay import (
     merge,
     produce,
@@ -216,6 +218,52 @@ def worker(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     run_worker(settings)
+
+
+@app.command("gateway")
+def gateway(
+    mllp_port: Annotated[
+        int | None,
+        typer.Option("--mllp-port", envvar="VIGIL_GATEWAY_MLLP_PORT", help="MLLP port (2575)."),
+    ] = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            "--http-port", envvar="VIGIL_GATEWAY_HTTP_PORT", help="HTTP port: /health (8090)."
+        ),
+    ] = None,
+    kafka_bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            "--kafka-bootstrap", envvar="VIGIL_GATEWAY_KAFKA_BOOTSTRAP", help="Kafka bootstrap."
+        ),
+    ] = None,
+    topic_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--topic-prefix", envvar="VIGIL_GATEWAY_TOPIC_PREFIX", help="Topic name prefix."
+        ),
+    ] = None,
+) -> None:
+    """Run the hospital-interface gateway (HL7 v2 over MLLP into the input topics) until
+    stopped. Other settings: VIGIL_GATEWAY_* variables (docs/gateway.md)."""
+    values = {
+        "mllp_port": mllp_port,
+        "http_port": http_port,
+        "kafka_bootstrap": kafka_bootstrap,
+        "topic_prefix": topic_prefix,
+    }
+    try:
+        settings = GatewaySettings(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from exc
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        run_gateway(settings)
+    except OSError as exc:
+        raise ConfigError(f"gateway cannot listen: {exc.strerror or exc}") from exc
 
 
 _FORMATS: dict[str, tuple[str, Reader]] = {
