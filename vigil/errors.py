@@ -9,6 +9,7 @@ standard exception it specialises so callers can catch either::
     │   ├── (carries a machine-readable ``reason`` for the dead-letter topic)
     │   ├── ImageError                             a study's pixels cannot be fetched or read
     │   └── MessageError                           an HL7 v2 or FHIR message the gateway cannot use
+    │       └── (FhirError, streams.gateway.fhir_map: adds the FHIRPath at fault)
     ├── StateError(VigilError, ValueError)         a stored patient state cannot be decoded
     ├── StackError(VigilError, RuntimeError)       a local service failed to start or stop
     ├── TopicError(VigilError, RuntimeError)       Kafka topics missing or misconfigured

@@ -1,4 +1,4 @@
-"""The gateway's HTTP side (aiohttp): ``/health``, ``/metrics`` and, later, FHIR.
+"""The gateway's HTTP side (aiohttp): ``/health``, ``/metrics`` and the FHIR routes.
 
 ``/health`` answers 200 when Kafka is connected and 503 otherwise, without credentials (for
 load balancers). Every other path needs ``Authorization: Bearer <token>`` when a token is
@@ -8,7 +8,7 @@ set (compared in constant time).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,9 +24,12 @@ HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def http_app(
-    settings: GatewaySettings, sink: KafkaSink, metrics: GatewayMetrics
+    settings: GatewaySettings,
+    sink: KafkaSink,
+    metrics: GatewayMetrics,
+    routes: Sequence[web.RouteDef] = (),
 ) -> web.Application:
-    """The aiohttp application of the gateway."""
+    """The aiohttp application of the gateway, with ``routes`` (FHIR) added."""
     token = None if settings.auth_token is None else settings.auth_token.get_secret_value()
 
     @web.middleware
@@ -53,4 +56,5 @@ def http_app(
     app = web.Application(middlewares=[authenticate], client_max_size=settings.max_message_bytes)
     app.router.add_get(_HEALTH, health)
     app.router.add_get("/metrics", prometheus)
+    app.add_routes(routes)
     return app

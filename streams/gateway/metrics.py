@@ -66,6 +66,12 @@ class GatewayMetrics:
             buckets=_ACK_BUCKETS,
             registry=r,
         )
+        self.fhir_requests = Counter(
+            "vigil_gateway_fhir_requests_total",
+            "FHIR requests answered, by resource type and HTTP status.",
+            ["resource", "status"],
+            registry=r,
+        )
         self.connections = Gauge("vigil_gateway_connections", "Open MLLP connections.", registry=r)
         self.connections_refused = Counter(
             "vigil_gateway_connections_refused_total",
@@ -91,6 +97,9 @@ class GatewayMetrics:
         for kind in ("vitals", "labs", "adt", "deadletter"):
             self.events.labels(kind)
         self.ack_seconds.labels("mllp")
+        self.ack_seconds.labels("fhir")
+        for reason in DeadLetterReason:
+            self.deadletters.labels("fhir", reason.value)
 
     def message(self, protocol: str, message_type: str, ack: str) -> None:
         """Count one answered message (an unsupported type counts as ``other``)."""

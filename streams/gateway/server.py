@@ -1,4 +1,5 @@
-"""``vigil gateway``: wire the MLLP listener, the HTTP listener and the Kafka sink, and
+"""``vigil gateway``: wire the MLLP listener, the HTTP listener (health, metrics, FHIR) and
+the Kafka sink, and
 run them until SIGTERM or SIGINT (then stop accepting, finish answers in progress and
 flush the producer)."""
 
@@ -11,6 +12,7 @@ import ssl
 
 from aiohttp import web
 
+from streams.gateway.fhir_service import FhirService
 from streams.gateway.hl7_service import Hl7Service
 from streams.gateway.http import http_app
 from streams.gateway.metrics import GatewayMetrics
@@ -61,8 +63,18 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         frame_timeout_seconds=settings.frame_timeout_seconds,
         idle_timeout_seconds=settings.idle_timeout_seconds,
     )
+    fhir = FhirService(
+        sink,
+        metrics,
+        base=settings.fhir_base,
+        codes=options.codes,
+        source=settings.fhir_source,
+        max_bytes=settings.max_message_bytes,
+        deadletter_max_payload_bytes=settings.deadletter_max_payload_bytes,
+    )
     context = _ssl_context(settings)
-    runner = web.AppRunner(http_app(settings, sink, metrics), access_log=None)
+    app = http_app(settings, sink, metrics, fhir.routes())
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sink.start()
     try:

@@ -115,7 +115,16 @@ class GatewaySettings(BaseSettings):
     patient_id_field: Literal["PID-3", "PV1-19"] = Field(
         default="PID-3", description="Patient id: PID-3's first identifier, or PV1-19."
     )
-    source: str = Field(default="hl7-gateway", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+    source: str = Field(
+        default="hl7-gateway",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$",
+        description="The source of events from HL7 v2.",
+    )
+    fhir_source: str = Field(
+        default="fhir-gateway",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$",
+        description="The source of events from FHIR.",
+    )
     application: str = Field(default="VIGIL", max_length=64, description="MSH-3 of ACKs.")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

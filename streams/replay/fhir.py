@@ -46,7 +46,13 @@ from streams.core.units import accepted_units, normalise
 from streams.replay.event import ReplayEvent, one_line, replay_event
 from vigil.errors import ConfigError, SchemaError
 
-__all__ = ["read_fhir"]
+__all__ = [
+    "effective_time",
+    "loinc_info",
+    "quantity_observation",
+    "read_fhir",
+    "subject_id",
+]
 
 _LOINC = "http://loinc.org"
 _SOURCE = "fhir-replay"
@@ -123,19 +129,21 @@ def _measure(resource: FhirObservation, identity: str, patients: dict[str, str])
     quantities = [
         (info, quantity)
         for concept, quantity in parts
-        if quantity is not None and (info := _loinc(concept)) is not None
+        if quantity is not None and (info := loinc_info(concept)) is not None
     ]
     if not quantities:
         raise _Skip("without a LOINC-coded quantity Vigil knows")
-    patient_id = _patient_id(resource.subject, patients)
-    at = _effective(resource)
+    patient_id = subject_id(resource.subject, patients)
+    at = effective_time(resource)
     return [
-        _Measured(patient_id, at, info, _observation(info, quantity), identity)
+        _Measured(patient_id, at, info, quantity_observation(info, quantity), identity)
         for info, quantity in quantities
     ]
 
 
-def _loinc(concept: CodeableConcept | None) -> CodeInfo | None:
+def loinc_info(concept: CodeableConcept | None) -> CodeInfo | None:
+    """The Vigil code of the first LOINC coding Vigil knows (a specific code beating the
+    profile's base code), or None."""
     known: list[CodeInfo] = []
     for coding in (concept.coding if concept is not None else None) or []:
         if coding.system == _LOINC and coding.code is not None:
@@ -146,7 +154,12 @@ def _loinc(concept: CodeableConcept | None) -> CodeInfo | None:
     return chosen[0] if chosen else None
 
 
-def _patient_id(subject: Reference | None, patients: dict[str, str]) -> str:
+def subject_id(subject: Reference | None, patients: dict[str, str]) -> str:
+    """The patient id of a ``subject`` reference (``patients``: bundle fullUrl -> id).
+
+    Raises:
+        ValueError: No reference.
+    """
     reference = subject.reference if subject is not None else None
     if not reference:
         raise ValueError("no subject reference")
@@ -156,7 +169,12 @@ def _patient_id(subject: Reference | None, patients: dict[str, str]) -> str:
     return reference.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
 
 
-def _effective(resource: FhirObservation) -> datetime:
+def effective_time(resource: FhirObservation) -> datetime:
+    """``effectiveDateTime`` (or ``effectivePeriod.start``), timezone-aware.
+
+    Raises:
+        ValueError: Neither, or no time of day and offset.
+    """
     at: object = resource.effectiveDateTime
     if at is None and resource.effectivePeriod is not None:
         at = resource.effectivePeriod.start
@@ -165,7 +183,12 @@ def _effective(resource: FhirObservation) -> datetime:
     return at
 
 
-def _observation(info: CodeInfo, quantity: Quantity) -> Observation:
+def quantity_observation(info: CodeInfo, quantity: Quantity) -> Observation:
+    """The observation of ``quantity``, its unit as written (UCUM code, else unit text).
+
+    Raises:
+        ValueError: No value, or a unit not accepted for the code.
+    """
     if quantity.value is None:
         raise ValueError(f"{info.code}: valueQuantity has no value")
     value = float(Decimal(quantity.value))
