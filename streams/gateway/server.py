@@ -10,8 +10,10 @@ import logging
 import signal
 import ssl
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
+from streams.gateway.fhir_read import FhirReader
 from streams.gateway.fhir_service import FhirService
 from streams.gateway.hl7_service import Hl7Service
 from streams.gateway.http import http_app
@@ -72,8 +74,15 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         max_bytes=settings.max_message_bytes,
         deadletter_max_payload_bytes=settings.deadletter_max_payload_bytes,
     )
+    password = (
+        None if settings.redis_password is None else settings.redis_password.get_secret_value()
+    )
+    redis = aioredis.Redis.from_url(
+        settings.redis_url, username=settings.redis_username, password=password
+    )
+    reader = FhirReader(redis, metrics, base=settings.fhir_base, prefix=settings.topic_prefix)
     context = _ssl_context(settings)
-    app = http_app(settings, sink, metrics, fhir.routes())
+    app = http_app(settings, sink, metrics, [*fhir.routes(), *reader.routes()])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sink.start()
@@ -95,6 +104,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         await mllp.close()
         await runner.cleanup()
         await sink.close()
+        await redis.aclose()
 
 
 def run_gateway(settings: GatewaySettings) -> None:

@@ -98,6 +98,15 @@ class GatewaySettings(BaseSettings):
     )
     deadletter_max_payload_bytes: int = Field(default=1_048_576, ge=1024)
 
+    # --- Redis (FHIR out reads the worker's cache) ---------------------------------------
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        pattern=r"^rediss?://[^@]*$",
+        description="redis:// or rediss:// without credentials (see redis_password).",
+    )
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+
     # --- HL7 v2 mapping ----------------------------------------------------------------
     code_map_file: FilePath | None = Field(
         default=None, description="JSON table of local OBX codes (docs/gateway.md)."

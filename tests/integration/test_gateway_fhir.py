@@ -1,4 +1,5 @@
-"""FHIR R4 REST in, over HTTP against the real ``vigil gateway`` process and Kafka."""
+"""FHIR R4 REST in and out, over HTTP against the real ``vigil gateway`` process, Kafka and
+Redis."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
+from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.riskassessment import RiskAssessment
 
 from streams.adapters.topics import create_topics
 from streams.settings import WorkerSettings
 from tests.integration.gateway import Gateway, running_gateway
 from tests.integration.outputs import read_records
 from tests.unit.test_gateway_fhir import encounter, observation
+from tests.unit.test_gateway_fhir_out import alert, score
 from vigil.stack.settings import StackSettings
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -183,3 +188,34 @@ def test_wrong_media_type_and_oversized_body(http: httpx.Client) -> None:
     response = post(http, "/Observation", huge)
     assert response.status_code == 413
     assert issue(response)["code"] == "too-costly"
+
+
+def test_risk_assessment_and_flag_read_the_worker_cache(
+    http: httpx.Client, stack: StackSettings, prefix: str
+) -> None:
+    client = redis.Redis.from_url(stack.redis_url)
+    keys = [f"{prefix}:patient:p77:score", f"{prefix}:patient:p77:alerts"]
+    record = alert()
+    client.set(keys[0], score().model_dump_json(), ex=600)
+    client.hset(keys[1], record.alert_id, record.model_dump_json())
+    client.expire(keys[1], 600)
+    try:
+        response = http.get("/RiskAssessment", params={"subject": "Patient/p77"})
+        assert response.status_code == 200, response.text
+        Bundle.model_validate(response.json())
+        (entry,) = response.json()["entry"]
+        RiskAssessment.model_validate(entry["resource"])
+        flags = http.get("/Flag", params={"subject": "p77", "status": "active"}).json()
+        assert [e["resource"]["id"] for e in flags["entry"]] == [record.alert_id]
+        assert (
+            http.get("/Flag", params={"subject": "p77", "status": "inactive"}).json()["total"] == 0
+        )
+        assert (
+            http.get("/RiskAssessment", params={"subject": "Patient/nobody"}).json()["total"] == 0
+        )
+        missing = http.get("/RiskAssessment")
+        assert missing.status_code == 400
+        assert issue(missing)["expression"] == ["RiskAssessment.subject"]
+    finally:
+        client.delete(*keys)
+        client.close()
