@@ -52,7 +52,11 @@ class GatewaySettings(BaseSettings):
         default=64, ge=1, le=10_000, description="Open MLLP connections; more are closed."
     )
     max_message_bytes: int = Field(
-        default=1_048_576, ge=1024, le=64 * 1_048_576, description="Largest HL7 message."
+        default=524_288,
+        ge=1024,
+        le=524_288,
+        description="Largest HL7 message or FHIR body, bytes: its dead-letter record (base64 "
+        "at worst, 4/3 of it) must stay under Kafka's default 1 MB record limit.",
     )
     frame_timeout_seconds: float = Field(
         default=10.0,
@@ -96,7 +100,13 @@ class GatewaySettings(BaseSettings):
     kafka_retry_seconds: float = Field(
         default=2.0, gt=0, le=60, description="Pause between tries to reach Kafka."
     )
-    deadletter_max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    deadletter_max_payload_bytes: int = Field(
+        default=524_288,
+        ge=1024,
+        le=524_288,
+        description="Bytes of a refused message kept in its dead-letter record (all of it "
+        "up to max_message_bytes).",
+    )
 
     # --- Redis (FHIR out reads the worker's cache) ---------------------------------------
     redis_url: str = Field(
