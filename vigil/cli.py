@@ -34,6 +34,7 @@ from rich.text import Text
 from models.cli import export_app, train_app
 from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics, missing_topics
+from streams.gateway.hl7_replay import read_hl7
 from streams.gateway.server import run_gateway
 from streams.gateway.settings import GatewaySettings
 from streams.replay import (
@@ -271,6 +272,7 @@ _FORMATS: dict[str, tuple[str, Reader]] = {
     "physionet2019": ("*.psv", read_physionet2019),
     "jsonl": ("*.jsonl", read_jsonl),
     "fhir": ("*.json", read_fhir),
+    "hl7": ("*.hl7", read_hl7),
 }
 
 
@@ -279,13 +281,16 @@ def replay(
     paths: Annotated[
         list[Path],
         typer.Argument(
-            help="Input files, or folders of *.txt, *.psv, *.jsonl or *.json (by --format). "
+            help="Input files, or folders of *.txt, *.psv, *.jsonl, *.json or *.hl7 (by "
+            "--format). "
             "An unreadable file is reported and skipped, and the exit status is then 1."
         ),
     ],
     data_format: Annotated[
         str,
-        typer.Option("--format", help="Input format: physionet2012, physionet2019, jsonl, fhir."),
+        typer.Option(
+            "--format", help="Input format: physionet2012, physionet2019, jsonl, fhir, hl7."
+        ),
     ] = "physionet2012",
     outcomes: Annotated[
         Path | None,

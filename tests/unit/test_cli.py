@@ -15,7 +15,7 @@ from vigil.cli import main
         (["stack", "status", "--bogus"], "No such option"),
         (["replay", "data", "--speed", "fast"], "--speed must be a positive number or 'max'"),
         (["replay", "data", "--speed", "0"], "--speed must be a positive number or 'max'"),
-        (["replay", "data", "--format", "hl7"], "unsupported --format 'hl7'"),
+        (["replay", "data", "--format", "hl8"], "unsupported --format 'hl8'"),
         (["replay", "/no/such/path"], "no such file or folder: /no/such/path"),
     ],
 )
