@@ -96,8 +96,10 @@ def _wait_listening(gateway: Gateway, healthy: bool, timeout: float = 60) -> Non
         if not gateway.alive():
             raise RuntimeError(f"gateway exited: {gateway.log.read_text()[-3000:]}")
         with contextlib.suppress(OSError, ValueError):
-            status, _ = health(gateway)
-            if status == 200 or not healthy:
+            if not healthy:  # listening is enough (the HTTP side may speak TLS)
+                socket.create_connection(("127.0.0.1", gateway.http_port), timeout=1).close()
+                return
+            if health(gateway)[0] == 200:
                 return
         time.sleep(0.2)
     raise RuntimeError(f"gateway not healthy in {timeout} s: {gateway.log.read_text()[-3000:]}")
