@@ -25,6 +25,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.observation import Observation as FhirObservation
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.reference import Reference
 from pydantic import ValidationError
 
 from streams.core.codes import Category
@@ -145,6 +146,15 @@ def _problem(where: str, detail: str, reason: str = DeadLetterReason.INVALID_FIE
     return FhirError(reason, f"{where}: {detail}", expression=where)
 
 
+def _subject(subject: Reference | None, patients: dict[str, str] | None, where: str) -> str:
+    try:
+        return subject_id(subject, patients or {})
+    except ValueError:
+        raise _problem(
+            f"{where}.subject", "a Patient reference is required", DeadLetterReason.MISSING_FIELD
+        ) from None
+
+
 def observation_events(
     resource: FhirObservation,
     *,
@@ -181,12 +191,7 @@ def observation_events(
             "no LOINC-coded quantity Vigil knows (see docs/gateway.md for the codes)",
             DeadLetterReason.UNKNOWN_CODE,
         )
-    try:
-        patient_id = subject_id(resource.subject, patients or {})
-    except ValueError:
-        raise _problem(
-            f"{where}.subject", "a Patient reference is required", DeadLetterReason.MISSING_FIELD
-        ) from None
+    patient_id = _subject(resource.subject, patients, where)
     try:
         at = effective_time(resource)
     except ValueError as exc:
@@ -258,12 +263,7 @@ def encounter_events(
         )
     finished = status == "finished"
     at = _period_time(resource, finished, where)
-    try:
-        patient_id = subject_id(resource.subject, patients or {})
-    except ValueError:
-        raise _problem(
-            f"{where}.subject", "a Patient reference is required", DeadLetterReason.MISSING_FIELD
-        ) from None
+    patient_id = _subject(resource.subject, patients, where)
     care_unit = None
     for location in resource.location or []:
         reference = location.location

@@ -17,14 +17,31 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.adapters.topics import create_topics
 from streams.gateway.mllp import END, START
+from streams.settings import WorkerSettings
 from tests.integration.workers import free_port
+from vigil.stack.settings import StackSettings
 
-__all__ = ["Gateway", "MllpClient", "health", "running_gateway"]
+__all__ = ["Gateway", "MllpClient", "fresh_topics", "health", "running_gateway"]
+
+
+def fresh_topics(stack: StackSettings, tag: str, partitions: int = 2) -> str:
+    """A new topic prefix ``<tag>-<random>`` whose Vigil topics exist on the local stack."""
+    prefix = f"{tag}-{uuid.uuid4().hex[:10]}"
+    create_topics(
+        WorkerSettings(
+            kafka_bootstrap=stack.kafka_bootstrap,
+            topic_prefix=prefix,
+            topic_partitions=partitions,
+        )
+    )
+    return prefix
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Throwaway secured services on loopback for the security tests (no Docker).
 
-* :func:`make_ca`: a test CA and a server certificate for 127.0.0.1/localhost (PEM).
+* :func:`make_ca`: a test CA, a server certificate for 127.0.0.1/localhost and a client
+  certificate (PEM).
 * :func:`start_redis`: ``redis-server`` with ``requirepass`` on a free port.
 * :func:`start_kafka`: a one-node KRaft Kafka whose client listener is SASL_SSL with
   SCRAM-SHA-512 (users added at ``kafka-storage format`` time with ``--add-scram``);
@@ -44,10 +45,37 @@ class Pki:
     server_key: Path
     server_pem: Path
     """Key and certificate chain in one file (Kafka's PEM keystore)."""
+    client_cert: Path
+    """A client certificate (for mutual TLS) signed by the CA."""
+    client_key: Path
+
+
+def _client_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, now: dt.datetime
+) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vigil test client")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([x509.OID_CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def make_ca(folder: Path) -> Pki:
-    """A CA and a server certificate valid for 127.0.0.1 and localhost, for one day."""
+    """A CA, a server certificate valid for 127.0.0.1 and localhost and a client
+    certificate, for one day."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vigil test CA")])
@@ -110,11 +138,16 @@ def make_ca(folder: Path) -> Pki:
         server_cert=folder / "server.crt",
         server_key=folder / "server.key",
         server_pem=folder / "server.pem",
+        client_cert=folder / "client.crt",
+        client_key=folder / "client.key",
     )
     pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pki.server_cert.write_bytes(cert_pem)
     pki.server_key.write_bytes(key_pem)
     pki.server_pem.write_bytes(key_pem + cert_pem)
+    client_cert, client_key = _client_certificate(ca_key, ca_name, now)
+    pki.client_cert.write_bytes(client_cert)
+    pki.client_key.write_bytes(client_key)
     return pki
 
 

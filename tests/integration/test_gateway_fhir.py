@@ -15,9 +15,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from streams.adapters.topics import create_topics
-from streams.settings import WorkerSettings
-from tests.integration.gateway import Gateway, running_gateway
+from tests.integration.gateway import Gateway, fresh_topics, running_gateway
 from tests.integration.outputs import read_records
 from tests.unit.test_gateway_fhir import encounter, observation
 from tests.unit.test_gateway_fhir_out import alert, score
@@ -29,11 +27,7 @@ MAX_BYTES = 65_536
 
 @pytest.fixture(scope="module")
 def prefix(stack: StackSettings) -> str:
-    name = f"gwf-{uuid.uuid4().hex[:10]}"
-    create_topics(
-        WorkerSettings(kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=name, topic_partitions=2)
-    )
-    return name
+    return fresh_topics(stack, "gwf")
 
 
 @pytest.fixture(scope="module")

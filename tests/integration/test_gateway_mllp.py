@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,10 @@ from typing import Any
 import hl7
 import pytest
 
-from streams.adapters.topics import create_topics
 from streams.core.events import AdtEvent, ObservationEvent, TopicKind
 from streams.gateway.hl7_write import adt_message, oru_message
 from streams.replay import ReplayEvent, read_physionet2012
-from streams.settings import WorkerSettings
-from tests.integration.gateway import Gateway, MllpClient, health, running_gateway
+from tests.integration.gateway import Gateway, MllpClient, fresh_topics, health, running_gateway
 from tests.integration.outputs import read_records
 from tests.integration.workers import free_port
 from vigil.stack.settings import StackSettings
@@ -38,11 +35,7 @@ _INPUTS = (TopicKind.VITALS, TopicKind.LABS, TopicKind.ADT)
 
 @pytest.fixture(scope="module")
 def prefix(stack: StackSettings) -> str:
-    name = f"gw-{uuid.uuid4().hex[:10]}"
-    create_topics(
-        WorkerSettings(kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=name, topic_partitions=2)
-    )
-    return name
+    return fresh_topics(stack, "gw")
 
 
 @pytest.fixture(scope="module")
