@@ -1,8 +1,13 @@
-"""FHIR R4 REST out: ``GET <base>/RiskAssessment?subject=…`` (the patient's latest score)
-and ``GET <base>/Flag?subject=…[&status=active]`` (the patient's open alerts), read from the
-worker's Redis cache (:mod:`streams.adapters.redis_store`'s key layout) and answered as
-``searchset`` Bundles. A patient Redis does not know gives an empty Bundle; Redis down
-gives 503.
+"""FHIR R4 REST out, as ``searchset`` Bundles:
+
+- ``GET <base>/RiskAssessment?subject=…[&_count=N]``: the patient's scores, newest first:
+  the history followed from the ``scores`` topic (:mod:`streams.gateway.history`) and the
+  latest score in the worker's Redis cache;
+- ``GET <base>/Flag?subject=…[&status=active]``: the patient's open alerts, from Redis
+  (:mod:`streams.adapters.redis_store`'s key layout).
+
+An unknown patient gives an empty Bundle; Redis down gives 503 (unless the history alone
+can answer).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import datetime
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -20,10 +26,13 @@ from redis.exceptions import RedisError
 from streams.core.events import AlertRecord, ScoreRecord
 from streams.gateway.fhir_out import flag, risk_assessment, searchset
 from streams.gateway.fhir_service import FHIR_JSON, operation_outcome
+from streams.gateway.history import ScoreHistory
 from streams.gateway.metrics import GatewayMetrics
 
 __all__ = ["FhirReader"]
 
+_DEFAULT_COUNT: Final = 100
+_MAX_COUNT: Final = 1000
 _PATIENT: Final = re.compile(r"^(?:Patient/)?([A-Za-z0-9][A-Za-z0-9._:-]{0,63})$")
 _log = logging.getLogger(__name__)
 
@@ -36,9 +45,16 @@ class FhirReader:
     """The FHIR GET handlers (see the module docstring)."""
 
     def __init__(
-        self, client: aioredis.Redis, metrics: GatewayMetrics, *, base: str, prefix: str
+        self,
+        client: aioredis.Redis,
+        history: ScoreHistory,
+        metrics: GatewayMetrics,
+        *,
+        base: str,
+        prefix: str,
     ) -> None:
         self._redis = client
+        self._history = history
         self._metrics = metrics
         self._base = base
         self._prefix = prefix
@@ -66,20 +82,35 @@ class FhirReader:
         return match.group(1)
 
     async def risk_assessments(self, request: web.Request) -> web.Response:
-        """The latest RiskAssessment of ``subject``."""
+        """``subject``'s RiskAssessments, newest first: the history followed from the
+        scores topic, and Redis's latest score (``_count`` limits, default 100)."""
         patient = self._patient(request, "RiskAssessment")
         if isinstance(patient, web.Response):
             return patient
+        count_text = request.query.get("_count", str(_DEFAULT_COUNT))
+        if not count_text.isdigit() or not 1 <= int(count_text) <= _MAX_COUNT:
+            outcome = operation_outcome(
+                [("value", f"_count must be 1-{_MAX_COUNT}", "RiskAssessment._count")]
+            )
+            return self._count("RiskAssessment", _reply(400, outcome))
+        scores = self._history.scores(patient)
         try:
             raw = await self._redis.get(f"{self._prefix}:patient:{patient}:score")
         except RedisError as error:
-            return self._unavailable("RiskAssessment", error)
-        resources = []
+            if not scores:
+                return self._unavailable("RiskAssessment", error)
+            raw = None  # the history alone still answers
         if raw is not None:
             try:
-                resources.append(risk_assessment(ScoreRecord.model_validate_json(raw)))
+                scores.append(ScoreRecord.model_validate_json(raw))
             except ValidationError:
                 _log.warning("unreadable score in Redis (skipped)")
+        unique: dict[str, tuple[datetime, dict[str, Any]]] = {}
+        for score in scores:
+            resource = risk_assessment(score)
+            unique.setdefault(resource["id"], (score.event_time, resource))
+        newest = sorted(unique.values(), key=lambda pair: pair[0], reverse=True)
+        resources = [resource for _, resource in newest[: int(count_text)]]
         return self._count("RiskAssessment", _reply(200, searchset(resources, self._base)))
 
     async def flags(self, request: web.Request) -> web.Response:

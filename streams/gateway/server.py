@@ -6,6 +6,7 @@ flush the producer)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
@@ -15,6 +16,8 @@ from aiohttp import web
 
 from streams.gateway.fhir_read import FhirReader
 from streams.gateway.fhir_service import FhirService
+from streams.gateway.history import ScoreHistory
+from streams.gateway.history_feed import follow_scores
 from streams.gateway.hl7_service import Hl7Service
 from streams.gateway.http import http_app
 from streams.gateway.metrics import GatewayMetrics
@@ -80,12 +83,22 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     redis = aioredis.Redis.from_url(
         settings.redis_url, username=settings.redis_username, password=password
     )
-    reader = FhirReader(redis, metrics, base=settings.fhir_base, prefix=settings.topic_prefix)
+    history = ScoreHistory(
+        max_patients=settings.history_max_patients, per_patient=settings.history_per_patient
+    )
+    reader = FhirReader(
+        redis, history, metrics, base=settings.fhir_base, prefix=settings.topic_prefix
+    )
     context = _ssl_context(settings)
     app = http_app(settings, sink, metrics, [*fhir.routes(), *reader.routes()])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sink.start()
+    feed = (
+        asyncio.get_running_loop().create_task(follow_scores(settings, history))
+        if settings.history_hours > 0
+        else None
+    )
     try:
         mllp_port = await mllp.start(settings.mllp_host, settings.mllp_port, context)
         site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=context)
@@ -101,6 +114,10 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         await stop.wait()
         _log.info("gateway stopping")
     finally:
+        if feed is not None:
+            feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed
         await mllp.close()
         await runner.cleanup()
         await sink.close()

@@ -117,6 +117,16 @@ class GatewaySettings(BaseSettings):
     redis_username: str | None = None
     redis_password: SecretStr | None = None
 
+    history_hours: float = Field(
+        default=24.0,
+        ge=0,
+        le=24 * 14,
+        description="RiskAssessment history: scores of the last this many hours (Kafka time) "
+        "read from the scores topic at start, then followed; 0 serves Redis's latest only.",
+    )
+    history_max_patients: int = Field(default=10_000, ge=1, le=1_000_000)
+    history_per_patient: int = Field(default=96, ge=1, le=10_000)
+
     # --- HL7 v2 mapping ----------------------------------------------------------------
     code_map_file: FilePath | None = Field(
         default=None, description="JSON table of local OBX codes (docs/gateway.md)."

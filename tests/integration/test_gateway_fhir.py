@@ -4,8 +4,10 @@ Redis."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ import redis
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
+from kafka import KafkaProducer
 
 from tests.integration.gateway import Gateway, fresh_topics, running_gateway
 from tests.integration.outputs import read_records
@@ -213,3 +216,33 @@ def test_risk_assessment_and_flag_read_the_worker_cache(
     finally:
         client.delete(*keys)
         client.close()
+
+
+def test_risk_assessment_history_follows_the_scores_topic(
+    http: httpx.Client, stack: StackSettings, prefix: str
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    for hours in range(3):
+        record = score(0.1 * (hours + 1)).model_copy(
+            update={
+                "patient_id": "hist1",
+                "event_time": score().event_time + timedelta(hours=hours),
+            }
+        )
+        producer.send(f"{prefix}.scores", key=b"hist1", value=record.model_dump_json().encode())
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 30
+    while True:
+        reply = http.get("/RiskAssessment", params={"subject": "Patient/hist1"}).json()
+        if reply["total"] == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    Bundle.model_validate(reply)
+    risks = [e["resource"]["prediction"][0]["probabilityDecimal"] for e in reply["entry"]]
+    assert risks == pytest.approx([0.3, 0.2, 0.1])  # newest first
+    limited = http.get("/RiskAssessment", params={"subject": "hist1", "_count": "2"}).json()
+    assert limited["total"] == 2
+    assert (
+        http.get("/RiskAssessment", params={"subject": "hist1", "_count": "0"}).status_code == 400
+    )
