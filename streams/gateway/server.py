@@ -93,16 +93,15 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     app = http_app(settings, sink, metrics, [*fhir.routes(), *reader.routes()])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    sink.start()
-    feed = (
-        asyncio.get_running_loop().create_task(follow_scores(settings, history))
-        if settings.history_hours > 0
-        else None
-    )
+    feed: asyncio.Task[None] | None = None
     try:
+        # Bind first: a port in use ends the start before any Kafka client exists.
         mllp_port = await mllp.start(settings.mllp_host, settings.mllp_port, context)
         site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=context)
         await site.start()
+        sink.start()
+        if settings.history_hours > 0:
+            feed = asyncio.get_running_loop().create_task(follow_scores(settings, history))
         _log.info(
             "gateway listening: MLLP %s:%d, HTTP %s:%d%s",
             settings.mllp_host,

@@ -83,6 +83,10 @@ class KafkaSink:
             producer = self._new_producer()
             try:
                 await producer.start()
+            except asyncio.CancelledError:
+                with contextlib.suppress(KafkaError, OSError):
+                    await producer.stop()
+                raise
             except (KafkaError, OSError) as exc:
                 _log.warning("Kafka at %s unreachable: %s", self._settings.kafka_bootstrap, exc)
                 with contextlib.suppress(KafkaError, OSError):

@@ -4,6 +4,7 @@ the HTTP side's bearer token."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,14 @@ def test_bearer_token_guards_everything_but_health() -> None:
             return statuses
 
     assert asyncio.run(scenario()) == [503, 401, 401, 200]
+
+
+def test_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["gateway", "--mllp-port", str(port), "--http-port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vigil: error: gateway cannot listen")
+    assert err.count("\n") == 1
