@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from streams.core.events import ScoreRecord
 from streams.gateway.history import ScoreHistory
+from streams.gateway.kafka_security import kafka_options
 from streams.gateway.settings import GatewaySettings
 
 __all__ = ["follow_scores"]
@@ -49,6 +50,7 @@ async def follow_scores(settings: GatewaySettings, history: ScoreHistory) -> Non
             group_id=None,
             enable_auto_commit=False,
             client_id="vigil-gateway-history",
+            **kafka_options(settings),
         )
         since_ms = int((time.time() - settings.history_hours * 3600) * 1000)
         try:

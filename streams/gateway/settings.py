@@ -84,7 +84,10 @@ class GatewaySettings(BaseSettings):
 
     # --- Kafka -------------------------------------------------------------------------
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap.")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = "PLAINTEXT"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: FilePath | None = None
     kafka_ssl_certfile: FilePath | None = None
     kafka_ssl_keyfile: FilePath | None = None
@@ -189,8 +192,19 @@ class GatewaySettings(BaseSettings):
                 "(or client certificates)"
             )
         kafka_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
-        if self.kafka_security_protocol != "SSL" and any(kafka_files):
-            raise ValueError("VIGIL_GATEWAY_KAFKA_SSL_* needs _KAFKA_SECURITY_PROTOCOL=SSL")
+        if not self.kafka_security_protocol.endswith("SSL") and any(kafka_files):
+            raise ValueError(
+                "VIGIL_GATEWAY_KAFKA_SSL_* needs _KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL"
+            )
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        credentials = (self.kafka_sasl_mechanism, self.kafka_sasl_username)
+        if sasl and (None in credentials or self.kafka_sasl_password is None):
+            raise ValueError(
+                f"VIGIL_GATEWAY_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "_KAFKA_SASL_MECHANISM, _KAFKA_SASL_USERNAME and _KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and (any(c is not None for c in credentials) or self.kafka_sasl_password):
+            raise ValueError("VIGIL_GATEWAY_KAFKA_SASL_* needs a SASL_ security protocol")
         return self
 
     @property

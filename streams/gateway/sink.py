@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
 
+from streams.gateway.kafka_security import kafka_options
 from streams.gateway.metrics import GatewayMetrics
 from streams.gateway.settings import GatewaySettings
 from vigil.errors import TopicError
@@ -60,14 +60,6 @@ class KafkaSink:
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self._settings
-        options: dict[str, object] = {}
-        if s.kafka_security_protocol == "SSL":
-            options["security_protocol"] = "SSL"
-            options["ssl_context"] = create_ssl_context(
-                cafile=None if s.kafka_ssl_cafile is None else str(s.kafka_ssl_cafile),
-                certfile=None if s.kafka_ssl_certfile is None else str(s.kafka_ssl_certfile),
-                keyfile=None if s.kafka_ssl_keyfile is None else str(s.kafka_ssl_keyfile),
-            )
         return AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap,
             client_id="vigil-gateway",
@@ -75,7 +67,7 @@ class KafkaSink:
             enable_idempotence=True,
             linger_ms=s.kafka_linger_ms,
             request_timeout_ms=int(s.kafka_delivery_timeout_seconds * 1000),
-            **options,
+            **kafka_options(s),
         )
 
     async def _connect(self) -> None:

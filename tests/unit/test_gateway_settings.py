@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr, ValidationError
 
 from streams.gateway.http import http_app
+from streams.gateway.kafka_security import kafka_options
 from streams.gateway.metrics import GatewayMetrics
 from streams.gateway.settings import GatewaySettings, is_loopback
 from streams.gateway.sink import KafkaSink
+from tests.integration.secured import make_ca
 from vigil.cli import main
 from vigil.errors import ConfigError
 
@@ -124,3 +127,33 @@ def test_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert err.startswith("vigil: error: gateway cannot listen")
     assert err.count("\n") == 1
+
+
+def test_kafka_security_options(tmp_path: Path) -> None:
+    pki = make_ca(tmp_path)
+    secret = uuid.uuid4().hex
+    settings = GatewaySettings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="gateway",
+        kafka_sasl_password=SecretStr(secret),
+        kafka_ssl_cafile=pki.ca_cert,
+    )
+    options = kafka_options(settings)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_plain_password"] == secret
+    assert secret not in repr(options)
+    assert options["ssl_context"].verify_mode.name == "CERT_REQUIRED"
+    assert kafka_options(GatewaySettings()) == {"security_protocol": "PLAINTEXT"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"kafka_security_protocol": "SASL_SSL"}, "needs _KAFKA_SASL_MECHANISM"),
+        ({"kafka_sasl_username": "u"}, "needs a SASL_ security protocol"),
+    ],
+)
+def test_half_kafka_sasl_is_refused(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        GatewaySettings(**values)  # type: ignore[arg-type]
