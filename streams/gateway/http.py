@@ -20,7 +20,7 @@ from streams.gateway.sink import KafkaSink
 __all__ = ["http_app"]
 
 _HEALTH = "/health"
-HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def http_app(
@@ -33,7 +33,7 @@ def http_app(
     token = None if settings.auth_token is None else settings.auth_token.get_secret_value()
 
     @web.middleware
-    async def authenticate(request: web.Request, handler: HandlerT) -> web.StreamResponse:
+    async def authenticate(request: web.Request, handler: _Handler) -> web.StreamResponse:
         if token is not None and request.path != _HEALTH:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
