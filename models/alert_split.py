@@ -26,8 +26,8 @@ def split_stays(data_dir: Path, meta: dict[str, Any], split_name: str) -> tuple[
             ``settings.max_stays``, ``split``).
         split_name: ``train``, ``validation`` or ``test``.
     """
-    from models.physionet2012 import load_stays
     from models.train import split_record_ids
+    from streams.datasets.physionet2012 import load_stays
     from vigil.errors import ModelError
 
     stays, outcomes = load_stays(data_dir)

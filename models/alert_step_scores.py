@@ -29,13 +29,13 @@ import torch
 
 from models.alert_split import HOURS, split_stays
 from models.network import NetConfig
-from models.physionet2012 import Stay
 from models.step_export import COMBINED_THRESHOLD
 from models.step_network import StepEnsemble
 from models.step_ood import StepOODModule
 from models.step_ood_train import load_fit
 from models.step_train import load_step_checkpoint, prepare
 from streams.core.step_features import bin_inputs, pack_bins
+from streams.datasets.physionet2012 import Stay
 from vigil.errors import ModelError
 
 __all__ = [

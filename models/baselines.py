@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.physionet2012 import Stay
 from streams.core.features import SERIES_CODES
 from streams.core.news2 import Observation, news2_from_observations
+from streams.datasets.physionet2012 import Stay
 
 __all__ = [
     "NEWS2_MAX_AGE",

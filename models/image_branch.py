@@ -51,11 +51,11 @@ from models.image_branch_settings import ImageBranchSettings
 from models.imaging_data import load_xray
 from models.imaging_export import load_imaging_checkpoint
 from models.imaging_network import ImagingNet
-from models.metrics import auroc
 from models.network import DeteriorationEnsemble, DeteriorationNet, NetConfig
-from models.physionet2012 import load_stays
 from models.train import EVAL_HOURS, WindowBatch, code_version, make_windows, split_record_ids
 from streams.core.features import StayArrays
+from streams.core.risk_metrics import auroc
+from streams.datasets.physionet2012 import load_stays
 from vigil.errors import ModelError
 
 __all__ = [

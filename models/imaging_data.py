@@ -25,7 +25,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from models.imaging_ops import IMAGE_SIZE, preprocess_image
+from streams.core.imaging_ops import IMAGE_SIZE, preprocess_image
 from vigil.errors import ModelError
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Export of the imaging network to ``triton_repo/imaging/`` (``vigil export imaging``).
 
-The served model takes ``image [1,S,S]`` (TYPE_FP32, :func:`models.imaging_ops.preprocess_image`
-output, ``S = 64``) and returns, in this order (all TYPE_FP32):
+The served model takes ``image [1,S,S]`` (TYPE_FP32, the output of
+:func:`streams.core.imaging_ops.preprocess_image`, ``S = 64``) and returns, in this
+order (all TYPE_FP32):
 
 * ``mask_probability [1,S,S]``: per-pixel lesion probability;
 * ``class_probability [1]``: abnormality present (tumour on CT, pneumonia on X-ray);
@@ -191,7 +192,7 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         "embedding for the deterioration model and a CAM heatmap. Research data, decision "
         "support only; see docs/imaging.md.\n\n"
         f"- Input `image [1, {card['config']['image_size']}, {card['config']['image_size']}]` "
-        f"FP32 (models.imaging_ops.preprocess_image); outputs {outputs}; max_batch_size "
+        f"FP32 (streams.core.imaging_ops.preprocess_image); outputs {outputs}; max_batch_size "
         f"{card['max_batch_size']}; `model.pt` SHA-256 `{card['model_pt_sha256']}`\n"
         f"- Lesion threshold (`mask_threshold`): {card['threshold']} = highest threshold with "
         f"validation lesion recall >= {card['target_recall']}\n"

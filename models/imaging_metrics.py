@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.imaging_ops import label_components
+from streams.core.imaging_ops import label_components
 
 __all__ = ["SegmentationScores", "choose_threshold", "lesion_counts", "segmentation_scores"]
 

@@ -3,7 +3,7 @@
 Pipeline (see ``docs/imaging.md``):
 
 1. CT patches and PneumoniaMNIST are preprocessed with the serving path
-   (:func:`models.imaging_ops.preprocess_image`, 64 x 64); CT patients are split by
+   (:func:`streams.core.imaging_ops.preprocess_image`, 64 x 64); CT patients are split by
    :func:`models.imaging_data.split_patients` (test, validation, train).
 2. Optional pretraining (``pretrain_epochs``): encoder and classifier on PneumoniaMNIST.
 3. Joint training: each step takes a batch of augmented CT training patches (random
@@ -45,10 +45,10 @@ from models.imaging_data import (
 )
 from models.imaging_metrics import choose_threshold, segmentation_scores
 from models.imaging_network import ImagingConfig, ImagingNet
-from models.imaging_ops import resize
 from models.imaging_settings import ImagingSettings
-from models.metrics import auroc
 from models.train import code_version
+from streams.core.imaging_ops import resize
+from streams.core.risk_metrics import auroc
 
 __all__ = [
     "IMAGING_SOURCES",
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 IMAGING_SOURCES: Final[tuple[str, ...]] = (
-    "models/imaging_ops.py",
+    "streams/core/imaging_ops.py",
     "models/imaging_metrics.py",
     "models/imaging_network.py",
     "models/imaging_data.py",

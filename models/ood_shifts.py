@@ -2,7 +2,7 @@
 
 Each shift is a pure function ``Stay -> Stay`` (the input is not modified). Values are
 transformed as raw readings would be, then the stream's artifact filter
-(:func:`models.physionet2012.is_valid_value`) is applied again unless
+(:func:`streams.datasets.physionet2012.is_valid_value`) is applied again unless
 ``filter_artifacts=False`` (what the model would see if that check were missing):
 
 * ``temperature_fahrenheit``: ``Temp`` recorded in °F but read as °C (98.6 "°C"). Every
@@ -26,8 +26,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from models.physionet2012 import DESCRIPTORS, Stay, is_valid_value
 from streams.core.features import SERIES_CODES
+from streams.datasets.physionet2012 import DESCRIPTORS, Stay, is_valid_value
 
 __all__ = [
     "MONITOR_CODES",
@@ -115,7 +115,7 @@ def apply_shift(
     """The stay as it would arrive under ``shift`` (one of :data:`SHIFTS`).
 
     Args:
-        stay: A stay read by :func:`models.physionet2012.read_stay`.
+        stay: A stay read by :func:`streams.datasets.physionet2012.read_stay`.
         shift: The shift's name.
         onset_hours: Hours after admission when ``stuck_hr`` or ``vitals_dropout`` starts.
         filter_artifacts: Drop values outside their code's physiological range, as the
@@ -187,7 +187,7 @@ def shift_stay_text(
     The raw counterpart of :func:`apply_shift`: readings are transformed as the source
     would send them (98.6 for a temperature, 40 for an FiO2), and the stream's artifact
     filter is left to the stream. Readings the filter already drops in the original are
-    left as they are. Reading the result back (:func:`models.physionet2012.read_stay`)
+    left as they are. Reading the result back (:func:`streams.datasets.physionet2012.read_stay`)
     gives ``apply_shift(read_stay(original), shift, onset_hours=...)``, up to the six
     decimals written. A shifted descriptor outside its plausible range is written as
     ``-1`` (unknown), as the filtered shift treats it.

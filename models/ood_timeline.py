@@ -18,7 +18,7 @@ import numpy.typing as npt
 from models.network import DeteriorationEnsemble, NetConfig
 from models.ood_shifts import SHIFTS, apply_shift
 from models.ood_windows import ChannelScorer, window_features
-from models.physionet2012 import Stay
+from streams.datasets.physionet2012 import Stay
 
 __all__ = ["SCORING_STEP_MINUTES", "first_flag_hours", "sample_stays", "timeline"]
 

@@ -37,17 +37,17 @@ import numpy.typing as npt
 import torch
 
 from models.export import load_checkpoint
-from models.metrics import auroc
 from models.network import DeteriorationEnsemble, NetConfig
 from models.ood import fit_gaussians, fit_summary, min_distance, percentile_threshold
 from models.ood_input import HOUR_BUCKET_EDGES, BucketFit, bucket_arrays, fit_buckets
 from models.ood_shifts import SHIFTS, apply_shift
 from models.ood_timeline import sample_stays, timeline
 from models.ood_windows import ChannelScorer, WindowFeatures, window_features
-from models.physionet2012 import Stay, data_hash, load_stays
 from models.settings import OODSettings
 from models.train import code_version, split_record_ids
 from streams.core.features import SERIES_CODES
+from streams.core.risk_metrics import auroc
+from streams.datasets.physionet2012 import Stay, data_hash, load_stays
 from vigil.errors import ModelError
 
 __all__ = [

@@ -20,8 +20,8 @@ import torch
 from models.network import DeteriorationEnsemble, NetConfig
 from models.ood import GaussianFit, ensemble_features, min_distance
 from models.ood_input import BucketFit, bucket_distance, hours_observed, input_features
-from models.physionet2012 import Stay
 from streams.core.features import features_at
+from streams.datasets.physionet2012 import Stay
 
 __all__ = ["ChannelScorer", "WindowFeatures", "window_features"]
 

@@ -20,12 +20,12 @@ import torch
 
 from models.baselines import fit_logistic, summary_statistics
 from models.export import load_checkpoint
-from models.metrics import auprc, auroc, expected_calibration_error
 from models.network import LOG_SCALED_CODES, NetConfig
-from models.physionet2012 import Stay
 from models.step_settings import StepTrainSettings
 from models.train import CALIBRATION_HOURS, EVAL_HOURS, WindowBatch, make_windows
 from streams.core.features import SERIES_CODES, StayArrays
+from streams.core.risk_metrics import auprc, auroc, expected_calibration_error
+from streams.datasets.physionet2012 import Stay
 
 __all__ = ["bootstrap_compare", "evaluate", "window_model_risks"]
 

@@ -45,19 +45,19 @@ import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.metrics import auroc
 from models.ood import GaussianFit, fit_gaussians, fit_summary, min_distance, percentile_threshold
 from models.ood_input import HOUR_BUCKET_EDGES, bucket_arrays, fit_buckets
 from models.ood_shifts import SHIFTS, apply_shift
 from models.ood_timeline import first_flag_hours, sample_stays
 from models.ood_train import ALL_MINUTES, FIT_HOURS, MIN_BUCKET_WINDOWS, RIDGE_FRACTIONS
-from models.physionet2012 import Stay, data_hash, load_stays
 from models.step_network import StepEnsemble, StepInputs, StepNet, gru_inputs, running_stats
 from models.step_ood import reference_scores, step_input_features, steps_observed
 from models.step_train import load_step_checkpoint
 from models.train import code_version, split_record_ids
 from streams.core.features import SERIES_CODES, StayArrays, features_at
+from streams.core.risk_metrics import auroc
 from streams.core.step_features import stay_bins
+from streams.datasets.physionet2012 import Stay, data_hash, load_stays
 from vigil.errors import ModelError
 
 __all__ = [

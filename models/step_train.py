@@ -35,9 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.metrics import auroc
 from models.network import NetConfig
-from models.physionet2012 import data_hash, load_stays
 from models.step_network import (
     StepEnsemble,
     StepInputs,
@@ -55,7 +53,9 @@ from models.train import (
     split_record_ids,
 )
 from streams.core.features import SERIES_CODES, StayArrays, features_at
+from streams.core.risk_metrics import auroc
 from streams.core.step_features import stay_bins
+from streams.datasets.physionet2012 import data_hash, load_stays
 from vigil.errors import ModelError
 
 __all__ = [
@@ -70,14 +70,14 @@ __all__ = [
 STEP_TRAINING_SOURCES: Final[tuple[str, ...]] = (
     "streams/core/features.py",
     "streams/core/step_features.py",
-    "models/physionet2012.py",
+    "streams/datasets/physionet2012.py",
     "models/network.py",
     "models/step_network.py",
     "models/step_settings.py",
     "models/step_train.py",
     "models/step_eval.py",
     "models/baselines.py",
-    "models/metrics.py",
+    "streams/core/risk_metrics.py",
 )
 """Files hashed into the step checkpoint's ``code_version``."""
 

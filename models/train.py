@@ -2,7 +2,7 @@
 
 Pipeline (see ``docs/deterioration.md``):
 
-1. Read set A (:mod:`models.physionet2012`, artifacts dropped by the code table).
+1. Read set A (:mod:`streams.datasets.physionet2012`, artifacts dropped by the code table).
 2. Split by a stratified seeded permutation of RecordIDs (:func:`split_record_ids`):
    60 % train, 20 % validation (early stopping, calibration, architecture choice), 20 %
    test (reported once, never tuned on).
@@ -39,7 +39,6 @@ import pydantic
 import torch
 
 from models.baselines import fit_logistic, fit_platt, news2_hourly, summary_statistics
-from models.metrics import auprc, auroc, expected_calibration_error, reliability_table
 from models.network import (
     LOG_SCALED_CODES,
     DeteriorationEnsemble,
@@ -48,9 +47,10 @@ from models.network import (
     RiskModel,
     window_statistics,
 )
-from models.physionet2012 import Outcome, Stay, data_hash, load_stays
 from models.settings import TrainSettings
 from streams.core.features import SERIES_CODES, StayArrays, features_at
+from streams.core.risk_metrics import auprc, auroc, expected_calibration_error, reliability_table
+from streams.datasets.physionet2012 import Outcome, Stay, data_hash, load_stays
 from vigil.errors import ModelError
 
 __all__ = [
@@ -73,10 +73,10 @@ VALIDATION_FRACTION: Final[float] = 0.2
 TEST_FRACTION: Final[float] = 0.2
 TRAINING_SOURCES: Final[tuple[str, ...]] = (
     "streams/core/features.py",
-    "models/physionet2012.py",
+    "streams/datasets/physionet2012.py",
     "models/network.py",
     "models/baselines.py",
-    "models/metrics.py",
+    "streams/core/risk_metrics.py",
     "models/train.py",
 )
 """Files (relative to the repository root) hashed into a checkpoint's ``code_version``."""

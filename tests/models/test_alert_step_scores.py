@@ -20,7 +20,7 @@ import torch
 from models import alert_operating_point as aop
 from models import alert_step_scores as steps
 from models.alert_split import HOURS
-from models.physionet2012 import load_stays
+from streams.datasets.physionet2012 import load_stays
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "models" / "weights"

@@ -27,8 +27,8 @@ from models.image_branch import (
 from models.image_branch_settings import ImageBranchSettings
 from models.imaging_data import load_xray
 from models.network import NetConfig, RiskModel
-from models.physionet2012 import load_stays
 from models.train import TrainResult, make_windows
+from streams.datasets.physionet2012 import load_stays
 from tests.models.conftest import DEMO_DIR
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning")

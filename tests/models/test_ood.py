@@ -37,10 +37,10 @@ from models.ood_export import (
 from models.ood_input import InputChannel, bucket_arrays, fit_buckets
 from models.ood_shifts import MONITOR_CODES, SHIFTS, apply_shift
 from models.ood_windows import ChannelScorer, window_features
-from models.physionet2012 import Stay, read_stay
 from models.settings import OODSettings
 from models.train import TrainResult
 from streams.core.features import SERIES_CODES
+from streams.datasets.physionet2012 import Stay, read_stay
 from tests.models.conftest import DEMO_DIR
 from tests.models.test_export import parse_pbtxt
 from vigil.errors import ModelError

@@ -18,7 +18,7 @@ from models.ood_input import (
 )
 from models.ood_shifts import SHIFTS, apply_shift, shift_stay_text, write_shifted_stays
 from models.ood_timeline import first_flag_hours, sample_stays
-from models.physionet2012 import read_outcomes, read_stay
+from streams.datasets.physionet2012 import read_outcomes, read_stay
 from tests.models.conftest import DEMO_DIR
 
 

@@ -22,11 +22,11 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from models.physionet2012 import Stay, load_stays
 from models.step_export import BLOCK_ROWS, MODEL_NAME, tensor_specs
 from models.step_train import load_step_checkpoint, prepare
 from models.triton_model import Runner
 from streams.core.step_features import BINS_PER_REQUEST, StepBin, bin_inputs, pack_bins
+from streams.datasets.physionet2012 import Stay, load_stays
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "models" / "weights" / "deterioration_step.pt"

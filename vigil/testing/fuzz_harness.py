@@ -1,6 +1,6 @@
 """Feed a fuzz stream through the pure core as the worker does, and check the invariants.
 
-:func:`feed` plays each :class:`~tests.fuzz.corpus.Item` through
+:func:`feed` plays each :class:`~vigil.testing.fuzz_corpus.Item` through
 :meth:`Processor.ingest` (or :meth:`Processor.ingest_ack`), finishes every snapshot with
 a deterministic model answer (risk from NEWS2), and records the outputs. :func:`check`
 returns the broken invariants as text, each naming the mutation class involved.
@@ -18,7 +18,7 @@ from streams.core.events import DeadLetterRecord, ImagingEvent, TopicKind
 from streams.core.imaging import StudyAnalysis
 from streams.core.pipeline import ModelAnswer, Processor, Snapshot
 from streams.core.state import Origin, Outcome, PatientState
-from tests.fuzz.corpus import Item
+from vigil.testing.fuzz_corpus import Item
 
 __all__ = ["Outcome", "Run", "assign_origins", "check", "feed", "outcome_of"]
 

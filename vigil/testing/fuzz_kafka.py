@@ -23,7 +23,8 @@ from streams.adapters.topics import create_topics
 from streams.core.events import DeadLetterReason, topic_name
 from streams.replay import physionet2012_events, read_length_of_stay
 from streams.settings import WorkerSettings
-from tests.fuzz.corpus import (
+from vigil.stack.settings import StackSettings
+from vigil.testing.fuzz_corpus import (
     STATE_INDEPENDENT,
     Item,
     RandomPicker,
@@ -31,9 +32,8 @@ from tests.fuzz.corpus import (
     add_bad,
     replay_items,
 )
-from tests.integration.outputs import read_records
-from tests.integration.workers import start_worker, stop_worker, worker_env
-from vigil.stack.settings import StackSettings
+from vigil.testing.outputs import read_records
+from vigil.testing.workers import start_worker, stop_worker, worker_env
 
 __all__ = ["DEMO", "WorkerFuzzReport", "run_worker_fuzz", "worker_stream"]
 

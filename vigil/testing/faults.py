@@ -42,9 +42,9 @@ from streams.adapters.topics import create_topics
 from streams.core.state_codec import decode_state
 from streams.replay import ReplayEvent, physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
-from tests.integration.workers import start_worker, stop_worker, worker_env
 from vigil.stack.manager import Stack
 from vigil.stack.settings import StackSettings
+from vigil.testing.workers import start_worker, stop_worker, worker_env
 
 __all__ = [
     "DEMO",
