@@ -2,8 +2,9 @@
 ``vigil train image-branch``.
 
 The lead mounts :data:`train_app` and :data:`export_app` under the ``vigil`` command. Every
-training flag mirrors a field of :class:`models.train.TrainSettings` (environment prefix
-``VIGIL_TRAIN_``); flags left out fall back to the environment, then to the defaults.
+training flag mirrors a field of :class:`models.deterioration.settings.TrainSettings`
+(environment prefix ``VIGIL_TRAIN_``); flags left out fall back to the environment, then to
+the defaults.
 Bad arguments print one line and exit with status 2; a failed run exits with status 1.
 """
 
@@ -16,7 +17,7 @@ import pydantic
 import typer
 from rich.console import Console
 
-from models.settings import TrainSettings
+from models.deterioration.settings import TrainSettings
 from vigil.errors import VigilError
 
 __all__ = ["export_app", "train_app"]
@@ -116,7 +117,7 @@ def train_deterioration(
         where = ".".join(str(part) for part in first["loc"])
         raise _fail(f"--{where.replace('_', '-')}: {first['msg']}", 2) from None
     try:
-        from models.train import train  # torch is imported only when training
+        from models.deterioration.train import train  # torch is imported only when training
 
         result = train(settings)
     except VigilError as exc:
@@ -153,7 +154,7 @@ def export_deterioration(
     else:
         raise _fail(f"--instance-kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}", 2)
     try:
-        from models.export import export  # torch is imported only when exporting
+        from models.deterioration.export import export  # torch is imported only when exporting
 
         result = export(
             checkpoint,
@@ -232,7 +233,7 @@ def train_image_branch(
     ] = None,
 ) -> None:
     """Fine-tune only the image branch on a synthetic TEST-FIXTURE linkage of X-rays to stays."""
-    from models.image_branch_settings import ImageBranchSettings
+    from models.deterioration.image_branch_settings import ImageBranchSettings
 
     given: dict[str, Any] = {
         k: v for k, v in locals().items() if v is not None and k in ImageBranchSettings.model_fields
@@ -244,7 +245,9 @@ def train_image_branch(
         where = ".".join(str(part) for part in first["loc"])
         raise _fail(f"--{where.replace('_', '-')}: {first['msg']}", 2) from None
     try:
-        from models.image_branch import finetune_image_branch  # torch only when training
+        from models.deterioration.image_branch import (
+            finetune_image_branch,
+        )  # torch only when training
 
         result = finetune_image_branch(settings)
     except VigilError as exc:
@@ -289,7 +292,7 @@ def train_ood(
     ] = None,
 ) -> None:
     """Fit the OOD detector on the deterioration model's features and evaluate shifts."""
-    from models.settings import OODSettings
+    from models.ood.settings import OODSettings
 
     given: dict[str, Any] = {
         k: v for k, v in locals().items() if v is not None and k in OODSettings.model_fields
@@ -301,7 +304,7 @@ def train_ood(
         where = ".".join(str(part) for part in first["loc"])
         raise _fail(f"--{where.replace('_', '-')}: {first['msg']}", 2) from None
     try:
-        from models.ood_train import fit_ood  # torch is imported only when fitting
+        from models.ood.train import fit_ood  # torch is imported only when fitting
 
         result = fit_ood(settings)
     except VigilError as exc:
@@ -343,7 +346,7 @@ def export_ood_command(
     else:
         raise _fail(f"--instance-kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}", 2)
     try:
-        from models.ood_export import export_ood
+        from models.ood.export import export_ood
 
         result = export_ood(
             checkpoint,
@@ -408,7 +411,7 @@ def train_imaging_command(
     ] = None,
 ) -> None:
     """Train the multi-task imaging network (MSD lung CT, PneumoniaMNIST)."""
-    from models.imaging_settings import ImagingSettings
+    from models.imaging.settings import ImagingSettings
 
     given: dict[str, Any] = {
         k: v for k, v in locals().items() if v is not None and k in ImagingSettings.model_fields
@@ -420,7 +423,7 @@ def train_imaging_command(
         where = ".".join(str(part) for part in first["loc"])
         raise _fail(f"--{where.replace('_', '-')}: {first['msg']}", 2) from None
     try:
-        from models.imaging_train import train_imaging  # torch only when training
+        from models.imaging.train import train_imaging  # torch only when training
 
         result = train_imaging(settings)
     except VigilError as exc:
@@ -453,7 +456,7 @@ def export_imaging_command(
     else:
         raise _fail(f"--instance-kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}", 2)
     try:
-        from models.imaging_export import export_imaging
+        from models.imaging.export import export_imaging
 
         result = export_imaging(
             checkpoint, repo_dir, version=version, max_batch_size=max_batch_size, instance_kind=kind

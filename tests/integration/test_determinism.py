@@ -13,7 +13,7 @@ order in which a patient's vitals, labs and ADT records reached its state follow
 timing (the worker now applies each partition number's records in event-time order,
 ``streams/core/ordering.py``), and the risk of one input varied by up to 1.2e-7 with the
 batch it was computed in (the Triton wrapper now runs fixed-shape blocks,
-``models/triton_model.py``). A third cause went with a fix of the merger: it sorted all
+``models/common/triton_model.py``). A third cause went with a fix of the merger: it sorted all
 held records of a partition number by event time, so a record arriving late on its own
 topic was applied in or out of order depending on how much was held at that moment; it
 now keeps each topic partition's offset order. Identical in 7 of 7 runs since.

@@ -9,8 +9,8 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
-from models.export import example_inputs, load_checkpoint
-from models.network import NetConfig
+from models.deterioration.export import example_inputs, load_checkpoint
+from models.deterioration.network import NetConfig
 from vigil.stack.settings import StackSettings
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "weights" / "deterioration.pt"

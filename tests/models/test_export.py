@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.baselines import summary_statistics
-from models.export import (
+from models.common.provenance import code_version
+from models.common.torchscript import PARITY_TOLERANCE
+from models.deterioration.baselines import summary_statistics
+from models.deterioration.export import (
     EXPLAIN_MODEL_NAME,
     EXPORT_SOURCES,
     MODEL_NAME,
-    PARITY_TOLERANCE,
     example_inputs,
     export,
     load_checkpoint,
@@ -29,8 +30,8 @@ from models.export import (
     script_model,
     tensor_specs,
 )
-from models.network import DeteriorationNet, NetConfig, RiskModel, window_statistics
-from models.train import TrainResult, code_version
+from models.deterioration.network import DeteriorationNet, NetConfig, RiskModel, window_statistics
+from models.deterioration.train import TrainResult
 
 # torch 2.x marks torch.jit deprecated; TorchScript is still what the Triton model loads.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning")
@@ -205,7 +206,7 @@ def test_shipped_artifacts_match_the_exporter():
     for key in ("data_sha256", "split", "settings", "code_version", "packages", "metrics"):
         assert key in card
     net, _ = load_checkpoint(REPO / "models" / "weights" / "deterioration.pt")
-    source = (REPO / "models" / "triton_model.py").read_text()
+    source = (REPO / "models" / "common" / "triton_model.py").read_text()
     inputs = example_inputs(config, batch=3)
     for name, explain in MODELS:
         entry = card["served_models"][name]

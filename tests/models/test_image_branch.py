@@ -16,18 +16,23 @@ import torch
 from typer.testing import CliRunner
 
 from models.cli import train_app
-from models.export import EXPLAIN_MODEL_NAME, MODEL_NAME, example_inputs, load_checkpoint
-from models.image_branch import (
+from models.deterioration.export import (
+    EXPLAIN_MODEL_NAME,
+    MODEL_NAME,
+    example_inputs,
+    load_checkpoint,
+)
+from models.deterioration.image_branch import (
     BRANCH_PARAMETERS,
     draw_linkage,
     finetune_image_branch,
     frozen_state_sha256,
     image_inputs,
 )
-from models.image_branch_settings import ImageBranchSettings
-from models.imaging_data import load_xray
-from models.network import NetConfig, RiskModel
-from models.train import TrainResult, make_windows
+from models.deterioration.image_branch_settings import ImageBranchSettings
+from models.deterioration.network import NetConfig, RiskModel
+from models.deterioration.train import TrainResult, make_windows
+from models.imaging.data import load_xray
 from streams.datasets.physionet2012 import load_stays
 from tests.models.conftest import DEMO_DIR
 

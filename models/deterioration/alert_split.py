@@ -1,8 +1,8 @@
 """The stays and hours the alert operating point is replayed on, for either model.
 
-Shared by :mod:`models.alert_operating_point` (the replay and the choice) and
-:mod:`models.alert_step_scores` (the step model's served scores), so that neither imports
-the other.
+Shared by :mod:`models.deterioration.alert_operating_point` (the replay and the choice) and
+:mod:`models.deterioration.alert_step_scores` (the step model's served scores), so that neither
+imports the other.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def split_stays(data_dir: Path, meta: dict[str, Any], split_name: str) -> tuple[
             ``settings.max_stays``, ``split``).
         split_name: ``train``, ``validation`` or ``test``.
     """
-    from models.train import split_record_ids
+    from models.deterioration.train import split_record_ids
     from streams.datasets.physionet2012 import load_stays
     from vigil.errors import ModelError
 

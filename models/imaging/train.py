@@ -4,7 +4,7 @@ Pipeline (see ``docs/imaging.md``):
 
 1. CT patches and PneumoniaMNIST are preprocessed with the serving path
    (:func:`streams.core.imaging_ops.preprocess_image`, 64 x 64); CT patients are split by
-   :func:`models.imaging_data.split_patients` (test, validation, train).
+   :func:`models.imaging.data.split_patients` (test, validation, train).
 2. Optional pretraining (``pretrain_epochs``): encoder and classifier on PneumoniaMNIST.
 3. Joint training: each step takes a batch of augmented CT training patches (random
    flips and quarter turns) for segmentation (BCE + soft Dice) and lesion-present
@@ -12,7 +12,7 @@ Pipeline (see ``docs/imaging.md``):
    losses are weighted by ``class_weight``. The epoch kept is the best by the mean of the
    validation patients' Dice (at 0.5, native 48 x 48) and the held-back X-ray AUROC.
 4. Operating point: the highest threshold whose lesion recall on the validation patients
-   reaches ``target_recall`` (:func:`models.imaging_metrics.choose_threshold`).
+   reaches ``target_recall`` (:func:`models.imaging.metrics.choose_threshold`).
 5. Report: Dice, IoU, lesion recall, false-positive components at the operating point and
    at 0.5 on the test patients (never tuned on); classification AUROC on the official
    PneumoniaMNIST validation split and on the CT test patches; CAM pointing rate.
@@ -24,7 +24,6 @@ Determinism: seeded generators for initialisation, sampling and augmentation,
 from __future__ import annotations
 
 import copy
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,8 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
-from models.imaging_data import (
+from models.common.provenance import code_version, package_versions
+from models.imaging.data import (
     CTData,
     XRayData,
     data_hash,
@@ -43,10 +43,9 @@ from models.imaging_data import (
     load_xray,
     split_patients,
 )
-from models.imaging_metrics import choose_threshold, segmentation_scores
-from models.imaging_network import ImagingConfig, ImagingNet
-from models.imaging_settings import ImagingSettings
-from models.train import code_version
+from models.imaging.metrics import choose_threshold, segmentation_scores
+from models.imaging.network import ImagingConfig, ImagingNet
+from models.imaging.settings import ImagingSettings
 from streams.core.imaging_ops import resize
 from streams.core.risk_metrics import auroc
 
@@ -60,11 +59,11 @@ __all__ = [
 
 IMAGING_SOURCES: Final[tuple[str, ...]] = (
     "streams/core/imaging_ops.py",
-    "models/imaging_metrics.py",
-    "models/imaging_network.py",
-    "models/imaging_data.py",
-    "models/imaging_settings.py",
-    "models/imaging_train.py",
+    "models/imaging/metrics.py",
+    "models/imaging/network.py",
+    "models/imaging/data.py",
+    "models/imaging/settings.py",
+    "models/imaging/train.py",
 )
 """Files hashed into an imaging checkpoint's ``code_version``."""
 
@@ -86,14 +85,6 @@ class ImagingTrainResult:
     threshold: float
     best_epoch: int
     train_seconds: float
-
-
-def _package_versions() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "numpy": np.__version__,
-    }
 
 
 def predict(
@@ -323,7 +314,7 @@ def train_imaging(settings: ImagingSettings) -> ImagingTrainResult:
         },
         "metrics": metrics,
         "code_version": code_version(IMAGING_SOURCES),
-        "packages": _package_versions(),
+        "packages": package_versions(),
         "train_seconds": seconds,
     }
     settings.checkpoint.parent.mkdir(parents=True, exist_ok=True)

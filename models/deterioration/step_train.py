@@ -2,9 +2,9 @@
 
 Pipeline (``docs/deterioration.md``, "Step model"):
 
-1. Read set A and split it exactly as :mod:`models.train` does
-   (:func:`models.train.split_record_ids`, seed 2012; same normalisation statistics from
-   the training split).
+1. Read set A and split it exactly as :mod:`models.deterioration.train` does
+   (:func:`models.deterioration.train.split_record_ids`, seed 2012; same normalisation statistics
+   from the training split).
 2. Each stay becomes its steps from admission (:func:`streams.core.step_features.stay_bins`,
    no 48-hour window) and, for every scoring hour ``0..max_hour``, the open bin at that
    hour (:func:`prepare`): the same bins the stream sends.
@@ -16,7 +16,8 @@ Pipeline (``docs/deterioration.md``, "Step model"):
    at hours 6, 12, …, 48.
 5. Validation and test metrics at 24 h and 48 h with bootstrap intervals, AUPRC, ECE,
    and paired bootstrap differences against the shipped window model and the logistic
-   regression on window summaries (:mod:`models.step_eval`). Nothing is chosen on test.
+   regression on window summaries (:mod:`models.deterioration.step_eval`). Nothing is chosen on
+   test.
 
 Determinism: seeded generators, ``use_deterministic_algorithms(True)``, ``threads``
 intra-op threads (1 by default).
@@ -35,21 +36,20 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.network import NetConfig
-from models.step_network import (
+from models.common.provenance import code_version, package_versions
+from models.deterioration.network import NetConfig
+from models.deterioration.step_network import (
     StepEnsemble,
     StepInputs,
     StepNet,
     gru_inputs,
     running_stats,
 )
-from models.step_settings import StepTrainSettings
-from models.train import (
+from models.deterioration.step_settings import StepTrainSettings
+from models.deterioration.train import (
     CALIBRATION_HOURS,
     EVAL_HOURS,
     _normalisation,
-    _package_versions,
-    code_version,
     split_record_ids,
 )
 from streams.core.features import SERIES_CODES, StayArrays, features_at
@@ -71,12 +71,12 @@ STEP_TRAINING_SOURCES: Final[tuple[str, ...]] = (
     "streams/core/features.py",
     "streams/core/step_features.py",
     "streams/datasets/physionet2012.py",
-    "models/network.py",
-    "models/step_network.py",
-    "models/step_settings.py",
-    "models/step_train.py",
-    "models/step_eval.py",
-    "models/baselines.py",
+    "models/deterioration/network.py",
+    "models/deterioration/step_network.py",
+    "models/deterioration/step_settings.py",
+    "models/deterioration/step_train.py",
+    "models/deterioration/step_eval.py",
+    "models/deterioration/baselines.py",
     "streams/core/risk_metrics.py",
 )
 """Files hashed into the step checkpoint's ``code_version``."""
@@ -287,8 +287,8 @@ def train_step(settings: StepTrainSettings) -> StepTrainResult:
     Raises:
         ModelError: Unreadable data, or too few stays of a class to split.
     """
-    from models.baselines import fit_platt
-    from models.step_eval import evaluate
+    from models.deterioration.baselines import fit_platt
+    from models.deterioration.step_eval import evaluate
 
     started = time.monotonic()
     torch.manual_seed(settings.seed)
@@ -367,13 +367,13 @@ def train_step(settings: StepTrainSettings) -> StepTrainResult:
         "state_layout": shipped.layout.to_dict(),
         "settings": settings.model_dump(mode="json"),
         "split": {name: list(ids) for name, ids in split.items()},
-        "split_method": "models.train.split_record_ids (stratified seeded permutation of "
-        f"sorted RecordIDs per outcome class, default_rng({settings.split_seed})): "
+        "split_method": "models.deterioration.train.split_record_ids (stratified seeded "
+        f"permutation of sorted RecordIDs per outcome class, default_rng({settings.split_seed})): "
         "test 20 %, validation 20 %, train 60 %",
         "data_dir": str(settings.data_dir),
         "data_sha256": data_hash(settings.data_dir),
         "code_version": code_version(STEP_TRAINING_SOURCES),
-        "packages": _package_versions(),
+        "packages": package_versions(with_pydantic=True),
         "metrics": metrics,
         "prepare_seconds": prepared_seconds,
         "train_seconds": elapsed,
@@ -385,7 +385,8 @@ def train_step(settings: StepTrainSettings) -> StepTrainResult:
 
 
 def main() -> None:
-    """``python -m models.step_train``: train with settings from ``VIGIL_STEP_TRAIN_*``."""
+    """``python -m models.deterioration.step_train``: train with settings from
+    ``VIGIL_STEP_TRAIN_*``."""
     import json
     import sys
 

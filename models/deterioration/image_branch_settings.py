@@ -14,7 +14,7 @@ class ImageBranchSettings(BaseSettings):
     """Settings of ``vigil train image-branch`` (environment prefix ``VIGIL_IMAGE_BRANCH_``).
 
     The linkage of images to stays that these settings describe is a synthetic **test
-    fixture** (PhysioNet stays have no images); see :mod:`models.image_branch`.
+    fixture** (PhysioNet stays have no images); see :mod:`models.deterioration.image_branch`.
     """
 
     model_config = SettingsConfigDict(env_prefix="VIGIL_IMAGE_BRANCH_", frozen=True, extra="forbid")

@@ -4,8 +4,8 @@ On each split (validation, test) and scoring hour (24 h, 48 h): AUROC and AUPRC 
 percentile bootstrap intervals over stays, expected calibration error, and **paired**
 bootstrap differences (the same resampled stays for both scores) of the step model's
 AUROC minus the shipped window model's (``models/weights/deterioration.pt``) and minus the
-logistic regression on window summaries (:mod:`models.baselines`, fitted on the training
-split at hours 6, 12, …, 48 exactly as :mod:`models.train` does).
+logistic regression on window summaries (:mod:`models.deterioration.baselines`, fitted on the
+training split at hours 6, 12, …, 48 exactly as :mod:`models.deterioration.train` does).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.baselines import fit_logistic, summary_statistics
-from models.export import load_checkpoint
-from models.network import LOG_SCALED_CODES, NetConfig
-from models.step_settings import StepTrainSettings
-from models.train import CALIBRATION_HOURS, EVAL_HOURS, WindowBatch, make_windows
+from models.deterioration.baselines import fit_logistic, summary_statistics
+from models.deterioration.export import load_checkpoint
+from models.deterioration.network import LOG_SCALED_CODES, NetConfig
+from models.deterioration.step_settings import StepTrainSettings
+from models.deterioration.train import CALIBRATION_HOURS, EVAL_HOURS, WindowBatch, make_windows
 from streams.core.features import SERIES_CODES, StayArrays
 from streams.core.risk_metrics import auprc, auroc, expected_calibration_error
 from streams.datasets.physionet2012 import Stay

@@ -17,7 +17,7 @@ representation. Shapes: ``N`` windows, ``D`` feature width, ``C`` classes.
   in-distribution (validation) windows; a window is out of distribution when its distance
   is strictly above it.
 * Serving (:class:`OODDetector`): this representation channel and the input-space
-  channel of :mod:`models.ood_input` as one TorchScript module with the deterioration
+  channel of :mod:`models.ood.inputs` as one TorchScript module with the deterioration
   model's eight inputs; outputs in :data:`OUTPUT_NAMES` (a window is flagged when either
   channel is above its threshold).
 """
@@ -33,7 +33,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from models.network import DeteriorationEnsemble
+from models.deterioration.network import DeteriorationEnsemble
 
 __all__ = [
     "OUTPUT_NAMES",
@@ -151,7 +151,7 @@ class OODDetector(nn.Module):
 
     * Representation: the ensemble's concatenated fused vectors against ``fit`` (one
       threshold).
-    * Input: :class:`models.ood_input.InputChannel` (window statistics, one threshold per
+    * Input: :class:`models.ood.inputs.InputChannel` (window statistics, one threshold per
       bucket of hours observed).
 
     Args:
@@ -194,7 +194,7 @@ class OODDetector(nn.Module):
         image_age_hours: Tensor,
         image_mask: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Scores a batch (inputs as :meth:`models.network.RiskModel.forward`).
+        """Scores a batch (inputs as :meth:`models.deterioration.network.RiskModel.forward`).
 
         Returns:
             ``[B,1]`` each, in :data:`OUTPUT_NAMES` order: ``distance`` (the larger of

@@ -22,10 +22,6 @@ Determinism: every random draw comes from seeded generators, ``torch`` runs with
 from __future__ import annotations
 
 import copy
-import hashlib
-import platform
-import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -35,11 +31,11 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import pydantic
 import torch
 
-from models.baselines import fit_logistic, fit_platt, news2_hourly, summary_statistics
-from models.network import (
+from models.common.provenance import code_version, package_versions
+from models.deterioration.baselines import fit_logistic, fit_platt, news2_hourly, summary_statistics
+from models.deterioration.network import (
     LOG_SCALED_CODES,
     DeteriorationEnsemble,
     DeteriorationNet,
@@ -47,7 +43,7 @@ from models.network import (
     RiskModel,
     window_statistics,
 )
-from models.settings import TrainSettings
+from models.deterioration.settings import TrainSettings
 from streams.core.features import SERIES_CODES, StayArrays, features_at
 from streams.core.risk_metrics import auprc, auroc, expected_calibration_error, reliability_table
 from streams.datasets.physionet2012 import Outcome, Stay, data_hash, load_stays
@@ -59,7 +55,6 @@ __all__ = [
     "TrainResult",
     "TrainSettings",
     "WindowBatch",
-    "code_version",
     "make_windows",
     "split_record_ids",
     "train",
@@ -74,13 +69,12 @@ TEST_FRACTION: Final[float] = 0.2
 TRAINING_SOURCES: Final[tuple[str, ...]] = (
     "streams/core/features.py",
     "streams/datasets/physionet2012.py",
-    "models/network.py",
-    "models/baselines.py",
+    "models/deterioration/network.py",
+    "models/deterioration/baselines.py",
     "streams/core/risk_metrics.py",
-    "models/train.py",
+    "models/deterioration/train.py",
 )
 """Files (relative to the repository root) hashed into a checkpoint's ``code_version``."""
-_REPO_ROOT: Final[Path] = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,34 +237,6 @@ def _scores(labels: npt.NDArray[Any], scores: npt.NDArray[Any]) -> dict[str, flo
         "auprc": round(auprc(labels, scores), 4),
         "n": int(labels.size),
         "deaths": int(labels.sum()),
-    }
-
-
-def code_version(files: Sequence[str] = TRAINING_SOURCES) -> dict[str, Any]:
-    """SHA-256 of ``files`` (bytes concatenated in order), the list, and the git commit.
-
-    Args:
-        files: Paths relative to the repository root.
-    """
-    digest = hashlib.sha256()
-    for rel in files:
-        digest.update((_REPO_ROOT / rel).read_bytes())
-    git = shutil.which("git")
-    commit = "none"
-    if git is not None:
-        run = subprocess.run(  # noqa: S603 - fixed arguments, no user input
-            [git, "rev-parse", "HEAD"], cwd=_REPO_ROOT, capture_output=True, text=True, check=False
-        )
-        commit = run.stdout.strip() if run.returncode == 0 else "none"
-    return {"source_sha256": digest.hexdigest(), "source_files": list(files), "git_commit": commit}
-
-
-def _package_versions() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "numpy": np.__version__,
-        "pydantic": pydantic.__version__,
     }
 
 
@@ -445,8 +411,8 @@ def train(settings: TrainSettings) -> TrainResult:
         "train 60 %",
         "data_dir": str(settings.data_dir),
         "data_sha256": data_hash(settings.data_dir),
-        "code_version": code_version(),
-        "packages": _package_versions(),
+        "code_version": code_version(TRAINING_SOURCES),
+        "packages": package_versions(with_pydantic=True),
         "metrics": metrics,
         "train_seconds": elapsed,
     }

@@ -4,7 +4,8 @@ Shapes: ``B`` windows, ``T`` hourly bins, ``P`` series parameters, ``S`` statics
 hour buckets, ``C`` classes, ``D`` feature width.
 
 * Features (:func:`input_features`, TorchScript-able, the same code in fitting and
-  serving): :func:`models.network.window_statistics` (last, mean, min, max, observed-any,
+  serving): :func:`models.deterioration.network.window_statistics` (last, mean, min, max,
+  observed-any,
   ``log1p(count)`` per parameter, statics and their mask), the hours since each parameter
   was last observed (``delta_hours`` at the last bin), and ``log1p`` of the longest run of
   identical consecutive readings per parameter (a stuck sensor repeats one value):
@@ -14,7 +15,7 @@ hour buckets, ``C`` classes, ``D`` feature width.
   read from the mask, so the served model needs no extra input.
 * Buckets (:data:`HOUR_BUCKET_EDGES`): window ``b`` lies in bucket ``k`` when
   ``edges[k-1] < hours_observed <= edges[k]`` (``0`` hours falls in the first bucket).
-* Fit (:func:`fit_buckets`): per bucket, one Gaussian (:func:`models.ood.fit_gaussians`
+* Fit (:func:`fit_buckets`): per bucket, one Gaussian (:func:`models.ood.detector.fit_gaussians`
   with a single class) on standardised features; the score is the Mahalanobis distance to
   the window's own bucket's mean, and each bucket has its own threshold (a percentile of
   in-distribution distances in that bucket).
@@ -31,8 +32,8 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from models.network import window_statistics
-from models.ood import GaussianFit, fit_gaussians, min_distance, percentile_threshold
+from models.deterioration.network import window_statistics
+from models.ood.detector import GaussianFit, fit_gaussians, min_distance, percentile_threshold
 
 __all__ = [
     "HOUR_BUCKET_EDGES",

@@ -9,46 +9,44 @@ order (all TYPE_FP32):
 * ``embedding [E]``: the deterioration model's ``image_embeddings`` slot (``E = 64``);
 * ``cam [1,S,S]``: class activation map in ``[0, 1]``.
 
-Written files:
-
-* ``imaging/config.pbtxt``: the contract (:func:`render_config`), with the lesion
-  threshold (operating point chosen on validation patients) as the ``mask_threshold``
-  parameter, and the queue policy and threads of
-  :func:`models.export.render_serving`.
-* ``imaging/<version>/model.pt``: TorchScript :class:`models.imaging_network.ImagingNet`.
-* ``imaging/<version>/model.py``: a copy of :mod:`models.triton_model` (the wrapper shared
-  with the deterioration models; it reads names and dtypes from the config).
-* ``imaging/model_card.json`` and ``model_card.md``.
+Written through the common export path (:func:`models.common.export.export_family`):
+``imaging/config.pbtxt`` (:func:`render_config`, with the lesion threshold, the operating
+point chosen on validation patients, as the ``mask_threshold`` parameter),
+``imaging/<version>/model.pt`` (TorchScript :class:`models.imaging.network.ImagingNet`),
+the shared wrapper ``imaging/<version>/model.py``, and ``imaging/model_card.json`` and
+``model_card.md``.
 
 Before writing, the reloaded TorchScript module is compared with the eager network; a
-gap above :data:`PARITY_TOLERANCE` raises :class:`~vigil.errors.ModelError`.
+gap above :data:`~models.common.torchscript.PARITY_TOLERANCE` raises
+:class:`~vigil.errors.ModelError`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import pickle
-import shutil
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import torch
 
-from models.export import TensorSpec, render_serving
-from models.imaging_network import ImagingConfig, ImagingNet
-from models.imaging_train import IMAGING_SOURCES
-from models.train import code_version
+from models.common import triton_config
+from models.common.export import (
+    COMMON_EXPORT_SOURCES,
+    ExportResult,
+    ServedModel,
+    check_positive,
+    export_family,
+)
+from models.common.provenance import code_version
+from models.common.torchscript import max_abs_gap, script, scripted_bytes
+from models.common.triton_config import InstanceKind, TensorSpec
+from models.imaging.network import ImagingConfig, ImagingNet
+from models.imaging.train import IMAGING_SOURCES
 from vigil.errors import ModelError
 
 __all__ = [
     "IMAGING_EXPORT_SOURCES",
     "IMAGING_MODEL_NAME",
-    "PARITY_TOLERANCE",
-    "ImagingExportResult",
     "example_images",
     "export_imaging",
     "imaging_tensor_specs",
@@ -57,24 +55,12 @@ __all__ = [
 ]
 
 IMAGING_MODEL_NAME: Final[str] = "imaging"
-PARITY_TOLERANCE: Final[float] = 1e-5
 IMAGING_EXPORT_SOURCES: Final[tuple[str, ...]] = (
     *IMAGING_SOURCES,
-    "models/imaging_export.py",
-    "models/triton_model.py",
+    "models/imaging/export.py",
+    *COMMON_EXPORT_SOURCES,
 )
 """Files hashed into the model card's ``code_version`` at export time."""
-_TRITON_MODEL_SOURCE: Final[Path] = Path(__file__).with_name("triton_model.py")
-
-
-@dataclass(frozen=True, slots=True)
-class ImagingExportResult:
-    """Paths written by :func:`export_imaging` and the measured parity gap."""
-
-    config: Path
-    model: Path
-    model_card: Path
-    max_abs_diff: float
 
 
 def imaging_tensor_specs(
@@ -95,28 +81,17 @@ def render_config(
     *,
     mask_threshold: float,
     max_batch_size: int = 16,
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+    instance_kind: InstanceKind = "KIND_CPU",
 ) -> str:
     """The ``config.pbtxt`` text of ``imaging``."""
     inputs, outputs = imaging_tensor_specs(config)
-
-    def block(kind: str, specs: tuple[TensorSpec, ...]) -> str:
-        items = [
-            f'  {{\n    name: "{spec.name}"\n    data_type: {spec.data_type}\n'
-            f"    dims: [ {', '.join(str(d) for d in spec.dims)} ]\n  }}"
-            for spec in specs
-        ]
-        return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
-
-    return (
-        f'name: "{IMAGING_MODEL_NAME}"\n'
-        'backend: "python"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        + block("input", inputs)
-        + block("output", outputs)
-        + render_serving(instance_kind=instance_kind)
-        + 'parameters {\n  key: "mask_threshold"\n'
-        + f'  value: {{ string_value: "{mask_threshold!r}" }}\n}}\n'
+    return triton_config.render_config(
+        IMAGING_MODEL_NAME,
+        inputs,
+        outputs,
+        max_batch_size=max_batch_size,
+        instance_kind=instance_kind,
+        parameters=[("mask_threshold", repr(mask_threshold))],
     )
 
 
@@ -151,21 +126,37 @@ def example_images(config: ImagingConfig, *, batch: int = 3, seed: int = 0) -> t
     return images
 
 
-def _scripted_bytes(net: ImagingNet, config: ImagingConfig) -> tuple[bytes, float]:
-    """Serialised TorchScript and its parity gap with the eager network."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
-        torch.jit.save(torch.jit.script(net), buffer)
-        buffer.seek(0)
-        reloaded = torch.jit.load(buffer)  # type: ignore[no-untyped-call]
+def _served(
+    net: ImagingNet,
+    config: ImagingConfig,
+    *,
+    mask_threshold: float,
+    max_batch_size: int,
+    instance_kind: InstanceKind,
+) -> ServedModel:
+    """The network scripted and checked against the eager one."""
     images = example_images(config, batch=4)
-    with torch.no_grad():
-        expected, served = net(images), reloaded(images)
-    gap = max(float((a - b).abs().max()) for a, b in zip(expected, served, strict=True))
-    if gap > PARITY_TOLERANCE:
-        raise ModelError(f"export parity failed for imaging: max |eager - TorchScript| = {gap:.3g}")
-    return buffer.getvalue(), gap
+
+    def parity(reloaded: torch.jit.ScriptModule) -> float:
+        with torch.no_grad():
+            return max_abs_gap(net(images), reloaded(images))
+
+    blob, gap = scripted_bytes(IMAGING_MODEL_NAME, script(net), parity)
+    inputs, outputs = imaging_tensor_specs(config)
+    return ServedModel(
+        name=IMAGING_MODEL_NAME,
+        blob=blob,
+        inputs=inputs,
+        outputs=outputs,
+        config=render_config(
+            config,
+            mask_threshold=mask_threshold,
+            max_batch_size=max_batch_size,
+            instance_kind=instance_kind,
+        ),
+        max_batch_size=max_batch_size,
+        parity_gap=gap,
+    )
 
 
 def _scores_row(label: str, entry: dict[str, Any]) -> str:
@@ -224,12 +215,12 @@ def export_imaging(
     *,
     version: int = 1,
     max_batch_size: int = 16,
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
-) -> ImagingExportResult:
+    instance_kind: InstanceKind = "KIND_CPU",
+) -> ExportResult:
     """Writes ``<repo_dir>/imaging/`` for a trained checkpoint.
 
     Args:
-        checkpoint: Checkpoint written by :func:`models.imaging_train.train_imaging`.
+        checkpoint: Checkpoint written by :func:`models.imaging.train.train_imaging`.
         repo_dir: Triton model repository root.
         version: Model version folder (positive).
         max_batch_size: Triton's dynamic-batching limit.
@@ -238,42 +229,29 @@ def export_imaging(
     Raises:
         ModelError: An unreadable checkpoint, a bad argument, or a parity failure.
     """
-    if version < 1 or max_batch_size < 1:
-        raise ModelError("version and max_batch_size must be positive")
+    check_positive(version, max_batch_size)
     net, meta = load_imaging_checkpoint(checkpoint)
     config = ImagingConfig(**meta["config"])
-    blob, gap = _scripted_bytes(net, config)
-    model_dir = repo_dir / IMAGING_MODEL_NAME
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    model_path = version_dir / "model.pt"
-    model_path.write_bytes(blob)
-    shutil.copyfile(_TRITON_MODEL_SOURCE, version_dir / "model.py")
-    config_path = model_dir / "config.pbtxt"
-    config_path.write_text(
-        render_config(
-            config,
-            mask_threshold=float(meta["threshold"]),
-            max_batch_size=max_batch_size,
-            instance_kind=instance_kind,
-        )
+    served = _served(
+        net,
+        config,
+        mask_threshold=float(meta["threshold"]),
+        max_batch_size=max_batch_size,
+        instance_kind=instance_kind,
     )
-    inputs, outputs = imaging_tensor_specs(config)
     card: dict[str, Any] = {
         **meta,
         "name": IMAGING_MODEL_NAME,
         "version": version,
-        "inputs": [{"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in inputs],
-        "outputs": [{"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in outputs],
-        "max_batch_size": max_batch_size,
-        "export_parity_max_abs_diff": gap,
-        "model_pt_sha256": hashlib.sha256(blob).hexdigest(),
+        **served.card_entry(),
         "training_code_version": meta["code_version"],
         "code_version": code_version(IMAGING_EXPORT_SOURCES),
     }
-    card_path = model_dir / "model_card.json"
-    card_path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-    (model_dir / "model_card.md").write_text(_model_card_markdown(card))
-    return ImagingExportResult(
-        config=config_path, model=model_path, model_card=card_path, max_abs_diff=gap
+    return export_family(
+        repo_dir,
+        version,
+        [served],
+        card_dir=IMAGING_MODEL_NAME,
+        card=card,
+        markdown=_model_card_markdown(card),
     )

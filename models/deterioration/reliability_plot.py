@@ -1,6 +1,6 @@
 """Reliability diagram of the shipped model as a standalone SVG (no plotting library).
 
-``python -m models.reliability_plot`` reads the test-split reliability tables from
+``python -m models.deterioration.reliability_plot`` reads the test-split reliability tables from
 ``triton_repo/deterioration/model_card.json`` and writes ``docs/reliability.svg``.
 """
 
@@ -75,7 +75,7 @@ def _from_card(card: Mapping[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     card = json.loads((root / "triton_repo" / "deterioration" / "model_card.json").read_text())
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "docs" / "reliability.svg"
     out.write_text(_from_card(card))

@@ -1,26 +1,26 @@
 """Fitting and evaluation of the OOD detector (``vigil train ood``).
 
 1. Load the deterioration checkpoint and set A; recompute the split with
-   :func:`models.train.split_record_ids` and the checkpoint's split seed, and refuse to go
-   on unless it equals the checkpoint's recorded split.
+   :func:`models.deterioration.train.split_record_ids` and the checkpoint's split seed, and refuse
+   to go on unless it equals the checkpoint's recorded split.
 2. Representation channel: Gaussians (class = in-hospital death, tied covariance) on the
    ensemble's concatenated fused vectors of **training** stays at :data:`FIT_HOURS`; its
    threshold is the ``percentile`` of the **validation** distances at the same hours.
-3. Input channel (:mod:`models.ood_input`): per bucket of hours observed, Gaussians on
+3. Input channel (:mod:`models.ood.inputs`): per bucket of hours observed, Gaussians on
    window statistics of **training** stays at :data:`ALL_MINUTES`; one threshold
    per bucket, the ``percentile`` of that bucket's **validation** distances.
 4. In-distribution flag rates (either channel) on validation and **test** at the same times.
-5. Evaluation on the **test** split only: each shift of :mod:`models.ood_shifts` at
+5. Evaluation on the **test** split only: each shift of :mod:`models.ood.shifts` at
    ``eval_hour`` (with the stream's artifact filter, and without it); a left-out ICU type
    (both channels refitted without it; the network itself was trained on all four); and
    the time course at every scoring time of a sample of test stays
-   (:mod:`models.ood_timeline`). OOD AUROC compares the scores of all in-distribution
+   (:mod:`models.ood.timeline`). OOD AUROC compares the scores of all in-distribution
    test windows with those of the shifted windows the shift actually changed.
 6. Comparisons, evaluated the same way but not served: the first member's fused vector
    alone, and the input channel without its stuck-sensor (identical-run) features.
 
 The result (both channels, thresholds, metrics, record ids used) is written to
-``models/weights/ood.pt``; :mod:`models.ood_export` serves it.
+``models/weights/ood.pt``; :mod:`models.ood.export` serves it.
 """
 
 from __future__ import annotations
@@ -36,15 +36,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.export import load_checkpoint
-from models.network import DeteriorationEnsemble, NetConfig
-from models.ood import fit_gaussians, fit_summary, min_distance, percentile_threshold
-from models.ood_input import HOUR_BUCKET_EDGES, BucketFit, bucket_arrays, fit_buckets
-from models.ood_shifts import SHIFTS, apply_shift
-from models.ood_timeline import sample_stays, timeline
-from models.ood_windows import ChannelScorer, WindowFeatures, window_features
-from models.settings import OODSettings
-from models.train import code_version, split_record_ids
+from models.common.provenance import code_version
+from models.deterioration.export import load_checkpoint
+from models.deterioration.network import DeteriorationEnsemble, NetConfig
+from models.deterioration.train import split_record_ids
+from models.ood.detector import fit_gaussians, fit_summary, min_distance, percentile_threshold
+from models.ood.inputs import HOUR_BUCKET_EDGES, BucketFit, bucket_arrays, fit_buckets
+from models.ood.settings import OODSettings
+from models.ood.shifts import SHIFTS, apply_shift
+from models.ood.timeline import sample_stays, timeline
+from models.ood.windows import ChannelScorer, WindowFeatures, window_features
 from streams.core.features import SERIES_CODES
 from streams.core.risk_metrics import auroc
 from streams.datasets.physionet2012 import Stay, data_hash, load_stays
@@ -69,13 +70,13 @@ every 30 min, and the first buckets change fastest), then every hour to 48 h."""
 MIN_BUCKET_WINDOWS: Final[int] = 100
 """Fewest training and validation windows an hour bucket keeps (else it is merged)."""
 OOD_SOURCES: Final[tuple[str, ...]] = (
-    "models/ood.py",
-    "models/ood_input.py",
-    "models/ood_shifts.py",
-    "models/ood_timeline.py",
-    "models/ood_train.py",
-    "models/ood_windows.py",
-    "models/ood_export.py",
+    "models/ood/detector.py",
+    "models/ood/inputs.py",
+    "models/ood/shifts.py",
+    "models/ood/timeline.py",
+    "models/ood/train.py",
+    "models/ood/windows.py",
+    "models/ood/export.py",
 )
 """Files hashed into the OOD checkpoint's and model card's ``code_version``."""
 RIDGE_FRACTIONS: Final[dict[str, float]] = {"representation": 1e-4, "input": 1e-2}
@@ -352,7 +353,7 @@ def fit_ood(settings: OODSettings) -> OODResult:
             "features": {
                 "representation": "fused vectors of the ensemble's members, concatenated",
                 "input": "window statistics, hours since last seen and longest identical "
-                "run per parameter, statics (models/ood_input.py), per hour bucket",
+                "run per parameter, statics (models/ood/inputs.py), per hour bucket",
             },
             "threshold": 1.0,
             "threshold_meaning": "of the combined score distance = max(representation "

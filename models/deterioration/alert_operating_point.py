@@ -2,9 +2,9 @@
 
 1. Hourly model risks (hours 1…48 after ICU admission) of every **validation** stay, from
    the trained ensemble (``models/weights/deterioration.pt``); the split is recomputed with
-   :func:`models.train.split_record_ids` and must equal the checkpoint's.
+   :func:`models.deterioration.train.split_record_ids` and must equal the checkpoint's.
 2. The OOD verdict on the same windows, as served: the detector of
-   :func:`models.ood_export.build_detector` (the eager module that ``vigil export ood``
+   :func:`models.ood.export.build_detector` (the eager module that ``vigil export ood``
    scripts into ``triton_repo/ood``, built from the same ``models/weights/ood.pt``), so
    both channels (representation, and input statistics per hour bucket), the combined
    ``distance`` (each channel's distance over its threshold; threshold 1.0) and its
@@ -25,13 +25,13 @@
 
 ``--model step`` does the same for the step model ``deterioration_step``: its served risk
 and its own OOD verdict, from one call of the served module per hour
-(:mod:`models.alert_step_scores`), on the step checkpoint's split, cached in
+(:mod:`models.deterioration.alert_step_scores`), on the step checkpoint's split, cached in
 ``step_<split>_hourly.npz``.
 
 Run::
 
-    python -m models.alert_operating_point --test
-    python -m models.alert_operating_point --model step --test
+    python -m models.deterioration.alert_operating_point --test
+    python -m models.deterioration.alert_operating_point --model step --test
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from models.alert_split import HOURS, split_stays
+from models.deterioration.alert_split import HOURS, split_stays
 
 __all__ = [
     "MODELS",
@@ -93,7 +93,7 @@ def file_sha256(path: Path) -> str:
 def _hourly_inputs(stays: Sequence[Any], meta: dict[str, Any]) -> Any:
     """``(j, start, n, inputs)`` per hour ``HOURS[j]`` and chunk of stays: the eight
     network inputs of the windows at admission + hour (image slots empty)."""
-    from models.train import make_windows
+    from models.deterioration.train import make_windows
 
     max_images = int(meta["net_config"]["max_images"])
     image_dim = int(meta["net_config"]["image_dim"])
@@ -115,7 +115,7 @@ def hourly_risks(
     """
     import torch  # heavy; only this phase needs it
 
-    from models.export import load_checkpoint
+    from models.deterioration.export import load_checkpoint
 
     torch.set_num_threads(threads)
     net, meta = load_checkpoint(checkpoint)
@@ -147,7 +147,7 @@ def hourly_ood(
     """The served OOD verdict at hours 1…48 of one split's stays (stays in the order of
     :func:`hourly_risks`).
 
-    The detector is :func:`models.ood_export.build_detector`'s, the module exported to
+    The detector is :func:`models.ood.export.build_detector`'s, the module exported to
     ``triton_repo/ood`` (float32, as served); the flag is its ``ood`` output (either
     channel above its threshold), as the worker reads it.
 
@@ -156,8 +156,8 @@ def hourly_ood(
     """
     import torch
 
-    from models.export import load_checkpoint
-    from models.ood_export import build_detector
+    from models.deterioration.export import load_checkpoint
+    from models.ood.export import build_detector
 
     torch.set_num_threads(threads)
     detector, ood_meta = build_detector(checkpoint, ood_checkpoint)
@@ -196,8 +196,8 @@ def load_or_compute(
     checkpoint), recomputing the rest and rewriting the cache.
 
     For ``model="step"`` both parts come from one pass
-    (:func:`models.alert_step_scores.hourly_step_scores`), so either part's files changing
-    recomputes both.
+    (:func:`models.deterioration.alert_step_scores.hourly_step_scores`), so either part's files
+    changing recomputes both.
 
     Returns:
         The arrays (:data:`RISK_KEYS` and :data:`OOD_KEYS`; for the step model also
@@ -222,7 +222,7 @@ def load_or_compute(
         fresh = all(reused.values()) and all(k in data for k in extra)
         reused = {"risk": fresh, "ood": fresh}
         if not fresh:
-            from models.alert_step_scores import hourly_step_scores  # heavy: torch
+            from models.deterioration.alert_step_scores import hourly_step_scores  # heavy: torch
 
             data = hourly_step_scores(data_dir, checkpoint, ood_checkpoint, threads, split_name)
             data["risk_sha256"] = np.array(keys["risk"])
@@ -424,7 +424,7 @@ def plot(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: compute (or reuse) risks and OOD verdicts, replay the grid on
     validation, choose, optionally check the chosen point on test; write curve and JSON."""
-    parser = argparse.ArgumentParser(prog="python -m models.alert_operating_point")
+    parser = argparse.ArgumentParser(prog="python -m models.deterioration.alert_operating_point")
     parser.add_argument(
         "--model",
         choices=sorted(MODELS),

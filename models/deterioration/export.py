@@ -5,46 +5,46 @@ alert fires, so one trained network is served twice, from the same weights:
 
 * ``deterioration``: ``risk [1]`` and ``fused [F]`` (one forward).
 * ``deterioration_explain``: also ``contributions [P]`` by occlusion (``P + 1`` forwards,
-  :meth:`models.network.DeteriorationNet.explain` scripted through
-  :class:`models.network.Explainer`).
+  :meth:`models.deterioration.network.DeteriorationNet.explain` scripted through
+  :class:`models.deterioration.network.Explainer`).
 
-Both take the same inputs. ``export`` writes, under ``<repo>/<name>/`` for each:
-
-* ``config.pbtxt``: the serving contract, rendered from :func:`tensor_specs` (names,
-  dims without the batch axis, dtypes), dynamic batching with a queue policy and an
-  instance group (``KIND_CPU`` here; ``KIND_GPU`` on a GPU server, see
-  ``docs/deterioration.md``), and the wrapper's ``torch_num_threads``
-  (:func:`render_serving`, shared by every served model).
-* ``<version>/model.pt``: the TorchScript module (weights, normalisation, calibration).
-* ``<version>/model.py``: the Python-backend wrapper, a copy of
-  :mod:`models.triton_model`.
-
+Both take the same inputs. ``export`` writes both through the common export path
+(:func:`models.common.export.export_family`: ``config.pbtxt`` rendered from
+:func:`tensor_specs`, ``<version>/model.pt`` with weights, normalisation and
+calibration, and the wrapper ``<version>/model.py``; ``KIND_CPU`` here, ``KIND_GPU`` on
+a GPU server, see ``docs/deterioration.md``),
 and one model card for the pair in ``<repo>/deterioration/`` (``model_card.json`` and
 ``model_card.md``: data hash, split, seeds, configuration, code hashes at training and at
 export time, package versions, metrics, each served model's outputs and file hash).
 
 Before writing, each reloaded TorchScript module is compared with the eager model with
-and without images; a gap above :data:`PARITY_TOLERANCE` raises :class:`ModelError`.
+and without images; a gap above
+:data:`~models.common.torchscript.PARITY_TOLERANCE` raises :class:`ModelError`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import pickle
-import shutil
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import torch
 from torch import nn
 
-from models.network import DeteriorationEnsemble, Explainer, NetConfig, RiskModel
-from models.train import TRAINING_SOURCES, code_version
+from models.common import triton_config
+from models.common.export import (
+    COMMON_EXPORT_SOURCES,
+    ExportResult,
+    ServedModel,
+    check_positive,
+    export_family,
+)
+from models.common.provenance import code_version
+from models.common.torchscript import max_abs_gap, script, scripted_bytes
+from models.common.triton_config import SCORING_INSTANCE_COUNT, InstanceKind, TensorSpec
+from models.deterioration.network import DeteriorationEnsemble, Explainer, NetConfig, RiskModel
+from models.deterioration.train import TRAINING_SOURCES
 from streams.core.features import DEFAULT_STEP, DEFAULT_WINDOW, SERIES_CODES, STATIC_FEATURES
 from vigil.errors import ModelError
 
@@ -52,18 +52,10 @@ __all__ = [
     "EXPLAIN_MODEL_NAME",
     "EXPORT_SOURCES",
     "MODEL_NAME",
-    "PARITY_TOLERANCE",
-    "QUEUE_DELAY_MICROSECONDS",
-    "QUEUE_TIMEOUT_MICROSECONDS",
-    "SCORING_INSTANCE_COUNT",
-    "TORCH_NUM_THREADS",
-    "ExportResult",
-    "TensorSpec",
     "example_inputs",
     "export",
     "load_checkpoint",
     "render_config",
-    "render_serving",
     "script_model",
     "tensor_specs",
 ]
@@ -72,60 +64,13 @@ MODEL_NAME: Final[str] = "deterioration"
 """The fast model: ``risk`` and ``fused``."""
 EXPLAIN_MODEL_NAME: Final[str] = "deterioration_explain"
 """The explaining model: ``risk``, ``fused`` and ``contributions``."""
-PARITY_TOLERANCE: Final[float] = 1e-5
 WINDOW_BINS: Final[int] = DEFAULT_WINDOW // DEFAULT_STEP
 EXPORT_SOURCES: Final[tuple[str, ...]] = (
     *TRAINING_SOURCES,
-    "models/export.py",
-    "models/triton_model.py",
+    "models/deterioration/export.py",
+    *COMMON_EXPORT_SOURCES,
 )
 """Files hashed into the model card's ``code_version`` at export time."""
-QUEUE_DELAY_MICROSECONDS: Final[int] = 2000
-"""Longest wait of Triton's dynamic batcher to fill a batch."""
-QUEUE_TIMEOUT_MICROSECONDS: Final[int] = 10_000_000
-"""Queue timeout of a request that carries none (``default_queue_policy``, REJECT): the
-worker's default deadline (``VIGIL_TRITON_TIMEOUT_SECONDS``, 10 s). The worker passes its
-own deadline with each request (``allow_timeout_override``), so a request whose client
-has given up is rejected in the queue instead of computed."""
-SCORING_INSTANCE_COUNT: Final[int] = 2
-"""Instances of the models called for every scored event (``deterioration``, ``ood``).
-Triton 2.51 does not prefetch the next batch of a model that has request timeouts, and
-its batcher then sometimes misses the end of an execution and waits its 500 ms default
-before starting the next one; a second instance (one more stub, about 0.7 GB) is free
-when the first is finishing, and removed those stalls in the benchmark (BENCHMARKS.md,
-issue 16). ``deterioration_explain`` and ``imaging``, called rarely, keep one."""
-TORCH_NUM_THREADS: Final[int] = 1
-"""Intra-op torch threads of each Python-backend stub (``parameters``
-``torch_num_threads``, read by :mod:`models.triton_model`): one stub per model shares the
-cores, and default threads oversubscribed them (BENCHMARKS.md, issue 16)."""
-_WIDE_KEYS: Final[frozenset[str]] = frozenset({"wide_weight", "wide_bias", "wide_mean", "wide_std"})
-_TRITON_MODEL_SOURCE: Final[Path] = Path(__file__).with_name("triton_model.py")
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One input or output of a served model (dims exclude the batch axis)."""
-
-    name: str
-    data_type: str
-    dims: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ExportResult:
-    """Paths written by :func:`export` and the measured parity gap.
-
-    Attributes:
-        configs: ``config.pbtxt`` per model name.
-        models: ``<version>/model.pt`` per model name.
-        model_card: The pair's ``model_card.json``.
-        max_abs_diff: Largest eager-vs-reloaded gap over both models.
-    """
-
-    configs: dict[str, Path]
-    models: dict[str, Path]
-    model_card: Path
-    max_abs_diff: float
 
 
 def tensor_specs(
@@ -160,54 +105,22 @@ def render_config(
     *,
     explain: bool = False,
     max_batch_size: int = 64,
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+    instance_kind: InstanceKind = "KIND_CPU",
     instance_count: int | None = None,
 ) -> str:
     """The ``config.pbtxt`` text of ``deterioration`` (or ``deterioration_explain``);
-    ``instance_count`` defaults to :data:`SCORING_INSTANCE_COUNT` (1 when ``explain``)."""
+    ``instance_count`` defaults to :data:`~models.common.triton_config.SCORING_INSTANCE_COUNT`
+    (1 when ``explain``)."""
     if instance_count is None:
         instance_count = 1 if explain else SCORING_INSTANCE_COUNT
     inputs, outputs = tensor_specs(config, explain=explain)
-
-    def block(kind: str, specs: tuple[TensorSpec, ...]) -> str:
-        items = [
-            f'  {{\n    name: "{spec.name}"\n    data_type: {spec.data_type}\n'
-            f"    dims: [ {', '.join(str(d) for d in spec.dims)} ]\n  }}"
-            for spec in specs
-        ]
-        return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
-
-    return (
-        f'name: "{EXPLAIN_MODEL_NAME if explain else MODEL_NAME}"\n'
-        'backend: "python"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        + block("input", inputs)
-        + block("output", outputs)
-        + render_serving(instance_kind=instance_kind, instance_count=instance_count)
-    )
-
-
-def render_serving(
-    *,
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
-    instance_count: int = 1,
-    torch_num_threads: int = TORCH_NUM_THREADS,
-) -> str:
-    """The scheduling part of every served model's ``config.pbtxt``: dynamic batching
-    with a REJECT queue policy, the instance group and ``torch_num_threads``."""
-    return (
-        "dynamic_batching {\n"
-        f"  max_queue_delay_microseconds: {QUEUE_DELAY_MICROSECONDS}\n"
-        "  default_queue_policy {\n"
-        "    timeout_action: REJECT\n"
-        f"    default_timeout_microseconds: {QUEUE_TIMEOUT_MICROSECONDS}\n"
-        "    allow_timeout_override: true\n"
-        "  }\n"
-        "}\n"
-        "instance_group [\n"
-        f"  {{\n    count: {instance_count}\n    kind: {instance_kind}\n  }}\n]\n"
-        'parameters {\n  key: "torch_num_threads"\n'
-        f'  value: {{ string_value: "{torch_num_threads}" }}\n}}\n'
+    return triton_config.render_config(
+        EXPLAIN_MODEL_NAME if explain else MODEL_NAME,
+        inputs,
+        outputs,
+        max_batch_size=max_batch_size,
+        instance_kind=instance_kind,
+        instance_count=instance_count,
     )
 
 
@@ -230,14 +143,11 @@ def load_checkpoint(path: Path) -> tuple[DeteriorationEnsemble, dict[str, Any]]:
 
 def script_model(net: RiskModel, *, explain: bool = False) -> torch.jit.ScriptModule:
     """TorchScript of ``net`` in eval mode: its fast ``forward``, or with ``explain``
-    an :class:`~models.network.Explainer` whose ``forward`` is ``net.explain``."""
+    an :class:`~models.deterioration.network.Explainer` whose ``forward`` is
+    ``net.explain``."""
     net.eval()
     module: nn.Module = Explainer(net) if explain else net
-    with warnings.catch_warnings():
-        # torch 2.x flags torch.jit as deprecated; TorchScript is what Triton loads here.
-        warnings.simplefilter("ignore", FutureWarning)
-        scripted: torch.jit.ScriptModule = torch.jit.script(module)
-    return scripted
+    return script(module)
 
 
 def example_inputs(
@@ -270,26 +180,38 @@ def _parity(
     for images in (False, True):
         inputs = example_inputs(config, images=images)
         with torch.no_grad():
-            expected = eager(*inputs)
-            served = reloaded(*inputs)
-        for a, b in zip(expected, served, strict=True):
-            worst = max(worst, float((a - b).abs().max().item()))
+            worst = max(worst, max_abs_gap(eager(*inputs), reloaded(*inputs)))
     return worst
 
 
-def _scripted_bytes(net: RiskModel, config: NetConfig, *, explain: bool) -> tuple[bytes, float]:
-    """Serialised TorchScript and its parity gap with the eager path."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
-        torch.jit.save(script_model(net, explain=explain), buffer)
-        buffer.seek(0)
-        reloaded = torch.jit.load(buffer)  # type: ignore[no-untyped-call]
-    gap = _parity(net.explain if explain else net, reloaded, config)
-    if gap > PARITY_TOLERANCE:
-        name = EXPLAIN_MODEL_NAME if explain else MODEL_NAME
-        raise ModelError(f"export parity failed for {name}: max |eager - TorchScript| = {gap:.3g}")
-    return buffer.getvalue(), gap
+def _served(
+    net: RiskModel,
+    config: NetConfig,
+    *,
+    explain: bool,
+    max_batch_size: int,
+    instance_kind: InstanceKind,
+) -> ServedModel:
+    """One of the pair, scripted and checked against the eager path."""
+    name = EXPLAIN_MODEL_NAME if explain else MODEL_NAME
+    eager = net.explain if explain else net
+    blob, gap = scripted_bytes(
+        name,
+        script_model(net, explain=explain),
+        lambda reloaded: _parity(eager, reloaded, config),
+    )
+    inputs, outputs = tensor_specs(config, explain=explain)
+    return ServedModel(
+        name=name,
+        blob=blob,
+        inputs=inputs,
+        outputs=outputs,
+        config=render_config(
+            config, explain=explain, max_batch_size=max_batch_size, instance_kind=instance_kind
+        ),
+        max_batch_size=max_batch_size,
+        parity_gap=gap,
+    )
 
 
 def _model_card_markdown(card: dict[str, Any]) -> str:
@@ -386,12 +308,12 @@ def export(
     version: int = 1,
     max_batch_size: int = 64,
     explain_max_batch_size: int = 64,
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+    instance_kind: InstanceKind = "KIND_CPU",
 ) -> ExportResult:
     """Writes the Triton model directories of both models for a trained checkpoint.
 
     Args:
-        checkpoint: Checkpoint written by :func:`models.train.train`.
+        checkpoint: Checkpoint written by :func:`models.deterioration.train.train`.
         repo_dir: Triton model repository root.
         version: Model version folder (positive).
         max_batch_size: Triton's dynamic-batching limit of ``deterioration``.
@@ -404,43 +326,14 @@ def export(
     Raises:
         ModelError: An unreadable checkpoint, a bad argument, or a parity failure.
     """
-    if version < 1 or max_batch_size < 1 or explain_max_batch_size < 1:
-        raise ModelError("version and the max batch sizes must be positive")
+    check_positive(version, max_batch_size, explain_max_batch_size)
     net, meta = load_checkpoint(checkpoint)
     config = NetConfig(**meta["net_config"])
     # Script and check both before writing anything.
-    artifacts = {
-        name: (explain, batch, *_scripted_bytes(net, config, explain=explain))
-        for name, explain, batch in (
-            (MODEL_NAME, False, max_batch_size),
-            (EXPLAIN_MODEL_NAME, True, explain_max_batch_size),
-        )
-    }
-    configs: dict[str, Path] = {}
-    models: dict[str, Path] = {}
-    served: dict[str, Any] = {}
-    for name, (explain, batch, blob, gap) in artifacts.items():
-        version_dir = repo_dir / name / str(version)
-        version_dir.mkdir(parents=True, exist_ok=True)
-        models[name] = version_dir / "model.pt"
-        models[name].write_bytes(blob)
-        shutil.copyfile(_TRITON_MODEL_SOURCE, version_dir / "model.py")
-        configs[name] = repo_dir / name / "config.pbtxt"
-        configs[name].write_text(
-            render_config(
-                config, explain=explain, max_batch_size=batch, instance_kind=instance_kind
-            )
-        )
-        inputs, outputs = tensor_specs(config, explain=explain)
-        served[name] = {
-            "inputs": [{"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in inputs],
-            "outputs": [
-                {"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in outputs
-            ],
-            "max_batch_size": batch,
-            "export_parity_max_abs_diff": gap,
-            "model_pt_sha256": hashlib.sha256(blob).hexdigest(),
-        }
+    served = [
+        _served(net, config, explain=explain, max_batch_size=batch, instance_kind=instance_kind)
+        for explain, batch in ((False, max_batch_size), (True, explain_max_batch_size))
+    ]
     card: dict[str, Any] = {
         **meta,
         "name": MODEL_NAME,
@@ -448,16 +341,15 @@ def export(
         "task": "in-hospital death (Outcomes-a.txt), scored at any hour from data up to it",
         "series_codes": list(SERIES_CODES),
         "static_features": list(STATIC_FEATURES),
-        "served_models": served,
+        "served_models": {model.name: model.card_entry() for model in served},
         "training_code_version": meta["code_version"],
         "code_version": code_version(EXPORT_SOURCES),
     }
-    card_path = repo_dir / MODEL_NAME / "model_card.json"
-    card_path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-    (repo_dir / MODEL_NAME / "model_card.md").write_text(_model_card_markdown(card))
-    return ExportResult(
-        configs=configs,
-        models=models,
-        model_card=card_path,
-        max_abs_diff=max(entry["export_parity_max_abs_diff"] for entry in served.values()),
+    return export_family(
+        repo_dir,
+        version,
+        served,
+        card_dir=MODEL_NAME,
+        card=card,
+        markdown=_model_card_markdown(card),
     )

@@ -17,7 +17,7 @@ fused width.
   (embedding plus age) as keys and values; masked slots get no weight, and for a patient
   with no image the attended vector is exactly zero. ``fused = z + W_o attention`` with
   ``W_o`` zero-initialised (late fusion, residual), so an untrained branch leaves the
-  risk unchanged; :mod:`models.image_branch` fine-tunes the branch alone (``b_o``
+  risk unchanged; :mod:`models.deterioration.image_branch` fine-tunes the branch alone (``b_o``
   frozen) on a synthetic fixture linkage of images to stays.
 * Wide branch (``wide=True``): a linear term on :func:`window_statistics` (last, mean,
   min, max, observed-any, ``log1p(count)`` per parameter, statics and their mask, each
@@ -125,7 +125,7 @@ def window_statistics(
     Returns:
         ``[B,6P+2S]``: last, mean, min, max (0 where never observed), observed-any and
         ``log1p(count)`` per parameter, then statics and their mask; the same numbers as
-        :func:`models.baselines.summary_statistics` (in float32).
+        :func:`models.deterioration.baselines.summary_statistics` (in float32).
     """
     v = torch.where(log_scaled > 0.5, torch.log1p(torch.clamp(values, min=0.0)), values)
     observed = mask > 0.5

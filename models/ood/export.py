@@ -6,20 +6,18 @@ score: the larger of the two channels' distances divided by their thresholds, so
 threshold is 1), ``ood`` (TYPE_BOOL, either channel above its threshold),
 ``representation_distance``, ``input_distance``, ``input_threshold`` (TYPE_FP32, of the
 window's hour bucket), ``representation_ood`` and ``input_ood`` (TYPE_BOOL, which channel
-fired). Written files:
+fired). Written through the common export path
+(:func:`models.common.export.export_family`):
 
 * ``ood/config.pbtxt``: the contract (:func:`render_config`), with the thresholds
   recorded as ``parameters``: ``threshold`` (``1.0``, of ``distance``),
   ``threshold_percentile``, ``representation_threshold``, ``input_hour_bucket_edges`` and
-  ``input_thresholds`` (comma-separated, one per bucket), and the queue policy and
-  threads of :func:`models.export.render_serving`. The detector re-runs the whole
+  ``input_thresholds`` (comma-separated, one per bucket). The detector re-runs the whole
   ensemble for its features, so an ``ood`` request costs what a ``deterioration`` one
   does (BENCHMARKS.md, issue 16).
-* ``ood/<version>/model.pt``: TorchScript :class:`models.ood.OODDetector` (ensemble
-  weights, both channels' whitening matrices, class centres and thresholds).
-* ``ood/<version>/model.py``: a copy of :mod:`models.triton_model` (the same wrapper as
-  the deterioration models; it reads names and dtypes from the config).
-* ``ood/model_card.json`` and ``model_card.md``.
+* ``ood/<version>/model.pt``: TorchScript :class:`models.ood.detector.OODDetector`
+  (ensemble weights, both channels' whitening matrices, class centres and thresholds).
+* ``ood/<version>/model.py``: the shared wrapper; ``ood/model_card.json`` and ``.md``.
 
 Before writing, the reloaded TorchScript module is compared with the eager detector; a
 gap above :data:`PARITY_TOLERANCE` raises :class:`~vigil.errors.ModelError`.
@@ -28,38 +26,36 @@ gap above :data:`PARITY_TOLERANCE` raises :class:`~vigil.errors.ModelError`.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import pickle
-import shutil
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import numpy as np
 import torch
 
-from models.export import (
-    SCORING_INSTANCE_COUNT,
-    TensorSpec,
-    example_inputs,
-    load_checkpoint,
-    render_serving,
-    tensor_specs,
+from models.common import triton_config
+from models.common.export import (
+    COMMON_EXPORT_SOURCES,
+    ExportResult,
+    ServedModel,
+    check_positive,
+    export_family,
 )
-from models.network import NetConfig
-from models.ood import OUTPUT_NAMES, GaussianFit, OODDetector
-from models.ood_input import InputChannel
-from models.ood_train import OOD_SOURCES
-from models.train import code_version
+from models.common.provenance import code_version
+from models.common.torchscript import script, scripted_bytes
+from models.common.triton_config import SCORING_INSTANCE_COUNT, InstanceKind, TensorSpec
+from models.deterioration.export import example_inputs, load_checkpoint, tensor_specs
+from models.deterioration.network import NetConfig
+from models.ood.detector import OUTPUT_NAMES, GaussianFit, OODDetector
+from models.ood.inputs import InputChannel
+from models.ood.train import OOD_SOURCES
 from vigil.errors import ModelError
 
 __all__ = [
+    "OOD_EXPORT_SOURCES",
     "OOD_MODEL_NAME",
     "PARITY_TOLERANCE",
-    "OODExportResult",
     "build_detector",
     "export_ood",
     "ood_tensor_specs",
@@ -73,17 +69,8 @@ order 1-100)."""
 COMBINED_THRESHOLD: Final[float] = 1.0
 """Threshold of the served ``distance`` (each channel's distance over its threshold)."""
 _BOOL_OUTPUTS: Final[frozenset[str]] = frozenset({"ood", "representation_ood", "input_ood"})
-_TRITON_MODEL_SOURCE: Final[Path] = Path(__file__).with_name("triton_model.py")
-
-
-@dataclass(frozen=True, slots=True)
-class OODExportResult:
-    """Paths written by :func:`export_ood` and the measured parity gap."""
-
-    config: Path
-    model: Path
-    model_card: Path
-    max_abs_diff: float
+OOD_EXPORT_SOURCES: Final[tuple[str, ...]] = (*OOD_SOURCES, *COMMON_EXPORT_SOURCES)
+"""Files hashed into the model card's ``code_version`` at export time."""
 
 
 def ood_tensor_specs(config: NetConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -104,35 +91,25 @@ def render_config(
     input_thresholds: Sequence[float],
     percentile: float,
     max_batch_size: int = 64,
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+    instance_kind: InstanceKind = "KIND_CPU",
     instance_count: int = SCORING_INSTANCE_COUNT,
 ) -> str:
     """The ``config.pbtxt`` text of ``ood``."""
     inputs, outputs = ood_tensor_specs(config)
-
-    def block(kind: str, specs: tuple[TensorSpec, ...]) -> str:
-        items = [
-            f'  {{\n    name: "{spec.name}"\n    data_type: {spec.data_type}\n'
-            f"    dims: [ {', '.join(str(d) for d in spec.dims)} ]\n  }}"
-            for spec in specs
-        ]
-        return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
-
-    def parameter(key: str, value: str) -> str:
-        return f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
-
-    return (
-        f'name: "{OOD_MODEL_NAME}"\n'
-        'backend: "python"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        + block("input", inputs)
-        + block("output", outputs)
-        + render_serving(instance_kind=instance_kind, instance_count=instance_count)
-        + parameter("threshold", repr(COMBINED_THRESHOLD))
-        + parameter("threshold_percentile", repr(percentile))
-        + parameter("representation_threshold", repr(representation_threshold))
-        + parameter("input_hour_bucket_edges", ",".join(repr(float(e)) for e in input_edges))
-        + parameter("input_thresholds", ",".join(repr(float(t)) for t in input_thresholds))
+    return triton_config.render_config(
+        OOD_MODEL_NAME,
+        inputs,
+        outputs,
+        max_batch_size=max_batch_size,
+        instance_kind=instance_kind,
+        instance_count=instance_count,
+        parameters=[
+            ("threshold", repr(COMBINED_THRESHOLD)),
+            ("threshold_percentile", repr(percentile)),
+            ("representation_threshold", repr(representation_threshold)),
+            ("input_hour_bucket_edges", ",".join(repr(float(e)) for e in input_edges)),
+            ("input_thresholds", ",".join(repr(float(t)) for t in input_thresholds)),
+        ],
     )
 
 
@@ -172,13 +149,8 @@ def build_detector(checkpoint: Path, ood_checkpoint: Path) -> tuple[OODDetector,
     return detector, meta
 
 
-def _scripted(detector: OODDetector, config: NetConfig) -> tuple[bytes, float]:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
-        torch.jit.save(torch.jit.script(detector), buffer)
-        buffer.seek(0)
-        reloaded = torch.jit.load(buffer)  # type: ignore[no-untyped-call]
+def _parity(detector: OODDetector, reloaded: torch.jit.ScriptModule, config: NetConfig) -> float:
+    """Largest float-output gap; a flag that differs raises :class:`ModelError`."""
     gap = 0.0
     for images in (False, True):
         inputs = example_inputs(config, images=images)
@@ -190,9 +162,7 @@ def _scripted(detector: OODDetector, config: NetConfig) -> tuple[bytes, float]:
                     raise ModelError(f"export parity failed for ood: {name} differs")
             else:
                 gap = max(gap, float((a - b).abs().max()))
-    if gap > PARITY_TOLERANCE:
-        raise ModelError(f"export parity failed for ood: max |eager - TorchScript| = {gap:.3g}")
-    return buffer.getvalue(), gap
+    return gap
 
 
 def _pct(value: float | None) -> str:
@@ -253,26 +223,30 @@ def export_ood(
     *,
     version: int = 1,
     max_batch_size: int = 64,
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
-) -> OODExportResult:
+    instance_kind: InstanceKind = "KIND_CPU",
+) -> ExportResult:
     """Writes ``<repo_dir>/ood/`` for a deterioration checkpoint and its OOD fit.
 
     Raises:
         ModelError: Unreadable checkpoints, a bad argument, or a parity failure.
     """
-    if version < 1 or max_batch_size < 1:
-        raise ModelError("version and max batch size must be positive")
+    check_positive(version, max_batch_size)
     detector, meta = build_detector(checkpoint, ood_checkpoint)
     _, det_meta = load_checkpoint(checkpoint)
     config = NetConfig(**det_meta["net_config"])
-    blob, gap = _scripted(detector, config)
-    model_dir = repo_dir / OOD_MODEL_NAME
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (version_dir / "model.pt").write_bytes(blob)
-    shutil.copyfile(_TRITON_MODEL_SOURCE, version_dir / "model.py")
-    (model_dir / "config.pbtxt").write_text(
-        render_config(
+    blob, gap = scripted_bytes(
+        OOD_MODEL_NAME,
+        script(detector),
+        lambda reloaded: _parity(detector, reloaded, config),
+        tolerance=PARITY_TOLERANCE,
+    )
+    inputs, outputs = ood_tensor_specs(config)
+    served = ServedModel(
+        name=OOD_MODEL_NAME,
+        blob=blob,
+        inputs=inputs,
+        outputs=outputs,
+        config=render_config(
             config,
             representation_threshold=float(meta["representation_threshold"]),
             input_edges=meta["input_hour_bucket_edges"],
@@ -280,25 +254,26 @@ def export_ood(
             percentile=float(meta["percentile"]),
             max_batch_size=max_batch_size,
             instance_kind=instance_kind,
-        )
+        ),
+        max_batch_size=max_batch_size,
+        parity_gap=gap,
     )
-    inputs, outputs = ood_tensor_specs(config)
     card: dict[str, Any] = {
         **meta,
         "name": OOD_MODEL_NAME,
         "version": version,
-        "inputs": [{"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in inputs],
-        "outputs": [{"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in outputs],
-        "max_batch_size": max_batch_size,
-        "export_parity_max_abs_diff": gap,
-        "model_pt_sha256": hashlib.sha256(blob).hexdigest(),
+        **served.card_entry(),
         "fit_code_version": meta["code_version"],
-        "code_version": code_version(OOD_SOURCES),
+        "code_version": code_version(OOD_EXPORT_SOURCES),
         "whitening_sha256": hashlib.sha256(
             np.ascontiguousarray(detector.whitening.numpy()).tobytes()
         ).hexdigest(),
     }
-    card_path = model_dir / "model_card.json"
-    card_path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-    (model_dir / "model_card.md").write_text(_card_markdown(card))
-    return OODExportResult(model_dir / "config.pbtxt", version_dir / "model.pt", card_path, gap)
+    return export_family(
+        repo_dir,
+        version,
+        [served],
+        card_dir=OOD_MODEL_NAME,
+        card=card,
+        markdown=_card_markdown(card),
+    )

@@ -2,7 +2,7 @@
 
 The worker scores a patient every 30 minutes of event time; :func:`timeline` scores
 sampled test stays at every half hour from 0.5 h to 48 h after admission, unshifted and
-under each shift of :mod:`models.ood_shifts` (with the stream's artifact filter), and
+under each shift of :mod:`models.ood.shifts` (with the stream's artifact filter), and
 reports per scoring time the fraction of stays flagged, and per shift the hour at which
 stays are first flagged.
 """
@@ -15,9 +15,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from models.network import DeteriorationEnsemble, NetConfig
-from models.ood_shifts import SHIFTS, apply_shift
-from models.ood_windows import ChannelScorer, window_features
+from models.deterioration.network import DeteriorationEnsemble, NetConfig
+from models.ood.shifts import SHIFTS, apply_shift
+from models.ood.windows import ChannelScorer, window_features
 from streams.datasets.physionet2012 import Stay
 
 __all__ = ["SCORING_STEP_MINUTES", "first_flag_hours", "sample_stays", "timeline"]

@@ -1,7 +1,7 @@
 """Feature windows of recorded stays as the OOD detector's two channels see them.
 
-Shared by fitting (:mod:`models.ood_train`) and the time-course evaluation
-(:mod:`models.ood_timeline`): a window is built with
+Shared by fitting (:mod:`models.ood.train`) and the time-course evaluation
+(:mod:`models.ood.timeline`): a window is built with
 :func:`streams.core.features.features_at` at ``admission + end minutes``, exactly as the
 stream builds it at a scoring time.
 """
@@ -17,9 +17,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.network import DeteriorationEnsemble, NetConfig
-from models.ood import GaussianFit, ensemble_features, min_distance
-from models.ood_input import BucketFit, bucket_distance, hours_observed, input_features
+from models.deterioration.network import DeteriorationEnsemble, NetConfig
+from models.ood.detector import GaussianFit, ensemble_features, min_distance
+from models.ood.inputs import BucketFit, bucket_distance, hours_observed, input_features
 from streams.core.features import features_at
 from streams.datasets.physionet2012 import Stay
 
@@ -37,8 +37,8 @@ class WindowFeatures:
     Attributes:
         representation: ``[N, members·F]`` concatenated fused vectors, or None when not
             computed.
-        inputs: ``[N, 8P+2S]`` :func:`models.ood_input.input_features`.
-        hours: ``[N]`` :func:`models.ood_input.hours_observed`.
+        inputs: ``[N, 8P+2S]`` :func:`models.ood.inputs.input_features`.
+        hours: ``[N]`` :func:`models.ood.inputs.hours_observed`.
     """
 
     representation: FloatArray | None

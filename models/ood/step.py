@@ -1,8 +1,8 @@
 """The step model's own out-of-distribution verdict, served in the same Triton call.
 
-The two-channel Mahalanobis method of :mod:`models.ood` and :mod:`models.ood_input`
-(``docs/ood.md``) moved onto :class:`models.step_network.StepModule`, so a score costs one
-O(1) model call instead of a step call plus a whole-window ensemble re-run. Shapes: ``B``
+The two-channel Mahalanobis method of :mod:`models.ood.detector` and :mod:`models.ood.inputs`
+(``docs/ood.md``) moved onto :class:`models.deterioration.step_network.StepModule`, so a score
+costs one O(1) model call instead of a step call plus a whole-window ensemble re-run. Shapes: ``B``
 rows, ``P`` series parameters, ``S`` statics, ``M`` members, ``F`` fused width, ``K`` step
 buckets, ``C`` classes, ``D`` feature width.
 
@@ -17,12 +17,12 @@ buckets, ``C`` classes, ``D`` feature width.
   state, so they are not here. One Gaussian per bucket of **steps observed**
   (:func:`steps_observed`: the largest per-parameter count of bins with an observation,
   the state's stand-in for the window detector's hours observed), bucket edges
-  :data:`models.ood_input.HOUR_BUCKET_EDGES`, one threshold per bucket.
+  :data:`models.ood.inputs.HOUR_BUCKET_EDGES`, one threshold per bucket.
 * Combined: ``distance = max(rep / rep_threshold, input / bucket_threshold)``, flagged
   when above 1, exactly as ``ood`` serves it.
 
 :class:`StepOODModule` returns ``risk``, ``state_out``, ``fused`` (bit-identical to
-:class:`~models.step_network.StepModule`), then :data:`OOD_OUTPUT_NAMES`.
+:class:`~models.deterioration.step_network.StepModule`), then :data:`OOD_OUTPUT_NAMES`.
 :func:`reference_scores` is the float64 numpy reference of the two channels.
 """
 
@@ -36,8 +36,8 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from models.ood import OUTPUT_NAMES
-from models.step_network import StepEnsemble, StepModule
+from models.deterioration.step_network import StepEnsemble, StepModule
+from models.ood.detector import OUTPUT_NAMES
 
 __all__ = [
     "OOD_OUTPUT_NAMES",
@@ -78,15 +78,15 @@ def steps_observed(stats: Tensor) -> Tensor:
 class StepOODModule(nn.Module):
     """The served ``deterioration_step``: the step and its two-channel OOD verdict.
 
-    ``forward`` takes :class:`~models.step_network.StepModule`'s eleven inputs and returns
-    ``risk [B,1]``, ``state_out [B,D]``, ``fused [B,F]`` (computed by the same code, so
+    ``forward`` takes :class:`~models.deterioration.step_network.StepModule`'s eleven inputs and
+    returns ``risk [B,1]``, ``state_out [B,D]``, ``fused [B,F]`` (computed by the same code, so
     bit-identical), then ``[B,1]`` each: ``distance`` (float32), ``ood`` (bool),
     ``representation_distance``, ``input_distance``, ``input_threshold`` (of the row's
     step bucket), ``representation_ood``, ``input_ood`` (bool).
 
     Args:
         ensemble: The trained step ensemble.
-        arrays: The fit (:func:`models.step_ood_train.fit_arrays`): ``rep_whitening
+        arrays: The fit (:func:`models.ood.step_train.fit_arrays`): ``rep_whitening
             [MF,MF]``, ``rep_means [C,MF]``, ``rep_threshold [1]``, ``input_centre [D]``,
             ``input_scale [D]``, ``input_edges [K]``, ``input_whitening [K,D,D]``,
             ``input_means [K,1,D]``, ``input_thresholds [K]``.

@@ -1,18 +1,18 @@
 """Hourly risks and OOD verdicts of the step model ``deterioration_step``, as served.
 
-The input of :mod:`models.alert_operating_point` with ``--model step``. Every stay is
+The input of :mod:`models.deterioration.alert_operating_point` with ``--model step``. Every stay is
 scored the worker's way (as ``tests/models/test_step_ood.py`` serves it): at hour ``h``
 after admission one call of the served module with the stored state, bin ``h - 1``
 (closed, committed) and the open bin ``h`` up to the scoring time
 (:func:`streams.core.step_features.bin_inputs`, :func:`~streams.core.step_features.pack_bins`);
 ``state_out`` is carried to the next hour. The module is the eager
-:class:`models.step_ood.StepOODModule` built from the step checkpoint and its OOD fit: the
-module ``python -m models.step_export`` scripts into
+:class:`models.ood.step.StepOODModule` built from the step checkpoint and its OOD fit: the
+module ``python -m models.deterioration.step_export`` scripts into
 ``triton_repo/deterioration_step/1/model.pt``, so the risk and the verdict come from one
 call, as in the stream, and the verdict's threshold is the one ``config.pbtxt`` serves
-(:data:`models.step_export.COMBINED_THRESHOLD`). As a check, the calibrated risks of the
-full-sequence path (:meth:`models.step_network.StepEnsemble.score_hours`, the reference of
-``tests/models/test_step_parity.py``) are computed too; the largest difference is kept.
+(:data:`models.deterioration.step_export.COMBINED_THRESHOLD`). As a check, the calibrated risks of
+the full-sequence path (:meth:`models.deterioration.step_network.StepEnsemble.score_hours`, the
+reference of ``tests/models/test_step_parity.py``) are computed too; the largest difference is kept.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.alert_split import HOURS, split_stays
-from models.network import NetConfig
-from models.step_export import COMBINED_THRESHOLD
-from models.step_network import StepEnsemble
-from models.step_ood import StepOODModule
-from models.step_ood_train import load_fit
-from models.step_train import load_step_checkpoint, prepare
+from models.deterioration.alert_split import HOURS, split_stays
+from models.deterioration.network import NetConfig
+from models.deterioration.step_export import COMBINED_THRESHOLD
+from models.deterioration.step_network import StepEnsemble
+from models.deterioration.step_train import load_step_checkpoint, prepare
+from models.ood.step import StepOODModule
+from models.ood.step_train import load_fit
 from streams.core.step_features import bin_inputs, pack_bins
 from streams.datasets.physionet2012 import Stay
 from vigil.errors import ModelError
@@ -141,12 +141,12 @@ def hourly_step_scores(
     """Served risks and OOD verdicts at hours 1…48 of one split of the step checkpoint.
 
     The split is recomputed from the checkpoint's seed and checked against the one it
-    recorded (:func:`models.alert_split.split_stays`).
+    recorded (:func:`models.deterioration.alert_split.split_stays`).
 
     Returns:
-        :data:`models.alert_operating_point.RISK_KEYS` and
-        :data:`~models.alert_operating_point.OOD_KEYS`, and ``full_sequence_max_abs_diff``
-        (``[]``, the largest |served - full-sequence| risk).
+        :data:`models.deterioration.alert_operating_point.RISK_KEYS` and
+        :data:`~models.deterioration.alert_operating_point.OOD_KEYS`, and
+        ``full_sequence_max_abs_diff`` (``[]``, the largest |served - full-sequence| risk).
     """
 
     torch.set_num_threads(threads)

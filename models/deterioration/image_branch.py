@@ -46,13 +46,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.export import load_checkpoint
-from models.image_branch_settings import ImageBranchSettings
-from models.imaging_data import load_xray
-from models.imaging_export import load_imaging_checkpoint
-from models.imaging_network import ImagingNet
-from models.network import DeteriorationEnsemble, DeteriorationNet, NetConfig
-from models.train import EVAL_HOURS, WindowBatch, code_version, make_windows, split_record_ids
+from models.common.provenance import code_version
+from models.deterioration.export import load_checkpoint
+from models.deterioration.image_branch_settings import ImageBranchSettings
+from models.deterioration.network import DeteriorationEnsemble, DeteriorationNet, NetConfig
+from models.deterioration.train import EVAL_HOURS, WindowBatch, make_windows, split_record_ids
+from models.imaging.data import load_xray
+from models.imaging.export import load_imaging_checkpoint
+from models.imaging.network import ImagingNet
 from streams.core.features import StayArrays
 from streams.core.risk_metrics import auroc
 from streams.datasets.physionet2012 import load_stays
@@ -91,11 +92,11 @@ FIXTURE_RULE: Final[str] = (
     "within the class. No clinical evidence."
 )
 IMAGE_BRANCH_SOURCES: Final[tuple[str, ...]] = (
-    "models/network.py",
-    "models/image_branch.py",
-    "models/image_branch_settings.py",
-    "models/imaging_data.py",
-    "models/imaging_network.py",
+    "models/deterioration/network.py",
+    "models/deterioration/image_branch.py",
+    "models/deterioration/image_branch_settings.py",
+    "models/imaging/data.py",
+    "models/imaging/network.py",
 )
 """Files hashed into the fine-tune's ``code_version``."""
 _TRAIN_STUDY_HOURS: Final[float] = 48.0

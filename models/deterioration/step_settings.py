@@ -11,9 +11,9 @@ __all__ = ["StepTrainSettings"]
 
 
 class StepTrainSettings(BaseSettings):
-    """Settings of ``python -m models.step_train`` (environment prefix
+    """Settings of ``python -m models.deterioration.step_train`` (environment prefix
     ``VIGIL_STEP_TRAIN_``). Split, seeds and optimiser follow ``vigil train
-    deterioration`` (:class:`models.settings.TrainSettings`)."""
+    deterioration`` (:class:`models.deterioration.settings.TrainSettings`)."""
 
     model_config = SettingsConfigDict(env_prefix="VIGIL_STEP_TRAIN_", frozen=True, extra="forbid")
 

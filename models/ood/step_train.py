@@ -1,11 +1,11 @@
-"""Fitting and evaluation of the step model's OOD verdict (``python -m models.step_ood_train``).
+"""Fitting and evaluation of the step model's OOD verdict (``python -m models.ood.step_train``).
 
-The method of ``docs/ood.md`` (:mod:`models.ood_train`) on the step model
-(:mod:`models.step_ood`):
+The method of ``docs/ood.md`` (:mod:`models.ood.train`) on the step model
+(:mod:`models.ood.step`):
 
 1. Load the step checkpoint and set A; recompute the split with
-   :func:`models.train.split_record_ids` and the checkpoint's split seed, and refuse to go
-   on unless it equals the checkpoint's recorded split.
+   :func:`models.deterioration.train.split_record_ids` and the checkpoint's split seed, and refuse
+   to go on unless it equals the checkpoint's recorded split.
 2. Every stay is prepared at scoring times in minutes (:func:`prepare_minutes`: the
    closed steps before the scoring time's bin, then the open bin up to the scoring time,
    as the worker sends them) and run through the ensemble's full-sequence path
@@ -13,21 +13,21 @@ The method of ``docs/ood.md`` (:mod:`models.ood_train`) on the step model
    features and the steps observed.
 3. Representation channel: class Gaussians (in-hospital death, tied covariance, ridge
    ``1e-4`` of the mean variance) on **training** stays at
-   :data:`models.ood_train.FIT_HOURS`; threshold: the 99th percentile of **validation**
+   :data:`models.ood.train.FIT_HOURS`; threshold: the 99th percentile of **validation**
    distances at the same hours.
 4. Input channel: one Gaussian per step bucket (ridge ``1e-2``, buckets with fewer than
-   100 windows merged) on **training** stays at :data:`models.ood_train.ALL_MINUTES`;
+   100 windows merged) on **training** stays at :data:`models.ood.train.ALL_MINUTES`;
    one threshold per bucket, the 99th percentile of that bucket's **validation**
    distances.
 5. Evaluation (nothing chosen here): flag rates on validation and **test** at every
-   scoring time; on the **test** split at 48 h, each shift of :mod:`models.ood_shifts`
+   scoring time; on the **test** split at 48 h, each shift of :mod:`models.ood.shifts`
    (filtered and unfiltered) and a left-out ICU type (both channels refitted without
    it); the time course on 200 sampled test stays; 95 % intervals by bootstrap over
    stays; and the shipped window detector (``triton_repo/ood/1/model.pt``) on the same
    test windows, paired.
 
-Writes ``models/weights/deterioration_step_ood.pt``; :mod:`models.step_export` serves it
-inside ``deterioration_step``.
+Writes ``models/weights/deterioration_step_ood.pt``; :mod:`models.deterioration.step_export` serves
+it inside ``deterioration_step``.
 """
 
 from __future__ import annotations
@@ -45,15 +45,28 @@ import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.ood import GaussianFit, fit_gaussians, fit_summary, min_distance, percentile_threshold
-from models.ood_input import HOUR_BUCKET_EDGES, bucket_arrays, fit_buckets
-from models.ood_shifts import SHIFTS, apply_shift
-from models.ood_timeline import first_flag_hours, sample_stays
-from models.ood_train import ALL_MINUTES, FIT_HOURS, MIN_BUCKET_WINDOWS, RIDGE_FRACTIONS
-from models.step_network import StepEnsemble, StepInputs, StepNet, gru_inputs, running_stats
-from models.step_ood import reference_scores, step_input_features, steps_observed
-from models.step_train import load_step_checkpoint
-from models.train import code_version, split_record_ids
+from models.common.provenance import code_version
+from models.deterioration.step_network import (
+    StepEnsemble,
+    StepInputs,
+    StepNet,
+    gru_inputs,
+    running_stats,
+)
+from models.deterioration.step_train import load_step_checkpoint
+from models.deterioration.train import split_record_ids
+from models.ood.detector import (
+    GaussianFit,
+    fit_gaussians,
+    fit_summary,
+    min_distance,
+    percentile_threshold,
+)
+from models.ood.inputs import HOUR_BUCKET_EDGES, bucket_arrays, fit_buckets
+from models.ood.shifts import SHIFTS, apply_shift
+from models.ood.step import reference_scores, step_input_features, steps_observed
+from models.ood.timeline import first_flag_hours, sample_stays
+from models.ood.train import ALL_MINUTES, FIT_HOURS, MIN_BUCKET_WINDOWS, RIDGE_FRACTIONS
 from streams.core.features import SERIES_CODES, StayArrays, features_at
 from streams.core.risk_metrics import auroc
 from streams.core.step_features import stay_bins
@@ -72,12 +85,12 @@ __all__ = [
 ]
 
 STEP_OOD_SOURCES: Final[tuple[str, ...]] = (
-    "models/ood.py",
-    "models/ood_input.py",
-    "models/ood_shifts.py",
-    "models/step_network.py",
-    "models/step_ood.py",
-    "models/step_ood_train.py",
+    "models/ood/detector.py",
+    "models/ood/inputs.py",
+    "models/ood/shifts.py",
+    "models/deterioration/step_network.py",
+    "models/ood/step.py",
+    "models/ood/step_train.py",
 )
 """Files hashed into the fit's ``code_version``."""
 _CHUNK: Final[int] = 256
@@ -85,7 +98,7 @@ _WINDOW_OOD: Final[Path] = Path("triton_repo/ood/1/model.pt")
 
 
 class StepOODSettings(BaseSettings):
-    """Settings of ``python -m models.step_ood_train`` (prefix ``VIGIL_STEP_OOD_``)."""
+    """Settings of ``python -m models.ood.step_train`` (prefix ``VIGIL_STEP_OOD_``)."""
 
     model_config = SettingsConfigDict(env_prefix="VIGIL_STEP_OOD_", frozen=True, extra="forbid")
 
@@ -116,8 +129,8 @@ def prepare_minutes(
 ) -> StepInputs:
     """Every stay's steps and state inputs at scoring times ``minutes`` after admission.
 
-    :func:`models.step_train.prepare` at any minute: the closed steps are the bins before
-    the bin holding the scoring time; the open bin holds that bin's observations up to the
+    :func:`models.deterioration.step_train.prepare` at any minute: the closed steps are the bins
+    before the bin holding the scoring time; the open bin holds that bin's observations up to the
     scoring time. At whole hours it equals ``prepare`` (tested).
     """
     p, q, n = len(SERIES_CODES), len(minutes), len(stays)
@@ -179,8 +192,8 @@ class StepOODFeatures:
 
     Attributes:
         representation: ``[N, M·F]`` concatenated fused vectors (float64).
-        inputs: ``[N, 6P+2S]`` :func:`models.step_ood.step_input_features`.
-        steps: ``[N]`` :func:`models.step_ood.steps_observed`.
+        inputs: ``[N, 6P+2S]`` :func:`models.ood.step.step_input_features`.
+        steps: ``[N]`` :func:`models.ood.step.steps_observed`.
     """
 
     def __init__(
@@ -201,7 +214,7 @@ class StepOODFeatures:
 def ood_features(net: StepEnsemble, inputs: StepInputs) -> StepOODFeatures:
     """Every member's fused vector (concatenated), the input features and the steps
     observed at each scoring time of ``inputs`` (no images, eval mode): the full-sequence
-    path of what :class:`models.step_ood.StepOODModule` reads."""
+    path of what :class:`models.ood.step.StepOODModule` reads."""
     net.eval()
     reps, feats, steps = [], [], []
     batch_total, q = inputs.n_closed.shape
@@ -253,7 +266,7 @@ def ood_features(net: StepEnsemble, inputs: StepInputs) -> StepOODFeatures:
 def fit_arrays(
     rep: GaussianFit, rep_threshold: float, buckets: Any
 ) -> dict[str, npt.NDArray[np.float64]]:
-    """What :class:`models.step_ood.StepOODModule` and the checkpoint store of a fit."""
+    """What :class:`models.ood.step.StepOODModule` and the checkpoint store of a fit."""
     b = bucket_arrays(buckets)
     return {
         "rep_whitening": rep.whitening,
@@ -595,7 +608,7 @@ def fit_step_ood(settings: StepOODSettings) -> dict[str, Any]:
             "valid bin, concatenated (member-major)",
             "input": "from the running statistics after the last valid bin: last, mean, min, "
             "max (standardised), observed-any, log1p(count) per parameter; raw statics and "
-            "their mask (models/step_ood.py); one Gaussian per bucket of steps observed",
+            "their mask (models/ood/step.py); one Gaussian per bucket of steps observed",
         },
         "threshold": 1.0,
         "threshold_meaning": "of the combined score distance = max(representation distance "
@@ -636,7 +649,7 @@ def fit_step_ood(settings: StepOODSettings) -> dict[str, Any]:
 
 
 def load_fit(path: Path) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, Any]]:
-    """The arrays (:class:`models.step_ood.StepOODModule`'s ``arrays``) and metadata of a
+    """The arrays (:class:`models.ood.step.StepOODModule`'s ``arrays``) and metadata of a
     fit written by :func:`fit_step_ood`.
 
     Raises:
@@ -652,7 +665,7 @@ def load_fit(path: Path) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, 
 
 
 def main() -> None:
-    """``python -m models.step_ood_train``: fit with settings from ``VIGIL_STEP_OOD_*``."""
+    """``python -m models.ood.step_train``: fit with settings from ``VIGIL_STEP_OOD_*``."""
     import json
     import sys
 

@@ -5,7 +5,8 @@ parameters, ``S`` static entries, ``K`` image slots, ``E`` image-embedding width
 recurrent width, ``F`` fused width and ``M`` ensemble members.
 
 A step is an hour bin with at least one observation (:mod:`streams.core.step_features`).
-Per step, with ``x`` the standardised values (as :class:`models.network.DeteriorationNet`:
+Per step, with ``x`` the standardised values (as
+:class:`models.deterioration.network.DeteriorationNet`:
 ``log1p`` for skewed labs, training means and standard deviations, 0 where unobserved),
 ``m`` the mask and ``d`` the gap (hours, capped at 48, divided by 12):
 
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Final
 import torch
 from torch import Tensor, nn
 
-from models.network import NetConfig
+from models.deterioration.network import NetConfig
 from streams.core.features import DELTA_CAP_HOURS
 
 __all__ = [

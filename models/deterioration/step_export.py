@@ -1,54 +1,61 @@
 """Export of the step deterioration model as the Triton model ``deterioration_step``.
 
-Writes, under ``<repo>/deterioration_step/``:
+Writes, through the common export path (:func:`models.common.export.export_family`),
+under ``<repo>/deterioration_step/``:
 
 * ``config.pbtxt``: the serving contract (:func:`tensor_specs`, :func:`render_config`),
   with the scheduling part every served model shares
-  (:func:`models.export.render_serving`: dynamic batching with a short queue delay, a
-  ``default_queue_policy`` that REJECTs on timeout, one torch thread), with two CPU
+  (:func:`models.common.triton_config.render_serving`: dynamic batching with a short
+  queue delay, a ``default_queue_policy`` that REJECTs on timeout, one torch thread), with two CPU
   instances like ``deterioration``, the wrapper's block size ``block_rows``
   (:data:`BLOCK_ROWS`, bigger than the other models' 16), and the OOD verdict's
   thresholds as ``parameters`` (``threshold`` ``1.0`` of ``distance``, as the ``ood``
   model has it).
-* ``<version>/model.pt``: :class:`models.step_ood.StepOODModule` in TorchScript: the step
-  (:class:`models.step_network.StepModule`, outputs ``risk``, ``state_out``, ``fused``)
-  and its own two-channel OOD verdict (:data:`models.step_ood.OOD_OUTPUT_NAMES`, named
-  and typed as the ``ood`` model's outputs), fitted by :mod:`models.step_ood_train`
+* ``<version>/model.pt``: :class:`models.ood.step.StepOODModule` in TorchScript: the step
+  (:class:`models.deterioration.step_network.StepModule`, outputs ``risk``, ``state_out``,
+  ``fused``) and its own two-channel OOD verdict (:data:`models.ood.step.OOD_OUTPUT_NAMES`, named
+  and typed as the ``ood`` model's outputs), fitted by :mod:`models.ood.step_train`
   (``models/weights/deterioration_step_ood.pt``; export refuses a fit of another step
   checkpoint).
-* ``<version>/model.py``: a copy of :mod:`models.triton_model` (the shared wrapper).
+* ``<version>/model.py``: a copy of :mod:`models.common.triton_model` (the shared wrapper).
 * ``model_card.json`` / ``model_card.md``: data hash, split, seeds, settings, metrics,
   the state layout, the contract, parity gap and file hash.
 
 Before writing, the reloaded TorchScript is compared with the eager ensemble
-(:meth:`models.step_network.StepEnsemble.forward`) with and without images on ``risk``,
-``state_out`` and ``fused``, and with the eager :class:`~models.step_ood.StepOODModule`
-on the OOD outputs; a gap above :data:`PARITY_TOLERANCE` (:data:`OOD_PARITY_TOLERANCE`,
-relative, for the distances) raises :class:`vigil.errors.ModelError`.
+(:meth:`models.deterioration.step_network.StepEnsemble.forward`) with and without images on
+``risk``, ``state_out`` and ``fused``, and with the eager :class:`~models.ood.step.StepOODModule`
+on the OOD outputs; a gap above :data:`~models.common.torchscript.PARITY_TOLERANCE`
+(:data:`OOD_PARITY_TOLERANCE`, relative, for the distances) raises
+:class:`vigil.errors.ModelError`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-import shutil
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.export import SCORING_INSTANCE_COUNT, TensorSpec, render_serving
-from models.network import NetConfig
-from models.step_network import StepEnsemble
-from models.step_ood import OOD_OUTPUT_NAMES, StepOODModule
-from models.step_ood_train import STEP_OOD_SOURCES, load_fit
-from models.step_train import STEP_TRAINING_SOURCES, load_step_checkpoint
-from models.train import code_version
+from models.common import triton_config
+from models.common.export import (
+    COMMON_EXPORT_SOURCES,
+    ExportResult,
+    ServedModel,
+    check_positive,
+    export_family,
+)
+from models.common.provenance import code_version
+from models.common.torchscript import script, scripted_bytes
+from models.common.triton_config import SCORING_INSTANCE_COUNT, InstanceKind, TensorSpec
+from models.deterioration.network import NetConfig
+from models.deterioration.step_network import StepEnsemble
+from models.deterioration.step_train import STEP_TRAINING_SOURCES, load_step_checkpoint
+from models.ood.step import OOD_OUTPUT_NAMES, StepOODModule
+from models.ood.step_train import STEP_OOD_SOURCES, load_fit
 from streams.core.features import SERIES_CODES, STATIC_FEATURES
 from streams.core.step_features import BINS_PER_REQUEST
 from vigil.errors import ModelError
@@ -60,9 +67,7 @@ __all__ = [
     "MODEL_NAME",
     "OOD_FIT",
     "OOD_PARITY_TOLERANCE",
-    "PARITY_TOLERANCE",
     "STEP_EXPORT_SOURCES",
-    "StepExportResult",
     "example_step_inputs",
     "export_step",
     "render_config",
@@ -71,7 +76,6 @@ __all__ = [
 ]
 
 MODEL_NAME: Final[str] = "deterioration_step"
-PARITY_TOLERANCE: Final[float] = 1e-5
 OOD_PARITY_TOLERANCE: Final[float] = 1e-4
 """Largest relative |eager - TorchScript| gap of the OOD distances."""
 COMBINED_THRESHOLD: Final[float] = 1.0
@@ -83,33 +87,13 @@ MAX_BATCH_SIZE: Final[int] = 1024
 """Rows per Triton execution (dynamic batching merges requests up to it)."""
 BLOCK_ROWS: Final[int] = 128
 """Rows per forward in the served wrapper (``block_rows`` of ``config.pbtxt``; the other
-models keep :data:`models.triton_model.BLOCK_ROWS`, 16)."""
+models keep :data:`models.common.triton_model.BLOCK_ROWS`, 16)."""
 STEP_EXPORT_SOURCES: Final[tuple[str, ...]] = (
     *STEP_TRAINING_SOURCES,
     *(s for s in STEP_OOD_SOURCES if s not in STEP_TRAINING_SOURCES),
-    "models/step_export.py",
-    "models/triton_model.py",
+    "models/deterioration/step_export.py",
+    *COMMON_EXPORT_SOURCES,
 )
-_TRITON_MODEL_SOURCE: Final[Path] = Path(__file__).with_name("triton_model.py")
-
-
-class StepExportResult:
-    """Paths written by :func:`export_step` and the measured parity gaps (step outputs,
-    absolute; OOD distances, relative)."""
-
-    def __init__(
-        self,
-        config: Path,
-        model: Path,
-        model_card: Path,
-        max_abs_diff: float,
-        ood_max_rel_diff: float = 0.0,
-    ) -> None:
-        self.config = config
-        self.model = model
-        self.model_card = model_card
-        self.max_abs_diff = max_abs_diff
-        self.ood_max_rel_diff = ood_max_rel_diff
 
 
 def tensor_specs(
@@ -152,12 +136,13 @@ def render_config(
     percentile: float,
     *,
     max_batch_size: int = MAX_BATCH_SIZE,
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+    instance_kind: InstanceKind = "KIND_CPU",
     instance_count: int = SCORING_INSTANCE_COUNT,
     block_rows: int = BLOCK_ROWS,
 ) -> str:
     """The ``config.pbtxt`` text of ``deterioration_step``: called for every score like
-    ``deterioration``, so it gets the same :data:`~models.export.SCORING_INSTANCE_COUNT`
+    ``deterioration``, so it gets the same
+    :data:`~models.common.triton_config.SCORING_INSTANCE_COUNT`
     instances (one instance with a queue-policy timeout stalls ~500 ms at times in
     Triton 2.51; BENCHMARKS.md, issue 16 part 1). ``ood_fit`` (the fit's arrays) and
     ``percentile`` give the ``parameters`` the ``ood`` model also has: ``threshold``
@@ -168,44 +153,32 @@ def render_config(
         raise ModelError(f"block_rows must be positive, got {block_rows}")
     inputs, outputs = tensor_specs(config, state_width)
 
-    def block(kind: str, specs: tuple[TensorSpec, ...]) -> str:
-        items = [
-            f'  {{\n    name: "{spec.name}"\n    data_type: {spec.data_type}\n'
-            f"    dims: [ {', '.join(str(d) for d in spec.dims)} ]\n  }}"
-            for spec in specs
-        ]
-        return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
-
-    def parameter(key: str, value: str) -> str:
-        return f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
-
     def listed(name: str) -> str:
         return ",".join(repr(float(v)) for v in np.asarray(ood_fit[name]).reshape(-1))
 
     rep_threshold = float(np.asarray(ood_fit["rep_threshold"]).reshape(-1)[0])
-    return (
-        f'name: "{MODEL_NAME}"\n'
-        'backend: "python"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        + block("input", inputs)
-        + block("output", outputs)
-        + render_serving(instance_kind=instance_kind, instance_count=instance_count)
-        + parameter("block_rows", str(block_rows))
-        + parameter("threshold", repr(COMBINED_THRESHOLD))
-        + parameter("threshold_percentile", repr(float(percentile)))
-        + parameter("representation_threshold", repr(rep_threshold))
-        + parameter("input_step_bucket_edges", listed("input_edges"))
-        + parameter("input_thresholds", listed("input_thresholds"))
+    return triton_config.render_config(
+        MODEL_NAME,
+        inputs,
+        outputs,
+        max_batch_size=max_batch_size,
+        instance_kind=instance_kind,
+        instance_count=instance_count,
+        parameters=[
+            ("block_rows", str(block_rows)),
+            ("threshold", repr(COMBINED_THRESHOLD)),
+            ("threshold_percentile", repr(float(percentile))),
+            ("representation_threshold", repr(rep_threshold)),
+            ("input_step_bucket_edges", listed("input_edges")),
+            ("input_thresholds", listed("input_thresholds")),
+        ],
     )
 
 
 def script_step(net: StepEnsemble, ood_fit: Mapping[str, npt.ArrayLike]) -> torch.jit.ScriptModule:
     """TorchScript of :class:`StepOODModule` built from ``net`` and the OOD fit (eval)."""
     net.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
-        scripted: torch.jit.ScriptModule = torch.jit.script(StepOODModule(net, ood_fit).eval())
-    return scripted
+    return script(StepOODModule(net, ood_fit).eval())
 
 
 def example_step_inputs(
@@ -283,28 +256,28 @@ def _parity(
     return worst, worst_ood
 
 
-def scripted_bytes(
+def _checked_bytes(
     net: StepEnsemble, ood_fit: Mapping[str, npt.ArrayLike]
 ) -> tuple[bytes, float, float]:
     """Serialised TorchScript and its parity gaps (step outputs, OOD distances).
 
     Raises:
-        ModelError: A gap exceeds :data:`PARITY_TOLERANCE` or
+        ModelError: A gap exceeds :data:`~models.common.torchscript.PARITY_TOLERANCE` or
             :data:`OOD_PARITY_TOLERANCE`.
     """
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(script_step(net, ood_fit), buffer)
-        buffer.seek(0)
-        reloaded = torch.jit.load(buffer)  # type: ignore[no-untyped-call]
-    gap, ood_gap = _parity(net, ood_fit, reloaded)
-    if gap > PARITY_TOLERANCE or ood_gap > OOD_PARITY_TOLERANCE:
-        raise ModelError(
-            f"export parity failed for {MODEL_NAME}: max |eager - TorchScript| = {gap:.3g}, "
-            f"OOD relative gap {ood_gap:.3g}"
-        )
-    return buffer.getvalue(), gap, ood_gap
+    ood_gaps: list[float] = []
+
+    def parity(reloaded: torch.jit.ScriptModule) -> float:
+        gap, ood_gap = _parity(net, ood_fit, reloaded)
+        if ood_gap > OOD_PARITY_TOLERANCE:
+            raise ModelError(
+                f"export parity failed for {MODEL_NAME}: OOD relative gap {ood_gap:.3g}"
+            )
+        ood_gaps.append(ood_gap)
+        return gap
+
+    blob, gap = scripted_bytes(MODEL_NAME, script_step(net, ood_fit), parity)
+    return blob, gap, ood_gaps[0]
 
 
 def _fmt(entry: dict[str, Any]) -> str:
@@ -386,7 +359,7 @@ def _ood_markdown(card: dict[str, Any]) -> str:
         f"{ood['export_parity_max_rel_diff']:.2g}\n"
         f"- In-distribution flag rate: validation {val['flagged_fraction']:.4f}, test "
         f"{test['flagged_fraction']:.4f} {test['flagged_fraction_ci']}\n\n"
-        "Test split at 48 h; shifts are **synthetic** (models/ood_shifts.py); bracketed: "
+        "Test split at 48 h; shifts are **synthetic** (models/ood/shifts.py); bracketed: "
         "95 % stay-bootstrap interval; last column: the shipped window detector `ood` on "
         "the same windows.\n\n"
         "| Shift | Shifted windows | AUROC | Flagged | Window detector AUROC |\n"
@@ -400,44 +373,42 @@ def export_step(
     *,
     version: int = 1,
     max_batch_size: int = MAX_BATCH_SIZE,
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU",
+    instance_kind: InstanceKind = "KIND_CPU",
     ood_fit: Path = OOD_FIT,
-) -> StepExportResult:
+) -> ExportResult:
     """Writes ``<repo_dir>/deterioration_step`` for a trained step checkpoint and the OOD
-    fit of that checkpoint (:func:`models.step_ood_train.fit_step_ood`).
+    fit of that checkpoint (:func:`models.ood.step_train.fit_step_ood`).
 
     Raises:
         ModelError: An unreadable checkpoint, a bad argument, or a parity failure.
     """
-    if version < 1 or max_batch_size < 1:
-        raise ModelError("version and max_batch_size must be positive")
+    check_positive(version, max_batch_size)
     net, meta = load_step_checkpoint(checkpoint)
     ood_arrays, ood_meta = load_fit(ood_fit)
     checkpoint_sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     if ood_meta["step_checkpoint_sha256"] != checkpoint_sha:
         raise ModelError(
             f"the OOD fit {ood_fit} is of another step checkpoint; run "
-            "python -m models.step_ood_train"
+            "python -m models.ood.step_train"
         )
-    blob, gap, ood_gap = scripted_bytes(net, ood_arrays)
-    model_dir = repo_dir / MODEL_NAME
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    model_path = version_dir / "model.pt"
-    model_path.write_bytes(blob)
-    shutil.copyfile(_TRITON_MODEL_SOURCE, version_dir / "model.py")
-    config_path = model_dir / "config.pbtxt"
-    config_path.write_text(
-        render_config(
+    blob, gap, ood_gap = _checked_bytes(net, ood_arrays)
+    inputs, outputs = tensor_specs(net.config, net.layout.width)
+    served = ServedModel(
+        name=MODEL_NAME,
+        blob=blob,
+        inputs=inputs,
+        outputs=outputs,
+        config=render_config(
             net.config,
             net.layout.width,
             ood_arrays,
             float(ood_meta["percentile"]),
             max_batch_size=max_batch_size,
             instance_kind=instance_kind,
-        )
+        ),
+        max_batch_size=max_batch_size,
+        parity_gap=gap,
     )
-    inputs, outputs = tensor_specs(net.config, net.layout.width)
     card: dict[str, Any] = {
         **meta,
         "name": MODEL_NAME,
@@ -446,16 +417,7 @@ def export_step(
         "state advanced one hour bin at a time",
         "series_codes": list(SERIES_CODES),
         "static_features": list(STATIC_FEATURES),
-        "served_model": {
-            "inputs": [{"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in inputs],
-            "outputs": [
-                {"name": s.name, "data_type": s.data_type, "dims": s.dims} for s in outputs
-            ],
-            "bins_per_request": BINS_PER_REQUEST,
-            "max_batch_size": max_batch_size,
-            "export_parity_max_abs_diff": gap,
-            "model_pt_sha256": hashlib.sha256(blob).hexdigest(),
-        },
+        "served_model": {**served.card_entry(), "bins_per_request": BINS_PER_REQUEST},
         "training_code_version": meta["code_version"],
         "code_version": code_version(STEP_EXPORT_SOURCES),
         "ood": {
@@ -470,14 +432,19 @@ def export_step(
             "split_equals_checkpoint": ood_meta["split"] == meta["split"],
         },
     }
-    card_path = model_dir / "model_card.json"
-    card_path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-    (model_dir / "model_card.md").write_text(_model_card_markdown(card))
-    return StepExportResult(config_path, model_path, card_path, gap, ood_gap)
+    return export_family(
+        repo_dir,
+        version,
+        [served],
+        card_dir=MODEL_NAME,
+        card=card,
+        markdown=_model_card_markdown(card),
+        ood_max_rel_diff=ood_gap,
+    )
 
 
 def main() -> None:
-    """``python -m models.step_export [CHECKPOINT]``: export to ``triton_repo/``."""
+    """``python -m models.deterioration.step_export [CHECKPOINT]``: export to ``triton_repo/``."""
     import sys
 
     checkpoint = (
