@@ -47,6 +47,7 @@ import numpy.typing as npt
 import torch
 
 from models.common.provenance import code_version
+from models.common.training_data import PHYSIONET_2012, PNEUMONIAMNIST, require_data
 from models.deterioration.export import load_checkpoint
 from models.deterioration.image_branch_settings import ImageBranchSettings
 from models.deterioration.network import DeteriorationEnsemble, DeteriorationNet, NetConfig
@@ -387,6 +388,8 @@ def finetune_image_branch(settings: ImageBranchSettings) -> ImageBranchResult:
     torch.set_num_threads(settings.threads)
     checkpoint_sha256 = _file_sha256(settings.checkpoint)
     net, meta = load_checkpoint(settings.checkpoint)
+    require_data(settings, "data_dir", PHYSIONET_2012)
+    require_data(settings, "xray_path", PNEUMONIAMNIST)
     config = NetConfig(**meta["net_config"])
     base_state = {k: v.clone() for k, v in net.state_dict().items()}
     frozen_before = frozen_state_sha256(base_state)

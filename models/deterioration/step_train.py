@@ -37,6 +37,7 @@ import numpy.typing as npt
 import torch
 
 from models.common.provenance import code_version, package_versions
+from models.common.training_data import PHYSIONET_2012, require_data
 from models.deterioration.network import NetConfig
 from models.deterioration.step_network import (
     StepEnsemble,
@@ -290,6 +291,7 @@ def train_step(settings: StepTrainSettings) -> StepTrainResult:
     from models.deterioration.baselines import fit_platt
     from models.deterioration.step_eval import evaluate
 
+    require_data(settings, "data_dir", PHYSIONET_2012)
     started = time.monotonic()
     torch.manual_seed(settings.seed)
     torch.use_deterministic_algorithms(True)

@@ -34,6 +34,7 @@ import numpy.typing as npt
 import torch
 
 from models.common.provenance import code_version, package_versions
+from models.common.training_data import PHYSIONET_2012, require_data
 from models.deterioration.baselines import fit_logistic, fit_platt, news2_hourly, summary_statistics
 from models.deterioration.network import (
     LOG_SCALED_CODES,
@@ -316,6 +317,7 @@ def train(settings: TrainSettings) -> TrainResult:
     Raises:
         ModelError: Unreadable data, or too few stays of a class to split.
     """
+    require_data(settings, "data_dir", PHYSIONET_2012)
     started = time.monotonic()
     _seed_everything(settings)
     stays, outcomes = load_stays(settings.data_dir)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
 from models.common.provenance import code_version, package_versions
+from models.common.training_data import MSD_LUNG_CT, PNEUMONIAMNIST, require_data
 from models.imaging.data import (
     CTData,
     XRayData,
@@ -206,6 +207,8 @@ def train_imaging(settings: ImagingSettings) -> ImagingTrainResult:
     Raises:
         ModelError: Unreadable data or an impossible split.
     """
+    require_data(settings, "ct_path", MSD_LUNG_CT)
+    require_data(settings, "xray_path", PNEUMONIAMNIST)
     started = time.monotonic()
     torch.manual_seed(settings.seed)
     torch.use_deterministic_algorithms(True)

@@ -46,6 +46,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.common.provenance import code_version
+from models.common.training_data import PHYSIONET_2012, require_data
 from models.deterioration.step_network import (
     StepEnsemble,
     StepInputs,
@@ -466,6 +467,7 @@ def fit_step_ood(settings: StepOODSettings) -> dict[str, Any]:
     Raises:
         ModelError: Unreadable checkpoint or data, or a split unlike the checkpoint's.
     """
+    require_data(settings, "data_dir", PHYSIONET_2012)
     started = time.monotonic()
     torch.manual_seed(0)
     torch.set_num_threads(settings.threads)

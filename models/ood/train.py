@@ -37,6 +37,7 @@ import numpy.typing as npt
 import torch
 
 from models.common.provenance import code_version
+from models.common.training_data import PHYSIONET_2012, require_data
 from models.deterioration.export import load_checkpoint
 from models.deterioration.network import DeteriorationEnsemble, NetConfig
 from models.deterioration.train import split_record_ids
@@ -260,6 +261,7 @@ def fit_ood(settings: OODSettings) -> OODResult:
         ModelError: Unreadable checkpoint or data, or a split that differs from the
             checkpoint's.
     """
+    require_data(settings, "data_dir", PHYSIONET_2012)
     started = time.monotonic()
     torch.manual_seed(0)
     torch.set_num_threads(settings.threads)
