@@ -125,7 +125,7 @@ def hourly_risks(
         for j, start, n, inputs in _hourly_inputs(stays, meta):
             logits = []
             for member in net.members:
-                _, logit, _ = member.encode(*inputs)  # type: ignore[operator]
+                _, logit, _ = member.encode(inputs)  # type: ignore[operator]
                 logits.append(logit)
             mean_logit = torch.stack(logits).mean(0)
             p = torch.sigmoid(net.calibrated_logit(mean_logit)).reshape(-1)

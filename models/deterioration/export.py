@@ -43,7 +43,13 @@ from models.common.export import (
 from models.common.provenance import code_version
 from models.common.torchscript import max_abs_gap, script, scripted_bytes
 from models.common.triton_config import SCORING_INSTANCE_COUNT, InstanceKind, TensorSpec
-from models.deterioration.network import DeteriorationEnsemble, Explainer, NetConfig, RiskModel
+from models.deterioration.network import (
+    DeteriorationEnsemble,
+    Explainer,
+    NetConfig,
+    NetInputs,
+    RiskModel,
+)
 from models.deterioration.train import TRAINING_SOURCES
 from streams.core.features import DEFAULT_STEP, DEFAULT_WINDOW, SERIES_CODES, STATIC_FEATURES
 from vigil.errors import ModelError
@@ -152,7 +158,7 @@ def script_model(net: RiskModel, *, explain: bool = False) -> torch.jit.ScriptMo
 
 def example_inputs(
     config: NetConfig, *, batch: int = 3, images: bool = True, seed: int = 0
-) -> tuple[torch.Tensor, ...]:
+) -> NetInputs:
     """Random but plausible inputs (raw units) for parity checks, forward order."""
     gen = torch.Generator().manual_seed(seed)
     t, p, s = WINDOW_BINS, config.n_series, config.n_statics
@@ -168,7 +174,7 @@ def example_inputs(
     if images:
         image_mask[:, : max(1, k // 2)] = 1.0
         image_mask[0] = 0.0  # one patient without images in the same batch
-    return values, mask, delta, statics, static_mask, embeddings, ages, image_mask
+    return NetInputs(values, mask, delta, statics, static_mask, embeddings, ages, image_mask)
 
 
 def _parity(
@@ -194,7 +200,7 @@ def _served(
 ) -> ServedModel:
     """One of the pair, scripted and checked against the eager path."""
     name = EXPLAIN_MODEL_NAME if explain else MODEL_NAME
-    eager = net.explain if explain else net
+    eager = Explainer(net) if explain else net
     blob, gap = scripted_bytes(
         name,
         script_model(net, explain=explain),

@@ -50,7 +50,12 @@ from models.common.provenance import code_version
 from models.common.training_data import PHYSIONET_2012, PNEUMONIAMNIST, require_data
 from models.deterioration.export import load_checkpoint
 from models.deterioration.image_branch_settings import ImageBranchSettings
-from models.deterioration.network import DeteriorationEnsemble, DeteriorationNet, NetConfig
+from models.deterioration.network import (
+    DeteriorationEnsemble,
+    DeteriorationNet,
+    NetConfig,
+    NetInputs,
+)
 from models.deterioration.train import EVAL_HOURS, WindowBatch, make_windows, split_record_ids
 from models.imaging.data import load_xray
 from models.imaging.export import load_imaging_checkpoint
@@ -223,7 +228,7 @@ def _member_cache(
     inputs = batch.tensors(k, e)
     with torch.no_grad():
         for start in range(0, inputs[0].shape[0], 512):
-            f, logit, _ = member.encode(*(t[start : start + 512] for t in inputs))
+            f, logit, _ = member.encode(NetInputs(*(t[start : start + 512] for t in inputs)))
             fused.append(f)
             logits.append(logit)
     return torch.cat(fused) - member.image_out.bias.detach(), torch.cat(logits)
@@ -383,6 +388,8 @@ def finetune_image_branch(settings: ImageBranchSettings) -> ImageBranchResult:
         ModelError: Unreadable inputs, a split that differs from the checkpoint's, or a
             frozen parameter that moved.
     """
+    require_data(settings, "data_dir", PHYSIONET_2012)
+    require_data(settings, "xray_path", PNEUMONIAMNIST)
     started = time.monotonic()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(settings.threads)

@@ -35,7 +35,7 @@ fused width.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,7 @@ __all__ = [
     "DeteriorationNet",
     "Explainer",
     "NetConfig",
+    "NetInputs",
     "RiskModel",
     "window_statistics",
 ]
@@ -197,6 +198,31 @@ class _GRUEncoder(nn.Module):
         return h
 
 
+class NetInputs(NamedTuple):
+    """One batch of the window model's inputs, raw units, in the served order (the
+    ``input`` list of ``config.pbtxt``).
+
+    Attributes:
+        values: ``[B,T,P]`` raw values.
+        mask: ``[B,T,P]`` observation mask.
+        delta_hours: ``[B,T,P]`` hours since the last observation.
+        statics: ``[B,S]`` raw statics.
+        static_mask: ``[B,S]`` static mask.
+        image_embeddings: ``[B,K,E]`` image embeddings.
+        image_age_hours: ``[B,K]`` hours from each image to the scoring time.
+        image_mask: ``[B,K]`` 1 for a present image.
+    """
+
+    values: Tensor
+    mask: Tensor
+    delta_hours: Tensor
+    statics: Tensor
+    static_mask: Tensor
+    image_embeddings: Tensor
+    image_age_hours: Tensor
+    image_mask: Tensor
+
+
 class RiskModel(nn.Module):
     """The served paths, shared by one network and an ensemble of them.
 
@@ -209,17 +235,7 @@ class RiskModel(nn.Module):
         calibration_bias: Tensor
         delta_cap: float
 
-    def encode(
-        self,
-        values: Tensor,
-        mask: Tensor,
-        delta_hours: Tensor,
-        statics: Tensor,
-        static_mask: Tensor,
-        image_embeddings: Tensor,
-        image_age_hours: Tensor,
-        image_mask: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def encode(self, inputs: NetInputs) -> tuple[Tensor, Tensor, Tensor]:
         """``fused [B,F]``, uncalibrated ``logit [B]``, image ``attention [B,K]``."""
         raise NotImplementedError
 
@@ -238,34 +254,27 @@ class RiskModel(nn.Module):
         image_age_hours: Tensor,
         image_mask: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Scores a batch: the fast serving path (see :meth:`encode` for inputs).
+        """Scores a batch: the fast serving path. Takes the fields of :class:`NetInputs`
+        one by one, as Triton passes them.
 
         Returns:
             ``risk [B,1]`` calibrated probability and ``fused [B,F]``.
         """
         fused, logit, _ = self.encode(
-            values,
-            mask,
-            delta_hours,
-            statics,
-            static_mask,
-            image_embeddings,
-            image_age_hours,
-            image_mask,
+            NetInputs(
+                values,
+                mask,
+                delta_hours,
+                statics,
+                static_mask,
+                image_embeddings,
+                image_age_hours,
+                image_mask,
+            )
         )
         return torch.sigmoid(self.calibrated_logit(logit)).unsqueeze(1), fused
 
-    def explain(
-        self,
-        values: Tensor,
-        mask: Tensor,
-        delta_hours: Tensor,
-        statics: Tensor,
-        static_mask: Tensor,
-        image_embeddings: Tensor,
-        image_age_hours: Tensor,
-        image_mask: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def explain(self, inputs: NetInputs) -> tuple[Tensor, Tensor, Tensor]:
         """Scores a batch with per-parameter contributions (``P + 1`` forwards' cost).
 
         Returns:
@@ -273,6 +282,7 @@ class RiskModel(nn.Module):
             ``contributions [B,P]``: calibrated log-odds of the full input minus those
             with parameter ``p`` hidden (mask 0, value 0, gap at the cap) everywhere.
         """
+        values = inputs.values
         batch, steps, n_series = values.shape
         reps = n_series + 1
         # Row block 0 is the full input; block p+1 hides parameter p.
@@ -280,19 +290,21 @@ class RiskModel(nn.Module):
         keep[1:] = 1.0 - torch.eye(n_series, dtype=values.dtype, device=values.device)
         keep = keep.view(reps, 1, 1, n_series)
         v = (values.unsqueeze(0) * keep).reshape(reps * batch, steps, n_series)
-        m = (mask.unsqueeze(0) * keep).reshape(reps * batch, steps, n_series)
-        d = (delta_hours.unsqueeze(0) * keep + self.delta_cap * (1.0 - keep)).reshape(
+        m = (inputs.mask.unsqueeze(0) * keep).reshape(reps * batch, steps, n_series)
+        d = (inputs.delta_hours.unsqueeze(0) * keep + self.delta_cap * (1.0 - keep)).reshape(
             reps * batch, steps, n_series
         )
         fused, logit, _ = self.encode(
-            v,
-            m,
-            d,
-            statics.repeat(reps, 1),
-            static_mask.repeat(reps, 1),
-            image_embeddings.repeat(reps, 1, 1),
-            image_age_hours.repeat(reps, 1),
-            image_mask.repeat(reps, 1),
+            NetInputs(
+                v,
+                m,
+                d,
+                inputs.statics.repeat(reps, 1),
+                inputs.static_mask.repeat(reps, 1),
+                inputs.image_embeddings.repeat(reps, 1, 1),
+                inputs.image_age_hours.repeat(reps, 1),
+                inputs.image_mask.repeat(reps, 1),
+            )
         )
         cal = self.calibrated_logit(logit).view(reps, batch)
         risk = torch.sigmoid(cal[0]).unsqueeze(1)
@@ -418,34 +430,23 @@ class DeteriorationNet(RiskModel):
         attended = (weights.unsqueeze(-1) * self.value(tokens)).sum(1)  # [B,F]
         return self.image_out(attended), weights
 
-    def encode(
-        self,
-        values: Tensor,
-        mask: Tensor,
-        delta_hours: Tensor,
-        statics: Tensor,
-        static_mask: Tensor,
-        image_embeddings: Tensor,
-        image_age_hours: Tensor,
-        image_mask: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def encode(self, inputs: NetInputs) -> tuple[Tensor, Tensor, Tensor]:
         """Fused vector, uncalibrated logit and image attention weights.
 
         Args:
-            values: ``[B,T,P]`` raw values.
-            mask: ``[B,T,P]`` observation mask.
-            delta_hours: ``[B,T,P]`` hours since last observation.
-            statics: ``[B,S]`` raw statics.
-            static_mask: ``[B,S]`` static mask.
-            image_embeddings: ``[B,K,E]`` image embeddings.
-            image_age_hours: ``[B,K]`` hours from each image to the scoring time.
-            image_mask: ``[B,K]`` 1 for a present image.
+            inputs: One batch (shapes in :class:`NetInputs`).
 
         Returns:
             ``fused [B,F]``, ``logit [B]`` and ``attention [B,K]`` (zeros without images).
         """
+        values, mask, statics, static_mask = (
+            inputs.values,
+            inputs.mask,
+            inputs.statics,
+            inputs.static_mask,
+        )
         x = self._standardise(values, mask)
-        delta = torch.clamp(delta_hours, min=0.0, max=self.delta_cap) / self.delta_scale
+        delta = torch.clamp(inputs.delta_hours, min=0.0, max=self.delta_cap) / self.delta_scale
         h = self.encoder(x, mask, delta)
         st = (statics - self.static_mean) / self.static_std * static_mask
         s = self.static_net(torch.cat([st, static_mask], dim=1))
@@ -453,7 +454,9 @@ class DeteriorationNet(RiskModel):
         if self.use_summary:
             parts.append(self.dropout(self.summary_net(self._summary(x, mask))))
         z = torch.tanh(self.combine(torch.cat(parts, dim=1)))
-        image_term, weights = self.image_branch(z, image_embeddings, image_age_hours, image_mask)
+        image_term, weights = self.image_branch(
+            z, inputs.image_embeddings, inputs.image_age_hours, inputs.image_mask
+        )
         fused = z + image_term
         logit = self.head(self.dropout(fused)).squeeze(1)
         if self.use_wide:
@@ -489,32 +492,10 @@ class DeteriorationEnsemble(RiskModel):
         self.register_buffer("calibration_scale", torch.ones(1))
         self.register_buffer("calibration_bias", torch.zeros(1))
 
-    def encode(
-        self,
-        values: Tensor,
-        mask: Tensor,
-        delta_hours: Tensor,
-        statics: Tensor,
-        static_mask: Tensor,
-        image_embeddings: Tensor,
-        image_age_hours: Tensor,
-        image_mask: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def encode(self, inputs: NetInputs) -> tuple[Tensor, Tensor, Tensor]:
         """First member's ``fused [B,F]`` and ``attention [B,K]``, mean ``logit [B]``."""
         # TorchScript needs the ModuleList iterated directly; mypy sees plain Modules.
-        outputs = [
-            member.encode(  # type: ignore[operator]
-                values,
-                mask,
-                delta_hours,
-                statics,
-                static_mask,
-                image_embeddings,
-                image_age_hours,
-                image_mask,
-            )
-            for member in self.members
-        ]
+        outputs = [member.encode(inputs) for member in self.members]  # type: ignore[operator]
         logit = torch.stack([logit for _, logit, _ in outputs]).mean(0)
         return outputs[0][0], logit, outputs[0][2]
 
@@ -541,14 +522,17 @@ class Explainer(nn.Module):
         image_age_hours: Tensor,
         image_mask: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """``risk [B,1]``, ``fused [B,F]``, ``contributions [B,P]``."""
+        """``risk [B,1]``, ``fused [B,F]``, ``contributions [B,P]`` (the fields of
+        :class:`NetInputs` one by one, as Triton passes them)."""
         return self.net.explain(
-            values,
-            mask,
-            delta_hours,
-            statics,
-            static_mask,
-            image_embeddings,
-            image_age_hours,
-            image_mask,
+            NetInputs(
+                values,
+                mask,
+                delta_hours,
+                statics,
+                static_mask,
+                image_embeddings,
+                image_age_hours,
+                image_mask,
+            )
         )

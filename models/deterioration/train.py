@@ -41,6 +41,7 @@ from models.deterioration.network import (
     DeteriorationEnsemble,
     DeteriorationNet,
     NetConfig,
+    NetInputs,
     RiskModel,
     window_statistics,
 )
@@ -115,10 +116,10 @@ class WindowBatch:
     statics: npt.NDArray[np.float32]
     static_mask: npt.NDArray[np.float32]
 
-    def tensors(self, max_images: int, image_dim: int) -> tuple[torch.Tensor, ...]:
-        """The eight network inputs, with empty image slots."""
+    def tensors(self, max_images: int, image_dim: int) -> NetInputs:
+        """The network inputs, with empty image slots."""
         n = self.values.shape[0]
-        return (
+        return NetInputs(
             torch.from_numpy(self.values),
             torch.from_numpy(self.mask),
             torch.from_numpy(self.delta_hours),
@@ -202,8 +203,7 @@ def _logits(net: RiskModel, batch: WindowBatch, config: NetConfig) -> npt.NDArra
     inputs = batch.tensors(config.max_images, config.image_dim)
     with torch.no_grad():
         for start in range(0, inputs[0].shape[0], 512):
-            chunk = [t[start : start + 512] for t in inputs]
-            _, logit, _ = net.encode(*chunk)
+            _, logit, _ = net.encode(NetInputs(*(t[start : start + 512] for t in inputs)))
             out.append(logit.numpy().astype(np.float64))
     return np.concatenate(out)
 
@@ -281,7 +281,7 @@ def _fit_member(
             pick = order[start : start + settings.batch_size]
             batch = make_windows([train_arrays[i] for i in stay_index[pick]], hours[pick])
             target = torch.from_numpy(y_train[stay_index[pick]])
-            _, logit, _ = net.encode(*batch.tensors(config.max_images, config.image_dim))
+            _, logit, _ = net.encode(batch.tensors(config.max_images, config.image_dim))
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]

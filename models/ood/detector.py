@@ -24,7 +24,6 @@ representation. Shapes: ``N`` windows, ``D`` feature width, ``C`` classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from models.deterioration.network import DeteriorationEnsemble
+from models.deterioration.network import DeteriorationEnsemble, NetInputs
 
 __all__ = [
     "OUTPUT_NAMES",
@@ -124,11 +123,11 @@ def percentile_threshold(distances: npt.ArrayLike, percentile: float) -> float:
     return float(np.percentile(d, percentile))
 
 
-def ensemble_features(net: DeteriorationEnsemble, inputs: Sequence[Tensor]) -> Tensor:
+def ensemble_features(net: DeteriorationEnsemble, inputs: NetInputs) -> Tensor:
     """``[B, members·F]`` fused vectors of every member, concatenated (eval mode)."""
     parts: list[Tensor] = []
     for member in net.members:
-        fused, _, _ = member.encode(*inputs)  # type: ignore[operator]
+        fused, _, _ = member.encode(inputs)  # type: ignore[operator]
         parts.append(fused)
     return torch.cat(parts, dim=1)
 
@@ -194,7 +193,8 @@ class OODDetector(nn.Module):
         image_age_hours: Tensor,
         image_mask: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Scores a batch (inputs as :meth:`models.deterioration.network.RiskModel.forward`).
+        """Scores a batch: the fields of :class:`~models.deterioration.network.NetInputs`
+        one by one, as Triton passes them.
 
         Returns:
             ``[B,1]`` each, in :data:`OUTPUT_NAMES` order: ``distance`` (the larger of
@@ -203,24 +203,25 @@ class OODDetector(nn.Module):
             distance, the input distance, the input threshold of the window's hour
             bucket, and each channel's own flag (bool).
         """
+        inputs = NetInputs(
+            values,
+            mask,
+            delta_hours,
+            statics,
+            static_mask,
+            image_embeddings,
+            image_age_hours,
+            image_mask,
+        )
         parts: list[Tensor] = []
         for member in self.net.members:
             # TorchScript needs the ModuleList iterated directly; mypy sees plain Modules.
-            fused, _, _ = member.encode(  # type: ignore[operator]
-                values,
-                mask,
-                delta_hours,
-                statics,
-                static_mask,
-                image_embeddings,
-                image_age_hours,
-                image_mask,
-            )
+            fused, _, _ = member.encode(inputs)  # type: ignore[operator]
             parts.append(fused)
         white = torch.cat(parts, dim=1) @ self.whitening.t()  # [B,D]
         diff = white.unsqueeze(1) - self.white_means.unsqueeze(0)  # [B,C,D]
         rep = torch.sqrt((diff * diff).sum(-1).min(dim=1).values).unsqueeze(1)
-        inp, inp_threshold = self.input_channel(values, mask, delta_hours, statics, static_mask)
+        inp, inp_threshold = self.input_channel(inputs)
         inp, inp_threshold = inp.unsqueeze(1), inp_threshold.unsqueeze(1)
         rep_ood, inp_ood = rep > self.threshold, inp > inp_threshold
         distance = torch.maximum(rep / self.threshold, inp / inp_threshold)

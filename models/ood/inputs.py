@@ -32,7 +32,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from models.deterioration.network import window_statistics
+from models.deterioration.network import NetInputs, window_statistics
 from models.ood.detector import GaussianFit, fit_gaussians, min_distance, percentile_threshold
 
 __all__ = [
@@ -298,18 +298,19 @@ class InputChannel(nn.Module):
         buffer("white_means", white_means)
         buffer("thresholds", arrays["thresholds"])
 
-    def forward(
-        self,
-        values: Tensor,
-        mask: Tensor,
-        delta_hours: Tensor,
-        statics: Tensor,
-        static_mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """``distance [B]`` and ``threshold [B]`` (of each window's hour bucket)."""
-        x = input_features(values, mask, delta_hours, statics, static_mask, self.log_scaled)
+    def forward(self, inputs: NetInputs) -> tuple[Tensor, Tensor]:
+        """``distance [B]`` and ``threshold [B]`` (of each window's hour bucket); the image
+        fields of ``inputs`` are not used."""
+        x = input_features(
+            inputs.values,
+            inputs.mask,
+            inputs.delta_hours,
+            inputs.statics,
+            inputs.static_mask,
+            self.log_scaled,
+        )
         x = (x - self.centre) / self.scale  # [B,D]
-        bucket = bucket_index(hours_observed(mask), self.edges)  # [B]
+        bucket = bucket_index(hours_observed(inputs.mask), self.edges)  # [B]
         rows = torch.arange(x.shape[0], device=x.device)
         white = torch.einsum("bd,ked->bke", x, self.whitening)[rows, bucket]  # [B,D]
         diff = white.unsqueeze(1) - self.white_means[bucket]  # [B,C,D]

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.deterioration.network import DeteriorationEnsemble, NetConfig
+from models.deterioration.network import DeteriorationEnsemble, NetConfig, NetInputs
 from models.ood.detector import GaussianFit, ensemble_features, min_distance
 from models.ood.inputs import BucketFit, bucket_distance, hours_observed, input_features
 from streams.core.features import features_at
@@ -90,7 +90,7 @@ def window_features(
                 hours.append(hours_observed(mask).numpy().astype(np.float64))
                 if representation:
                     n = len(chunk)
-                    tensors = (
+                    tensors = NetInputs(
                         values,
                         mask,
                         delta,

@@ -41,7 +41,7 @@ def test_triton_answers_like_the_eager_model(
     net.eval()
     tensors = example_inputs(NetConfig(**meta["net_config"]), batch=4, images=images, seed=11)
     with torch.no_grad():
-        eager = net.explain(*tensors)
+        eager = net.explain(tensors)
     expected = dict(zip(("risk", "fused", "contributions"), eager, strict=False))
 
     client = grpcclient.InferenceServerClient(stack.triton_grpc_url)

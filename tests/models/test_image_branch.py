@@ -30,7 +30,7 @@ from models.deterioration.image_branch import (
     image_inputs,
 )
 from models.deterioration.image_branch_settings import ImageBranchSettings
-from models.deterioration.network import NetConfig, RiskModel
+from models.deterioration.network import NetConfig, NetInputs, RiskModel
 from models.deterioration.train import TrainResult, make_windows
 from models.imaging.data import load_xray
 from streams.datasets.physionet2012 import load_stays
@@ -153,8 +153,8 @@ def test_finetuned_outputs_without_images_are_bit_identical(
     no_images = example_inputs(config, batch=4, images=False, seed=1)
     mixed = example_inputs(config, batch=4, images=True, seed=1)  # row 0 has no image
 
-    def run(model: RiskModel, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return model.explain(*inputs) if explain else model(*inputs)
+    def run(model: RiskModel, inputs: NetInputs) -> tuple[torch.Tensor, ...]:
+        return model.explain(inputs) if explain else model(*inputs)
 
     with torch.no_grad():
         for a, b in zip(run(base, no_images), run(net, no_images), strict=True):
