@@ -24,7 +24,6 @@ and without images; a gap above
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from models.common import triton_config
+from models.common.checkpoints import checkpoint_errors, read_checkpoint
 from models.common.export import (
     COMMON_EXPORT_SOURCES,
     ExportResult,
@@ -52,7 +52,6 @@ from models.deterioration.network import (
 )
 from models.deterioration.train import TRAINING_SOURCES
 from streams.core.features import DEFAULT_STEP, DEFAULT_WINDOW, SERIES_CODES, STATIC_FEATURES
-from vigil.errors import ModelError
 
 __all__ = [
     "EXPLAIN_MODEL_NAME",
@@ -136,13 +135,11 @@ def load_checkpoint(path: Path) -> tuple[DeteriorationEnsemble, dict[str, Any]]:
     Raises:
         ModelError: The file is missing or not a deterioration checkpoint.
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+    with checkpoint_errors(path, "deterioration checkpoint"):
+        payload = read_checkpoint(path)
         meta: dict[str, Any] = payload["meta"]
         net = DeteriorationEnsemble(NetConfig(**meta["net_config"]), int(meta["members"]))
         net.load_state_dict(payload["state_dict"])
-    except (OSError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ModelError(f"cannot load deterioration checkpoint {path}: {exc}") from exc
     net.eval()
     return net, meta
 

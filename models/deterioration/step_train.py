@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from models.common.checkpoints import checkpoint_errors, read_checkpoint
 from models.common.provenance import code_version, package_versions
 from models.common.training_data import PHYSIONET_2012, require_data
 from models.deterioration.network import NetConfig
@@ -271,13 +272,11 @@ def load_step_checkpoint(path: Path) -> tuple[StepEnsemble, dict[str, Any]]:
     Raises:
         ModelError: The file is missing or not a step checkpoint.
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+    with checkpoint_errors(path, "step checkpoint"):
+        payload = read_checkpoint(path)
         meta: dict[str, Any] = payload["meta"]
         net = StepEnsemble(NetConfig(**meta["net_config"]), int(meta["members"]))
         net.load_state_dict(payload["state_dict"])
-    except (OSError, KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise ModelError(f"cannot load step checkpoint {path}: {exc}") from exc
     net.eval()
     return net, meta
 

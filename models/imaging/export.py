@@ -23,13 +23,13 @@ gap above :data:`~models.common.torchscript.PARITY_TOLERANCE` raises
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Final
 
 import torch
 
 from models.common import triton_config
+from models.common.checkpoints import checkpoint_errors, read_checkpoint
 from models.common.export import (
     COMMON_EXPORT_SOURCES,
     ExportResult,
@@ -42,7 +42,6 @@ from models.common.torchscript import max_abs_gap, script, scripted_bytes
 from models.common.triton_config import InstanceKind, TensorSpec
 from models.imaging.network import ImagingConfig, ImagingNet
 from models.imaging.train import IMAGING_SOURCES
-from vigil.errors import ModelError
 
 __all__ = [
     "IMAGING_EXPORT_SOURCES",
@@ -101,13 +100,11 @@ def load_imaging_checkpoint(path: Path) -> tuple[ImagingNet, dict[str, Any]]:
     Raises:
         ModelError: The file is missing or not an imaging checkpoint.
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+    with checkpoint_errors(path, "imaging checkpoint"):
+        payload = read_checkpoint(path)
         meta: dict[str, Any] = payload["meta"]
         net = ImagingNet(ImagingConfig(**meta["config"]))
         net.load_state_dict(payload["state_dict"])
-    except (OSError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ModelError(f"cannot load imaging checkpoint {path}: {exc}") from exc
     net.eval()
     return net, meta
 

@@ -26,7 +26,6 @@ gap above :data:`PARITY_TOLERANCE` raises :class:`~vigil.errors.ModelError`.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from models.common import triton_config
+from models.common.checkpoints import checkpoint_errors, read_checkpoint
 from models.common.export import (
     COMMON_EXPORT_SOURCES,
     ExportResult,
@@ -122,8 +122,8 @@ def build_detector(checkpoint: Path, ood_checkpoint: Path) -> tuple[OODDetector,
             deterioration checkpoint.
     """
     net, _ = load_checkpoint(checkpoint)
-    try:
-        payload = torch.load(ood_checkpoint, map_location="cpu", weights_only=True)
+    with checkpoint_errors(ood_checkpoint, "OOD checkpoint"):
+        payload = read_checkpoint(ood_checkpoint)
         meta: dict[str, Any] = payload["meta"]
         fit = GaussianFit(
             classes=tuple(meta["classes"]),
@@ -138,8 +138,6 @@ def build_detector(checkpoint: Path, ood_checkpoint: Path) -> tuple[OODDetector,
             for key in ("edges", "centre", "scale", "whitening", "means", "thresholds")
         }
         representation_threshold = float(meta["representation_threshold"])
-    except (OSError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ModelError(f"cannot load OOD checkpoint {ood_checkpoint}: {exc}") from exc
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     if digest != meta["deterioration_checkpoint_sha256"]:
         raise ModelError(f"{ood_checkpoint} was fitted on another checkpoint than {checkpoint}")

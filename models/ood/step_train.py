@@ -45,6 +45,7 @@ import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.common.checkpoints import checkpoint_errors, read_checkpoint
 from models.common.provenance import code_version
 from models.common.training_data import PHYSIONET_2012, require_data
 from models.deterioration.step_network import (
@@ -657,12 +658,10 @@ def load_fit(path: Path) -> tuple[dict[str, npt.NDArray[np.float64]], dict[str, 
     Raises:
         ModelError: The file is missing or not a step OOD fit.
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+    with checkpoint_errors(path, "step OOD fit"):
+        payload = read_checkpoint(path)
         meta: dict[str, Any] = payload.pop("meta")
         arrays = {k: v.numpy() for k, v in payload.items()}
-    except (OSError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
-        raise ModelError(f"cannot load step OOD fit {path}: {exc}") from exc
     return arrays, meta
 
 
