@@ -10,8 +10,8 @@ the rendered ``config.pbtxt``), then :func:`export_family` writes, under
 * ``<version>/model.py``: the Python-backend wrapper, a copy of
   :mod:`models.common.triton_model` (the single copy in the source tree);
 
-and writes the family's ``model_card.json`` and ``model_card.md``.
-Nothing is written before every served model of the family has passed its parity check.
+then the family's ``model_card.json`` and ``model_card.md``. Nothing is written before
+every served model of the family has passed its parity check.
 """
 
 from __future__ import annotations
