@@ -232,6 +232,7 @@ def create_worker(
         process_batch=worker.process_batch,
         batch_max_records=settings.batch_max_records,
         batch_max_ms=settings.batch_max_ms,
+        batch_max_ms_behind=settings.batch_max_ms_behind,
         idle_seconds=settings.input_order_idle_seconds,
         max_held=settings.input_order_max_held,
         event_time_order=settings.input_event_time_order,

@@ -561,6 +561,73 @@ def test_while_the_flow_is_stopped_nothing_held_is_released() -> None:
     assert asyncio.run(scenario()) == (1, [])
 
 
+class _TP:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+
+class _LaggingConsumer:
+    """Assigned input partitions and their high watermarks, as the consumer reports them."""
+
+    flow_active = True
+
+    def __init__(self, highwater: dict[tuple[str, int], int]) -> None:
+        self.highwaters = highwater
+
+    def assignment(self) -> list[_TP]:
+        return [_TP(*tp) for tp in self.highwaters] + [_TP("vigil.scores", 0)]
+
+    def highwater(self, tp: _TP) -> int:
+        return self.highwaters.get((tp.topic, tp.partition), 0)
+
+
+def test_a_worker_behind_waits_longer_to_fill_larger_batches() -> None:
+    """Live input keeps the short wait; a full batch of records waiting in the input
+    partitions beyond the last one taken switches to the longer wait."""
+
+    async def scenario(highwater: int) -> tuple[bool, int, list[int]]:
+        sizes: list[int] = []
+
+        async def process_batch(events: list[Any]) -> None:
+            sizes.append(len(events))
+
+        ingest = OrderedIngest(
+            _App(),
+            kinds_by_topic={"v": "vitals", "l": "labs", "a": "adt"},
+            kind_order=KINDS,
+            process_batch=process_batch,
+            batch_max_records=100,
+            batch_max_ms=1.0,
+            batch_max_ms_behind=1000.0,
+            idle_seconds=1.0,
+            max_held=1000,
+            event_time_order=False,
+        )
+        ingest.app.consumer = _LaggingConsumer({("v", 0): highwater})
+        stream = _Stream()
+        await ingest.offer(stream, _Event(_Message("v", 0, 0, b"p1", 0)))
+        behind = ingest._behind()
+
+        async def trickle() -> None:  # the rest of the input arrives over 60 ms
+            for offset in range(1, 7):
+                await asyncio.sleep(0.01)
+                await ingest.offer(stream, _Event(_Message("v", 0, offset, b"p1", offset)))
+
+        await trickle()
+        await ingest.drain()
+        return behind, ingest.batches_behind, sizes
+
+    # Caught up (the high watermark is the next offset): one-record batches, short waits.
+    behind, longer, sizes = asyncio.run(scenario(highwater=1))
+    assert (behind, longer) == (False, 0)
+    assert sizes[0] == 1
+    # 500 records beyond the one taken: the first batch waits and takes the trickle too.
+    behind, longer, sizes = asyncio.run(scenario(highwater=501))
+    assert behind
+    assert longer >= 1
+    assert sizes[0] == 7
+
+
 def _acks_scenario(finish_order: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """Take records (topic, offset) on partition 0 in offset order per topic, finish them
     in ``finish_order``; returns what was acknowledged, in order."""
