@@ -148,12 +148,20 @@ def _profile(lines: list[str]) -> None:
 
 
 def _scaling(lines: list[str]) -> None:
-    data = _load("scaling")
-    if data is None:
-        return
+    for name, how in (
+        ("scaling", "both workers started together"),
+        ("scaling-join", "the second joining mid-backlog"),
+    ):
+        data = _load(name)
+        if data is not None:
+            _scaling_run(lines, data, how)
+
+
+def _scaling_run(lines: list[str], data: dict[str, Any], how: str) -> None:
     outputs = data["outputs"]
     one, two = (run["events_per_second"] for run in data["runs"])
     lines += [
+        f"Two workers, {how}:\n",
         "| Workers | Events/s | Scores | Distinct (patient, time) | Alert changes |",
         "| --- | --- | --- | --- | --- |",
         f"| 1 | {one:,} | {outputs['scores'][0]:,} | {outputs['distinct_score_keys'][0]:,} "

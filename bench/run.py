@@ -44,19 +44,17 @@ def _throughput_step(args: argparse.Namespace) -> Any:
     )
 
 
-def _scaling(args: argparse.Namespace) -> Any:
+def _scaling(args: argparse.Namespace, *join: str) -> Any:
     # One worker, then two on the same backlog (fresh topics each): speed and whether
     # their scores and alerts are the same, with step scoring.
-    return scaling.main(
-        [
-            "--stays",
-            str(args.stays),
-            "--timeout",
-            str(args.timeout),
-            "--step-model",
-            "deterioration_step",
-        ]
-    )
+    sized = ["--stays", str(args.stays), "--timeout", str(args.timeout)]
+    return scaling.main([*sized, "--step-model", "deterioration_step", *join])
+
+
+def _scaling_join(args: argparse.Namespace) -> Any:
+    # The same, the second worker joining 3 s into the first one's backlog: a rebalance
+    # that hands over partitions with records held for ordering.
+    return _scaling(args, "--join-after", "3", "--name", "scaling-join")
 
 
 def _sized(args: argparse.Namespace) -> list[str]:
@@ -101,6 +99,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "throughput_news2": _throughput_news2,
     "throughput_step": _throughput_step,
     "scaling": _scaling,
+    "scaling_join": _scaling_join,
     "latency": _latency,
     "latency_step": _latency_step,
     "recovery": _recovery,

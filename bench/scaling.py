@@ -12,7 +12,10 @@ and compared:
 Identical outputs mean the same keys and risks and the same alert changes; repeats of a
 key (at-least-once after a rebalance) are counted apart, as consumers upsert them.
 
-    .venv/bin/python -m bench.scaling --stays 200 --step-model deterioration_step
+    .venv/bin/python -m bench.scaling --stays 200 --step-model deterioration_step [--join-after 3]
+
+With ``--join-after`` the second worker joins while the first is in the middle of the
+backlog, so the comparison covers a rebalance that moves partitions holding records.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer
@@ -116,6 +120,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="VIGIL_TRITON_STEP_MODEL for the workers: deterioration_step, or '' for the "
         "window model; unset: the worker's default (the window model)",
     )
+    parser.add_argument(
+        "--join-after",
+        type=float,
+        default=None,
+        help="start the second worker this many seconds after the first one's first output "
+        "(a rebalance in the middle of the backlog); unset: both start together",
+    )
+    parser.add_argument(
+        "--code", type=Path, default=None, help="run the workers of another checkout"
+    )
     parser.add_argument("--name", default="scaling")
     args = parser.parse_args(argv)
     events = load_events(args.stays)
@@ -126,7 +140,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for workers in (1, 2):
         settings = fresh_settings("sc")
         produce(settings, events)
-        timing = run_workers(settings, events, workers=workers, timeout=args.timeout, **extra)
+        timing = run_workers(
+            settings,
+            events,
+            workers=workers,
+            timeout=args.timeout,
+            join_after_s=args.join_after if workers > 1 else None,
+            code=args.code,
+            extra=extra,
+        )
         outputs.append((_read_all(settings, "scores"), _read_all(settings, "alerts")))
         runs.append({"workers": workers, **timing})
     per_second = [run.get("events_per_second") or 0.0 for run in runs]
@@ -138,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "stays": args.stays,
         "events": len(events),
         "step_model": args.step_model,
+        "join_after_seconds": args.join_after,
+        "code": None if args.code is None else str(args.code),
         "runs": runs,
         "two_to_one": round(per_second[1] / per_second[0], 2) if per_second[0] else None,
         "outputs": compare(outputs[0], outputs[1]),

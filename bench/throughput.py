@@ -30,7 +30,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,25 +133,30 @@ def run_workers(
     profile_out: Path = RESULTS / "profile-worker.txt",
     py_spy: str = "py-spy",
     code: Path | None = None,
-    **extra: str,
+    join_after_s: float | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``workers`` workers on topics that already hold ``events`` until every event
-    is accounted for; returns the timings."""
+    is accounted for; returns the timings. ``extra``: worker settings by field name
+    (``triton_step_model``). With ``join_after_s`` the first worker starts
+    alone and the others join its group that many seconds after its first output (a
+    rebalance in the middle of the backlog)."""
     logs = LOGS
     reader = OutputReader(settings)
     wanted = {event.event_id for event in events}
     triton_before = triton_counters()
     launched = time.time()
     metrics_ports = [closed_port() for _ in range(workers)]
-    procs = [
-        start_worker(
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        return start_worker(
             settings,
             logs / f"{settings.app_id}-{i}.log",
             code=code or ROOT,
-            **{"metrics_port": str(metrics_ports[i]), **extra},
+            **{"metrics_port": str(metrics_ports[i]), **(extra or {})},
         )
-        for i in range(workers)
-    ]
+
+    procs = [start(i) for i in range(1 if join_after_s is not None else workers)]
     spy: subprocess.Popen[bytes] | None = None
     profile_window: tuple[float, float] | None = None
     rss_first: int | None = None
@@ -172,6 +177,9 @@ def run_workers(
             if wanted.issubset(reader.accounted):
                 done = True
                 break
+            if len(procs) < workers and time.time() - first_seen >= (join_after_s or 0.0):
+                procs.extend(start(i) for i in range(len(procs), workers))
+                cpu_first.extend(0.0 for _ in range(len(cpu_first), workers))
         rss_last = rss_bytes(procs[0].pid)
         cpu_used = sum(
             (cpu_seconds(p.pid) or 0.0) - c for p, c in zip(procs, cpu_first, strict=True)
@@ -323,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         profile_out=RESULTS / f"profile-{name}.txt",
         py_spy=args.py_spy,
         code=args.code,
-        **extra,
+        extra=extra,
     )
     result = {
         "benchmark": "throughput",

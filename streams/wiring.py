@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import faust
 import redis.asyncio as aioredis
 
-from streams.adapters.faust_recovery import RewindingConsumer, SeekFirstTableManager
+from streams.adapters.faust_recovery import SeekFirstTableManager, settling_consumer
 from streams.adapters.image_source import HeatmapStore, ImageSource
 from streams.adapters.input_order import OrderedIngest
 from streams.adapters.lag import ConsumerLagMonitor
@@ -89,9 +89,6 @@ def create_worker(
         producer_linger_ms=settings.kafka_producer_linger_ms,
         TableManager=SeekFirstTableManager,
     )
-    # Before anything builds the consumer (on first use): see RewindingConsumer. Faust
-    # picks the transport by the broker URL's scheme, so the class is set on its instance.
-    app.transport.Consumer = RewindingConsumer  # type: ignore[misc]
     kinds = {settings.topic(kind.value): kind for kind in _INPUT_ORDER}
     inputs = {
         kind: app.topic(
@@ -235,11 +232,17 @@ def create_worker(
         process_batch=worker.process_batch,
         batch_max_records=settings.batch_max_records,
         batch_max_ms=settings.batch_max_ms,
+        batch_max_ms_behind=settings.batch_max_ms_behind,
         idle_seconds=settings.input_order_idle_seconds,
         max_held=settings.input_order_max_held,
         event_time_order=settings.input_event_time_order,
     )
     worker.ordered = ordered
+    # Before anything builds the consumer (on first use): see settling_consumer. Faust
+    # picks the transport by the broker URL's scheme, so the class is set on its instance.
+    app.transport.Consumer = settling_consumer(  # type: ignore[misc]
+        lambda: ordered.settle(giving_up=lambda: app.consumer.should_stop)
+    )
 
     async def ingest(stream: Any) -> AsyncIterator[int]:
         # Records go to the ordered ingest, which applies them in batches (in event-time

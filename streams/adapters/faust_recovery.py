@@ -25,14 +25,20 @@ during its recovery and committed them, and every record before went uncited.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
-__all__ = ["RewindingConsumer", "SeekFirstRecovery", "SeekFirstTableManager", "rewind_uncommitted"]
+__all__ = [
+    "RewindingConsumer",
+    "SeekFirstRecovery",
+    "SeekFirstTableManager",
+    "rewind_uncommitted",
+    "settling_consumer",
+]
 
 
 class SeekFirstRecovery(Recovery):
@@ -78,3 +84,33 @@ class RewindingConsumer(AIOKafkaConsumer):
         committed = await self._thread.seek_to_committed()
         await rewind_uncommitted(self._thread, committed, self.app.topics.acks_enabled_for)
         return committed
+
+
+def settling_consumer(settle: Callable[[], Awaitable[None]]) -> type[RewindingConsumer]:
+    """A :class:`RewindingConsumer` that settles the worker's own input instead of
+    waiting for every record it delivered to be acknowledged.
+
+    Before a rebalance hands partitions over, and when the worker stops, Faust waits
+    until every record its agents took is acknowledged (``Consumer.wait_empty``), then
+    commits. The worker holds records back to merge the input topics in event-time
+    order, so waiting for all of them meant releasing them all at once, out of order.
+    Here ``settle`` runs instead (``OrderedIngest.settle``: finish what was released,
+    give up what was held), then the acknowledged offsets are committed: the held
+    records stay uncommitted and are read again by whoever owns the partitions next.
+
+    The offsets acknowledged before the rebalance are committed as it starts: Faust
+    forgets a revoked partition's acknowledged offsets before it waits, and the next
+    owner would otherwise read (and drop as duplicates) every record since the last
+    periodic commit.
+    """
+
+    class SettlingConsumer(RewindingConsumer):
+        async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+            await self.commit()
+            await super().on_partitions_revoked(revoked)
+
+        async def wait_empty(self) -> None:
+            await settle()
+            await self.commit_and_end_transactions()
+
+    return SettlingConsumer

@@ -11,15 +11,16 @@ runs ahead of the outputs and state it produced (``docs/worker.md``).
 
 "Caught up" comes from the consumer: a topic partition assigned here whose high
 watermark is not beyond the next offset the merger expects (or, before any record of it
-arrived, beyond the group's committed offset) has nothing more to deliver. Held records
-are released all at once when the consumer stops its flow (a rebalance or a stop), since
-Faust waits for every record its agents took to be acknowledged before it gives the
-partitions up.
+arrived, beyond the group's committed offset) has nothing more to deliver. When the
+consumer stops its flow (a rebalance or a stop), :meth:`OrderedIngest.settle` finishes
+the released records and gives up the held ones unacknowledged, so the next owner of the
+partition reads them again and merges them in order (``docs/worker.md``, "Rebalances").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import logging
@@ -99,6 +100,24 @@ class InOrderAcks:
             if not done:
                 self._done.pop(tp, None)
 
+    def discard(self, events: list[Any]) -> None:
+        """Forget records that were taken and will never be processed here (given up at a
+        rebalance: they are read again after it); they must be the newest taken of their
+        topic partitions, so nothing taken before them waits on them."""
+        dropped: dict[tuple[str, int], list[int]] = {}
+        for event in events:
+            message = event.message
+            dropped.setdefault((message.topic, message.partition), []).append(message.offset)
+        for tp, offsets in dropped.items():
+            taken = self._taken.get(tp, [])
+            for offset in offsets:
+                taken.remove(offset)
+            heapq.heapify(taken)
+            if not taken:
+                self._taken.pop(tp, None)
+                if not self._done.get(tp):
+                    self._done.pop(tp, None)
+
     @property
     def pending(self) -> int:
         """Records taken and not yet acknowledged."""
@@ -124,6 +143,13 @@ class OrderedIngest:
     processed meanwhile, but a third waits until the first is acknowledged: at most one
     batch is on its way to Kafka while the next is applied.
 
+    A batch waits ``batch_max_ms`` to fill, or ``batch_max_ms_behind`` while the worker
+    is behind: its input partitions hold at least ``batch_max_records`` records beyond
+    what it has taken (from the consumer's high watermarks), counting what is held and
+    ready here. Live input keeps the short wait (latency); a backlog gets batches many
+    times larger, whose per-batch work (one state write per patient, one request per
+    model, one wait for Kafka) is shared by more records.
+
     While a batch is processed the next one fills; when more than
     ``2 * batch_max_records`` records wait, the agents stop taking records
     (back-pressure): a worker that falls behind reads more slowly and its batches grow,
@@ -136,6 +162,7 @@ class OrderedIngest:
         process_batch: Processes a list of Faust events (``VigilWorker.process_batch``).
         batch_max_records: Most records per batch.
         batch_max_ms: Longest wait, in milliseconds, to fill a batch.
+        batch_max_ms_behind: The same while the worker is behind.
         idle_seconds: See :class:`~streams.core.ordering.InputMerger`.
         max_held: See :class:`~streams.core.ordering.InputMerger`.
         event_time_order: False releases every record as soon as it is offered (arrival
@@ -154,6 +181,7 @@ class OrderedIngest:
         idle_seconds: float,
         max_held: int,
         event_time_order: bool = True,
+        batch_max_ms_behind: float | None = None,
     ) -> None:
         self.app = app
         self.kinds_by_topic = kinds_by_topic
@@ -166,6 +194,12 @@ class OrderedIngest:
         self.acks = InOrderAcks()
         self.batch_max_records = batch_max_records
         self.batch_max_s = batch_max_ms / 1000
+        self.batch_max_s_behind = (
+            self.batch_max_s if batch_max_ms_behind is None else batch_max_ms_behind / 1000
+        )
+        self._last_offered: dict[tuple[str, int], int] = {}
+        self.batches_behind = 0
+        """Batches filled with the longer wait, the worker being behind."""
         self._limit = 2 * batch_max_records
         self._ready: deque[tuple[Any, Any]] = deque()
         self._outstanding = 0
@@ -177,14 +211,23 @@ class OrderedIngest:
         self._paused_total = 0.0
         self.batches = 0
         """Batches processed so far."""
+        self.given_up = 0
+        """Records taken and given up unprocessed at a rebalance or stop (read again)."""
         self._failed = False
 
     # -- the agents' side ------------------------------------------------------------------
 
     async def offer(self, stream: Any, event: Any) -> None:
         """Take one record from an input agent; returns once there is room for more."""
+        if self._stopping():
+            # Partitions are being handed over (or the worker stops): a record delivered
+            # now is neither held nor acknowledged, so it is read again from the
+            # committed offset, as Faust does with records it fetched meanwhile.
+            self.given_up += 1
+            return
         self.acks.take(event)
         message = event.message
+        self._last_offered[(message.topic, message.partition)] = message.offset
         if self.event_time_order:
             value = message.value if isinstance(message.value, bytes) else b""
             self.merger.add(
@@ -231,12 +274,39 @@ class OrderedIngest:
         return self._outstanding
 
     async def drain(self) -> None:
-        """Release everything held and wait until every record is processed."""
+        """Release everything held and wait until every record is processed (a test
+        context, which has no consumer to read records again)."""
         for stream, event in self.merger.release_all():
             self._dispatch(stream, event)
         while self._outstanding:
             self._changed.clear()
             await self._changed.wait()
+
+    async def settle(self, *, giving_up: Callable[[], bool] = lambda: False) -> None:
+        """Before partitions are handed over (a rebalance) or the worker stops: give up
+        the records held for ordering and finish the ones already released.
+
+        Released records form a prefix of each topic partition (the merger keeps offset
+        order within one), so once they are processed and acknowledged the consumer
+        commits exactly up to the first held record. The held ones are neither processed
+        nor acknowledged: whoever owns the partition next reads them again from that
+        offset and merges them in event-time order. Releasing them all at once instead
+        applied a topic that had been read ahead (a discharge, hours of labs) before the
+        records it was held for, and two workers then scored differently from one.
+
+        Args:
+            giving_up: True once waiting is pointless (the consumer stops for good).
+        """
+        held = self.merger.discard()
+        self._last_offered.clear()
+        if held:
+            self.acks.discard([event for _, event in held])
+            self.given_up += len(held)
+            log.info("gave up %d records held for ordering; they are read again", len(held))
+        while self._outstanding and not self._failed and not giving_up():
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), _FLUSH_EVERY_S)
 
     # -- merging -------------------------------------------------------------------------
 
@@ -245,13 +315,12 @@ class OrderedIngest:
         arrival changes no other partition's verdicts), else of every partition (the
         clock: idle topics, topics that caught up)."""
         if self._stopping():
-            # Faust waits for every record it handed out to be acknowledged before it
-            # gives partitions up, so a rebalance or a stop releases everything held.
-            released = self.merger.release_all()
-        else:
-            released = self.merger.release(
-                self._clock(), self._more_expected_now(), partition=partition
-            )
+            # Partitions are being handed over or the worker stops: what is held waits
+            # for :meth:`settle`, which gives it up (it is read again).
+            return
+        released = self.merger.release(
+            self._clock(), self._more_expected_now(), partition=partition
+        )
         for stream, event in released:
             self._dispatch(stream, event)
 
@@ -316,12 +385,43 @@ class OrderedIngest:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.ensure_future(self._batches())
 
+    def _behind(self) -> bool:
+        """Whether at least a full batch of input waits: records held and ready here, plus
+        what the assigned input partitions hold beyond the last record taken from each
+        (high watermark from the consumer's last fetch; nothing without a consumer)."""
+        waiting = len(self._ready) + len(self.merger)
+        if waiting >= self.batch_max_records:
+            return True
+        try:
+            consumer = self.app.consumer
+            assignment = consumer.assignment()
+        except Exception:  # noqa: BLE001 - no running consumer (agent test context)
+            return False
+        for tp in assignment:
+            last = self._last_offered.get((tp.topic, tp.partition))
+            if last is None:
+                continue  # nothing taken from it yet (or an output/changelog partition)
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001, S112 - revoked meanwhile
+                continue
+            if high is not None and high > last + 1:
+                waiting += high - last - 1
+                if waiting >= self.batch_max_records:
+                    return True
+        return False
+
     async def _take_batch(self) -> list[tuple[Any, Any]]:
-        """The next batch: what is ready now, topped up for at most ``batch_max_ms``."""
+        """The next batch: what is ready now, topped up for at most ``batch_max_ms`` (or
+        ``batch_max_ms_behind`` while the worker is behind)."""
         while not self._ready:
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = time.monotonic() + self.batch_max_s
+        wait_s = self.batch_max_s
+        if self.batch_max_s_behind > wait_s and self._behind():
+            wait_s = self.batch_max_s_behind
+            self.batches_behind += 1
+        deadline = time.monotonic() + wait_s
         while len(self._ready) < self.batch_max_records:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -155,8 +155,8 @@ class InputMerger(Generic[T]):
         return out
 
     def release_all(self) -> list[T]:
-        """Everything held, in order per partition number (a rebalance or a stop: held
-        records must be processed and acknowledged before the partitions go)."""
+        """Everything held, in order per partition number (a stop of a test context that
+        must process every record it took)."""
         out: list[T] = []
         for queues in self._queues.values():
             while any(queues.values()):
@@ -165,12 +165,16 @@ class InputMerger(Generic[T]):
         self._queues = {}
         return out
 
-    def forget(self, tps: Iterable[tuple[str, int]]) -> None:
-        """Drop what is known of partitions no longer assigned (their held records must
-        have been released first)."""
-        for tp in tps:
-            self._next_offset.pop(tp, None)
-            self._last_arrival_s.pop(tp, None)
+    def discard(self) -> list[T]:
+        """Give up everything held without releasing it, and forget what is known of every
+        topic partition (a rebalance or a stop: the records were not processed, so their
+        offsets are not committed, and whoever owns the partitions next reads them again
+        and merges them afresh). Returns the records given up, in no particular order."""
+        out = [held.item for queues in self._queues.values() for q in queues.values() for held in q]
+        self._queues = {}
+        self._next_offset.clear()
+        self._last_arrival_s.clear()
+        return out
 
     def _prune(self, partitions: Iterable[int]) -> None:
         """Forget the given partition numbers' queues once they hold nothing."""

@@ -18,7 +18,11 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.adapters.faust_recovery import RewindingConsumer, rewind_uncommitted
+from streams.adapters.faust_recovery import (
+    RewindingConsumer,
+    rewind_uncommitted,
+    settling_consumer,
+)
 
 VITALS3 = TP("vigil.vitals", 3)
 
@@ -77,3 +81,22 @@ def test_rewinding_consumer_seeks_to_committed_then_rewinds() -> None:
     result = asyncio.run(RewindingConsumer.seek_to_committed(consumer))  # type: ignore[arg-type]
     assert result == committed
     assert thread.rewound == [TP("vigil.vitals", 3)]
+
+
+def test_settling_consumer_settles_the_input_then_commits_instead_of_waiting() -> None:
+    """Before a hand-over or a stop, Faust waits for every delivered record to be
+    acknowledged; the worker's consumer settles its own input (finish what was released,
+    give up what is held) and then commits, without waiting for the held records."""
+    trace: list[str] = []
+
+    async def settle() -> None:
+        trace.append("settle")
+
+    async def commit_and_end_transactions() -> None:
+        trace.append("commit")
+
+    consumer = SimpleNamespace(commit_and_end_transactions=commit_and_end_transactions)
+    cls = settling_consumer(settle)
+    assert issubclass(cls, RewindingConsumer)
+    asyncio.run(cls.wait_empty(consumer))
+    assert trace == ["settle", "commit"]

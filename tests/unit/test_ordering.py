@@ -190,6 +190,26 @@ def test_release_all_empties_in_order() -> None:
     assert merger.release(0.0, _always) == []
 
 
+def test_discard_gives_up_what_is_held_and_forgets_each_topic_partition() -> None:
+    merger = _merger()
+    merger.add("lab@5h", kind="labs", partition=0, offset=7, event_ms=5_000, now_s=0.0)
+    merger.add("vitals@1h", kind="vitals", partition=1, offset=3, event_ms=1_000, now_s=0.0)
+    assert sorted(merger.discard()) == ["lab@5h", "vitals@1h"]
+    assert len(merger) == 0
+    # Read again from an earlier offset after the hand-over: no trace of the old position
+    # (the offset the merger expects next is unknown again, so "caught up" is asked
+    # with None, the committed offset's case).
+    asked: list[int | None] = []
+
+    def more(kind: str, partition: int, next_offset: int | None) -> bool:
+        asked.append(next_offset)
+        return False
+
+    merger.add("lab@4h", kind="labs", partition=0, offset=5, event_ms=4_000, now_s=1.0)
+    assert merger.release(1.0, more) == ["lab@4h"]
+    assert asked == [None, None]  # adt and vitals of partition 0 were never seen since
+
+
 def test_unknown_kind_and_bad_parameters_are_errors() -> None:
     with pytest.raises(ValueError, match="unknown input kind"):
         _merger().add("x", kind="imaging", partition=0, offset=0, event_ms=0, now_s=0.0)
@@ -463,6 +483,149 @@ def test_arrival_order_ingest_batches_without_holding_records() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["l:0", "v:0"]
+
+
+class _Consumer:
+    flow_active = True
+
+
+class _App:
+    def __init__(self) -> None:
+        self.consumer = _Consumer()
+
+    async def crash(self, exc: BaseException) -> None:  # pragma: no cover - not expected
+        raise AssertionError(f"crashed: {exc!r}")
+
+
+def test_settle_finishes_released_records_and_gives_held_ones_up_unacknowledged() -> None:
+    """Before partitions are handed over: what was released is processed and
+    acknowledged; what is held for ordering is neither, nor is a record delivered while
+    the flow is stopped, so the committed offsets stop at the first held record and the
+    next owner reads the rest again."""
+
+    async def scenario() -> tuple[list[int], list[int], int, int, int]:
+        stream = _Stream()
+        processed: list[int] = []
+
+        async def process_batch(events: list[Any]) -> None:
+            await asyncio.sleep(0.01)
+            processed.extend(e.message.offset for e in events)
+
+        ingest = _ingest(process_batch)
+        app = _App()
+        ingest.app = app
+        # Vitals up to 3 h on partition 0; labs at 1.5 h and 5 h. With the vitals and labs
+        # topics still lagging (ADT caught up) ...
+        lagging = _lagging("vitals", "labs")
+        ingest._more_expected_now = lambda: lagging
+        for offset, ms in enumerate((1000, 2000, 3000)):
+            await ingest.offer(stream, _Event(_Message("v", 0, offset, b"p1", ms)))
+        for offset, ms in enumerate((1500, 5000)):
+            await ingest.offer(stream, _Event(_Message("l", 0, offset, b"p1", ms)))
+        # ... the vitals and the first lab are released; the lab at 5 h waits for a
+        # vitals record after it.
+        held_before = ingest.held
+        app.consumer.flow_active = False  # a rebalance starts
+        await ingest.offer(stream, _Event(_Message("v", 0, 3, b"p1", 4000)))
+        await ingest.settle()
+        return processed, stream.acked, held_before, ingest.held, ingest.acks.pending
+
+    processed, acked, held_before, held_after, pending = asyncio.run(scenario())
+    assert held_before == 1
+    assert sorted(processed) == [0, 0, 1, 2]  # vitals 0-2 and lab 0
+    assert sorted(acked) == [0, 0, 1, 2]  # neither lab 1 (held) nor vitals 3 (stopped)
+    assert held_after == 0
+    assert pending == 0  # nothing taken waits for an acknowledgement any more
+
+
+def test_while_the_flow_is_stopped_nothing_held_is_released() -> None:
+    async def scenario() -> tuple[int, list[int]]:
+        processed: list[int] = []
+
+        async def process_batch(events: list[Any]) -> None:
+            processed.extend(e.message.offset for e in events)
+
+        ingest = _ingest(process_batch)
+        app = _App()
+        ingest.app = app
+        lagging = _lagging("vitals", "labs")
+        ingest._more_expected_now = lambda: lagging
+        stream = _Stream()
+        await ingest.offer(stream, _Event(_Message("l", 0, 0, b"p1", 5000)))
+        app.consumer.flow_active = False
+        ingest._more_expected_now = lambda: _never  # would release it, were it not stopping
+        ingest._release()
+        await asyncio.sleep(0.02)
+        return ingest.held, processed
+
+    assert asyncio.run(scenario()) == (1, [])
+
+
+class _TP:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+
+class _LaggingConsumer:
+    """Assigned input partitions and their high watermarks, as the consumer reports them."""
+
+    flow_active = True
+
+    def __init__(self, highwater: dict[tuple[str, int], int]) -> None:
+        self.highwaters = highwater
+
+    def assignment(self) -> list[_TP]:
+        return [_TP(*tp) for tp in self.highwaters] + [_TP("vigil.scores", 0)]
+
+    def highwater(self, tp: _TP) -> int:
+        return self.highwaters.get((tp.topic, tp.partition), 0)
+
+
+def test_a_worker_behind_waits_longer_to_fill_larger_batches() -> None:
+    """Live input keeps the short wait; a full batch of records waiting in the input
+    partitions beyond the last one taken switches to the longer wait."""
+
+    async def scenario(highwater: int) -> tuple[bool, int, list[int]]:
+        sizes: list[int] = []
+
+        async def process_batch(events: list[Any]) -> None:
+            sizes.append(len(events))
+
+        ingest = OrderedIngest(
+            _App(),
+            kinds_by_topic={"v": "vitals", "l": "labs", "a": "adt"},
+            kind_order=KINDS,
+            process_batch=process_batch,
+            batch_max_records=100,
+            batch_max_ms=1.0,
+            batch_max_ms_behind=1000.0,
+            idle_seconds=1.0,
+            max_held=1000,
+            event_time_order=False,
+        )
+        ingest.app.consumer = _LaggingConsumer({("v", 0): highwater})
+        stream = _Stream()
+        await ingest.offer(stream, _Event(_Message("v", 0, 0, b"p1", 0)))
+        behind = ingest._behind()
+
+        async def trickle() -> None:  # the rest of the input arrives over 60 ms
+            for offset in range(1, 7):
+                await asyncio.sleep(0.01)
+                await ingest.offer(stream, _Event(_Message("v", 0, offset, b"p1", offset)))
+
+        await trickle()
+        await ingest.drain()
+        return behind, ingest.batches_behind, sizes
+
+    # Caught up (the high watermark is the next offset): one-record batches, short waits.
+    behind, longer, sizes = asyncio.run(scenario(highwater=1))
+    assert (behind, longer) == (False, 0)
+    assert sizes[0] == 1
+    # 500 records beyond the one taken: the first batch waits and takes the trickle too.
+    behind, longer, sizes = asyncio.run(scenario(highwater=501))
+    assert behind
+    assert longer >= 1
+    assert sizes[0] == 7
 
 
 def _acks_scenario(finish_order: list[tuple[str, int]]) -> list[tuple[str, int]]:

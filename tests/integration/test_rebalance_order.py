@@ -1,0 +1,144 @@
+"""A second worker joining in the middle of a backlog changes no score and no alert.
+
+When a second worker joins, the first one hands partitions over while it holds records
+back to merge the input topics in event-time order. Those records used to be released
+all at once, out of order: a discharge or hours of labs read ahead were applied before
+the vitals they were held for, and two workers scored 2,354 (patient, time) keys fewer
+than one, with 1,315 other risks (``bench.scaling --join-after 3``, 200 stays). Now the
+first worker finishes what it released, gives the held records up unacknowledged, and
+whoever owns each partition next reads them again and merges them in order
+(``OrderedIngest.settle``, docs/worker.md "Rebalances").
+
+The same 60 real stays are processed by one worker, then, on fresh topics, by a worker
+that a second one joins once the first has scored (the first is frozen while the second
+starts, so the join finds a backlog on any machine): the scores and alerts must be the
+same records (wall-clock fields and topic prefixes aside; a record repeated by
+at-least-once delivery counts once, as consumers upsert by id). The first worker's log
+must show that it gave records up, so the test does exercise a hand-over with records
+held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.adapters.topics import create_topics
+from streams.replay import physionet2012_events, produce, read_length_of_stay
+from streams.settings import WorkerSettings
+from tests.integration.outputs import read_records, wait_until_accounted
+from tests.integration.workers import running_worker, worker_env
+from vigil.stack.settings import StackSettings
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
+N_STAYS = 60
+WALL_CLOCK_FIELDS = frozenset({"processing_time"})
+FREEZE_AT_MOST_S = 6.0  # the session timeout is 10 s
+GAVE_UP = re.compile(r"gave up (\d+) records held for ordering")
+
+Outputs = dict[str, set[str]]  # topic kind -> normalised records as sorted JSON
+
+
+def _normalised(record: dict[str, Any]) -> str:
+    out = {k: v for k, v in record.items() if k not in WALL_CLOCK_FIELDS}
+    if "provenance" in out:
+        provenance = dict(out["provenance"])
+        provenance["offsets"] = [
+            {**r, "topic": r["topic"].rsplit(".", 1)[-1]} for r in provenance["offsets"]
+        ]
+        out["provenance"] = provenance
+    return json.dumps(out, sort_keys=True)
+
+
+def _outputs(stack: StackSettings, prefix: str) -> Outputs:
+    return {
+        kind: {_normalised(r) for r in read_records(stack.kafka_bootstrap, f"{prefix}.{kind}")}
+        for kind in ("scores", "alerts")
+    }
+
+
+def _prepare(stack: StackSettings, prefix: str, events: list[Any]) -> None:
+    create_topics(
+        WorkerSettings(kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=prefix, app_id=prefix)
+    )
+    assert produce(events, bootstrap=stack.kafka_bootstrap, topic_prefix=prefix) == len(events)
+
+
+def _env(stack: StackSettings, prefix: str, data_dir: Path) -> dict[str, str]:
+    # OOD off, as in test_determinism.py: the merge order is what is under test.
+    return worker_env(stack, prefix=prefix, app_id=prefix, data_dir=data_dir, triton_ood_model="")
+
+
+def _joining(log: Path, at_most_s: float) -> None:
+    """Wait until the worker logging to ``log`` starts to join its group (aiokafka logs
+    the partitions it revokes first), or ``at_most_s``."""
+    started = time.monotonic()
+    while time.monotonic() - started < at_most_s:
+        if log.exists() and "Revoking previously assigned partitions" in log.read_text():
+            return
+        time.sleep(0.1)
+
+
+def _first_score(stack: StackSettings, prefix: str, deadline_s: float) -> None:
+    started = time.monotonic()
+    while not read_records(stack.kafka_bootstrap, f"{prefix}.scores"):
+        assert time.monotonic() - started < deadline_s, "no score from the first worker"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_worker_joining_mid_backlog_changes_no_score_or_alert(
+    stack: StackSettings, unique: str, tmp_path: Path
+) -> None:
+    paths = sorted((DEMO / "set-a").glob("*.txt"))[:N_STAYS]
+    events = list(
+        physionet2012_events(paths, length_of_stay=read_length_of_stay(DEMO / "Outcomes-a.txt"))
+    )
+    ids = {json.loads(e.payload)["event_id"] for e in events}
+
+    alone = f"reb{unique}one"
+    _prepare(stack, alone, events)
+    log = tmp_path / "alone.log"
+    with running_worker(_env(stack, alone, tmp_path / "alone"), log) as worker:
+        wait_until_accounted(stack.kafka_bootstrap, alone, ids, worker, log, 300)
+    one = _outputs(stack, alone)
+
+    pair = f"reb{unique}two"
+    _prepare(stack, pair, events)
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    with running_worker(_env(stack, pair, tmp_path / "first"), first_log) as first:
+        _first_score(stack, pair, 120)
+        # Freeze the first worker in the middle of its backlog while the second starts
+        # (seconds of imports), and let it go on once the second begins to join: the
+        # hand-over then finds records held, however fast this machine is. The freeze
+        # stays well inside the group's session timeout.
+        os.killpg(first.pid, signal.SIGSTOP)
+        try:
+            with running_worker(_env(stack, pair, tmp_path / "second"), second_log) as second:
+                _joining(second_log, FREEZE_AT_MOST_S)
+                os.killpg(first.pid, signal.SIGCONT)
+                wait_until_accounted(stack.kafka_bootstrap, pair, ids, first, first_log, 300)
+                assert second.poll() is None, second_log.read_text()[-3000:]
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
+    two = _outputs(stack, pair)
+
+    given_up = [int(n) for n in GAVE_UP.findall(first_log.read_text())]
+    assert given_up, (
+        "the second worker joined after the first had merged its whole backlog: no "
+        "hand-over with records held happened, so the test proved nothing"
+    )
+    for kind in ("scores", "alerts"):
+        only_one, only_two = one[kind] - two[kind], two[kind] - one[kind]
+        differing = len(only_one) + len(only_two)
+        assert differing == 0, (
+            f"{kind}: {len(only_one)} only with one worker, {len(only_two)} only with two "
+            f"(of {len(one[kind])}); the first worker gave up {given_up} held records"
+        )
