@@ -33,9 +33,9 @@ import pytest
 from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
-from tests.integration.outputs import read_records, wait_until_accounted
-from tests.integration.workers import running_worker, worker_env
 from vigil.stack.settings import StackSettings
+from vigil.testing.outputs import read_records, wait_until_accounted
+from vigil.testing.workers import running_worker, worker_env
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 N_STAYS = 60
