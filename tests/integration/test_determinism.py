@@ -33,13 +33,12 @@ from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_jsonl, read_length_of_stay, record
 from streams.settings import WorkerSettings
 from vigil.stack.settings import StackSettings
-from vigil.testing.outputs import read_records, wait_until_accounted
+from vigil.testing.outputs import comparable, read_records, wait_until_accounted
 from vigil.testing.workers import running_worker, worker_env
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 N_STAYS = 20
 INPUTS = ("vitals", "labs", "adt")
-WALL_CLOCK_FIELDS = frozenset({"processing_time"})
 
 Run = dict[str, dict[str, list[dict[str, Any]]]]  # topic kind -> patient -> records
 
@@ -56,23 +55,11 @@ def _create(stack: StackSettings, prefix: str) -> WorkerSettings:
     return settings
 
 
-def _normalised(record: dict[str, Any]) -> dict[str, Any]:
-    """The record without wall-clock fields, provenance topics without their prefix."""
-    out = {k: v for k, v in record.items() if k not in WALL_CLOCK_FIELDS}
-    if "provenance" in out:
-        provenance = dict(out["provenance"])
-        provenance["offsets"] = [
-            {**r, "topic": r["topic"].rsplit(".", 1)[-1]} for r in provenance["offsets"]
-        ]
-        out["provenance"] = provenance
-    return out
-
-
 def _per_patient(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Normalised records per patient, sorted by event time (then content): a multiset."""
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        grouped[r["patient_id"]].append(_normalised(r))
+        grouped[r["patient_id"]].append(comparable(r))
     return {
         pid: sorted(rs, key=lambda r: (r["event_time"], json.dumps(r, sort_keys=True)))
         for pid, rs in grouped.items()

@@ -34,32 +34,23 @@ from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
 from vigil.stack.settings import StackSettings
-from vigil.testing.outputs import read_records, wait_until_accounted
+from vigil.testing.outputs import comparable, read_records, wait_until_accounted
 from vigil.testing.workers import running_worker, worker_env
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 N_STAYS = 60
-WALL_CLOCK_FIELDS = frozenset({"processing_time"})
 FREEZE_AT_MOST_S = 6.0  # the session timeout is 10 s
 GAVE_UP = re.compile(r"gave up (\d+) records held for ordering")
 
 Outputs = dict[str, set[str]]  # topic kind -> normalised records as sorted JSON
 
 
-def _normalised(record: dict[str, Any]) -> str:
-    out = {k: v for k, v in record.items() if k not in WALL_CLOCK_FIELDS}
-    if "provenance" in out:
-        provenance = dict(out["provenance"])
-        provenance["offsets"] = [
-            {**r, "topic": r["topic"].rsplit(".", 1)[-1]} for r in provenance["offsets"]
-        ]
-        out["provenance"] = provenance
-    return json.dumps(out, sort_keys=True)
-
-
 def _outputs(stack: StackSettings, prefix: str) -> Outputs:
     return {
-        kind: {_normalised(r) for r in read_records(stack.kafka_bootstrap, f"{prefix}.{kind}")}
+        kind: {
+            json.dumps(comparable(r), sort_keys=True)
+            for r in read_records(stack.kafka_bootstrap, f"{prefix}.{kind}")
+        }
         for kind in ("scores", "alerts")
     }
 

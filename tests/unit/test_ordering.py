@@ -497,6 +497,16 @@ class _App:
         raise AssertionError(f"crashed: {exc!r}")
 
 
+def _lagging_ingest(process_batch: Any) -> tuple[Any, _App]:
+    """An ingest whose consumer flows and whose vitals and labs topics still lag."""
+    ingest = _ingest(process_batch)
+    app = _App()
+    ingest.app = app
+    lagging = _lagging("vitals", "labs")
+    ingest._more_expected_now = lambda: lagging
+    return ingest, app
+
+
 def test_settle_finishes_released_records_and_gives_held_ones_up_unacknowledged() -> None:
     """Before partitions are handed over: what was released is processed and
     acknowledged; what is held for ordering is neither, nor is a record delivered while
@@ -511,13 +521,9 @@ def test_settle_finishes_released_records_and_gives_held_ones_up_unacknowledged(
             await asyncio.sleep(0.01)
             processed.extend(e.message.offset for e in events)
 
-        ingest = _ingest(process_batch)
-        app = _App()
-        ingest.app = app
         # Vitals up to 3 h on partition 0; labs at 1.5 h and 5 h. With the vitals and labs
         # topics still lagging (ADT caught up) ...
-        lagging = _lagging("vitals", "labs")
-        ingest._more_expected_now = lambda: lagging
+        ingest, app = _lagging_ingest(process_batch)
         for offset, ms in enumerate((1000, 2000, 3000)):
             await ingest.offer(stream, _Event(_Message("v", 0, offset, b"p1", ms)))
         for offset, ms in enumerate((1500, 5000)):
@@ -545,11 +551,7 @@ def test_while_the_flow_is_stopped_nothing_held_is_released() -> None:
         async def process_batch(events: list[Any]) -> None:
             processed.extend(e.message.offset for e in events)
 
-        ingest = _ingest(process_batch)
-        app = _App()
-        ingest.app = app
-        lagging = _lagging("vitals", "labs")
-        ingest._more_expected_now = lambda: lagging
+        ingest, app = _lagging_ingest(process_batch)
         stream = _Stream()
         await ingest.offer(stream, _Event(_Message("l", 0, 0, b"p1", 5000)))
         app.consumer.flow_active = False

@@ -17,12 +17,29 @@ from typing import Any
 
 from streams.evaluation.sources import read_topic_lines
 
-__all__ = ["read_records", "wait_until_accounted"]
+__all__ = ["WALL_CLOCK_FIELDS", "comparable", "read_records", "wait_until_accounted"]
+
+WALL_CLOCK_FIELDS = frozenset({"processing_time"})
+"""Output fields that depend on when a record was processed, not on its input."""
 
 
 def read_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every record of ``topic`` as decoded JSON, in partition then offset order."""
     return [json.loads(value) for value in read_topic_lines(topic, bootstrap)]
+
+
+def comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """An output record as two runs over the same input must both write it: without its
+    wall-clock fields, and with provenance topics stripped of their prefix (each run has
+    its own)."""
+    out = {k: v for k, v in record.items() if k not in WALL_CLOCK_FIELDS}
+    if "provenance" in out:
+        provenance = dict(out["provenance"])
+        provenance["offsets"] = [
+            {**r, "topic": r["topic"].rsplit(".", 1)[-1]} for r in provenance["offsets"]
+        ]
+        out["provenance"] = provenance
+    return out
 
 
 def _cited(scores: Iterable[dict[str, Any]]) -> set[str]:
