@@ -236,6 +236,7 @@ def create_worker(
         idle_seconds=settings.input_order_idle_seconds,
         max_held=settings.input_order_max_held,
         event_time_order=settings.input_event_time_order,
+        metrics=worker_metrics,
     )
     worker.ordered = ordered
 

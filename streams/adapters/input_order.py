@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from streams.core.ordering import InputMerger, MoreExpected
+from streams.metrics import WorkerMetrics
 
 __all__ = ["InOrderAcks", "OrderedIngest", "event_time_ms"]
 
@@ -167,6 +168,8 @@ class OrderedIngest:
         max_held: See :class:`~streams.core.ordering.InputMerger`.
         event_time_order: False releases every record as soon as it is offered (arrival
             order; ``VIGIL_INPUT_EVENT_TIME_ORDER=false``).
+        metrics: Where to count records released out of order or given up, and batches
+            filled while behind (none in unit tests).
     """
 
     def __init__(
@@ -182,6 +185,7 @@ class OrderedIngest:
         max_held: int,
         event_time_order: bool = True,
         batch_max_ms_behind: float | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.app = app
         self.kinds_by_topic = kinds_by_topic
@@ -214,6 +218,7 @@ class OrderedIngest:
         self.given_up = 0
         """Records taken and given up unprocessed at a rebalance or stop (read again)."""
         self._failed = False
+        self.metrics = metrics
 
     # -- the agents' side ------------------------------------------------------------------
 
@@ -223,7 +228,7 @@ class OrderedIngest:
             # Partitions are being handed over (or the worker stops): a record delivered
             # now is neither held nor acknowledged, so it is read again from the
             # committed offset, as Faust does with records it fetched meanwhile.
-            self.given_up += 1
+            self._gave_up(1)
             return
         self.acks.take(event)
         message = event.message
@@ -301,12 +306,17 @@ class OrderedIngest:
         self._last_offered.clear()
         if held:
             self.acks.discard([event for _, event in held])
-            self.given_up += len(held)
+            self._gave_up(len(held))
             log.info("gave up %d records held for ordering; they are read again", len(held))
         while self._outstanding and not self._failed and not giving_up():
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), _FLUSH_EVERY_S)
+
+    def _gave_up(self, records: int) -> None:
+        self.given_up += records
+        if self.metrics is not None:
+            self.metrics.input_order.labels("given_up").inc(records)
 
     # -- merging -------------------------------------------------------------------------
 
@@ -318,9 +328,12 @@ class OrderedIngest:
             # Partitions are being handed over or the worker stops: what is held waits
             # for :meth:`settle`, which gives it up (it is read again).
             return
-        released = self.merger.release(
-            self._clock(), self._more_expected_now(), partition=partition
-        )
+        merger = self.merger
+        forced, idled = merger.forced, merger.idled
+        released = merger.release(self._clock(), self._more_expected_now(), partition=partition)
+        if self.metrics is not None and (merger.forced > forced or merger.idled > idled):
+            self.metrics.input_order.labels("forced").inc(merger.forced - forced)
+            self.metrics.input_order.labels("idled").inc(merger.idled - idled)
         for stream, event in released:
             self._dispatch(stream, event)
 
@@ -421,6 +434,8 @@ class OrderedIngest:
         if self.batch_max_s_behind > wait_s and self._behind():
             wait_s = self.batch_max_s_behind
             self.batches_behind += 1
+            if self.metrics is not None:
+                self.metrics.batches_behind.inc()
         deadline = time.monotonic() + wait_s
         while len(self._ready) < self.batch_max_records:
             remaining = deadline - time.monotonic()

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from streams.adapters.input_order import InOrderAcks, OrderedIngest, event_time_ms
 from streams.core.ordering import InputMerger
+from streams.metrics import WorkerMetrics
 
 KINDS = ("adt", "vitals", "labs")
 
@@ -513,6 +515,8 @@ def test_settle_finishes_released_records_and_gives_held_ones_up_unacknowledged(
     the flow is stopped, so the committed offsets stop at the first held record and the
     next owner reads the rest again."""
 
+    registry = CollectorRegistry()
+
     async def scenario() -> tuple[list[int], list[int], int, int, int]:
         stream = _Stream()
         processed: list[int] = []
@@ -524,6 +528,7 @@ def test_settle_finishes_released_records_and_gives_held_ones_up_unacknowledged(
         # Vitals up to 3 h on partition 0; labs at 1.5 h and 5 h. With the vitals and labs
         # topics still lagging (ADT caught up) ...
         ingest, app = _lagging_ingest(process_batch)
+        ingest.metrics = WorkerMetrics(registry)
         for offset, ms in enumerate((1000, 2000, 3000)):
             await ingest.offer(stream, _Event(_Message("v", 0, offset, b"p1", ms)))
         for offset, ms in enumerate((1500, 5000)):
@@ -542,6 +547,8 @@ def test_settle_finishes_released_records_and_gives_held_ones_up_unacknowledged(
     assert sorted(acked) == [0, 0, 1, 2]  # neither lab 1 (held) nor vitals 3 (stopped)
     assert held_after == 0
     assert pending == 0  # nothing taken waits for an acknowledgement any more
+    given_up = registry.get_sample_value("vigil_input_order_records_total", {"outcome": "given_up"})
+    assert given_up == 2  # lab 1, held, and vitals 3, delivered while stopped
 
 
 def test_while_the_flow_is_stopped_nothing_held_is_released() -> None:
