@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.integration
 
-from tests.integration.faults import (
+from vigil.stack.settings import StackSettings
+from vigil.testing.faults import (
     CaseResult,
     Fault,
     alert_conflicts,
@@ -31,7 +32,6 @@ from tests.integration.faults import (
     score_conflicts,
     state_differences,
 )
-from vigil.stack.settings import StackSettings
 
 
 def main() -> None:

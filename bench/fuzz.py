@@ -1,10 +1,10 @@
 """Fuzz benchmark: push generated events, valid and adversarial, through the pure core
 and, optionally, a real worker on the local stack (``vigil stack up`` first).
 
-Core run: a seeded stream (``tests/fuzz/corpus.py``) of valid vitals, labs, imaging,
+Core run: a seeded stream (``vigil/testing/fuzz_corpus.py``) of valid vitals, labs, imaging,
 ADT and ack records with bad records of every mutation class interleaved goes through
 :class:`Processor` as the worker feeds it, then its valid records alone go through a fresh
-processor; the invariants of ``tests/fuzz/harness.py`` are checked (specific dead-letter
+processor; the invariants of ``vigil/testing/fuzz_harness.py`` are checked (specific dead-letter
 reason and origin per bad record, duplicates dropped, valid records unaffected).
 
 Worker run (``--worker N``): N events, real PhysioNet 2012 stays as the valid ones and
@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from streams.core.pipeline import Processor, ProcessorConfig
-from tests.fuzz.corpus import RandomPicker, StreamSpec, build_stream
-from tests.fuzz.harness import assign_origins, check, feed
-from tests.fuzz.kafka import run_worker_fuzz
+from vigil.testing.fuzz_corpus import RandomPicker, StreamSpec, build_stream
+from vigil.testing.fuzz_harness import assign_origins, check, feed
+from vigil.testing.fuzz_kafka import run_worker_fuzz
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 

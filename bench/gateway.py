@@ -29,7 +29,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,14 +50,9 @@ from bench.common import (
 from streams.core.events import AdtEvent, ObservationEvent
 from streams.gateway.hl7_write import adt_message, oru_message
 from streams.gateway.mllp import END, START
+from vigil.testing.workers import free_port
 
 _HEADER = b"MSH|^~\\&|BENCH|ICU|VIGIL|HOSP|20250101120005+0000||ORU^R01|"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _messages(stays: int) -> list[bytes]:
@@ -290,7 +284,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = fresh_settings("gw")
-    mllp_port, http_port = _free_port(), _free_port()
+    mllp_port, http_port = free_port(), free_port()
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"{args.name}.log"
     env = {

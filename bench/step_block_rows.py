@@ -1,7 +1,7 @@
 """``block_rows`` sweep of ``deterioration_step`` on a private tritonserver (38000-38002).
 
 For each block size: a temporary copy of ``triton_repo/deterioration_step`` with the
-current ``models/triton_model.py`` as ``1/model.py`` and ``block_rows`` set in its
+current ``models/common/triton_model.py`` as ``1/model.py`` and ``block_rows`` set in its
 ``config.pbtxt``, served by its own ``tritonserver`` (started as
 :mod:`bench.step_throughput` does, on ports 38000/38001/38002, so neither the shared stack
 nor ``step_throughput`` is touched). Measured: rows/s at batch 256 with 4 and 1 requests
@@ -30,8 +30,8 @@ import tritonclient.grpc as grpcclient
 
 import bench.step_throughput as step
 from bench.common import ROOT, load_average, machine, write_result
-from models.step_export import MODEL_NAME
-from models.step_train import load_step_checkpoint
+from models.deterioration.step_export import MODEL_NAME
+from models.deterioration.step_train import load_step_checkpoint
 
 __all__ = ["latency", "main"]
 
@@ -71,7 +71,9 @@ def latency(
 def _repo(tmp: Path, block_rows: int) -> Path:
     repo = tmp / f"repo_{block_rows}"
     shutil.copytree(ROOT / "triton_repo" / MODEL_NAME, repo / MODEL_NAME)
-    shutil.copyfile(ROOT / "models" / "triton_model.py", repo / MODEL_NAME / "1" / "model.py")
+    shutil.copyfile(
+        ROOT / "models" / "common" / "triton_model.py", repo / MODEL_NAME / "1" / "model.py"
+    )
     config = repo / MODEL_NAME / "config.pbtxt"
     text = config.read_text()
     if 'key: "block_rows"' in text:

@@ -37,11 +37,11 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from bench.common import DEMO, ROOT, load_average, machine, write_result
-from models.physionet2012 import load_stays
-from models.step_export import MODEL_NAME, tensor_specs
-from models.step_network import StepEnsemble, StepModule
-from models.step_train import load_step_checkpoint
+from models.deterioration.step_export import MODEL_NAME, tensor_specs
+from models.deterioration.step_network import StepEnsemble, StepModule
+from models.deterioration.step_train import load_step_checkpoint
 from streams.core.step_features import BINS_PER_REQUEST, bin_inputs, pack_bins, stay_bins
+from streams.datasets.physionet2012 import load_stays
 from vigil.stack import provision
 
 __all__ = ["model_cost", "request_arrays", "served"]

@@ -39,10 +39,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from models.metrics import auprc, auroc
-from models.physionet2012 import read_outcomes
 from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics
+from streams.core.risk_metrics import auprc, auroc
+from streams.datasets.physionet2012 import read_outcomes
 from streams.evaluation.degraded import DEGRADED_LABEL, DegradedShare
 from streams.evaluation.run import EvaluateRequest, run_evaluation
 from streams.replay import DEFAULT_ANCHOR, physionet2012_events, produce, read_length_of_stay

@@ -53,6 +53,9 @@ OUTPUT_TOPICS: Final = (TopicKind.SCORES, TopicKind.ALERTS, TopicKind.DEADLETTER
 BATCH_STAGES: Final = ("apply", "model", "send", "confirm", "changelog")
 """``stage`` label values of ``vigil_batch_stage_seconds``, in the order a batch runs them."""
 
+INPUT_ORDER_OUTCOMES = ("forced", "idled", "given_up")
+"""``outcome`` label values of ``vigil_input_order_records_total``."""
+
 UNKNOWN_ICU_TYPE: Final = "unknown"
 """``icu_type`` label of alerts whose patient has no ICU type (no admission record yet)."""
 
@@ -184,6 +187,21 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.input_order = Counter(
+            "vigil_input_order_records_total",
+            "Input records the event-time merger did not release in order, by outcome: "
+            "forced (released early, a partition number held too many), idled (released "
+            "because another topic was silent), given_up (held at a hand-over or stop; read "
+            "again from the committed offset).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.batches_behind = Counter(
+            "vigil_batches_behind_total",
+            "Batches filled with the longer wait because a full batch of input was waiting "
+            "(VIGIL_BATCH_MAX_MS_BEHIND).",
+            registry=registry,
+        )
         self.explanations = Counter(
             "vigil_explanations_total",
             "Alert explanations by the explain model, by outcome: sent (on the explanations "
@@ -228,6 +246,8 @@ class WorkerMetrics:
             self.batch_stage.labels(stage)
         for outcome in ("sent", "unavailable", "failed", "dropped"):
             self.explanations.labels(outcome)
+        for outcome in INPUT_ORDER_OUTCOMES:
+            self.input_order.labels(outcome)
         for severity in _ALERT_SEVERITIES:
             for alert_kind in _ALERT_KINDS:
                 for state in _ALERT_STATES:

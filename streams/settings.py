@@ -174,6 +174,15 @@ class WorkerSettings(BaseSettings):
         le=5000,
         description="Longest wait to fill a batch once its first record is there, in ms.",
     )
+    batch_max_ms_behind: float = Field(
+        default=250.0,
+        ge=0,
+        le=5000,
+        description="The same wait while the worker is behind (its input partitions hold "
+        "at least VIGIL_BATCH_MAX_RECORDS records it has not taken yet): larger batches "
+        "share their per-batch work (one state write per patient, one model request per "
+        "model) among more records, so a backlog drains faster (docs/worker.md, 'Batches').",
+    )
     input_event_time_order: bool = Field(
         default=True,
         description="Apply the records of each partition number in event-time order across "

@@ -232,16 +232,25 @@ def create_worker(
         process_batch=worker.process_batch,
         batch_max_records=settings.batch_max_records,
         batch_max_ms=settings.batch_max_ms,
+        batch_max_ms_behind=settings.batch_max_ms_behind,
         idle_seconds=settings.input_order_idle_seconds,
         max_held=settings.input_order_max_held,
         event_time_order=settings.input_event_time_order,
+        metrics=worker_metrics,
     )
     worker.ordered = ordered
+
+    async def settle_input() -> None:
+        # Before partitions go, or the worker stops (Faust would wait for every record
+        # taken): the input records released for processing finish, the held ones are
+        # given up; then an alert acknowledgement being applied finishes (under the lock).
+        await ordered.settle(giving_up=lambda: app.consumer.should_stop)
+        async with worker.lock:
+            pass
+
     # Before anything builds the consumer (on first use): see settling_consumer. Faust
     # picks the transport by the broker URL's scheme, so the class is set on its instance.
-    app.transport.Consumer = settling_consumer(  # type: ignore[misc]
-        lambda: ordered.settle(giving_up=lambda: app.consumer.should_stop)
-    )
+    app.transport.Consumer = settling_consumer(settle_input)  # type: ignore[misc]
 
     async def ingest(stream: Any) -> AsyncIterator[int]:
         # Records go to the ordered ingest, which applies them in batches (in event-time

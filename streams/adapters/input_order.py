@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from streams.core.ordering import InputMerger, MoreExpected
+from streams.metrics import WorkerMetrics
 
 __all__ = ["InOrderAcks", "OrderedIngest", "event_time_ms"]
 
@@ -143,6 +144,13 @@ class OrderedIngest:
     processed meanwhile, but a third waits until the first is acknowledged: at most one
     batch is on its way to Kafka while the next is applied.
 
+    A batch waits ``batch_max_ms`` to fill, or ``batch_max_ms_behind`` while the worker
+    is behind: its input partitions hold at least ``batch_max_records`` records beyond
+    what it has taken (from the consumer's high watermarks), counting what is held and
+    ready here. Live input keeps the short wait (latency); a backlog gets batches many
+    times larger, whose per-batch work (one state write per patient, one request per
+    model, one wait for Kafka) is shared by more records.
+
     While a batch is processed the next one fills; when more than
     ``2 * batch_max_records`` records wait, the agents stop taking records
     (back-pressure): a worker that falls behind reads more slowly and its batches grow,
@@ -155,10 +163,13 @@ class OrderedIngest:
         process_batch: Processes a list of Faust events (``VigilWorker.process_batch``).
         batch_max_records: Most records per batch.
         batch_max_ms: Longest wait, in milliseconds, to fill a batch.
+        batch_max_ms_behind: The same while the worker is behind.
         idle_seconds: See :class:`~streams.core.ordering.InputMerger`.
         max_held: See :class:`~streams.core.ordering.InputMerger`.
         event_time_order: False releases every record as soon as it is offered (arrival
             order; ``VIGIL_INPUT_EVENT_TIME_ORDER=false``).
+        metrics: Where to count records released out of order or given up, and batches
+            filled while behind (none in unit tests).
     """
 
     def __init__(
@@ -173,6 +184,8 @@ class OrderedIngest:
         idle_seconds: float,
         max_held: int,
         event_time_order: bool = True,
+        batch_max_ms_behind: float | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.app = app
         self.kinds_by_topic = kinds_by_topic
@@ -185,6 +198,12 @@ class OrderedIngest:
         self.acks = InOrderAcks()
         self.batch_max_records = batch_max_records
         self.batch_max_s = batch_max_ms / 1000
+        self.batch_max_s_behind = (
+            self.batch_max_s if batch_max_ms_behind is None else batch_max_ms_behind / 1000
+        )
+        self._last_offered: dict[tuple[str, int], int] = {}
+        self.batches_behind = 0
+        """Batches filled with the longer wait, the worker being behind."""
         self._limit = 2 * batch_max_records
         self._ready: deque[tuple[Any, Any]] = deque()
         self._outstanding = 0
@@ -199,6 +218,7 @@ class OrderedIngest:
         self.given_up = 0
         """Records taken and given up unprocessed at a rebalance or stop (read again)."""
         self._failed = False
+        self.metrics = metrics
 
     # -- the agents' side ------------------------------------------------------------------
 
@@ -208,10 +228,11 @@ class OrderedIngest:
             # Partitions are being handed over (or the worker stops): a record delivered
             # now is neither held nor acknowledged, so it is read again from the
             # committed offset, as Faust does with records it fetched meanwhile.
-            self.given_up += 1
+            self._gave_up(1)
             return
         self.acks.take(event)
         message = event.message
+        self._last_offered[(message.topic, message.partition)] = message.offset
         if self.event_time_order:
             value = message.value if isinstance(message.value, bytes) else b""
             self.merger.add(
@@ -282,14 +303,20 @@ class OrderedIngest:
             giving_up: True once waiting is pointless (the consumer stops for good).
         """
         held = self.merger.discard()
+        self._last_offered.clear()
         if held:
             self.acks.discard([event for _, event in held])
-            self.given_up += len(held)
+            self._gave_up(len(held))
             log.info("gave up %d records held for ordering; they are read again", len(held))
         while self._outstanding and not self._failed and not giving_up():
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), _FLUSH_EVERY_S)
+
+    def _gave_up(self, records: int) -> None:
+        self.given_up += records
+        if self.metrics is not None:
+            self.metrics.input_order.labels("given_up").inc(records)
 
     # -- merging -------------------------------------------------------------------------
 
@@ -301,9 +328,12 @@ class OrderedIngest:
             # Partitions are being handed over or the worker stops: what is held waits
             # for :meth:`settle`, which gives it up (it is read again).
             return
-        released = self.merger.release(
-            self._clock(), self._more_expected_now(), partition=partition
-        )
+        merger = self.merger
+        forced, idled = merger.forced, merger.idled
+        released = merger.release(self._clock(), self._more_expected_now(), partition=partition)
+        if self.metrics is not None and (merger.forced > forced or merger.idled > idled):
+            self.metrics.input_order.labels("forced").inc(merger.forced - forced)
+            self.metrics.input_order.labels("idled").inc(merger.idled - idled)
         for stream, event in released:
             self._dispatch(stream, event)
 
@@ -368,12 +398,45 @@ class OrderedIngest:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.ensure_future(self._batches())
 
+    def _behind(self) -> bool:
+        """Whether at least a full batch of input waits: records held and ready here, plus
+        what the assigned input partitions hold beyond the last record taken from each
+        (high watermark from the consumer's last fetch; nothing without a consumer)."""
+        waiting = len(self._ready) + len(self.merger)
+        if waiting >= self.batch_max_records:
+            return True
+        try:
+            consumer = self.app.consumer
+            assignment = consumer.assignment()
+        except Exception:  # noqa: BLE001 - no running consumer (agent test context)
+            return False
+        for tp in assignment:
+            last = self._last_offered.get((tp.topic, tp.partition))
+            if last is None:
+                continue  # nothing taken from it yet (or an output/changelog partition)
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001, S112 - revoked meanwhile
+                continue
+            if high is not None and high > last + 1:
+                waiting += high - last - 1
+                if waiting >= self.batch_max_records:
+                    return True
+        return False
+
     async def _take_batch(self) -> list[tuple[Any, Any]]:
-        """The next batch: what is ready now, topped up for at most ``batch_max_ms``."""
+        """The next batch: what is ready now, topped up for at most ``batch_max_ms`` (or
+        ``batch_max_ms_behind`` while the worker is behind)."""
         while not self._ready:
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = time.monotonic() + self.batch_max_s
+        wait_s = self.batch_max_s
+        if self.batch_max_s_behind > wait_s and self._behind():
+            wait_s = self.batch_max_s_behind
+            self.batches_behind += 1
+            if self.metrics is not None:
+                self.metrics.batches_behind.inc()
+        deadline = time.monotonic() + wait_s
         while len(self._ready) < self.batch_max_records:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from models.imaging_ops import heatmap_png, summarise_segmentation
 from streams.adapters.image_source import HeatmapStore, ImageSource
 from streams.adapters.triton import ImageInput, ModelOutput, TritonScorer
 from streams.core.alerting import OodVerdict
 from streams.core.events import DeadLetterReason, ImagingEvent, make_finding_id
 from streams.core.imaging import StudyAnalysis, decode_image, model_input
+from streams.core.imaging_ops import heatmap_png, summarise_segmentation
 from streams.core.pipeline import ModelAnswer, Snapshot
 from streams.core.step_features import BINS_PER_REQUEST, StepBin, pack_bins
 from streams.core.stepping import ModelState, StepRequest

@@ -3,7 +3,7 @@
 The worker's image source (:mod:`streams.adapters.image_source`) fetches a study's bytes;
 :func:`decode_image` recognises the format by its content (DICOM, PNG, NPZ or NPY, whatever
 the URI or ``content_type`` claims) and returns one greyscale 2-D image, which
-:func:`models.imaging_ops.preprocess_image` turns into the imaging model's input. Every
+:func:`streams.core.imaging_ops.preprocess_image` turns into the imaging model's input. Every
 failure is an :class:`~vigil.errors.ImageError` with reason ``image_unreadable``, so the
 event goes to dead-letter with a message that says what was wrong.
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.imaging_ops import preprocess_image
 from streams.core.events import DeadLetterReason
+from streams.core.imaging_ops import preprocess_image
 from vigil.errors import ImageError
 
 __all__ = ["MAX_IMAGE_PIXELS", "StudyAnalysis", "decode_image", "model_input"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.metrics import auprc, auroc
+from streams.core.risk_metrics import auprc, auroc
 
 __all__ = ["Discrimination", "Interval", "discrimination"]
 

@@ -1,6 +1,6 @@
 """ROC and precision-recall curve points for plotting (pure numpy).
 
-The areas come from :mod:`models.metrics`; these give the step points behind them.
+The areas come from :mod:`streams.core.risk_metrics`; these give the step points behind them.
 """
 
 from __future__ import annotations

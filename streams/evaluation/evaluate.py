@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from models.metrics import expected_calibration_error, reliability_table
+from streams.core.risk_metrics import expected_calibration_error, reliability_table
 from streams.evaluation.bootstrap import discrimination
 from streams.evaluation.burden import (
     OperatingPoint,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from models.physionet2012 import Outcome
+from streams.datasets.physionet2012 import Outcome
 from streams.evaluation.utility import SEPSIS_LABEL_LEAD_HOURS, sepsis_onset_row
 
 __all__ = ["StayOutcome", "from_physionet2012", "parse_psv"]

@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from models.metrics import auprc, auroc, reliability_table
+from streams.core.risk_metrics import auprc, auroc, reliability_table
 from streams.evaluation.burden import OperatingPoint
 from streams.evaluation.curves import pr_points, roc_points
 from streams.evaluation.evaluate import View

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.physionet2012 import read_outcomes
+from streams.datasets.physionet2012 import read_outcomes
 from streams.evaluation.outcomes import StayOutcome, from_physionet2012, parse_psv
 from vigil.errors import ConfigError, ModelError, TopicError
 

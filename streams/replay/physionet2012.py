@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-from models.physionet2012 import read_outcomes
 from streams.core.codes import CODES, Category
 from streams.core.events import AdtEvent, IcuType, Observation, ObservationEvent, TopicKind
+from streams.datasets.physionet2012 import read_outcomes
 from streams.replay.event import (
     DEFAULT_ANCHOR,
     ReplayEvent,

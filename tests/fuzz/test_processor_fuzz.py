@@ -1,7 +1,7 @@
 """Property tests of the pure core against malformed and adversarial records.
 
 Streams of valid events (vitals, labs, imaging, ADT, acks) with bad records interleaved
-(:mod:`tests.fuzz.corpus`) go through :class:`Processor` as the worker feeds it. The
+(:mod:`vigil.testing.fuzz_corpus`) go through :class:`Processor` as the worker feeds it. The
 processor must never raise; every bad record must be dead-lettered with the reason of its
 mutation class and its own origin; a duplicate must be dropped; and the valid records must
 produce exactly the states, snapshots, scores and alerts they produce without the bad ones.
@@ -19,8 +19,8 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from streams.core.pipeline import Processor, ProcessorConfig
-from tests.fuzz.corpus import MUTATIONS, DrawPicker, Item, StreamSpec, build_stream
-from tests.fuzz.harness import assign_origins, check, feed
+from vigil.testing.fuzz_corpus import MUTATIONS, DrawPicker, Item, StreamSpec, build_stream
+from vigil.testing.fuzz_harness import assign_origins, check, feed
 
 FUZZ = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 NOW = datetime(2024, 6, 1, tzinfo=UTC)

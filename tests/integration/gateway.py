@@ -25,8 +25,8 @@ from pathlib import Path
 from streams.adapters.topics import create_topics
 from streams.gateway.mllp import END, START
 from streams.settings import WorkerSettings
-from tests.integration.workers import free_port
 from vigil.stack.settings import StackSettings
+from vigil.testing.workers import free_port
 
 __all__ = ["Gateway", "MllpClient", "fresh_topics", "health", "running_gateway"]
 

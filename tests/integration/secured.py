@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.integration.workers import free_port
 from vigil.stack import provision
 from vigil.stack.settings import StackSettings
+from vigil.testing.workers import free_port
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 **fixture imaging studies** through Kafka, one worker, Triton (deterioration, explain, ood,
 imaging) and Redis.
 
-- Shifted stays (``models.ood_shifts``: a real stay rewritten as a faulty source would send
+- Shifted stays (``models.ood.shifts``: a real stay rewritten as a faulty source would send
   it) must get ``deferred_for_review`` alerts, never a confident one while the detector
   flags their input; the unshifted stays get ordinary alerts.
 - Studies (a **test fixture**: PhysioNet stays have no images; real sample images linked by
@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from models.ood_shifts import write_shifted_stays
+from models.ood.shifts import write_shifted_stays
 from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.replay.imaging_fixture import imaging_fixture_events
 from streams.settings import WorkerSettings
-from tests.integration.outputs import read_records, wait_until_accounted
-from tests.integration.workers import running_worker, worker_env
 from vigil.stack.settings import StackSettings
+from vigil.testing.outputs import read_records, wait_until_accounted
+from vigil.testing.workers import running_worker, worker_env
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 N_PLAIN = 10  # unshifted stays

@@ -22,8 +22,8 @@ import pytest
 from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
-from tests.integration.workers import metrics_port, running_worker, worker_env
 from vigil.stack.settings import StackSettings
+from vigil.testing.workers import metrics_port, running_worker, worker_env
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "physionet2012-demo"

@@ -22,8 +22,8 @@ from kafka import KafkaConsumer
 from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
-from tests.integration.workers import free_port, start_worker, stop_worker, worker_env
 from vigil.stack.settings import StackSettings
+from vigil.testing.workers import free_port, start_worker, stop_worker, worker_env
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 

@@ -13,7 +13,7 @@ order in which a patient's vitals, labs and ADT records reached its state follow
 timing (the worker now applies each partition number's records in event-time order,
 ``streams/core/ordering.py``), and the risk of one input varied by up to 1.2e-7 with the
 batch it was computed in (the Triton wrapper now runs fixed-shape blocks,
-``models/triton_model.py``). A third cause went with a fix of the merger: it sorted all
+``models/common/triton_model.py``). A third cause went with a fix of the merger: it sorted all
 held records of a partition number by event time, so a record arriving late on its own
 topic was applied in or out of order depending on how much was held at that moment; it
 now keeps each topic partition's offset order. Identical in 7 of 7 runs since.
@@ -32,14 +32,13 @@ import pytest
 from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_jsonl, read_length_of_stay, record
 from streams.settings import WorkerSettings
-from tests.integration.outputs import read_records, wait_until_accounted
-from tests.integration.workers import running_worker, worker_env
 from vigil.stack.settings import StackSettings
+from vigil.testing.outputs import comparable, read_records, wait_until_accounted
+from vigil.testing.workers import running_worker, worker_env
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 N_STAYS = 20
 INPUTS = ("vitals", "labs", "adt")
-WALL_CLOCK_FIELDS = frozenset({"processing_time"})
 
 Run = dict[str, dict[str, list[dict[str, Any]]]]  # topic kind -> patient -> records
 
@@ -56,23 +55,11 @@ def _create(stack: StackSettings, prefix: str) -> WorkerSettings:
     return settings
 
 
-def _normalised(record: dict[str, Any]) -> dict[str, Any]:
-    """The record without wall-clock fields, provenance topics without their prefix."""
-    out = {k: v for k, v in record.items() if k not in WALL_CLOCK_FIELDS}
-    if "provenance" in out:
-        provenance = dict(out["provenance"])
-        provenance["offsets"] = [
-            {**r, "topic": r["topic"].rsplit(".", 1)[-1]} for r in provenance["offsets"]
-        ]
-        out["provenance"] = provenance
-    return out
-
-
 def _per_patient(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Normalised records per patient, sorted by event time (then content): a multiset."""
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        grouped[r["patient_id"]].append(_normalised(r))
+        grouped[r["patient_id"]].append(comparable(r))
     return {
         pid: sorted(rs, key=lambda r: (r["event_time"], json.dumps(r, sort_keys=True)))
         for pid, rs in grouped.items()

@@ -6,7 +6,7 @@ more than this test's time on a shared two-core machine, and their run, made wit
 :func:`replay_and_check`, is recorded in docs/evaluation.md. ``vigil evaluate`` then
 reads the ``scores`` and ``alerts`` topics and writes its report; its numbers must equal
 an offline computation on the same scores, done here independently with
-:mod:`models.metrics`: AUROC and AUPRC of the model risk and of NEWS2 at 48 h and 24 h
+:mod:`streams.core.risk_metrics`: AUROC and AUPRC of the model risk and of NEWS2 at 48 h and 24 h
 after admission, the number of stays, and the count of alert episodes and alerted stays.
 """
 
@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.metrics import auprc, auroc
-from models.physionet2012 import read_outcomes
 from streams.adapters.topics import create_topics
+from streams.core.risk_metrics import auprc, auroc
+from streams.datasets.physionet2012 import read_outcomes
 from streams.replay import DEFAULT_ANCHOR, physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
-from tests.integration.outputs import read_records, wait_until_accounted
-from tests.integration.workers import running_worker, worker_env
 from vigil.cli import main
 from vigil.stack.settings import StackSettings
+from vigil.testing.outputs import read_records, wait_until_accounted
+from vigil.testing.workers import running_worker, worker_env
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 OUTCOMES = DEMO / "Outcomes-a.txt"

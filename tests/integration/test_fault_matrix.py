@@ -1,7 +1,7 @@
 """The fault matrix (issue 9): real stays replayed while one thing after another fails.
 
 Each case replays the same demo stays into fresh topics and injects one fault mid-stream
-(``tests/integration/faults.py``): the worker killed with SIGKILL and restarted, the
+(``vigil/testing/faults.py``): the worker killed with SIGKILL and restarted, the
 Kafka broker restarted, Triton stopped and restarted, Redis stopped and restarted, and
 one of two workers killed. Every case must then show:
 
@@ -10,7 +10,7 @@ one of two workers killed. Every case must then show:
   score citing an event may be written twice under at-least-once delivery, but only as
   the same record (apart from ``processing_time``);
 * the final per-patient state equal to that of an undisturbed run of the same stays, in
-  its observation content (:func:`~tests.integration.faults.observation_content`: what
+  its observation content (:func:`~vigil.testing.faults.observation_content`: what
   the input put there; not the scores and alert state, which already differ between two
   undisturbed runs, docs/replay.md);
 * recovery within a bound, measured from the fault (docs/reliability.md).
@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from streams.replay import ReplayEvent
-from tests.integration.faults import (
+from vigil.stack.settings import StackSettings
+from vigil.testing.faults import (
     CaseResult,
     Fault,
     alert_conflicts,
@@ -38,7 +39,6 @@ from tests.integration.faults import (
     score_conflicts,
     state_differences,
 )
-from vigil.stack.settings import StackSettings
 
 N_STAYS = 8
 #: Recovery bounds (seconds from the fault to progress on every partition that had a

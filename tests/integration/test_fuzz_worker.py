@@ -1,5 +1,5 @@
 """Fuzzing a real worker: a few thousand records, real PhysioNet stays with generated bad
-records interleaved (``tests/fuzz/kafka.py``), through ``vigil worker`` on the local stack.
+records interleaved (``vigil/testing/fuzz_kafka.py``), through ``vigil worker`` on the local stack.
 
 The worker must stay up; every bad record must be on the dead-letter topic with its
 class's reason and its own topic, partition and offset; a duplicate must be dropped; every
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.kafka import run_worker_fuzz
 from vigil.stack.settings import StackSettings
+from vigil.testing.fuzz_kafka import run_worker_fuzz
 
 
 @pytest.mark.slow

@@ -19,10 +19,10 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from kafka import KafkaProducer
 
 from tests.integration.gateway import Gateway, fresh_topics, running_gateway
-from tests.integration.outputs import read_records
 from tests.unit.test_gateway_fhir import encounter, observation
 from tests.unit.test_gateway_fhir_out import alert, score
 from vigil.stack.settings import StackSettings
+from vigil.testing.outputs import read_records
 
 FHIR = {"Content-Type": "application/fhir+json"}
 MAX_BYTES = 65_536

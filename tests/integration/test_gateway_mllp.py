@@ -23,9 +23,9 @@ from streams.core.events import AdtEvent, ObservationEvent, TopicKind
 from streams.gateway.hl7_write import adt_message, oru_message
 from streams.replay import ReplayEvent, read_physionet2012
 from tests.integration.gateway import Gateway, MllpClient, fresh_topics, health, running_gateway
-from tests.integration.outputs import read_records
-from tests.integration.workers import free_port
 from vigil.stack.settings import StackSettings
+from vigil.testing.outputs import read_records
+from vigil.testing.workers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STAYS = sorted((REPO / "data" / "physionet2012-demo" / "set-a").glob("*.txt"))[:3]

@@ -9,8 +9,8 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
-from models.export import example_inputs, load_checkpoint
-from models.network import NetConfig
+from models.deterioration.export import example_inputs, load_checkpoint
+from models.deterioration.network import NetConfig
 from vigil.stack.settings import StackSettings
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "weights" / "deterioration.pt"
@@ -41,7 +41,7 @@ def test_triton_answers_like_the_eager_model(
     net.eval()
     tensors = example_inputs(NetConfig(**meta["net_config"]), batch=4, images=images, seed=11)
     with torch.no_grad():
-        eager = net.explain(*tensors)
+        eager = net.explain(tensors)
     expected = dict(zip(("risk", "fused", "contributions"), eager, strict=False))
 
     client = grpcclient.InferenceServerClient(stack.triton_grpc_url)

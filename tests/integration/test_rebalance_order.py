@@ -24,6 +24,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -33,33 +34,26 @@ import pytest
 from streams.adapters.topics import create_topics
 from streams.replay import physionet2012_events, produce, read_length_of_stay
 from streams.settings import WorkerSettings
-from tests.integration.outputs import read_records, wait_until_accounted
-from tests.integration.workers import running_worker, worker_env
 from vigil.stack.settings import StackSettings
+from vigil.testing.outputs import comparable, read_records, wait_until_accounted
+from vigil.testing.workers import running_worker, worker_env
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 N_STAYS = 60
-WALL_CLOCK_FIELDS = frozenset({"processing_time"})
 FREEZE_AT_MOST_S = 6.0  # the session timeout is 10 s
+THAW_S = 0.5
+JOIN_DEADLINE_S = 120.0
 GAVE_UP = re.compile(r"gave up (\d+) records held for ordering")
 
 Outputs = dict[str, set[str]]  # topic kind -> normalised records as sorted JSON
 
 
-def _normalised(record: dict[str, Any]) -> str:
-    out = {k: v for k, v in record.items() if k not in WALL_CLOCK_FIELDS}
-    if "provenance" in out:
-        provenance = dict(out["provenance"])
-        provenance["offsets"] = [
-            {**r, "topic": r["topic"].rsplit(".", 1)[-1]} for r in provenance["offsets"]
-        ]
-        out["provenance"] = provenance
-    return json.dumps(out, sort_keys=True)
-
-
 def _outputs(stack: StackSettings, prefix: str) -> Outputs:
     return {
-        kind: {_normalised(r) for r in read_records(stack.kafka_bootstrap, f"{prefix}.{kind}")}
+        kind: {
+            json.dumps(comparable(r), sort_keys=True)
+            for r in read_records(stack.kafka_bootstrap, f"{prefix}.{kind}")
+        }
         for kind in ("scores", "alerts")
     }
 
@@ -76,14 +70,32 @@ def _env(stack: StackSettings, prefix: str, data_dir: Path) -> dict[str, str]:
     return worker_env(stack, prefix=prefix, app_id=prefix, data_dir=data_dir, triton_ood_model="")
 
 
-def _joining(log: Path, at_most_s: float) -> None:
+def _joining(log: Path, at_most_s: float) -> bool:
     """Wait until the worker logging to ``log`` starts to join its group (aiokafka logs
-    the partitions it revokes first), or ``at_most_s``."""
+    the partitions it revokes first), for at most ``at_most_s``; whether it did."""
     started = time.monotonic()
     while time.monotonic() - started < at_most_s:
         if log.exists() and "Revoking previously assigned partitions" in log.read_text():
-            return
+            return True
         time.sleep(0.1)
+    return False
+
+
+def _frozen_until_joining(first: subprocess.Popen[bytes], second_log: Path) -> None:
+    """Keep the first worker frozen (SIGSTOP) until the second starts to join, thawing it
+    for a moment every FREEZE_AT_MOST_S so that its heartbeats keep it in the group (the
+    session timeout is 10 s): however slowly the second starts, the first still holds
+    most of its backlog when the hand-over comes."""
+    started = time.monotonic()
+    while time.monotonic() - started < JOIN_DEADLINE_S:
+        os.killpg(first.pid, signal.SIGSTOP)
+        try:
+            if _joining(second_log, FREEZE_AT_MOST_S):
+                return
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
+        time.sleep(THAW_S)
+    raise AssertionError(f"the second worker did not start to join in {JOIN_DEADLINE_S:.0f} s")
 
 
 def _first_score(stack: StackSettings, prefix: str, deadline_s: float) -> None:
@@ -115,19 +127,13 @@ def test_a_worker_joining_mid_backlog_changes_no_score_or_alert(
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     with running_worker(_env(stack, pair, tmp_path / "first"), first_log) as first:
         _first_score(stack, pair, 120)
-        # Freeze the first worker in the middle of its backlog while the second starts
-        # (seconds of imports), and let it go on once the second begins to join: the
-        # hand-over then finds records held, however fast this machine is. The freeze
-        # stays well inside the group's session timeout.
-        os.killpg(first.pid, signal.SIGSTOP)
-        try:
-            with running_worker(_env(stack, pair, tmp_path / "second"), second_log) as second:
-                _joining(second_log, FREEZE_AT_MOST_S)
-                os.killpg(first.pid, signal.SIGCONT)
-                wait_until_accounted(stack.kafka_bootstrap, pair, ids, first, first_log, 300)
-                assert second.poll() is None, second_log.read_text()[-3000:]
-        finally:
-            os.killpg(first.pid, signal.SIGCONT)
+        # The first worker is frozen in the middle of its backlog while the second starts
+        # (seconds of imports), and goes on once the second begins to join: the
+        # hand-over then finds records held, however fast this machine is.
+        with running_worker(_env(stack, pair, tmp_path / "second"), second_log) as second:
+            _frozen_until_joining(first, second_log)
+            wait_until_accounted(stack.kafka_bootstrap, pair, ids, first, first_log, 300)
+            assert second.poll() is None, second_log.read_text()[-3000:]
     two = _outputs(stack, pair)
 
     given_up = [int(n) for n in GAVE_UP.findall(first_log.read_text())]

@@ -22,8 +22,8 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from models.step_export import MODEL_NAME
-from models.triton_model import Runner
+from models.common.triton_model import Runner
+from models.deterioration.step_export import MODEL_NAME
 from streams.app import VigilWorker
 from streams.core.events import TopicKind
 from streams.core.pipeline import Processor, ProcessorConfig

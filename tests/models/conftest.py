@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.train import TrainResult, TrainSettings
+from models.deterioration.train import TrainResult, TrainSettings
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 
@@ -49,6 +49,6 @@ def _torch_threads() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    from models.train import train
+    from models.deterioration.train import train
 
     return train(tiny_settings(tmp_path_factory.mktemp("tiny") / "tiny.pt"))

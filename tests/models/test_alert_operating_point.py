@@ -1,4 +1,5 @@
-"""The offline alert replay (models/alert_operating_point.py) on synthetic hourly scores."""
+"""The offline alert replay (models/deterioration/alert_operating_point.py) on synthetic hourly
+scores."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models import alert_operating_point as aop
-from models.alert_split import HOURS
+from models.deterioration import alert_operating_point as aop
+from models.deterioration.alert_split import HOURS
 from streams.core.alerting import AlertPolicy
 
 N_HOURS = len(HOURS)

@@ -1,5 +1,5 @@
-"""The step model's input to the alert replay (models/alert_step_scores.py) and the choice
-rule of models/alert_operating_point.py.
+"""The step model's input to the alert replay (models/deterioration/alert_step_scores.py) and the
+choice rule of models/deterioration/alert_operating_point.py.
 
 The hourly scores of ``--model step`` come from stepping the eager served module; here, on
 real demo stays, they equal the committed TorchScript artifact that Triton serves
@@ -17,10 +17,10 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from models import alert_operating_point as aop
-from models import alert_step_scores as steps
-from models.alert_split import HOURS
-from models.physionet2012 import load_stays
+from models.deterioration import alert_operating_point as aop
+from models.deterioration import alert_step_scores as steps
+from models.deterioration.alert_split import HOURS
+from streams.datasets.physionet2012 import load_stays
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "models" / "weights"

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.baselines import summary_statistics
-from models.export import (
+from models.common.provenance import code_version
+from models.common.torchscript import PARITY_TOLERANCE
+from models.deterioration.baselines import summary_statistics
+from models.deterioration.export import (
     EXPLAIN_MODEL_NAME,
     EXPORT_SOURCES,
     MODEL_NAME,
-    PARITY_TOLERANCE,
     example_inputs,
     export,
     load_checkpoint,
@@ -29,8 +30,14 @@ from models.export import (
     script_model,
     tensor_specs,
 )
-from models.network import DeteriorationNet, NetConfig, RiskModel, window_statistics
-from models.train import TrainResult, code_version
+from models.deterioration.network import (
+    DeteriorationNet,
+    NetConfig,
+    NetInputs,
+    RiskModel,
+    window_statistics,
+)
+from models.deterioration.train import TrainResult
 
 # torch 2.x marks torch.jit deprecated; TorchScript is still what the Triton model loads.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning")
@@ -75,9 +82,9 @@ def _max_gap(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
-def _eager(net: RiskModel, explain: bool, inputs: tuple[torch.Tensor, ...]) -> Any:
+def _eager(net: RiskModel, explain: bool, inputs: NetInputs) -> Any:
     with torch.no_grad():
-        return net.explain(*inputs) if explain else net(*inputs)
+        return net.explain(inputs) if explain else net(*inputs)
 
 
 def _load(path: Path) -> torch.jit.ScriptModule:
@@ -120,9 +127,8 @@ def test_parity_with_trained_image_and_wide_branches(
     for tensor in served:
         assert torch.isfinite(tensor).all()
     # A patient without images scores as if the image inputs were absent.
-    no_images = list(inputs)
-    no_images[7] = torch.zeros_like(inputs[7])
-    baseline = _eager(net, explain, tuple(no_images))
+    no_images = inputs._replace(image_mask=torch.zeros_like(inputs.image_mask))
+    baseline = _eager(net, explain, no_images)
     assert torch.equal(eager[0][0], baseline[0][0])
     if images:
         assert not torch.allclose(eager[1][1:], baseline[1][1:])
@@ -205,7 +211,7 @@ def test_shipped_artifacts_match_the_exporter():
     for key in ("data_sha256", "split", "settings", "code_version", "packages", "metrics"):
         assert key in card
     net, _ = load_checkpoint(REPO / "models" / "weights" / "deterioration.pt")
-    source = (REPO / "models" / "triton_model.py").read_text()
+    source = (REPO / "models" / "common" / "triton_model.py").read_text()
     inputs = example_inputs(config, batch=3)
     for name, explain in MODELS:
         entry = card["served_models"][name]
@@ -318,7 +324,7 @@ def test_python_backend_model_agrees_and_isolates_bad_requests(
     for response, inputs in ((responses[0], good_a), (responses[2], good_b)):
         assert response.error is None
         assert sorted(response.outputs) == sorted(OUTPUT_NAMES[name])
-        eager = _eager(net, explain, tuple(torch.from_numpy(inputs[n]) for n in names))
+        eager = _eager(net, explain, NetInputs(*(torch.from_numpy(inputs[n]) for n in names)))
         for output, tensor in zip(OUTPUT_NAMES[name], eager, strict=True):
             np.testing.assert_allclose(response.outputs[output], tensor.numpy(), atol=1e-5)
             assert response.outputs[output].dtype == np.float32

@@ -16,19 +16,24 @@ import torch
 from typer.testing import CliRunner
 
 from models.cli import train_app
-from models.export import EXPLAIN_MODEL_NAME, MODEL_NAME, example_inputs, load_checkpoint
-from models.image_branch import (
+from models.deterioration.export import (
+    EXPLAIN_MODEL_NAME,
+    MODEL_NAME,
+    example_inputs,
+    load_checkpoint,
+)
+from models.deterioration.image_branch import (
     BRANCH_PARAMETERS,
     draw_linkage,
     finetune_image_branch,
     frozen_state_sha256,
     image_inputs,
 )
-from models.image_branch_settings import ImageBranchSettings
-from models.imaging_data import load_xray
-from models.network import NetConfig, RiskModel
-from models.physionet2012 import load_stays
-from models.train import TrainResult, make_windows
+from models.deterioration.image_branch_settings import ImageBranchSettings
+from models.deterioration.network import NetConfig, NetInputs, RiskModel
+from models.deterioration.train import TrainResult, make_windows
+from models.imaging.data import load_xray
+from streams.datasets.physionet2012 import load_stays
 from tests.models.conftest import DEMO_DIR
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning")
@@ -148,8 +153,8 @@ def test_finetuned_outputs_without_images_are_bit_identical(
     no_images = example_inputs(config, batch=4, images=False, seed=1)
     mixed = example_inputs(config, batch=4, images=True, seed=1)  # row 0 has no image
 
-    def run(model: RiskModel, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return model.explain(*inputs) if explain else model(*inputs)
+    def run(model: RiskModel, inputs: NetInputs) -> tuple[torch.Tensor, ...]:
+        return model.explain(inputs) if explain else model(*inputs)
 
     with torch.no_grad():
         for a, b in zip(run(base, no_images), run(net, no_images), strict=True):

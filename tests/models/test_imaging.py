@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from models.imaging_data import patient_ids, split_patients
-from models.imaging_metrics import choose_threshold, lesion_counts, segmentation_scores
-from models.imaging_network import ImagingConfig, ImagingNet, grad_cam
-from models.imaging_ops import (
+from models.deterioration.network import NetConfig
+from models.imaging.data import patient_ids, split_patients
+from models.imaging.metrics import choose_threshold, lesion_counts, segmentation_scores
+from models.imaging.network import ImagingConfig, ImagingNet, grad_cam
+from streams.core.imaging_ops import (
     IMAGE_SIZE,
     heatmap_npz,
     heatmap_png,
@@ -25,7 +26,6 @@ from models.imaging_ops import (
     resize,
     summarise_segmentation,
 )
-from models.network import NetConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,20 +18,20 @@ import torch
 from typer.testing import CliRunner
 
 from models.cli import export_app, train_app
-from models.imaging_export import (
+from models.common.provenance import code_version
+from models.common.torchscript import PARITY_TOLERANCE
+from models.imaging.export import (
     IMAGING_EXPORT_SOURCES,
     IMAGING_MODEL_NAME,
-    PARITY_TOLERANCE,
     example_images,
     export_imaging,
     imaging_tensor_specs,
     load_imaging_checkpoint,
     render_config,
 )
-from models.imaging_network import ImagingConfig
-from models.imaging_settings import ImagingSettings
-from models.imaging_train import ImagingTrainResult, train_imaging
-from models.train import code_version
+from models.imaging.network import ImagingConfig
+from models.imaging.settings import ImagingSettings
+from models.imaging.train import ImagingTrainResult, train_imaging
 from tests.models.test_export import _config_json, _Error, _fake_pb_utils, _Tensor, parse_pbtxt
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning")
@@ -242,7 +242,7 @@ def test_shipped_artifacts_match_the_exporter():
         config, mask_threshold=float(meta["threshold"]), max_batch_size=card["max_batch_size"]
     )
     assert (SHIPPED / "config.pbtxt").read_text() == expected
-    source = (REPO / "models" / "triton_model.py").read_text()
+    source = (REPO / "models" / "common" / "triton_model.py").read_text()
     assert (SHIPPED / "1" / "model.py").read_text() == source
     model_pt = SHIPPED / "1" / "model.pt"
     assert hashlib.sha256(model_pt.read_bytes()).hexdigest() == card["model_pt_sha256"]

@@ -17,16 +17,17 @@ import torch
 from typer.testing import CliRunner
 
 from models.cli import export_app, train_app
-from models.export import example_inputs, load_checkpoint, tensor_specs
-from models.network import NetConfig
-from models.ood import (
+from models.deterioration.export import example_inputs, load_checkpoint, tensor_specs
+from models.deterioration.network import NetConfig
+from models.deterioration.train import TrainResult
+from models.ood.detector import (
     OUTPUT_NAMES,
     OODDetector,
     fit_gaussians,
     min_distance,
     percentile_threshold,
 )
-from models.ood_export import (
+from models.ood.export import (
     OOD_MODEL_NAME,
     PARITY_TOLERANCE,
     build_detector,
@@ -34,13 +35,12 @@ from models.ood_export import (
     ood_tensor_specs,
     render_config,
 )
-from models.ood_input import InputChannel, bucket_arrays, fit_buckets
-from models.ood_shifts import MONITOR_CODES, SHIFTS, apply_shift
-from models.ood_windows import ChannelScorer, window_features
-from models.physionet2012 import Stay, read_stay
-from models.settings import OODSettings
-from models.train import TrainResult
+from models.ood.inputs import InputChannel, bucket_arrays, fit_buckets
+from models.ood.settings import OODSettings
+from models.ood.shifts import MONITOR_CODES, SHIFTS, apply_shift
+from models.ood.windows import ChannelScorer, window_features
 from streams.core.features import SERIES_CODES
+from streams.datasets.physionet2012 import Stay, read_stay
 from tests.models.conftest import DEMO_DIR
 from tests.models.test_export import parse_pbtxt
 from vigil.errors import ModelError
@@ -151,7 +151,7 @@ def _detector(tiny_run: TrainResult) -> tuple[OODDetector, ChannelScorer, NetCon
 
 def _demo_inputs(config: NetConfig, minute: int, n: int = 12) -> tuple[torch.Tensor, ...]:
     stays = [read_stay(p) for p in sorted((DEMO_DIR / "set-a").glob("*.txt"))[100 : 100 + n]]
-    from models.train import make_windows
+    from models.deterioration.train import make_windows
 
     batch = make_windows([s.arrays() for s in stays], [minute // 60] * n)
     return batch.tensors(config.max_images, config.image_dim)
@@ -282,7 +282,7 @@ def test_population_drift_and_unknown_shift(demo_stay: Stay):
 
 @pytest.fixture(scope="module")
 def ood_run(tiny_run: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.ood_train import fit_ood
+    from models.ood.train import fit_ood
 
     out = tmp_path_factory.mktemp("ood") / "ood.pt"
     fit_ood(OODSettings(data_dir=DEMO_DIR, checkpoint=tiny_run.checkpoint, output=out))
@@ -434,7 +434,7 @@ def test_shipped_ood_model_matches_the_exporter():
     )
     assert (SHIPPED / "config.pbtxt").read_text() == expected
     assert (SHIPPED / "1" / "model.py").read_text() == (
-        REPO / "models" / "triton_model.py"
+        REPO / "models" / "common" / "triton_model.py"
     ).read_text()
     model_pt = SHIPPED / "1" / "model.pt"
     assert hashlib.sha256(model_pt.read_bytes()).hexdigest() == card["model_pt_sha256"]

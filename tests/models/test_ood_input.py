@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from models.ood_input import (
+from models.ood.inputs import (
     bucket_distance,
     bucket_index,
     fit_buckets,
     hours_observed,
     longest_identical_run,
 )
-from models.ood_shifts import SHIFTS, apply_shift, shift_stay_text, write_shifted_stays
-from models.ood_timeline import first_flag_hours, sample_stays
-from models.physionet2012 import read_outcomes, read_stay
+from models.ood.shifts import SHIFTS, apply_shift, shift_stay_text, write_shifted_stays
+from models.ood.timeline import first_flag_hours, sample_stays
+from streams.datasets.physionet2012 import read_outcomes, read_stay
 from tests.models.conftest import DEMO_DIR
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from models.reliability_plot import _from_card, reliability_svg
+from models.deterioration.reliability_plot import _from_card, reliability_svg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_docs_diagram_matches_the_model_card() -> None:
     card = json.loads((ROOT / "triton_repo" / "deterioration" / "model_card.json").read_text())
     assert (ROOT / "docs" / "reliability.svg").read_text() == _from_card(card), (
-        "regenerate with: .venv/bin/python -m models.reliability_plot"
+        "regenerate with: .venv/bin/python -m models.deterioration.reliability_plot"
     )
 
 

@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.step_export import (
+from models.common.torchscript import PARITY_TOLERANCE
+from models.deterioration.step_export import (
     BLOCK_ROWS,
     MODEL_NAME,
     OOD_FIT,
-    PARITY_TOLERANCE,
     example_step_inputs,
     export_step,
     render_config,
     tensor_specs,
 )
-from models.step_ood_train import load_fit
-from models.step_settings import StepTrainSettings
-from models.step_train import load_step_checkpoint, train_step
+from models.deterioration.step_settings import StepTrainSettings
+from models.deterioration.step_train import load_step_checkpoint, train_step
+from models.ood.step_train import load_fit
 from streams.core.step_features import BINS_PER_REQUEST
 from vigil.errors import ModelError
 
@@ -72,7 +72,7 @@ def test_a_bad_block_rows_is_not_rendered(shipped):
 
 
 def test_wrapper_is_the_shared_one():
-    source = (ROOT / "models" / "triton_model.py").read_bytes()
+    source = (ROOT / "models" / "common" / "triton_model.py").read_bytes()
     assert (MODEL_DIR / "1" / "model.py").read_bytes() == source
 
 

@@ -14,14 +14,14 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from models.ood_shifts import apply_shift
-from models.physionet2012 import Stay, load_stays
-from models.step_export import BLOCK_ROWS, MODEL_NAME, OOD_FIT, tensor_specs
-from models.step_ood import OOD_OUTPUT_NAMES, reference_scores
-from models.step_ood_train import load_fit, ood_features, prepare_minutes
-from models.step_train import load_step_checkpoint
-from models.triton_model import Runner
+from models.common.triton_model import Runner
+from models.deterioration.step_export import BLOCK_ROWS, MODEL_NAME, OOD_FIT, tensor_specs
+from models.deterioration.step_train import load_step_checkpoint
+from models.ood.shifts import apply_shift
+from models.ood.step import OOD_OUTPUT_NAMES, reference_scores
+from models.ood.step_train import load_fit, ood_features, prepare_minutes
 from streams.core.step_features import bin_inputs, pack_bins
+from streams.datasets.physionet2012 import Stay, load_stays
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "models" / "weights" / "deterioration_step.pt"

@@ -4,9 +4,9 @@ risk of the full-sequence forward at every hour (issue 16: max abs difference <=
 50 demo stays (test split), every hour 0..48 after admission. Each hour the worker's path
 is taken: the bin closed since the last call and the open bin are built from the stay's
 observations with :func:`streams.core.step_features.bin_inputs`, packed with
-:func:`pack_bins` and run through the served wrapper (:class:`models.triton_model.Runner`,
-in the model's served block size :data:`models.step_export.BLOCK_ROWS`) on the committed
-TorchScript, carrying ``state_out`` forward. The reference
+:func:`pack_bins` and run through the served wrapper (:class:`models.common.triton_model.Runner`,
+in the model's served block size :data:`models.deterioration.step_export.BLOCK_ROWS`) on the
+committed TorchScript, carrying ``state_out`` forward. The reference
 is the eager ensemble's full-sequence path (:meth:`StepEnsemble.score_hours`) on the
 committed checkpoint.
 """
@@ -22,11 +22,11 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from models.physionet2012 import Stay, load_stays
-from models.step_export import BLOCK_ROWS, MODEL_NAME, tensor_specs
-from models.step_train import load_step_checkpoint, prepare
-from models.triton_model import Runner
+from models.common.triton_model import Runner
+from models.deterioration.step_export import BLOCK_ROWS, MODEL_NAME, tensor_specs
+from models.deterioration.step_train import load_step_checkpoint, prepare
 from streams.core.step_features import BINS_PER_REQUEST, StepBin, bin_inputs, pack_bins
+from streams.datasets.physionet2012 import Stay, load_stays
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "models" / "weights" / "deterioration_step.pt"

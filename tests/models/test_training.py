@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.baselines import fit_platt
-from models.metrics import auprc, auroc
-from models.physionet2012 import is_valid_value, load_stays, read_stay
-from models.train import TrainResult, make_windows, split_record_ids, train
+from models.deterioration.baselines import fit_platt
+from models.deterioration.train import TrainResult, make_windows, split_record_ids, train
 from streams.core.features import SERIES_CODES, build_features
+from streams.core.risk_metrics import auprc, auroc
+from streams.datasets.physionet2012 import is_valid_value, load_stays, read_stay
 from tests.models.conftest import DEMO_DIR, tiny_settings
 from vigil.errors import ModelError
 

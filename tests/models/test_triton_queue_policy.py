@@ -1,6 +1,6 @@
 """Triton drops work nobody waits for: the queue policy every exporter renders
-(:func:`models.export.render_serving`) and the deadline the worker's adapter passes with
-each request (``streams/adapters/triton.py``).
+(:func:`models.common.triton_config.render_serving`) and the deadline the worker's adapter passes
+with each request (``streams/adapters/triton.py``).
 
 Starts its own ``tritonserver`` (the one bundled in ``nvidia-pytriton``) on free ports,
 never the shared stack's, with two tiny Python-backend models that hold their one
@@ -42,7 +42,11 @@ from prometheus_client import CollectorRegistry
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from models.export import QUEUE_TIMEOUT_MICROSECONDS, SCORING_INSTANCE_COUNT, render_serving
+from models.common.triton_config import (
+    QUEUE_TIMEOUT_MICROSECONDS,
+    SCORING_INSTANCE_COUNT,
+    render_serving,
+)
 from streams.adapters.triton import TritonScorer
 from streams.core.breaker import CircuitBreaker
 from streams.metrics import WorkerMetrics

@@ -13,9 +13,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from models.export import MODEL_NAME, example_inputs
-from models.network import NetConfig
-from models.triton_model import (
+from models.common.triton_model import (
     BLOCK_ROWS,
     RequestError,
     Runner,
@@ -23,6 +21,8 @@ from models.triton_model import (
     prepare_module,
     set_torch_threads,
 )
+from models.deterioration.export import MODEL_NAME, example_inputs
+from models.deterioration.network import NetConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "triton_repo" / MODEL_NAME
@@ -167,7 +167,7 @@ pb = types.ModuleType("triton_python_backend_utils")
 pb.triton_string_to_numpy = {{"TYPE_FP32": np.float32}}.__getitem__
 sys.modules["triton_python_backend_utils"] = pb
 import torch
-from models.triton_model import TritonPythonModel
+from models.common.triton_model import TritonPythonModel
 config = json.loads({config!r})
 threads = {threads!r}
 if threads is not None:

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from streams.adapters.input_order import InOrderAcks, OrderedIngest, event_time_ms
 from streams.core.ordering import InputMerger
+from streams.metrics import WorkerMetrics
 
 KINDS = ("adt", "vitals", "labs")
 
@@ -497,11 +499,23 @@ class _App:
         raise AssertionError(f"crashed: {exc!r}")
 
 
+def _lagging_ingest(process_batch: Any) -> tuple[Any, _App]:
+    """An ingest whose consumer flows and whose vitals and labs topics still lag."""
+    ingest = _ingest(process_batch)
+    app = _App()
+    ingest.app = app
+    lagging = _lagging("vitals", "labs")
+    ingest._more_expected_now = lambda: lagging
+    return ingest, app
+
+
 def test_settle_finishes_released_records_and_gives_held_ones_up_unacknowledged() -> None:
     """Before partitions are handed over: what was released is processed and
     acknowledged; what is held for ordering is neither, nor is a record delivered while
     the flow is stopped, so the committed offsets stop at the first held record and the
     next owner reads the rest again."""
+
+    registry = CollectorRegistry()
 
     async def scenario() -> tuple[list[int], list[int], int, int, int]:
         stream = _Stream()
@@ -511,13 +525,10 @@ def test_settle_finishes_released_records_and_gives_held_ones_up_unacknowledged(
             await asyncio.sleep(0.01)
             processed.extend(e.message.offset for e in events)
 
-        ingest = _ingest(process_batch)
-        app = _App()
-        ingest.app = app
         # Vitals up to 3 h on partition 0; labs at 1.5 h and 5 h. With the vitals and labs
         # topics still lagging (ADT caught up) ...
-        lagging = _lagging("vitals", "labs")
-        ingest._more_expected_now = lambda: lagging
+        ingest, app = _lagging_ingest(process_batch)
+        ingest.metrics = WorkerMetrics(registry)
         for offset, ms in enumerate((1000, 2000, 3000)):
             await ingest.offer(stream, _Event(_Message("v", 0, offset, b"p1", ms)))
         for offset, ms in enumerate((1500, 5000)):
@@ -536,6 +547,8 @@ def test_settle_finishes_released_records_and_gives_held_ones_up_unacknowledged(
     assert sorted(acked) == [0, 0, 1, 2]  # neither lab 1 (held) nor vitals 3 (stopped)
     assert held_after == 0
     assert pending == 0  # nothing taken waits for an acknowledgement any more
+    given_up = registry.get_sample_value("vigil_input_order_records_total", {"outcome": "given_up"})
+    assert given_up == 2  # lab 1, held, and vitals 3, delivered while stopped
 
 
 def test_while_the_flow_is_stopped_nothing_held_is_released() -> None:
@@ -545,11 +558,7 @@ def test_while_the_flow_is_stopped_nothing_held_is_released() -> None:
         async def process_batch(events: list[Any]) -> None:
             processed.extend(e.message.offset for e in events)
 
-        ingest = _ingest(process_batch)
-        app = _App()
-        ingest.app = app
-        lagging = _lagging("vitals", "labs")
-        ingest._more_expected_now = lambda: lagging
+        ingest, app = _lagging_ingest(process_batch)
         stream = _Stream()
         await ingest.offer(stream, _Event(_Message("l", 0, 0, b"p1", 5000)))
         app.consumer.flow_active = False
@@ -559,6 +568,73 @@ def test_while_the_flow_is_stopped_nothing_held_is_released() -> None:
         return ingest.held, processed
 
     assert asyncio.run(scenario()) == (1, [])
+
+
+class _TP:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+
+class _LaggingConsumer:
+    """Assigned input partitions and their high watermarks, as the consumer reports them."""
+
+    flow_active = True
+
+    def __init__(self, highwater: dict[tuple[str, int], int]) -> None:
+        self.highwaters = highwater
+
+    def assignment(self) -> list[_TP]:
+        return [_TP(*tp) for tp in self.highwaters] + [_TP("vigil.scores", 0)]
+
+    def highwater(self, tp: _TP) -> int:
+        return self.highwaters.get((tp.topic, tp.partition), 0)
+
+
+def test_a_worker_behind_waits_longer_to_fill_larger_batches() -> None:
+    """Live input keeps the short wait; a full batch of records waiting in the input
+    partitions beyond the last one taken switches to the longer wait."""
+
+    async def scenario(highwater: int) -> tuple[bool, int, list[int]]:
+        sizes: list[int] = []
+
+        async def process_batch(events: list[Any]) -> None:
+            sizes.append(len(events))
+
+        ingest = OrderedIngest(
+            _App(),
+            kinds_by_topic={"v": "vitals", "l": "labs", "a": "adt"},
+            kind_order=KINDS,
+            process_batch=process_batch,
+            batch_max_records=100,
+            batch_max_ms=1.0,
+            batch_max_ms_behind=1000.0,
+            idle_seconds=1.0,
+            max_held=1000,
+            event_time_order=False,
+        )
+        ingest.app.consumer = _LaggingConsumer({("v", 0): highwater})
+        stream = _Stream()
+        await ingest.offer(stream, _Event(_Message("v", 0, 0, b"p1", 0)))
+        behind = ingest._behind()
+
+        async def trickle() -> None:  # the rest of the input arrives over 60 ms
+            for offset in range(1, 7):
+                await asyncio.sleep(0.01)
+                await ingest.offer(stream, _Event(_Message("v", 0, offset, b"p1", offset)))
+
+        await trickle()
+        await ingest.drain()
+        return behind, ingest.batches_behind, sizes
+
+    # Caught up (the high watermark is the next offset): one-record batches, short waits.
+    behind, longer, sizes = asyncio.run(scenario(highwater=1))
+    assert (behind, longer) == (False, 0)
+    assert sizes[0] == 1
+    # 500 records beyond the one taken: the first batch waits and takes the trickle too.
+    behind, longer, sizes = asyncio.run(scenario(highwater=501))
+    assert behind
+    assert longer >= 1
+    assert sizes[0] == 7
 
 
 def _acks_scenario(finish_order: list[tuple[str, int]]) -> list[tuple[str, int]]:

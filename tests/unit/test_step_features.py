@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.physionet2012 import load_stays
 from streams.core.features import DELTA_CAP_HOURS, SERIES_CODES, StayArrays, features_at
 from streams.core.step_features import (
     BINS_PER_REQUEST,
@@ -18,6 +17,7 @@ from streams.core.step_features import (
     pack_bins,
     stay_bins,
 )
+from streams.datasets.physionet2012 import load_stays
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
 ADMIT = datetime(2012, 1, 1, tzinfo=UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.metrics import auprc, auroc
+from streams.core.risk_metrics import auprc, auroc
 from streams.evaluation.bootstrap import discrimination
 from streams.evaluation.records import decode_alerts, decode_scores
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.metrics import auroc
 from streams.core.events import ScoreRecord
+from streams.core.risk_metrics import auroc
 from streams.evaluation.degraded import (
     DEGRADED_LABEL,
     DegradedShare,

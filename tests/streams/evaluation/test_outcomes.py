@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.physionet2012 import Outcome
+from streams.datasets.physionet2012 import Outcome
 from streams.evaluation.outcomes import from_physionet2012, parse_psv
 
 

@@ -1,0 +1,2 @@
+"""The imaging network (``imaging``): lesion segmentation and abnormality classification
+of CT patches and chest X-rays."""

@@ -1,0 +1,331 @@
+"""Training and evaluation of the imaging network, seeded and deterministic.
+
+Pipeline (see ``docs/imaging.md``):
+
+1. CT patches and PneumoniaMNIST are preprocessed with the serving path
+   (:func:`streams.core.imaging_ops.preprocess_image`, 64 x 64); CT patients are split by
+   :func:`models.imaging.data.split_patients` (test, validation, train).
+2. Optional pretraining (``pretrain_epochs``): encoder and classifier on PneumoniaMNIST.
+3. Joint training: each step takes a batch of augmented CT training patches (random
+   flips and quarter turns) for segmentation (BCE + soft Dice) and lesion-present
+   classification, plus a batch of X-rays for pneumonia classification; the classification
+   losses are weighted by ``class_weight``. The epoch kept is the best by the mean of the
+   validation patients' Dice (at 0.5, native 48 x 48) and the held-back X-ray AUROC.
+4. Operating point: the highest threshold whose lesion recall on the validation patients
+   reaches ``target_recall`` (:func:`models.imaging.metrics.choose_threshold`).
+5. Report: Dice, IoU, lesion recall, false-positive components at the operating point and
+   at 0.5 on the test patients (never tuned on); classification AUROC on the official
+   PneumoniaMNIST validation split and on the CT test patches; CAM pointing rate.
+
+Determinism: seeded generators for initialisation, sampling and augmentation,
+``torch.use_deterministic_algorithms(True)`` and ``threads`` intra-op threads.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+
+from models.common.provenance import code_version, package_versions
+from models.common.training_data import MSD_LUNG_CT, PNEUMONIAMNIST, require_data
+from models.imaging.data import (
+    CTData,
+    XRayData,
+    data_hash,
+    load_ct,
+    load_xray,
+    split_patients,
+)
+from models.imaging.metrics import choose_threshold, segmentation_scores
+from models.imaging.network import ImagingConfig, ImagingNet
+from models.imaging.settings import ImagingSettings
+from streams.core.imaging_ops import resize
+from streams.core.risk_metrics import auroc
+
+__all__ = [
+    "IMAGING_SOURCES",
+    "ImagingSettings",
+    "ImagingTrainResult",
+    "predict",
+    "train_imaging",
+]
+
+IMAGING_SOURCES: Final[tuple[str, ...]] = (
+    "streams/core/imaging_ops.py",
+    "models/imaging/metrics.py",
+    "models/imaging/network.py",
+    "models/imaging/data.py",
+    "models/imaging/settings.py",
+    "models/imaging/train.py",
+)
+"""Files hashed into an imaging checkpoint's ``code_version``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImagingTrainResult:
+    """What :func:`train_imaging` produced.
+
+    Attributes:
+        checkpoint: Path of the written checkpoint.
+        metrics: Validation and test metrics (JSON-ready).
+        threshold: Lesion probability threshold (operating point).
+        best_epoch: Joint epoch kept (1-based).
+        train_seconds: Wall time of the whole run, seconds.
+    """
+
+    checkpoint: Path
+    metrics: dict[str, Any]
+    threshold: float
+    best_epoch: int
+    train_seconds: float
+
+
+def predict(
+    net: ImagingNet, images: npt.NDArray[np.float32], batch_size: int = 128
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Eval-mode outputs for ``[N,1,S,S]`` images: ``mask [N,S,S]``, ``class [N]``,
+    ``cam [N,S,S]``."""
+    net.eval()
+    masks, classes, cams = [], [], []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            mask, prob, _, cam = net(torch.from_numpy(images[start : start + batch_size]))
+            masks.append(mask[:, 0].numpy())
+            classes.append(prob[:, 0].numpy())
+            cams.append(cam[:, 0].numpy())
+    return np.concatenate(masks), np.concatenate(classes), np.concatenate(cams)
+
+
+def _native(maps: npt.NDArray[np.float32], shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    """``[N,S,S]`` maps resized to the native ``[H,W]`` of the reference masks."""
+    return np.stack([resize(m, shape[0], shape[1]) for m in maps])
+
+
+def _augment(
+    images: npt.NDArray[np.float32], masks: npt.NDArray[np.float32], rng: np.random.Generator
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Random quarter turn and horizontal flip per patch (same for image and mask)."""
+    turns = rng.integers(0, 4, size=images.shape[0])
+    flips = rng.integers(0, 2, size=images.shape[0])
+    out_x, out_m = np.empty_like(images), np.empty_like(masks)
+    for i, (k, flip) in enumerate(zip(turns, flips, strict=True)):
+        x, m = np.rot90(images[i], int(k), axes=(1, 2)), np.rot90(masks[i], int(k), axes=(1, 2))
+        if flip:
+            x, m = x[:, :, ::-1], m[:, :, ::-1]
+        out_x[i], out_m[i] = x, m
+    return out_x, out_m
+
+
+def _segmentation_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE plus soft Dice over the batch (``[B,1,S,S]`` both)."""
+    bce = F.binary_cross_entropy_with_logits(logit, target)
+    prob = torch.sigmoid(logit)
+    dice = (2.0 * (prob * target).sum() + 1.0) / (prob.sum() + target.sum() + 1.0)
+    return bce + (1.0 - dice)
+
+
+def _class_loss(net: ImagingNet, images: npt.NDArray[np.float32], labels: Any) -> torch.Tensor:
+    _, features = net.encode(torch.from_numpy(images))
+    _, logit = net.classify(features)
+    return F.binary_cross_entropy_with_logits(logit, torch.as_tensor(labels, dtype=torch.float32))
+
+
+def _pretrain(
+    net: ImagingNet, xray: XRayData, settings: ImagingSettings, rng: np.random.Generator
+) -> list[dict[str, float]]:
+    """X-ray classification epochs (encoder and classifier only)."""
+    optimiser = torch.optim.Adam(
+        net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    history = []
+    batch = 2 * settings.batch_size
+    for epoch in range(1, settings.pretrain_epochs + 1):
+        net.train()
+        order = rng.permutation(xray.train_labels.size)
+        for start in range(0, order.size, batch):
+            pick = order[start : start + batch]
+            loss = _class_loss(net, xray.train_images[pick], xray.train_labels[pick])
+            optimiser.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+        _, tune_prob, _ = predict(net, xray.tune_images)
+        history.append({"epoch": epoch, "tune_auroc": round(auroc(xray.tune_labels, tune_prob), 4)})
+    return history
+
+
+def _validation_score(
+    net: ImagingNet, val: CTData, xray: XRayData, use_xray: bool
+) -> tuple[float, dict[str, float]]:
+    mask_prob, _, _ = predict(net, val.images)
+    native = _native(mask_prob, val.native_masks.shape[1:])
+    dice = segmentation_scores(native, val.native_masks, 0.5).dice
+    entry = {"val_dice": round(dice, 4)}
+    if not use_xray:
+        return dice, entry
+    _, tune_prob, _ = predict(net, xray.tune_images)
+    tune_auc = auroc(xray.tune_labels, tune_prob)
+    entry["tune_auroc"] = round(tune_auc, 4)
+    return 0.5 * (dice + tune_auc), entry
+
+
+def _evaluate(
+    net: ImagingNet, part: CTData, threshold: float
+) -> tuple[dict[str, Any], npt.NDArray[np.float32]]:
+    """Segmentation scores at the threshold and at 0.5, CT classification, CAM pointing."""
+    mask_prob, class_prob, cams = predict(net, part.images)
+    shape = part.native_masks.shape[1:]
+    native = _native(mask_prob, shape)
+    present = part.native_masks.reshape(part.native_masks.shape[0], -1).any(1)
+    native_cams = _native(cams, shape)
+    hits = [
+        bool(ref.flat[int(np.argmax(cam))])
+        for cam, ref, has in zip(native_cams, part.native_masks, present, strict=True)
+        if has and cam.max() > 0
+    ]
+    result = {
+        "operating_point": segmentation_scores(native, part.native_masks, threshold).to_dict(),
+        "at_0.5": segmentation_scores(native, part.native_masks, 0.5).to_dict(),
+        "lesion_present_auroc": round(auroc(present, class_prob), 4),
+        "cam_pointing_rate": round(float(np.mean(hits)), 4) if hits else None,
+        "patches": int(present.size),
+        "patches_with_lesion": int(present.sum()),
+    }
+    return result, native
+
+
+def train_imaging(settings: ImagingSettings) -> ImagingTrainResult:
+    """Trains, picks the operating point, evaluates and writes a checkpoint.
+
+    Raises:
+        ModelError: Unreadable data or an impossible split.
+    """
+    require_data(settings, "ct_path", MSD_LUNG_CT)
+    require_data(settings, "xray_path", PNEUMONIAMNIST)
+    started = time.monotonic()
+    torch.manual_seed(settings.seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(settings.threads)
+    rng = np.random.default_rng(settings.seed)
+    config = ImagingConfig(base_channels=settings.base_channels)
+    ct = load_ct(settings.ct_path, config.image_size)
+    xray = load_xray(
+        settings.xray_path,
+        seed=settings.split_seed,
+        limit=settings.xray_limit,
+        size=config.image_size,
+    )
+    split = split_patients(
+        ct.patients,
+        seed=settings.split_seed,
+        test=settings.test_patients,
+        validation=settings.validation_patients,
+        fold=settings.fold,
+    )
+    parts = {name: ct.subset(patients) for name, patients in split.items()}
+    train_ct = parts["train"]
+    use_xray = settings.xray_per_epoch > 0
+
+    net = ImagingNet(config)
+    pretrain_history = _pretrain(net, xray, settings, rng) if settings.pretrain_epochs else []
+    optimiser = torch.optim.Adam(
+        net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    ct_present = train_ct.masks.reshape(train_ct.masks.shape[0], -1).max(1)
+    best_score, best_epoch, best_state = -1.0, 0, copy.deepcopy(net.state_dict())
+    history: list[dict[str, float]] = []
+    for epoch in range(1, settings.epochs + 1):
+        net.train()
+        order = rng.permutation(np.tile(np.arange(train_ct.patients.size), settings.ct_repeats))
+        steps = -(-order.size // settings.batch_size)
+        xray_pick = rng.choice(
+            xray.train_labels.size,
+            size=min(settings.xray_per_epoch, xray.train_labels.size),
+            replace=False,
+        )
+        xray_batches: list[npt.NDArray[np.int64] | None] = (
+            list(np.array_split(xray_pick, steps)) if use_xray else [None] * steps
+        )
+        total = 0.0
+        for step, x_batch in enumerate(xray_batches):
+            pick = order[step * settings.batch_size : (step + 1) * settings.batch_size]
+            images, masks = _augment(train_ct.images[pick], train_ct.masks[pick], rng)
+            skips, features = net.encode(torch.from_numpy(images))
+            _, ct_logit = net.classify(features)
+            loss = _segmentation_loss(net.decode(skips, features), torch.from_numpy(masks))
+            ct_target = torch.from_numpy(ct_present[pick].astype(np.float32))
+            class_loss = F.binary_cross_entropy_with_logits(ct_logit, ct_target)
+            if x_batch is not None and x_batch.size:
+                class_loss = class_loss + _class_loss(
+                    net, xray.train_images[x_batch], xray.train_labels[x_batch]
+                )
+            loss = loss + settings.class_weight * class_loss
+            optimiser.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            total += float(loss.item())
+        score, entry = _validation_score(net, parts["validation"], xray, use_xray)
+        history.append({"epoch": epoch, "loss": round(total / steps, 5), **entry})
+        if score > best_score:
+            best_score, best_epoch, best_state = score, epoch, copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    net.eval()
+
+    val_prob, _, _ = predict(net, parts["validation"].images)
+    val_native = _native(val_prob, parts["validation"].native_masks.shape[1:])
+    threshold = choose_threshold(
+        val_native, parts["validation"].native_masks, settings.target_recall
+    )
+    metrics: dict[str, Any] = {
+        name: _evaluate(net, parts[name], threshold)[0] for name in ("validation", "test")
+    }
+    _, xray_val_prob, _ = predict(net, xray.val_images)
+    _, xray_tune_prob, _ = predict(net, xray.tune_images)
+    metrics["pneumonia"] = {
+        "official_val_auroc": round(auroc(xray.val_labels, xray_val_prob), 4),
+        "official_val_n": int(xray.val_labels.size),
+        "official_val_pneumonia": int(xray.val_labels.sum()),
+        "tune_auroc": round(auroc(xray.tune_labels, xray_tune_prob), 4),
+    }
+    seconds = round(time.monotonic() - started, 1)
+    meta = {
+        "config": config.to_dict(),
+        "settings": settings.model_dump(mode="json"),
+        "threshold": threshold,
+        "target_recall": settings.target_recall,
+        "best_epoch": best_epoch,
+        "history": history,
+        "pretrain_history": pretrain_history,
+        "split": {name: list(patients) for name, patients in split.items()},
+        "split_method": (
+            "patients inferred as consecutive blocks of 10 patches (the file has no ids); "
+            f"numpy default_rng({settings.split_seed}).permutation of the patient indices, "
+            f"rotated left by fold ({settings.fold}) x {settings.test_patients}: "
+            f"first {settings.test_patients} test, next {settings.validation_patients} "
+            "validation, the rest train"
+        ),
+        "data_sha256": {
+            "ct": data_hash(settings.ct_path),
+            "pneumoniamnist": data_hash(settings.xray_path),
+        },
+        "metrics": metrics,
+        "code_version": code_version(IMAGING_SOURCES),
+        "packages": package_versions(),
+        "train_seconds": seconds,
+    }
+    settings.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": net.state_dict(), "meta": meta}, settings.checkpoint)
+    return ImagingTrainResult(
+        checkpoint=settings.checkpoint,
+        metrics=metrics,
+        threshold=threshold,
+        best_epoch=best_epoch,
+        train_seconds=seconds,
+    )
