@@ -22,7 +22,7 @@ BUNDLE = Path(__file__).parent / "data" / "vitals-bundle.json"
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["replay", "data", "--format", "hl7"], "unsupported --format 'hl7'; supported: "),
+        (["replay", "data", "--format", "hl8"], "unsupported --format 'hl8'; supported: "),
         (["replay", "data", "--format", "fhir", "--outcomes", "x"], "--outcomes applies to"),
         (["replay", "data", "--seed", "3"], "--seed applies to --sample only"),
         (["replay", "data", "--sample", "0"], "Invalid value for '--sample'"),
