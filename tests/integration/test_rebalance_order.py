@@ -9,7 +9,7 @@ first worker finishes what it released, gives the held records up unacknowledged
 whoever owns each partition next reads them again and merges them in order
 (``OrderedIngest.settle``, docs/worker.md "Rebalances").
 
-The same 60 real stays are processed by one worker, then, on fresh topics, by a worker
+The same 30 real stays are processed by one worker, then, on fresh topics, by a worker
 that a second one joins once the first has scored (the first is frozen while the second
 starts, so the join finds a backlog on any machine): the scores and alerts must be the
 same records (wall-clock fields and topic prefixes aside; a record repeated by
@@ -39,7 +39,7 @@ from vigil.testing.outputs import comparable, read_records, wait_until_accounted
 from vigil.testing.workers import running_worker, worker_env
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "physionet2012-demo"
-N_STAYS = 60
+N_STAYS = 30
 FREEZE_AT_MOST_S = 6.0  # the session timeout is 10 s
 THAW_S = 0.5
 JOIN_DEADLINE_S = 120.0
