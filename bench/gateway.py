@@ -28,9 +28,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +47,7 @@ from bench.common import (
 from streams.core.events import AdtEvent, ObservationEvent
 from streams.gateway.hl7_write import adt_message, oru_message
 from streams.gateway.mllp import END, START
-from vigil.testing.workers import free_port
+from vigil.testing.gateway import health, running_gateway
 
 _HEADER = b"MSH|^~\\&|BENCH|ICU|VIGIL|HOSP|20250101120005+0000||ORU^R01|"
 
@@ -259,19 +256,6 @@ def _records(bootstrap: str, prefix: str) -> int:
         consumer.close()
 
 
-def _wait_healthy(http_port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise SystemExit("gateway exited")
-        try:
-            if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("gateway not healthy")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stays", type=int, default=40)
@@ -284,32 +268,19 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = fresh_settings("gw")
-    mllp_port, http_port = free_port(), free_port()
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"{args.name}.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "VIGIL_GATEWAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "VIGIL_GATEWAY_TOPIC_PREFIX": settings.topic_prefix,
-        "VIGIL_GATEWAY_MLLP_PORT": str(mllp_port),
-        "VIGIL_GATEWAY_HTTP_PORT": str(http_port),
-        "VIGIL_GATEWAY_LOG_LEVEL": "WARNING",
-        "VIGIL_GATEWAY_MAX_CONNECTIONS": "256",
-    }
+    log.unlink(missing_ok=True)
     messages = _messages(args.stays)
     before = load_average()
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vigil", "gateway"],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=ROOT,
-        )
-    try:
-        _wait_healthy(http_port, proc)
+    with running_gateway(
+        log,
+        bootstrap=settings.kafka_bootstrap,
+        prefix=settings.topic_prefix,
+        log_level="WARNING",
+        max_connections="256",
+    ) as gateway:
+        mllp_port, http_port = gateway.mllp_port, gateway.http_port
         throughput = asyncio.run(_throughput(mllp_port, messages, args.connections))
         throughput["records_on_input_topics"] = _records(
             settings.kafka_bootstrap, settings.topic_prefix
@@ -317,12 +288,8 @@ def main() -> None:
         paced = asyncio.run(_paced(mllp_port, args.rate, args.seconds, args.connections))
         fhir = asyncio.run(_fhir(http_port, args.fhir_posts, args.connections))
         hostile = asyncio.run(_hostile(mllp_port, messages, args.hostile))
-        hostile["alive_after"] = proc.poll() is None
-        hostile["health_after"] = httpx.get(f"http://127.0.0.1:{http_port}/health").status_code
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+        hostile["alive_after"] = gateway.alive()
+        hostile["health_after"] = health(gateway)[0]
     write_result(
         args.name,
         {

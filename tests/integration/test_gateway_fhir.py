@@ -18,10 +18,10 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
 from kafka import KafkaProducer
 
-from tests.integration.gateway import Gateway, fresh_topics, running_gateway
 from tests.unit.test_gateway_fhir import encounter, observation
 from tests.unit.test_gateway_fhir_out import alert, score
 from vigil.stack.settings import StackSettings
+from vigil.testing.gateway import Gateway, fresh_topics, running_gateway
 from vigil.testing.outputs import read_records
 
 FHIR = {"Content-Type": "application/fhir+json"}

@@ -22,8 +22,8 @@ import pytest
 from streams.core.events import AdtEvent, ObservationEvent, TopicKind
 from streams.gateway.hl7_write import adt_message, oru_message
 from streams.replay import ReplayEvent, read_physionet2012
-from tests.integration.gateway import Gateway, MllpClient, fresh_topics, health, running_gateway
 from vigil.stack.settings import StackSettings
+from vigil.testing.gateway import Gateway, MllpClient, fresh_topics, health, running_gateway
 from vigil.testing.outputs import read_records
 from vigil.testing.workers import free_port
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from streams.core.events import AdtEvent, ObservationEvent, TopicKind
 from streams.gateway.hl7_write import adt_message, oru_message
 from streams.replay import ReplayEvent, physionet2012_events, produce, read_length_of_stay
-from tests.integration.gateway import MllpClient, fresh_topics, running_gateway
 from vigil.stack.settings import StackSettings
+from vigil.testing.gateway import MllpClient, fresh_topics, running_gateway
 from vigil.testing.outputs import read_records, wait_until_accounted
 from vigil.testing.workers import running_worker, worker_env
 

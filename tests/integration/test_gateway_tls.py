@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from streams.gateway.mllp import END, START
-from tests.integration.gateway import Gateway, fresh_topics, running_gateway
 from tests.integration.secured import Pki, make_ca
 from tests.integration.test_gateway_mllp import good
 from vigil.stack.settings import StackSettings
+from vigil.testing.gateway import Gateway, fresh_topics, running_gateway
 
 TOKEN = "gateway-test-token"  # noqa: S105 (a throwaway token of the test)
 

@@ -1,6 +1,7 @@
-"""Run ``vigil gateway`` as a child process, and talk MLLP to it, for integration tests.
+"""Run ``vigil gateway`` as a child process, and talk MLLP to it (integration tests and
+``bench.gateway``).
 
-The gateway runs this checkout's code (``python -m vigil`` with the test's interpreter),
+The gateway runs this checkout's code (``python -m vigil`` with the caller's interpreter),
 configured only through ``VIGIL_GATEWAY_*`` variables, logging to a file the test can
 show when it fails.
 """
@@ -29,6 +30,8 @@ from vigil.stack.settings import StackSettings
 from vigil.testing.workers import free_port
 
 __all__ = ["Gateway", "MllpClient", "fresh_topics", "health", "running_gateway"]
+
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def fresh_topics(stack: StackSettings, tag: str, partitions: int = 2) -> str:
@@ -81,7 +84,7 @@ def running_gateway(
         "VIGIL_GATEWAY_TOPIC_PREFIX": prefix,
         "VIGIL_GATEWAY_MLLP_PORT": str(mllp_port),
         "VIGIL_GATEWAY_HTTP_PORT": str(http_port),
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "PYTHONPATH": str(_ROOT),
     }
     env.update({f"VIGIL_GATEWAY_{name.upper()}": value for name, value in settings.items()})
     with log.open("ab") as handle:
@@ -91,7 +94,7 @@ def running_gateway(
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=_ROOT,
         )
     gateway = Gateway(proc, mllp_port, http_port, log)
     try:
