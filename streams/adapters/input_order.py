@@ -202,8 +202,6 @@ class OrderedIngest:
             self.batch_max_s if batch_max_ms_behind is None else batch_max_ms_behind / 1000
         )
         self._last_offered: dict[tuple[str, int], int] = {}
-        self.batches_behind = 0
-        """Batches filled with the longer wait, the worker being behind."""
         self._limit = 2 * batch_max_records
         self._ready: deque[tuple[Any, Any]] = deque()
         self._outstanding = 0
@@ -215,8 +213,6 @@ class OrderedIngest:
         self._paused_total = 0.0
         self.batches = 0
         """Batches processed so far."""
-        self.given_up = 0
-        """Records taken and given up unprocessed at a rebalance or stop (read again)."""
         self._failed = False
         self.metrics = metrics
 
@@ -314,7 +310,6 @@ class OrderedIngest:
                 await asyncio.wait_for(self._changed.wait(), _FLUSH_EVERY_S)
 
     def _gave_up(self, records: int) -> None:
-        self.given_up += records
         if self.metrics is not None:
             self.metrics.input_order.labels("given_up").inc(records)
 
@@ -433,7 +428,6 @@ class OrderedIngest:
         wait_s = self.batch_max_s
         if self.batch_max_s_behind > wait_s and self._behind():
             wait_s = self.batch_max_s_behind
-            self.batches_behind += 1
             if self.metrics is not None:
                 self.metrics.batches_behind.inc()
         deadline = time.monotonic() + wait_s

@@ -595,6 +595,7 @@ def test_a_worker_behind_waits_longer_to_fill_larger_batches() -> None:
     partitions beyond the last one taken switches to the longer wait."""
 
     async def scenario(highwater: int) -> tuple[bool, int, list[int]]:
+        registry = CollectorRegistry()
         sizes: list[int] = []
 
         async def process_batch(events: list[Any]) -> None:
@@ -611,6 +612,7 @@ def test_a_worker_behind_waits_longer_to_fill_larger_batches() -> None:
             idle_seconds=1.0,
             max_held=1000,
             event_time_order=False,
+            metrics=WorkerMetrics(registry),
         )
         ingest.app.consumer = _LaggingConsumer({("v", 0): highwater})
         stream = _Stream()
@@ -624,7 +626,8 @@ def test_a_worker_behind_waits_longer_to_fill_larger_batches() -> None:
 
         await trickle()
         await ingest.drain()
-        return behind, ingest.batches_behind, sizes
+        longer = registry.get_sample_value("vigil_batches_behind_total")
+        return behind, int(longer or 0), sizes
 
     # Caught up (the high watermark is the next offset): one-record batches, short waits.
     behind, longer, sizes = asyncio.run(scenario(highwater=1))
