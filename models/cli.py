@@ -20,7 +20,7 @@ import typer
 from models.common.settings_cli import fail, settings_command
 from models.deterioration.image_branch_settings import ImageBranchSettings
 from models.deterioration.settings import TrainSettings
-from models.imaging.settings import ImagingSettings
+from models.imaging.settings import ImagingEvalSettings, ImagingSettings
 from models.ood.settings import OODSettings
 from vigil.errors import VigilError
 
@@ -108,6 +108,17 @@ def _train_imaging(settings: ImagingSettings) -> str:
     )
 
 
+def _evaluate_imaging(settings: ImagingEvalSettings) -> str:
+    from models.imaging.evaluate import evaluate_imaging
+
+    ct = evaluate_imaging(settings)["ct"]["operating_point"]
+    return (
+        f"imaging cross-validation report {settings.report}: {ct['patients']} test patients, "
+        f"lesion recall {ct['lesion_recall']:.3f} (>= 2 px {ct['large_lesion_recall']:.3f}), "
+        f"Dice {ct['dice']:.3f}, {ct['false_positives_per_patch']:.2f} false positives/patch"
+    )
+
+
 settings_command(
     train_app,
     "deterioration",
@@ -136,6 +147,14 @@ settings_command(
     ImagingSettings,
     _train_imaging,
     help_text="Train the multi-task imaging network (MSD lung CT, PneumoniaMNIST).",
+)
+settings_command(
+    train_app,
+    "imaging-eval",
+    ImagingEvalSettings,
+    _evaluate_imaging,
+    help_text="Cross-validated imaging figures (fold checkpoints) with patient-bootstrap "
+    "intervals.",
 )
 
 

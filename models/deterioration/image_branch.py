@@ -422,6 +422,7 @@ def finetune_image_branch(settings: ImageBranchSettings) -> ImageBranchResult:
         seed=int(imaging_meta["settings"]["split_seed"]),
         limit=settings.xray_limit,
         size=int(imaging_meta["config"]["image_size"]),
+        fold=int(imaging_meta["settings"].get("fold", 0)),
     )
     train_pools = _pools(imaging_net, xray.train_images, xray.train_labels)
     val_pools = _pools(imaging_net, xray.val_images, xray.val_labels)

@@ -41,7 +41,7 @@ __all__ = [
 
 PATCHES_PER_PATIENT: Final[int] = 10
 """Inferred block length of one patient's patches in the CT file (see module docs)."""
-_XRAY_TUNE_FRACTION: Final[float] = 0.1
+_XRAY_TUNE_PARTS: Final[int] = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,15 +160,20 @@ def split_patients(
 
 
 def load_xray(
-    path: Path, *, seed: int, limit: int | None = None, size: int = IMAGE_SIZE
+    path: Path, *, seed: int, limit: int | None = None, size: int = IMAGE_SIZE, fold: int = 0
 ) -> XRayData:
     """Loads PneumoniaMNIST and holds back a stratified 10 % of its training split.
+
+    Each class of the training split is permuted by ``seed`` and cut into 10 parts of
+    ``round(n k / 10)`` boundaries; part ``fold % 10`` is held back, so folds ``0, 1, ...``
+    hold back disjoint tenths (image-level cross-validation; fold 0 is the original draw).
 
     Args:
         path: ``pneumoniamnist.npz``.
         seed: Seed of the held-back draw.
         limit: Use only the first ``limit`` training and validation images (tests).
         size: Model input side.
+        fold: Which tenth is held back.
 
     Raises:
         ModelError: A missing or malformed file.
@@ -183,9 +188,12 @@ def load_xray(
         raise ModelError(f"cannot read PneumoniaMNIST {path}: {exc}") from exc
     rng = np.random.default_rng(seed)
     tune = np.zeros(train_y.size, dtype=bool)
+    part = fold % _XRAY_TUNE_PARTS
     for label in np.unique(train_y):
         members = rng.permutation(np.flatnonzero(train_y == label))
-        tune[members[: max(1, round(members.size * _XRAY_TUNE_FRACTION))]] = True
+        start = round(members.size * part / _XRAY_TUNE_PARTS)
+        stop = max(start + 1, round(members.size * (part + 1) / _XRAY_TUNE_PARTS))
+        tune[members[start:stop]] = True
     return XRayData(
         train_images=_preprocess_all(train_x[~tune], size),
         train_labels=train_y[~tune].astype(np.float32),

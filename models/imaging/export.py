@@ -46,6 +46,7 @@ from models.imaging.train import IMAGING_SOURCES
 __all__ = [
     "IMAGING_EXPORT_SOURCES",
     "IMAGING_MODEL_NAME",
+    "class_threshold_of",
     "example_images",
     "export_imaging",
     "imaging_tensor_specs",
@@ -79,18 +80,23 @@ def render_config(
     config: ImagingConfig,
     *,
     mask_threshold: float,
+    class_threshold: float | None = None,
     max_batch_size: int = 16,
     instance_kind: InstanceKind = "KIND_CPU",
 ) -> str:
-    """The ``config.pbtxt`` text of ``imaging``."""
+    """The ``config.pbtxt`` text of ``imaging`` (``class_threshold``: the pneumonia
+    operating point on the calibrated ``class_probability``, when the checkpoint has one)."""
     inputs, outputs = imaging_tensor_specs(config)
+    parameters = [("mask_threshold", repr(mask_threshold))]
+    if class_threshold is not None:
+        parameters.append(("class_threshold", repr(class_threshold)))
     return triton_config.render_config(
         IMAGING_MODEL_NAME,
         inputs,
         outputs,
         max_batch_size=max_batch_size,
         instance_kind=instance_kind,
-        parameters=[("mask_threshold", repr(mask_threshold))],
+        parameters=parameters,
     )
 
 
@@ -107,6 +113,12 @@ def load_imaging_checkpoint(path: Path) -> tuple[ImagingNet, dict[str, Any]]:
         net.load_state_dict(payload["state_dict"])
     net.eval()
     return net, meta
+
+
+def class_threshold_of(meta: dict[str, Any]) -> float | None:
+    """The checkpoint's pneumonia operating point (None for checkpoints before issue 17)."""
+    value = meta.get("class_threshold")
+    return None if value is None else float(value)
 
 
 def example_images(config: ImagingConfig, *, batch: int = 3, seed: int = 0) -> torch.Tensor:
@@ -128,6 +140,7 @@ def _served(
     config: ImagingConfig,
     *,
     mask_threshold: float,
+    class_threshold: float | None,
     max_batch_size: int,
     instance_kind: InstanceKind,
 ) -> ServedModel:
@@ -148,6 +161,7 @@ def _served(
         config=render_config(
             config,
             mask_threshold=mask_threshold,
+            class_threshold=class_threshold,
             max_batch_size=max_batch_size,
             instance_kind=instance_kind,
         ),
@@ -160,6 +174,8 @@ def _scores_row(label: str, entry: dict[str, Any]) -> str:
     return (
         f"| {label} | {entry['threshold']:.2f} | {entry['dice']:.3f} | {entry['iou']:.3f} | "
         f"{entry['lesion_recall']:.3f} ({entry['lesions_found']}/{entry['lesions']}) | "
+        f"{entry['large_lesion_recall']:.3f} "
+        f"({entry['large_lesions_found']}/{entry['large_lesions']}) | "
         f"{entry['false_positives_per_patch']:.2f} |"
     )
 
@@ -182,8 +198,13 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         f"- Input `image [1, {card['config']['image_size']}, {card['config']['image_size']}]` "
         f"FP32 (streams.core.imaging_ops.preprocess_image); outputs {outputs}; max_batch_size "
         f"{card['max_batch_size']}; `model.pt` SHA-256 `{card['model_pt_sha256']}`\n"
-        f"- Lesion threshold (`mask_threshold`): {card['threshold']} = highest threshold with "
-        f"validation lesion recall >= {card['target_recall']}\n"
+        f"- Lesion threshold (`mask_threshold`): {card['threshold']}, the middle of the "
+        f"thresholds with validation lesion recall >= {card['target_recall']} and at most "
+        f"{card.get('max_false_positives_per_patch')} false-positive components per patch\n"
+        f"- Pneumonia threshold (`class_threshold`): {card.get('class_threshold')}, the "
+        f"highest with sensitivity >= {card.get('target_sensitivity')} on the held-back "
+        f"X-rays; `class_probability` is Platt-calibrated there "
+        f"(scale, offset {card.get('calibration')})\n"
         f"- Split: {card['split_method']}; patients {card['split']}\n"
         f"- Configuration {card['config']}; best joint epoch {card['best_epoch']}; "
         f"pretraining epochs {card['settings']['pretrain_epochs']}\n"
@@ -193,12 +214,19 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         f"`{card['training_code_version']['source_sha256']}`\n"
         f"- Packages: {card['packages']}; training time {card['train_seconds']} s\n\n"
         "## Segmentation (native 48 x 48 masks; lesion = 8-connected component)\n\n"
-        "| Set | Threshold | Dice | IoU | Lesion recall | False-positive components / patch |\n"
-        "| --- | --- | --- | --- | --- | --- |\n" + rows + "\n\n"
+        "| Set | Threshold | Dice | IoU | Lesion recall | Lesion recall, >= 2 px | "
+        "False-positive components / patch |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n" + rows + "\n\n"
         "## Classification\n\n"
         f"- PneumoniaMNIST official validation split (never tuned on; the official test split "
         f"is not bundled): AUROC {metrics['pneumonia']['official_val_auroc']:.3f} "
-        f"(n = {metrics['pneumonia']['official_val_n']})\n"
+        f"(n = {metrics['pneumonia']['official_val_n']}); at `class_threshold`: sensitivity "
+        f"{metrics['pneumonia'].get('official_val_sensitivity')}, specificity "
+        f"{metrics['pneumonia'].get('official_val_specificity')}\n"
+        f"- Held-back X-rays (threshold and calibration chosen here): AUROC "
+        f"{metrics['pneumonia']['tune_auroc']}, sensitivity "
+        f"{metrics['pneumonia'].get('tune_sensitivity')}, specificity "
+        f"{metrics['pneumonia'].get('tune_specificity')}\n"
         f"- CT test patches, lesion present: AUROC {metrics['test']['lesion_present_auroc']} "
         f"({metrics['test']['patches_with_lesion']} of {metrics['test']['patches']} with lesion)\n"
         f"- CAM pointing rate on CT test patches with lesion (CAM peak inside the tumour): "
@@ -233,6 +261,7 @@ def export_imaging(
         net,
         config,
         mask_threshold=float(meta["threshold"]),
+        class_threshold=class_threshold_of(meta),
         max_batch_size=max_batch_size,
         instance_kind=instance_kind,
     )

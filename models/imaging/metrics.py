@@ -5,22 +5,40 @@
 * Lesion-level recall: each 8-connected component of the reference mask is one lesion;
   it is found when a predicted component overlaps it, that is when at least one of its
   pixels is predicted. Predicted components that touch no lesion are false positives.
-* :func:`choose_threshold`: the highest probability threshold whose lesion recall on a
-  set reaches a target (the operating point, chosen on validation patients).
+* Lesions of a single pixel are at the limit of a 2 mm grid; the recall is also given
+  for lesions of at least :data:`LARGE_LESION_PIXELS` pixels (``large_*``).
+* :func:`choose_threshold`: the operating point, chosen on validation patients: the
+  middle of the thresholds whose lesion recall reaches a target and whose false-positive
+  components per patch stay within a budget, so that it sits inside a flat region of the
+  curves rather than on the edge of one.
+* :func:`fit_platt` and :func:`threshold_for_sensitivity`: calibration and the
+  operating point of the abnormality classifier.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from streams.core.imaging_ops import label_components
 
-__all__ = ["SegmentationScores", "choose_threshold", "lesion_counts", "segmentation_scores"]
+__all__ = [
+    "LARGE_LESION_PIXELS",
+    "SegmentationScores",
+    "choose_threshold",
+    "fit_platt",
+    "lesion_counts",
+    "segmentation_scores",
+    "sensitivity_specificity",
+    "threshold_for_sensitivity",
+]
+
+LARGE_LESION_PIXELS: Final[int] = 2
+"""Lesions of at least this many pixels are counted in the ``large_*`` recall."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +56,9 @@ class SegmentationScores:
         false_positive_components: Predicted components touching no lesion.
         false_positives_per_patch: Their mean per patch.
         patches: ``N``.
+        large_lesions: Lesions of at least :data:`LARGE_LESION_PIXELS` pixels.
+        large_lesions_found: Those overlapped by a prediction.
+        large_lesion_recall: ``large_lesions_found / large_lesions``.
     """
 
     threshold: float
@@ -50,20 +71,33 @@ class SegmentationScores:
     false_positive_components: int
     false_positives_per_patch: float
     patches: int
+    large_lesions: int
+    large_lesions_found: int
+    large_lesion_recall: float
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values, rounded to 4 decimals."""
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def lesion_counts(predicted: npt.ArrayLike, reference: npt.ArrayLike) -> tuple[int, int, int]:
-    """``(lesions, lesions_found, false_positive_components)`` of one ``[H,W]`` pair."""
+def lesion_counts(
+    predicted: npt.ArrayLike, reference: npt.ArrayLike, min_pixels: int = 1
+) -> tuple[int, int, int]:
+    """``(lesions, lesions_found, false_positive_components)`` of one ``[H,W]`` pair.
+
+    Only reference lesions of at least ``min_pixels`` pixels are counted; a predicted
+    component touching any reference lesion is never a false positive.
+    """
     pred = np.asarray(predicted).astype(bool)
     ref_labels, n_ref = label_components(np.asarray(reference).astype(bool))
-    found = int(np.unique(ref_labels[pred & (ref_labels > 0)]).size)
+    sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)
+    counted = np.flatnonzero(sizes >= min_pixels)
+    counted = counted[counted > 0]
+    hit = np.unique(ref_labels[pred & (ref_labels > 0)])
+    found = int(np.isin(hit, counted).sum())
     pred_labels, n_pred = label_components(pred)
     touching = int(np.unique(pred_labels[pred & (ref_labels > 0)]).size)
-    return n_ref, found, n_pred - touching
+    return int(counted.size), found, n_pred - touching
 
 
 def segmentation_scores(
@@ -83,10 +117,12 @@ def segmentation_scores(
         for p, r in zip(pred, ref, strict=True)
         if r.any()
     ]
-    lesions = found = false_pos = 0
+    lesions = found = false_pos = large = large_found = 0
     for p, r in zip(pred, ref, strict=True):
         n, f, fp = lesion_counts(p, r)
         lesions, found, false_pos = lesions + n, found + f, false_pos + fp
+        n, f, _ = lesion_counts(p, r, LARGE_LESION_PIXELS)
+        large, large_found = large + n, large_found + f
     n_patches = int(prob.shape[0])
     return SegmentationScores(
         threshold=float(threshold),
@@ -99,6 +135,9 @@ def segmentation_scores(
         false_positive_components=false_pos,
         false_positives_per_patch=false_pos / n_patches if n_patches else float("nan"),
         patches=n_patches,
+        large_lesions=large,
+        large_lesions_found=large_found,
+        large_lesion_recall=large_found / large if large else float("nan"),
     )
 
 
@@ -107,26 +146,106 @@ def choose_threshold(
     reference: npt.ArrayLike,
     target_recall: float,
     candidates: Sequence[float] | None = None,
+    *,
+    max_false_positives_per_patch: float = 0.15,
 ) -> float:
-    """The highest candidate threshold whose lesion recall reaches ``target_recall``.
+    """The operating point: the middle of the feasible thresholds.
+
+    Lesion recall falls and false positives fall as the threshold rises. ``high`` is the
+    highest candidate whose lesion recall reaches ``target_recall``, ``low`` the lowest
+    whose false-positive components per patch are within ``max_false_positives_per_patch``.
+    When ``low <= high`` the candidate nearest to their midpoint is returned, so small
+    shifts of the probabilities move neither figure across its limit; otherwise (no
+    threshold meets both) recall wins and ``high`` is returned.
 
     Args:
         probability: ``[N,H,W]`` probabilities (validation patients).
         reference: ``[N,H,W]`` binary references.
         target_recall: Lesion recall to reach, in ``(0, 1]``.
+        max_false_positives_per_patch: Budget of false-positive components per patch.
         candidates: Thresholds tried; by default 0.01, 0.02, ..., 0.95.
 
     Returns:
-        That threshold, or the lowest candidate when none reaches the target.
+        That threshold; the lowest candidate when none reaches the target recall.
     """
     grid = sorted(candidates if candidates is not None else np.round(np.arange(1, 96) / 100, 2))
     prob = np.asarray(probability, dtype=np.float32)
     ref = np.asarray(reference).astype(bool)
-    for threshold in reversed(grid):
-        lesions = found = 0
+    recall_ok: list[bool] = []
+    fp_ok: list[bool] = []
+    for threshold in grid:
+        lesions = found = false_pos = 0
         for p, r in zip(prob >= threshold, ref, strict=True):
-            n, f, _ = lesion_counts(p, r)
-            lesions, found = lesions + n, found + f
-        if lesions == 0 or found / lesions >= target_recall:
-            return float(threshold)
-    return float(grid[0])
+            n, f, fp = lesion_counts(p, r)
+            lesions, found, false_pos = lesions + n, found + f, false_pos + fp
+        recall_ok.append(lesions == 0 or found / lesions >= target_recall)
+        fp_ok.append(false_pos / max(prob.shape[0], 1) <= max_false_positives_per_patch)
+    reaching = [i for i, ok in enumerate(recall_ok) if ok]
+    if not reaching:
+        return float(grid[0])
+    high = max(reaching)
+    within = [i for i, ok in enumerate(fp_ok) if ok]
+    if not within or min(within) > high:
+        return float(grid[high])
+    low = min(within)
+    middle = 0.5 * (float(grid[low]) + float(grid[high]))
+    best = min(range(low, high + 1), key=lambda i: (abs(float(grid[i]) - middle), -i))
+    return float(grid[best])
+
+
+def fit_platt(
+    logits: npt.ArrayLike, labels: npt.ArrayLike, ridge: float = 1e-3, iterations: int = 100
+) -> tuple[float, float]:
+    """Platt scaling: ``(a, c)`` maximising the likelihood of ``sigmoid(a z + c)``.
+
+    Newton's method on the mean log-loss with a small ridge on ``a`` and ``c``
+    (deterministic, pure numpy).
+
+    Raises:
+        ValueError: Empty input, mismatched shapes or a single class.
+    """
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    if z.size == 0 or z.shape != y.shape:
+        raise ValueError("logits and labels must be non-empty and of one length")
+    if y.min() == y.max():
+        raise ValueError("Platt scaling needs both classes")
+    design = np.stack([z, np.ones_like(z)], axis=1)
+    theta = np.array([1.0, 0.0])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        gradient = design.T @ (p - y) / z.size + ridge * theta
+        hessian = (design.T * (p * (1 - p))) @ design / z.size + ridge * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        theta = theta - step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(theta[0]), float(theta[1])
+
+
+def threshold_for_sensitivity(
+    probability: npt.ArrayLike, labels: npt.ArrayLike, target_sensitivity: float
+) -> float:
+    """The highest threshold (one of the probabilities) whose sensitivity reaches the target.
+
+    Raises:
+        ValueError: No positive label.
+    """
+    prob = np.asarray(probability, dtype=np.float64).ravel()
+    positive = np.asarray(labels).ravel() > 0.5
+    if not positive.any():
+        raise ValueError("no positive label")
+    scores = np.sort(prob[positive])[::-1]
+    needed = int(np.ceil(target_sensitivity * scores.size - 1e-9))
+    return float(scores[max(needed, 1) - 1])
+
+
+def sensitivity_specificity(
+    probability: npt.ArrayLike, labels: npt.ArrayLike, threshold: float
+) -> tuple[float, float]:
+    """``(sensitivity, specificity)`` of ``probability >= threshold``."""
+    predicted = np.asarray(probability).ravel() >= threshold
+    positive = np.asarray(labels).ravel() > 0.5
+    sensitivity = float(predicted[positive].mean()) if positive.any() else float("nan")
+    specificity = float((~predicted[~positive]).mean()) if (~positive).any() else float("nan")
+    return sensitivity, specificity

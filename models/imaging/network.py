@@ -8,12 +8,15 @@ the bottleneck side after ``D`` poolings.
   ``base * 2^i``, each followed by 2x2 max pooling, then a bottleneck block of width
   ``E``: ``A [B,E,s,s]``.
 * Decoder (U-Net): per level, 2x2 transposed convolution, concatenation with the
-  encoder's skip features, a block; a ``1x1`` convolution gives the lesion logit per
-  pixel, ``mask_probability [B,1,S,S]``.
+  encoder's skip features, a block (the finest one without its final ReLU, so the head
+  sees signed features); a ``1x1`` convolution gives the lesion logit per pixel,
+  ``mask_probability [B,1,S,S]``.
 * Embedding: global average pooling of ``A``, ``embedding [B,E]``. It is what the
   deterioration model's cross-modal attention takes (``image_embeddings [K,E]``).
-* Classification: ``logit = w · embedding + b``, ``class_probability [B,1]``
-  (abnormality present: a lung tumour on a CT patch, pneumonia on an X-ray).
+* Classification: ``logit = w · embedding + b``, ``class_probability [B,1] =
+  sigmoid(a · logit + c)`` with the Platt calibration ``(a, c)`` (buffer
+  ``calibration``, fitted on held-back X-rays; abnormality present: a lung tumour on a
+  CT patch, pneumonia on an X-ray).
 * CAM (Zhou et al. 2016): ``ReLU(Σ_c w_c A_c)`` upsampled bilinearly to ``S x S`` and
   divided by its maximum per image (zeros when nothing is positive). With a linear head
   on a global average pool, Grad-CAM's channel weights are ``w_c / s²`` (the same for
@@ -64,26 +67,32 @@ def _groups(channels: int) -> int:
 
 
 class _Block(nn.Sequential):
-    """Two ``3x3 conv -> GroupNorm -> ReLU``: ``[B,c_in,h,w] -> [B,c_out,h,w]``."""
+    """Two ``3x3 conv -> GroupNorm -> ReLU``: ``[B,c_in,h,w] -> [B,c_out,h,w]``.
 
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__(
+    With ``final_relu=False`` the last ReLU is left out, so the block's output is signed
+    (used before the segmentation head, see :class:`ImagingNet`).
+    """
+
+    def __init__(self, c_in: int, c_out: int, *, final_relu: bool = True) -> None:
+        layers: list[nn.Module] = [
             nn.Conv2d(c_in, c_out, 3, padding=1),
             nn.GroupNorm(_groups(c_out), c_out),
             nn.ReLU(),
             nn.Conv2d(c_out, c_out, 3, padding=1),
             nn.GroupNorm(_groups(c_out), c_out),
-            nn.ReLU(),
-        )
+        ]
+        if final_relu:
+            layers.append(nn.ReLU())
+        super().__init__(*layers)
 
 
 class _Up(nn.Module):
     """Upsample ``[B,c_in,h,w]`` to ``[B,c_skip,2h,2w]``, concatenate the skip, block."""
 
-    def __init__(self, c_in: int, c_skip: int) -> None:
+    def __init__(self, c_in: int, c_skip: int, *, final_relu: bool = True) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(c_in, c_skip, 2, stride=2)
-        self.block = _Block(2 * c_skip, c_skip)
+        self.block = _Block(2 * c_skip, c_skip, final_relu=final_relu)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         out: Tensor = self.block(torch.cat([self.up(x), skip], dim=1))
@@ -106,9 +115,18 @@ class ImagingNet(nn.Module):
         )
         self.bottleneck = _Block(widths[-1], config.embedding_dim)
         ups = [config.embedding_dim, *widths[::-1]]
-        self.ups = nn.ModuleList(_Up(ups[i], ups[i + 1]) for i in range(config.depth))
+        # The finest decoder block ends without ReLU: a 1x1 head on non-negative features
+        # can only lower the logit below its bias wherever its weights are negative, and a
+        # channel that dies (zero everywhere) can never raise it; that capped the shipped
+        # model at sigmoid(bias) = 0.6534 (issue 17). Signed features remove the ceiling.
+        self.ups = nn.ModuleList(
+            _Up(ups[i], ups[i + 1], final_relu=i < config.depth - 1) for i in range(config.depth)
+        )
         self.segment = nn.Conv2d(widths[0], 1, 1)
         self.classifier = nn.Linear(config.embedding_dim, 1)
+        # Platt calibration of the class logit, fitted after training on held-back X-rays
+        # (identity until then): class_probability = sigmoid(scale * logit + offset).
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
 
     def encode(self, image: Tensor) -> tuple[list[Tensor], Tensor]:
         """Skip features per level (finest first) and bottleneck ``A [B,E,s,s]``."""
@@ -157,9 +175,11 @@ class ImagingNet(nn.Module):
         skips, features = self.encode(image)
         mask_logit = self.decode(skips, features)
         embedding, logit = self.classify(features)
+        calibration: Tensor = self.calibration  # type: ignore[assignment]
+        calibrated = calibration[0] * logit + calibration[1]
         return (
             torch.sigmoid(mask_logit),
-            torch.sigmoid(logit).unsqueeze(1),
+            torch.sigmoid(calibrated).unsqueeze(1),
             embedding,
             self.cam(features),
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ImagingSettings"]
+__all__ = ["ImagingEvalSettings", "ImagingSettings"]
 
 
 class ImagingSettings(BaseSettings):
@@ -56,4 +56,47 @@ class ImagingSettings(BaseSettings):
     target_recall: float = Field(
         0.95, gt=0, le=1, description="Validation lesion recall the threshold must reach."
     )
+    max_false_positives_per_patch: float = Field(
+        0.15,
+        ge=0,
+        description="Validation false-positive components per patch the threshold may allow.",
+    )
+    target_sensitivity: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Sensitivity the pneumonia threshold must reach on the held-back X-rays.",
+    )
+    xray_augment: bool = Field(
+        True,
+        description="Augment training X-rays (small rotation, scale, shift, contrast).",
+    )
+    balance_classes: bool = Field(
+        True, description="Weight the X-ray loss so that both classes weigh equally."
+    )
     threads: int = Field(1, ge=1, le=64, description="torch intra-op threads.")
+
+
+class ImagingEvalSettings(BaseSettings):
+    """Settings of ``vigil train imaging-eval`` (environment prefix ``VIGIL_IMAGING_EVAL_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_IMAGING_EVAL_", frozen=True, extra="forbid")
+
+    cv_dir: Path = Field(
+        Path(".vigil/imaging-cv"),
+        description="Folder of the fold checkpoints imaging_fold<k>.pt.",
+    )
+    folds: int = Field(4, ge=1, le=13, description="Folds 0 .. folds-1 are evaluated.")
+    ct_path: Path = Field(
+        Path("../shared/data/imaging/msd_lung_ct/msd_lung_ct_patches.npz"),
+        description="MSD lung CT patches (images, masks).",
+    )
+    xray_path: Path = Field(
+        Path("../shared/data/imaging/pneumoniamnist/pneumoniamnist.npz"),
+        description="PneumoniaMNIST (train/val images and labels).",
+    )
+    report: Path = Field(
+        Path(".vigil/imaging-cv/report.json"), description="Where the JSON report is written."
+    )
+    resamples: int = Field(2000, ge=10, le=100000, description="Bootstrap resamples.")
+    seed: int = Field(0, ge=0, description="Seed of the bootstrap.")

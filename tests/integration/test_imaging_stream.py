@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,15 @@ from tests.imaging_files import ct_patches, dicom_bytes, npz_bytes, png_bytes, x
 from vigil.stack.settings import StackSettings
 
 ADMIT = datetime(2025, 1, 1, tzinfo=UTC)
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "triton_repo" / "imaging" / "config.pbtxt"
+
+
+def _shipped_mask_threshold() -> float:
+    """The lesion operating point of the model repository Triton serves."""
+    text = SHIPPED_CONFIG.read_text()
+    found = re.search(r'key: "mask_threshold"\s+value: \{ string_value: "([\d.e-]+)" \}', text)
+    assert found is not None
+    return float(found.group(1))
 
 
 def _event(patient: str, minutes: int, suffix: str, **fields: Any) -> bytes:
@@ -170,7 +180,7 @@ def test_studies_become_findings_and_change_the_score(
         assert heatmap.name == f"{finding['finding_id']}.png"
         assert heatmap.read_bytes().startswith(b"\x89PNG")
         assert finding["model"] == "imaging"
-        assert finding["mask_threshold"] == 0.65
+        assert finding["mask_threshold"] == _shipped_mask_threshold()
     assert findings["ct-1"]["image_shape"] == [48, 48]
     assert findings["cr-1"]["image_shape"] == [28, 28]
     # The model's operating point was chosen for lesion recall on held-out patients

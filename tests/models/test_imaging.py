@@ -15,7 +15,14 @@ import torch.nn.functional as F  # noqa: N812
 
 from models.deterioration.network import NetConfig
 from models.imaging.data import patient_ids, split_patients
-from models.imaging.metrics import choose_threshold, lesion_counts, segmentation_scores
+from models.imaging.metrics import (
+    choose_threshold,
+    fit_platt,
+    lesion_counts,
+    segmentation_scores,
+    sensitivity_specificity,
+    threshold_for_sensitivity,
+)
 from models.imaging.network import ImagingConfig, ImagingNet, grad_cam
 from streams.core.imaging_ops import (
     IMAGE_SIZE,
@@ -110,14 +117,59 @@ def test_segmentation_scores_and_lesion_recall():
     assert perfect.dice == perfect.iou == perfect.lesion_recall == 1.0
 
 
-def test_choose_threshold_is_the_highest_reaching_the_target():
+def test_choose_threshold_is_the_middle_of_the_feasible_range():
     reference = np.zeros((1, 8, 8), dtype=bool)
     reference[0, 1, 1] = reference[0, 5, 5] = True
     prob = np.zeros((1, 8, 8), dtype=np.float32)
     prob[0, 1, 1], prob[0, 5, 5] = 0.8, 0.3
-    assert choose_threshold(prob, reference, 1.0) == 0.3
-    assert choose_threshold(prob, reference, 0.5) == 0.8
+    prob[0, 7, 0] = 0.1  # a false-positive component below 0.1 < t
+    grid = [0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 0.9]
+    # Recall 1 up to 0.3; no false positive from 0.2 (0.1 >= 0.1 still predicts it):
+    # the feasible range is [0.2, 0.3], its middle 0.25 -> the higher of the two.
+    assert choose_threshold(prob, reference, 1.0, grid, max_false_positives_per_patch=0) == 0.3
+    # Recall 0.5 up to 0.8: range [0.2, 0.8], middle 0.5.
+    assert choose_threshold(prob, reference, 0.5, grid, max_false_positives_per_patch=0) == 0.5
+    # A budget of one false positive per patch opens the range down to 0.05.
+    assert choose_threshold(prob, reference, 0.5, grid, max_false_positives_per_patch=1) == 0.5
+    assert choose_threshold(prob, reference, 1.0, grid, max_false_positives_per_patch=1) == 0.2
+    # No threshold within the budget reaches the recall: recall wins (highest reaching).
+    prob[0, 6, 6] = 0.95  # a confident false positive at every threshold
+    assert choose_threshold(prob, reference, 1.0, grid, max_false_positives_per_patch=0) == 0.3
+    # Nothing reaches the target: the lowest candidate.
     assert choose_threshold(np.zeros_like(prob), reference, 0.9, [0.2, 0.5]) == 0.2
+
+
+def test_lesion_recall_without_single_pixel_lesions():
+    reference = np.zeros((1, 10, 10), dtype=bool)
+    reference[0, 1, 1] = True  # one pixel, missed
+    reference[0, 5:7, 5:7] = True  # four pixels, found
+    prob = np.zeros((1, 10, 10), dtype=np.float32)
+    prob[0, 5, 5] = 0.9
+    scores = segmentation_scores(prob, reference, 0.5)
+    assert (scores.lesions, scores.lesions_found) == (2, 1)
+    assert (scores.large_lesions, scores.large_lesions_found) == (1, 1)
+    assert scores.large_lesion_recall == 1.0
+    assert lesion_counts(prob[0] > 0.5, reference[0], min_pixels=5) == (0, 0, 0)
+
+
+def test_platt_scaling_recovers_a_known_calibration():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 2, 20000)
+    labels = rng.random(20000) < 1 / (1 + np.exp(-(0.5 * logits - 1.0)))
+    a, c = fit_platt(logits, labels, ridge=0.0)
+    assert a == pytest.approx(0.5, abs=0.03)
+    assert c == pytest.approx(-1.0, abs=0.05)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_platt([0.1, 0.2], [1, 1])
+
+
+def test_threshold_for_sensitivity_and_its_figures():
+    prob = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
+    labels = np.array([1, 1, 0, 1, 1, 0, 0, 0])
+    assert threshold_for_sensitivity(prob, labels, 0.75) == 0.6
+    assert threshold_for_sensitivity(prob, labels, 1.0) == 0.4
+    assert sensitivity_specificity(prob, labels, 0.6) == (0.75, 0.75)
+    assert sensitivity_specificity(prob, labels, 0.4) == (1.0, 0.75)
 
 
 def test_heatmap_png_decodes_to_the_heatmap():

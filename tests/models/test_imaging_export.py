@@ -23,6 +23,7 @@ from models.common.torchscript import PARITY_TOLERANCE
 from models.imaging.export import (
     IMAGING_EXPORT_SOURCES,
     IMAGING_MODEL_NAME,
+    class_threshold_of,
     example_images,
     export_imaging,
     imaging_tensor_specs,
@@ -239,7 +240,10 @@ def test_shipped_artifacts_match_the_exporter():
     net, meta = load_imaging_checkpoint(REPO / "models" / "weights" / "imaging.pt")
     config = ImagingConfig(**meta["config"])
     expected = render_config(
-        config, mask_threshold=float(meta["threshold"]), max_batch_size=card["max_batch_size"]
+        config,
+        mask_threshold=float(meta["threshold"]),
+        class_threshold=class_threshold_of(meta),
+        max_batch_size=card["max_batch_size"],
     )
     assert (SHIPPED / "config.pbtxt").read_text() == expected
     source = (REPO / "models" / "common" / "triton_model.py").read_text()

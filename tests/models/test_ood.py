@@ -36,6 +36,7 @@ from models.ood.export import (
     render_config,
 )
 from models.ood.inputs import InputChannel, bucket_arrays, fit_buckets
+from models.ood.rebind import rebind_ood
 from models.ood.settings import OODSettings
 from models.ood.shifts import MONITOR_CODES, SHIFTS, apply_shift
 from models.ood.windows import ChannelScorer, window_features
@@ -469,3 +470,29 @@ def test_export_ood_missing_checkpoint_fails_cleanly(tmp_path: Path):
     )
     assert result.exit_code == 1
     assert "cannot load" in result.output
+
+
+def test_rebind_accepts_a_branch_only_change_and_refuses_any_other(
+    tiny_run: TrainResult, ood_run: Path, tmp_path: Path
+):
+    ood = tmp_path / "ood.pt"
+    ood.write_bytes(ood_run.read_bytes())
+    payload = torch.load(tiny_run.checkpoint, weights_only=True)
+    payload["state_dict"]["members.0.image_out.weight"] += 1.0  # the image branch only
+    branch_only = tmp_path / "branch.pt"
+    torch.save(payload, branch_only)
+    with pytest.raises(ModelError, match="another checkpoint"):
+        build_detector(branch_only, ood)
+    assert (
+        rebind_ood(tiny_run.checkpoint, branch_only, ood)
+        == hashlib.sha256(branch_only.read_bytes()).hexdigest()
+    )
+    build_detector(branch_only, ood)
+    key = next(k for k in payload["state_dict"] if k.endswith("head.weight"))
+    payload["state_dict"][key] += 1.0  # an image-free parameter
+    other = tmp_path / "other.pt"
+    torch.save(payload, other)
+    with pytest.raises(ModelError, match="image-free networks differ"):
+        rebind_ood(branch_only, other, ood)
+    with pytest.raises(ModelError, match="not fitted on"):
+        rebind_ood(tiny_run.checkpoint, other, ood)
