@@ -198,8 +198,8 @@ def fit_platt(
 ) -> tuple[float, float]:
     """Platt scaling: ``(a, c)`` maximising the likelihood of ``sigmoid(a z + c)``.
 
-    Newton's method on the mean log-loss with a small ridge on ``a`` and ``c``
-    (deterministic, pure numpy).
+    Damped Newton's method (step halved until the loss does not rise) on the mean
+    log-loss with a small ridge on ``a`` and ``c`` (deterministic, pure numpy).
 
     Raises:
         ValueError: Empty input, mismatched shapes or a single class.
@@ -211,14 +211,26 @@ def fit_platt(
     if y.min() == y.max():
         raise ValueError("Platt scaling needs both classes")
     design = np.stack([z, np.ones_like(z)], axis=1)
+
+    def loss(t: npt.NDArray[np.float64]) -> float:
+        margin = design @ t
+        # log(1 + e^m) - y m, computed without overflow.
+        value = np.mean(np.logaddexp(0.0, margin) - y * margin)
+        return float(value + 0.5 * ridge * float(t @ t))
+
     theta = np.array([1.0, 0.0])
+    current = loss(theta)
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        p = 0.5 * (1.0 + np.tanh(0.5 * (design @ theta)))  # sigmoid without overflow
         gradient = design.T @ (p - y) / z.size + ridge * theta
         hessian = (design.T * (p * (1 - p))) @ design / z.size + ridge * np.eye(2)
-        step = np.linalg.solve(hessian, gradient)
-        theta = theta - step
-        if np.abs(step).max() < 1e-10:
+        step = np.linalg.solve(hessian + 1e-12 * np.eye(2), gradient)
+        scale = 1.0
+        while scale > 1e-8 and loss(theta - scale * step) > current:
+            scale *= 0.5  # damped Newton: never increase the loss (near-separable data)
+        theta = theta - scale * step
+        previous, current = current, loss(theta)
+        if abs(previous - current) < 1e-12 or np.abs(scale * step).max() < 1e-10:
             break
     return float(theta[0]), float(theta[1])
 

@@ -34,6 +34,7 @@ from models.imaging.network import ImagingConfig
 from models.imaging.settings import ImagingSettings
 from models.imaging.train import ImagingTrainResult, train_imaging
 from tests.models.test_export import _config_json, _Error, _fake_pb_utils, _Tensor, parse_pbtxt
+from vigil.errors import ModelError
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning")
 
@@ -269,3 +270,35 @@ def test_cli_rejects_bad_arguments(tmp_path: Path):
     assert "cannot load imaging checkpoint" in missing.output
     kind = CliRunner().invoke(export_app, ["imaging", "--instance-kind", "KIND_TPU"])
     assert kind.exit_code == 2
+
+
+def test_cross_validation_report_counts_and_intervals(
+    tiny_imaging: ImagingTrainResult, tmp_path: Path
+):
+    from models.imaging.evaluate import evaluate_imaging
+    from models.imaging.settings import ImagingEvalSettings
+
+    meta = torch.load(tiny_imaging.checkpoint, weights_only=True)["meta"]
+    (tmp_path / "imaging_fold0.pt").write_bytes(tiny_imaging.checkpoint.read_bytes())
+    settings = ImagingEvalSettings(
+        cv_dir=tmp_path,
+        folds=1,
+        ct_path=Path(meta["settings"]["ct_path"]),
+        xray_path=Path(meta["settings"]["xray_path"]),
+        report=tmp_path / "report.json",
+        resamples=50,
+    )
+    report = evaluate_imaging(settings)
+    assert json.loads(settings.report.read_text()) == report
+    op = report["ct"]["operating_point"]
+    test = meta["metrics"]["test"]["operating_point"]
+    # Pooled counts over the fold's test patients equal the training run's own report.
+    assert op["lesions"] == test["lesions"]
+    assert op["found"] == test["lesions_found"]
+    assert op["false_positives"] == test["false_positive_components"]
+    assert op["dice"] == pytest.approx(test["dice"], abs=1e-4)
+    low, high = op["dice_ci95"]
+    assert low <= high
+    assert report["folds"][0]["official_val"]["n"] == meta["metrics"]["pneumonia"]["official_val_n"]
+    with pytest.raises(ModelError, match="missing cross-validation"):
+        evaluate_imaging(settings.model_copy(update={"folds": 2}))
