@@ -76,7 +76,8 @@ def _peaks(
     probability: npt.NDArray[np.float32],
 ) -> npt.NDArray[np.float32]:
     has = patches[1].reshape(patches[1].shape[0], -1).any(1)
-    return probability[has].reshape(int(has.sum()), -1).max(1)
+    peaks: npt.NDArray[np.float32] = probability[has].reshape(int(has.sum()), -1).max(1)
+    return peaks
 
 
 def test_no_ceiling_on_the_lesion_probability(
