@@ -40,6 +40,7 @@ from bench.common import DEMO, ROOT, load_average, machine, write_result
 from models.deterioration.step_export import MODEL_NAME, tensor_specs
 from models.deterioration.step_network import StepEnsemble, StepModule
 from models.deterioration.step_train import load_step_checkpoint
+from streams.core.last_seen import stay_hours_since_seen
 from streams.core.step_features import BINS_PER_REQUEST, bin_inputs, pack_bins, stay_bins
 from streams.datasets.physionet2012 import load_stays
 from vigil.stack import provision
@@ -103,6 +104,7 @@ def request_arrays(net: StepEnsemble, rows: int = ROWS) -> dict[str, npt.NDArray
         "image_embeddings": np.zeros((rows, config.max_images, config.image_dim), np.float32),
         "image_age_hours": np.zeros((rows, config.max_images), np.float32),
         "image_mask": np.zeros((rows, config.max_images), np.float32),
+        "hours_since_seen": np.stack([stay_hours_since_seen(a, [24 * 60 + 30])[0] for a in arrays]),
     }
 
 
@@ -112,7 +114,7 @@ def model_cost(net: StepEnsemble, arrays: dict[str, npt.NDArray[np.float32]]) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.freeze(torch.jit.script(StepModule(net).eval()))
-    names = list(arrays)
+    names = [name for name in arrays if name != "hours_since_seen"]  # the OOD head's only
     out: dict[str, Any] = {}
     for rows in (16, 256):
         tensors = [torch.from_numpy(arrays[name][:rows].copy()) for name in names]

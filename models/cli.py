@@ -1,5 +1,6 @@
-"""Command-line entry points: ``vigil train deterioration|image-branch|ood|imaging`` and
-``vigil export deterioration|ood|imaging``.
+"""Command-line entry points: ``vigil train
+deterioration|deterioration-step|step-ood|image-branch|ood|imaging`` and ``vigil export
+deterioration|deterioration-step|ood|imaging``.
 
 The lead mounts :data:`train_app` and :data:`export_app` under the ``vigil`` command. A
 training command's options are built from its settings class
@@ -20,8 +21,10 @@ import typer
 from models.common.settings_cli import fail, settings_command
 from models.deterioration.image_branch_settings import ImageBranchSettings
 from models.deterioration.settings import TrainSettings
+from models.deterioration.step_settings import StepTrainSettings
 from models.imaging.settings import ImagingSettings
 from models.ood.settings import OODSettings
+from models.ood.step_settings import StepOODSettings
 from vigil.errors import VigilError
 
 if TYPE_CHECKING:
@@ -60,6 +63,33 @@ def _train_deterioration(settings: TrainSettings) -> str:
         f"checkpoint {result.checkpoint} (epochs {list(result.best_epochs)}, "
         f"{result.train_seconds:.0f} s); test AUROC 24 h {test['24h']['auroc']:.3f}, "
         f"48 h {test['48h']['auroc']:.3f}"
+    )
+
+
+def _train_deterioration_step(settings: StepTrainSettings) -> str:
+    from models.deterioration.step_train import train_step
+
+    result = train_step(settings)
+    test = result.metrics["test"]
+    return (
+        f"checkpoint {result.checkpoint} ({result.train_seconds:.0f} s); test AUROC 24 h "
+        f"{test['24h']['step']['auroc']:.3f}, 48 h {test['48h']['step']['auroc']:.3f}; next: "
+        "vigil train step-ood, then vigil export deterioration-step"
+    )
+
+
+def _train_step_ood(settings: StepOODSettings) -> str:
+    from models.ood.step_train import fit_step_ood
+
+    meta = fit_step_ood(settings)
+    m = meta["metrics"]
+    aurocs = ", ".join(
+        f"{name} {entry['combined']['auroc']:.3f}" for name, entry in m["shifts"].items()
+    )
+    return (
+        f"step OOD fit {settings.output} ({meta['seconds']:.0f} s); test flag rate "
+        f"{m['test']['combined']['flagged_fraction']:.4f}; OOD AUROC (combined, synthetic "
+        f"shifts): {aurocs}"
     )
 
 
@@ -114,6 +144,21 @@ settings_command(
     TrainSettings,
     _train_deterioration,
     help_text="Train the deterioration model on PhysioNet 2012 set A and write a checkpoint.",
+)
+settings_command(
+    train_app,
+    "deterioration-step",
+    StepTrainSettings,
+    _train_deterioration_step,
+    help_text="Train the step (incremental) deterioration model over whole stays "
+    "(docs/deterioration.md, 'Step model').",
+)
+settings_command(
+    train_app,
+    "step-ood",
+    StepOODSettings,
+    _train_step_ood,
+    help_text="Fit the step model's own OOD verdict on its checkpoint (docs/ood.md).",
 )
 settings_command(
     train_app,
@@ -192,6 +237,39 @@ def export_deterioration(
             max_batch_size=max_batch_size,
             explain_max_batch_size=explain_max_batch_size,
             instance_kind=kind,
+        )
+
+    _report(run)
+
+
+@export_app.command("deterioration-step")
+def export_deterioration_step(
+    checkpoint: Annotated[Path, typer.Option(help="Step checkpoint from training.")] = Path(
+        "models/weights/deterioration_step.pt"
+    ),
+    ood_fit: Annotated[Path, typer.Option(help="OOD fit of that checkpoint.")] = Path(
+        "models/weights/deterioration_step_ood.pt"
+    ),
+    repo_dir: RepoDir = Path("triton_repo"),
+    version: Version = 1,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Triton max_batch_size of deterioration_step.", min=1)
+    ] = 1024,
+    instance_kind: Kind = "KIND_CPU",
+) -> None:
+    """Export the step model to triton_repo/deterioration_step{,_explain}/<version>/."""
+    kind = _instance_kind(instance_kind)
+
+    def run() -> ExportResult:
+        from models.deterioration.step_export import export_step
+
+        return export_step(
+            checkpoint,
+            repo_dir,
+            version=version,
+            max_batch_size=max_batch_size,
+            instance_kind=kind,
+            ood_fit=ood_fit,
         )
 
     _report(run)

@@ -115,15 +115,24 @@ class WorkerSettings(BaseSettings):
         description="Sent as 'authorization: Bearer <token>' on every Triton request "
         "(for a gateway in front of Triton; Triton itself does not check it).",
     )
-    triton_model: str = Field(default="deterioration", description="Scoring model.")
+    triton_model: str = Field(
+        default="deterioration",
+        description="Window scoring model: scores when no step model is set, and until the "
+        "step model's version is read from Triton.",
+    )
     triton_step_model: str | None = Field(
-        default=None,
-        description="Step (incremental) deterioration model, e.g. deterioration_step: when "
-        "set, each score advances the patient's stored model state through the hour bins "
-        "that closed since its last score instead of re-reading the whole window "
-        "(docs/worker.md, 'Step scoring'); its risk replaces the window model's. Off by "
-        "default: the alert operating point and the OOD detector were fitted on the "
-        "window model.",
+        default="deterioration_step",
+        description="Step (incremental) deterioration model: each score advances the "
+        "patient's stored model state through the hour bins that closed since its last "
+        "score instead of re-reading the whole window, and the same call gives the OOD "
+        "verdict (docs/worker.md, 'Step scoring'). Empty: score with the window model "
+        "(then set VIGIL_ALERT_ARM_SCORES=2 and VIGIL_ALERT_ARM_HOURS=1, its operating "
+        "point, docs/alerting.md).",
+    )
+    triton_step_explain_model: str | None = Field(
+        default="deterioration_step_explain",
+        description="Explains alerts of step-model scores (occlusion of the step model over "
+        "the window); empty: they are explained by the window model's explain model.",
     )
     triton_ood_model: str | None = Field(
         default="ood",
@@ -245,9 +254,11 @@ class WorkerSettings(BaseSettings):
     # Operating point fitted on the validation split (docs/alerting.md).
     alert_arm_risk: float = Field(default=0.2, gt=0, lt=1)
     alert_disarm_risk: float = Field(default=0.1, gt=0, lt=1)
-    alert_arm_scores: int = Field(default=2, ge=1, description="Scores at/above arm to open.")
+    # Arming persistence: the step model's point (3 scores over 2 h); the window model's
+    # is 2 scores over 1 h (docs/alerting.md, "Operating point of the step model").
+    alert_arm_scores: int = Field(default=3, ge=1, description="Scores at/above arm to open.")
     alert_arm_hours: float = Field(
-        default=1.0, ge=0, description="Event time the arming run lasts."
+        default=2.0, ge=0, description="Event time the arming run lasts."
     )
     alert_disarm_scores: int = Field(
         default=2, ge=1, description="Scores at/below disarm to resolve."

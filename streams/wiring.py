@@ -170,6 +170,13 @@ def create_worker(
         if settings.triton_step_model
         else None
     )
+    step_explainer = (
+        triton(
+            settings.triton_step_explain_model, timeout_seconds=max(timeout, 5.0), batch_max_size=8
+        )
+        if settings.triton_step_model and settings.triton_step_explain_model
+        else None
+    )
     ood_scorer = (
         triton(
             settings.triton_ood_model,
@@ -213,6 +220,7 @@ def create_worker(
             scorer=scorer,
             stepper=stepper,
             explainer=explainer,
+            step_explainer=step_explainer,
             ood_scorer=ood_scorer,
             imager=imager,
             images=images,

@@ -52,6 +52,7 @@ from models.common.provenance import code_version
 from models.common.torchscript import script, scripted_bytes
 from models.common.triton_config import SCORING_INSTANCE_COUNT, InstanceKind, TensorSpec
 from models.deterioration.network import NetConfig
+from models.deterioration.step_explain import served_step_explain
 from models.deterioration.step_network import StepEnsemble
 from models.deterioration.step_train import STEP_TRAINING_SOURCES, load_step_checkpoint
 from models.ood.step import OOD_OUTPUT_NAMES, StepOODModule
@@ -92,6 +93,7 @@ STEP_EXPORT_SOURCES: Final[tuple[str, ...]] = (
     *STEP_TRAINING_SOURCES,
     *(s for s in STEP_OOD_SOURCES if s not in STEP_TRAINING_SOURCES),
     "models/deterioration/step_export.py",
+    "models/deterioration/step_explain.py",
     *COMMON_EXPORT_SOURCES,
 )
 
@@ -116,6 +118,7 @@ def tensor_specs(
         TensorSpec("image_embeddings", fp32, (k, e)),
         TensorSpec("image_age_hours", fp32, (k,)),
         TensorSpec("image_mask", fp32, (k,)),
+        TensorSpec("hours_since_seen", fp32, (p,)),
     )
     outputs = (
         TensorSpec("risk", fp32, (1,)),
@@ -184,8 +187,10 @@ def script_step(net: StepEnsemble, ood_fit: Mapping[str, npt.ArrayLike]) -> torc
 def example_step_inputs(
     net: StepEnsemble, *, batch: int = 6, images: bool = True, seed: int = 0
 ) -> tuple[torch.Tensor, ...]:
-    """Plausible random inputs in forward order: a state reached by real steps from
-    zeros, 0-8 valid bins per row, commits from 0 to all, and (optionally) images."""
+    """Plausible random inputs in the served module's order: a state reached by real steps
+    from zeros, 0-8 valid bins per row, commits from 0 to all, (optionally) images, and
+    the hours since each parameter was last seen (the OOD head's; the ensemble's
+    ``forward`` takes all but that last one)."""
     gen = torch.Generator().manual_seed(seed)
     config, length, p = net.config, BINS_PER_REQUEST, net.config.n_series
 
@@ -221,7 +226,23 @@ def example_step_inputs(
     image_mask = torch.zeros(batch, config.max_images)
     if images:
         image_mask[1:, : max(1, config.max_images // 2)] = 1.0
-    return (state, *bins(), valid, commit, statics, static_mask, embeddings, ages, image_mask)
+    since = torch.where(
+        torch.rand(batch, p, generator=gen) < 0.1,
+        torch.full((batch, p), 48.0),
+        torch.rand(batch, p, generator=gen) * 30.0,
+    )
+    return (
+        state,
+        *bins(),
+        valid,
+        commit,
+        statics,
+        static_mask,
+        embeddings,
+        ages,
+        image_mask,
+        since,
+    )
 
 
 def _parity(
@@ -235,7 +256,7 @@ def _parity(
     for images in (False, True):
         inputs = example_step_inputs(net, images=images)
         with torch.no_grad():
-            expected = net(*inputs)
+            expected = net(*inputs[:-1])
             eager = eager_ood(*inputs)
             served = reloaded(*inputs)
         for a, b in zip(expected, served[:3], strict=True):
@@ -432,10 +453,17 @@ def export_step(
             "split_equals_checkpoint": ood_meta["split"] == meta["split"],
         },
     }
+    explain = served_step_explain(net, instance_kind=instance_kind)
+    card["explain_model"] = {
+        **explain.card_entry(),
+        "method": "occlusion of each parameter over the window from an empty state "
+        "(models/deterioration/step_explain.py); equals the served risk for stays admitted "
+        "within the window, the last 48 h only for longer stays",
+    }
     return export_family(
         repo_dir,
         version,
-        [served],
+        [served, explain],
         card_dir=MODEL_NAME,
         card=card,
         markdown=_model_card_markdown(card),
@@ -451,9 +479,9 @@ def main() -> None:
         Path(sys.argv[1]) if len(sys.argv) > 1 else Path("models/weights/deterioration_step.pt")
     )
     result = export_step(checkpoint)
+    written = ", ".join(str(p) for p in (*result.configs.values(), *result.models.values()))
     sys.stdout.write(
-        f"wrote {result.config}, {result.model}; parity {result.max_abs_diff:.3g}, "
-        f"OOD {result.ood_max_rel_diff:.3g}\n"
+        f"wrote {written}; parity {result.max_abs_diff:.3g}, OOD {result.ood_max_rel_diff:.3g}\n"
     )
 
 

@@ -9,12 +9,14 @@ buckets, ``C`` classes, ``D`` feature width.
 * **Representation channel**: every member's fused vector after the last valid bin,
   concatenated (``[B, M·F]``, as the window detector concatenates its members); class
   Gaussians (class = in-hospital death) with a tied covariance.
-* **Input channel** (:func:`step_input_features`, ``D = 6P + 2S``): from the running
+* **Input channel** (:func:`step_input_features`, ``D = 7P + 2S``): from the running
   statistics after the last valid bin (the ones the risk was computed from, O(1) from the
   state): per parameter last, mean, min, max (standardised scale, 0 before the first
-  observation), observed-any and ``log1p(count)``, then the raw statics and their mask.
-  The window detector's hours-since-last-seen and longest identical run are not in the
-  state, so they are not here. One Gaussian per bucket of **steps observed**
+  observation), observed-any and ``log1p(count)``; then the **hours since each parameter
+  was last seen** at the scoring time (:mod:`streams.core.last_seen`, an input of the
+  call: the state has no clock, and without it monitor dropout went unseen); then the raw
+  statics and their mask. The window detector's longest identical run is not in the
+  state, so it is not here. One Gaussian per bucket of **steps observed**
   (:func:`steps_observed`: the largest per-parameter count of bins with an observation,
   the state's stand-in for the window detector's hours observed), bucket edges
   :data:`models.ood.inputs.HOUR_BUCKET_EDGES`, one threshold per bucket.
@@ -55,18 +57,24 @@ representation_ood, input_ood."""
 FloatArray = npt.NDArray[np.float64]
 
 
-def step_input_features(stats: Tensor, statics: Tensor, static_mask: Tensor) -> Tensor:
-    """``[B, 6P+2S]`` input-channel features from running statistics.
+def step_input_features(
+    stats: Tensor, hours_since_seen: Tensor, statics: Tensor, static_mask: Tensor
+) -> Tensor:
+    """``[B, 7P+2S]`` input-channel features from running statistics and the clock.
 
     Args:
         stats: ``[B,5,P]`` count, sum, min, max, last (standardised values).
+        hours_since_seen: ``[B,P]`` hours since each parameter was last seen (capped).
         statics: ``[B,S]`` raw statics.
         static_mask: ``[B,S]`` static mask.
     """
     count, total, vmin, vmax, last = stats.unbind(1)
     mean = total / torch.clamp(count, min=1.0)
     seen = (count > 0.5).to(stats.dtype)
-    return torch.cat([last, mean, vmin, vmax, seen, torch.log1p(count), statics, static_mask], 1)
+    return torch.cat(
+        [last, mean, vmin, vmax, seen, torch.log1p(count), hours_since_seen, statics, static_mask],
+        1,
+    )
 
 
 def steps_observed(stats: Tensor) -> Tensor:
@@ -78,8 +86,9 @@ def steps_observed(stats: Tensor) -> Tensor:
 class StepOODModule(nn.Module):
     """The served ``deterioration_step``: the step and its two-channel OOD verdict.
 
-    ``forward`` takes :class:`~models.deterioration.step_network.StepModule`'s eleven inputs and
-    returns ``risk [B,1]``, ``state_out [B,D]``, ``fused [B,F]`` (computed by the same code, so
+    ``forward`` takes :class:`~models.deterioration.step_network.StepModule`'s eleven inputs,
+    then ``hours_since_seen [B,P]`` (:mod:`streams.core.last_seen`; read by the OOD head only),
+    and returns ``risk [B,1]``, ``state_out [B,D]``, ``fused [B,F]`` (computed by the same code, so
     bit-identical), then ``[B,1]`` each: ``distance`` (float32), ``ood`` (bool),
     ``representation_distance``, ``input_distance``, ``input_threshold`` (of the row's
     step bucket), ``representation_ood``, ``input_ood`` (bool).
@@ -139,6 +148,7 @@ class StepOODModule(nn.Module):
         image_embeddings: Tensor,
         image_age_hours: Tensor,
         image_mask: Tensor,
+        hours_since_seen: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The step's three outputs, then the OOD outputs (see the class)."""
         risk, state_out, fused_all, stats = self.step_module.step(
@@ -159,9 +169,8 @@ class StepOODModule(nn.Module):
         white = rep_x @ self.rep_whitening.t()
         diff = white.unsqueeze(1) - self.rep_white_means.unsqueeze(0)  # [B,C,MF]
         rep = torch.sqrt((diff * diff).sum(-1).min(dim=1).values).unsqueeze(1)
-        x = (step_input_features(stats, statics, static_mask) - self.input_centre) / (
-            self.input_scale
-        )
+        features = step_input_features(stats, hours_since_seen, statics, static_mask)
+        x = (features - self.input_centre) / self.input_scale
         bucket = torch.clamp(
             torch.bucketize(steps_observed(stats), self.input_edges, right=False),
             max=self.input_edges.shape[0] - 1,
@@ -202,7 +211,7 @@ def reference_scores(
     Args:
         arrays: The fit, as :class:`StepOODModule` takes it.
         representation: ``[N, M·F]`` concatenated fused vectors.
-        inputs: ``[N, 6P+2S]`` :func:`step_input_features`.
+        inputs: ``[N, 7P+2S]`` :func:`step_input_features`.
         steps: ``[N]`` :func:`steps_observed`.
 
     Returns:

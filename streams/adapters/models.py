@@ -42,6 +42,8 @@ class ModelCalls:
     Args:
         scorer: The deterioration model.
         explainer: The explaining variant (per-parameter contributions).
+        step_explainer: The step model's explaining model, for alerts of step-scored
+            snapshots (None: those are explained by ``explainer``).
         ood_scorer: The out-of-distribution detector, or None when switched off.
         imager: The imaging model, or None when switched off.
         images: Where studies' pixels are fetched.
@@ -55,6 +57,7 @@ class ModelCalls:
         scorer: TritonScorer,
         stepper: TritonScorer | None = None,
         explainer: TritonScorer,
+        step_explainer: TritonScorer | None = None,
         ood_scorer: TritonScorer | None,
         imager: TritonScorer | None,
         images: ImageSource,
@@ -64,6 +67,7 @@ class ModelCalls:
         self.scorer = scorer
         self.stepper = stepper
         self.explainer = explainer
+        self.step_explainer = step_explainer
         self.ood_scorer = ood_scorer
         self.imager = imager
         self.images = images
@@ -72,7 +76,7 @@ class ModelCalls:
 
     def scorers(self) -> list[TritonScorer]:
         """Every configured model client (to start and close them)."""
-        optional = [self.stepper, self.ood_scorer, self.imager]
+        optional = [self.stepper, self.step_explainer, self.ood_scorer, self.imager]
         return [self.scorer, self.explainer, *(s for s in optional if s is not None)]
 
     async def score_all(
@@ -253,6 +257,8 @@ class ModelCalls:
             "static_mask": static_mask,
             **stepper.image_arrays(_image_inputs(snapshot)),
         }
+        if stepper.takes("hours_since_seen"):  # the OOD head's clock (docs/ood.md)
+            arrays["hours_since_seen"] = _step_of(snapshot).hours_since_seen
         output = await stepper.infer(arrays)
         committed = np.asarray(output.extra["state_out"], dtype="<f4").reshape(-1)
         return output, committed.tobytes()
@@ -310,9 +316,17 @@ class ModelCalls:
         failed: the alert is then explained by NEWS2)."""
         return list(await asyncio.gather(*(self._explain(s) for s in snapshots)))
 
+    def explainer_for(self, snapshot: Snapshot) -> TritonScorer:
+        """The model that explains ``snapshot``'s alerts: the step model's explainer for
+        a score from the step model (when configured), else the window model's."""
+        if snapshot.step is not None and self.step_explainer is not None:
+            return self.step_explainer
+        return self.explainer
+
     async def _explain(self, snapshot: Snapshot) -> Any:
         try:
-            output = await self.explainer.score(snapshot.window, _image_inputs(snapshot))
+            explainer = self.explainer_for(snapshot)
+            output = await explainer.score(snapshot.window, _image_inputs(snapshot))
         except InferenceError as exc:
             log.warning("explanation unavailable, alert explained by NEWS2: %s", exc)
             return None

@@ -23,7 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from streams.core.features import DEFAULT_STEP
+from streams.core.last_seen import hours_since_seen_on_ticks
 from streams.core.step_features import StepBin, bin_on_ticks
 
 __all__ = ["ModelState", "StepRequest", "bin_from_series", "step_request"]
@@ -64,6 +68,9 @@ class StepRequest:
             observed in it yet (the risk is then that of the committed state).
         open_index: The bin holding the scoring time.
         admit_ms: Admission time the bins are aligned to.
+        hours_since_seen: ``[P]`` hours from the scoring time back to each parameter's
+            last observation (:mod:`streams.core.last_seen`; the model's OOD head reads
+            it, the state having no clock).
     """
 
     base: ModelState | None
@@ -71,6 +78,7 @@ class StepRequest:
     open: StepBin | None
     open_index: int
     admit_ms: int
+    hours_since_seen: npt.NDArray[np.float32]
 
 
 def step_request(
@@ -105,7 +113,8 @@ def step_request(
         if step is not None:
             closed.append(step)
     current = bin_from_series(series, admit_ms=admit_ms, index=open_index, end_ms=at_ms)
-    return StepRequest(base, tuple(closed), current, open_index, admit_ms)
+    since = hours_since_seen_on_ticks(series, admit=admit_ms, at=at_ms, ticks_per_hour=_MS_PER_HOUR)
+    return StepRequest(base, tuple(closed), current, open_index, admit_ms, since)
 
 
 def bin_from_series(

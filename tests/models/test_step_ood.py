@@ -19,7 +19,8 @@ from models.deterioration.step_export import BLOCK_ROWS, MODEL_NAME, OOD_FIT, te
 from models.deterioration.step_train import load_step_checkpoint
 from models.ood.shifts import apply_shift
 from models.ood.step import OOD_OUTPUT_NAMES, reference_scores
-from models.ood.step_train import load_fit, ood_features, prepare_minutes
+from models.ood.step_train import hours_since_seen_at, load_fit, ood_features, prepare_minutes
+from streams.core.last_seen import hours_since_seen_on_ticks
 from streams.core.step_features import bin_inputs, pack_bins
 from streams.datasets.physionet2012 import Stay, load_stays
 
@@ -84,6 +85,7 @@ def _serve_hourly(setup: dict[str, Any], stays: list[Stay]) -> dict[str, npt.NDA
             "image_embeddings": np.zeros((n, config.max_images, config.image_dim), np.float32),
             "image_age_hours": np.zeros((n, config.max_images), np.float32),
             "image_mask": np.zeros((n, config.max_images), np.float32),
+            "hours_since_seen": np.stack([_since(obs, hour) for obs in observations]),
         }
         assert runner.check(request) == n
         result = runner.run(request)
@@ -93,11 +95,26 @@ def _serve_hourly(setup: dict[str, Any], stays: list[Stay]) -> dict[str, npt.NDA
     return {name: np.stack(v) for name, v in out.items()}
 
 
+def _since(observations: Any, hour: int) -> npt.NDArray[np.float32]:
+    """``hours_since_seen`` the worker's way: its epoch-ms series at the scoring time."""
+
+    def ms(moment: datetime) -> int:
+        return int(moment.timestamp() * 1000)
+
+    series = {code: [(ms(t), v) for t, v in points] for code, points in observations.items()}
+    return hours_since_seen_on_ticks(
+        series, admit=ms(ADMIT), at=ms(ADMIT + timedelta(hours=hour)), ticks_per_hour=3.6e6
+    )
+
+
 def _reference(setup: dict[str, Any], stays: list[Stay]) -> dict[str, npt.NDArray[Any]]:
     """The float64 reference ``[H+1, N]`` from the full-sequence path of the checkpoint."""
     net = setup["net"]
-    inputs = prepare_minutes([s.arrays(ADMIT) for s in stays], net, range(0, HOURS * 60 + 1, 60))
-    w = ood_features(net, inputs)
+    arrays = [s.arrays(ADMIT) for s in stays]
+    minutes = range(0, HOURS * 60 + 1, 60)
+    w = ood_features(
+        net, prepare_minutes(arrays, net, minutes), hours_since_seen_at(arrays, minutes)
+    )
     ref = reference_scores(setup["fit"], w.representation, w.inputs, w.steps)
     return {k: v.reshape(HOURS + 1, len(stays)) for k, v in ref.items()}
 

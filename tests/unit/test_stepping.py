@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from streams.core.events import TopicKind
+from streams.core.features import DELTA_CAP_HOURS, StayArrays
+from streams.core.last_seen import stay_hours_since_seen
 from streams.core.pipeline import Processor, ProcessorConfig
 from streams.core.state import Origin, PatientState, from_ms
 from streams.core.step_features import bin_inputs
@@ -96,3 +98,26 @@ def test_a_request_starts_after_the_stored_bin_and_drops_a_stale_state() -> None
         model="m/1",
     )
     assert moved.base is None  # another admission time: the bins moved
+
+
+def test_hours_since_seen_from_the_state_equal_the_training_path_on_real_stays() -> None:
+    """The OOD head's clock (streams/core/last_seen.py): the worker's epoch-ms series at a
+    scoring time against the packed stay the fit reads, at every 20 minutes to 60 h (past
+    the 48-hour cap, and inside bins)."""
+    minutes = list(range(0, 60 * 60 + 1, 20))
+    compared = 0
+    for state in _states(8).values():
+        assert state.admit_ms is not None
+        admit = from_ms(state.admit_ms)
+        stay = StayArrays.from_observations(state.observations(), {}, admit_time=admit)
+        want = stay_hours_since_seen(stay, minutes)
+        for row, minute in zip(want, minutes, strict=True):
+            at_ms = state.admit_ms + minute * 60_000
+            request = step_request(
+                state.series, admit_ms=state.admit_ms, at_ms=at_ms, stored=None, model=None
+            )
+            np.testing.assert_array_equal(request.hours_since_seen, row)
+            compared += 1
+        assert float(want.min()) < 1.0  # recently observed at some scoring time
+        assert float(want.max()) == DELTA_CAP_HOURS  # and unseen, or too long ago
+    assert compared == 8 * len(minutes)
