@@ -102,6 +102,7 @@ class Console:
     lockout: Lockout
     oidc: OidcClient | None = None
     feed: Feed | None = None
+    producer_factory: Callable[[], AIOKafkaProducer] | None = None
     producer: AIOKafkaProducer | None = None
     kafka_options: dict[str, Any] = field(default_factory=dict)
 
@@ -159,8 +160,10 @@ def build_app(console: Console) -> Starlette:
             if user is None or (console.users.get(user.name) is None and not _oidc_user(request)):
                 if request.url.path.startswith("/patients/") and request.url.path.endswith(".png"):
                     return PlainTextResponse("sign in first", status_code=401)
-                target = quote(request.url.path, safe="/")
-                return RedirectResponse(f"/login?next={target}", status_code=303)
+                # Where to go after sign-in stays in the session: the login page never
+                # echoes a patient's id.
+                request.session["next"] = request.url.path
+                return RedirectResponse("/login", status_code=303)
             return await handler(request)
 
         return wrapped
@@ -216,11 +219,11 @@ def build_app(console: Console) -> Starlette:
                 error="Wrong user name or password.",
             )
         console.lockout.succeed(*keys)
+        target = request.session.get("next")
         sign_in(request, user, "local")
         console.metrics.sign_ins.labels("local", "ok").inc()
         console.audit.record("sign_in", user=user.name, outcome="ok", method="local", client=client)
-        target = str(request.query_params.get("next", "/"))
-        if not target.startswith("/") or target.startswith("//"):
+        if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
             target = "/"
         return RedirectResponse(target, status_code=303)
 
@@ -462,7 +465,8 @@ def build_app(console: Console) -> Starlette:
         tasks = []
         if console.feed is not None:
             tasks.append(asyncio.create_task(console.feed.run(), name="vigil-console-feed"))
-        if console.producer is not None:
+        if console.producer_factory is not None:
+            console.producer = console.producer_factory()
             await console.producer.start()
         try:
             yield

@@ -23,6 +23,8 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError as KafkaPythonError
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
@@ -174,22 +176,34 @@ class Feed:
                 await consumer.start()
                 ends = await self._position(consumer)
                 await self._follow(consumer, ends)
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except (KafkaError, KafkaPythonError, OSError, TimeoutError) as exc:
                 _log.warning("console feed: %s; retrying", exc)
                 await asyncio.sleep(2.0)
             finally:
                 await consumer.stop()
 
+    def _partitions(self) -> dict[str, set[int]]:
+        # aiokafka keeps metadata of subscribed topics only; kafka-python answers for any.
+        probe = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id="vigil-console-metadata",
+            **self.kafka_options,
+        )
+        try:
+            found = {topic: probe.partitions_for_topic(topic) for topic in self._topics}
+        finally:
+            probe.close()
+        return {topic: numbers for topic, numbers in found.items() if numbers}
+
     async def _position(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
-        existing = await consumer.topics()
-        missing = sorted(set(self._topics) - set(existing))
+        found_partitions = await asyncio.to_thread(self._partitions)
+        missing = sorted(set(self._topics) - set(found_partitions))
         if missing:
             _log.warning("topics missing (the board skips them): %s", ", ".join(missing))
         partitions = [
             TopicPartition(topic, number)
-            for topic in self._topics
-            if topic in existing
-            for number in sorted(consumer.partitions_for_topic(topic) or ())
+            for topic, numbers in found_partitions.items()
+            for number in sorted(numbers)
         ]
         consumer.assign(partitions)
         since_ms = int((time.time() - self.settings.history_hours * 3600) * 1000)

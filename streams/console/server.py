@@ -59,13 +59,17 @@ def make_console(settings: ConsoleSettings, connections: WorkerSettings | None =
         kafka_options=kafka,
     )
     console.feed = Feed(settings, ward, hub, metrics, kafka, redis_client)
-    console.producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        linger_ms=0,
-        client_id="vigil-console",
-        **kafka,
-    )
+
+    def producer() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            linger_ms=0,
+            client_id="vigil-console",
+            **kafka,
+        )
+
+    console.producer_factory = producer
     return console
 
 

@@ -53,6 +53,7 @@
     if (focused) { row.querySelector("a").focus(); }
     const empty = document.getElementById("empty");
     if (empty) { empty.remove(); }
+    document.getElementById("count").textContent = String(body.children.length);
   }
   if (window.EventSource) {
     const live = document.getElementById("live");
@@ -62,7 +63,11 @@
     source.addEventListener("row", (event) => {
       const data = JSON.parse(event.data);
       update(data);
-      if (data.clock !== null) { table.dataset.clock = String(data.clock); }
+      if (data.clock !== null) {
+        table.dataset.clock = String(data.clock);
+        const at = new Date(data.clock * 1000).toISOString();
+        document.getElementById("clock").textContent = at.slice(0, 10) + " " + at.slice(11, 16) + "Z";
+      }
     });
   }
   // Keyboard: j / k move between patients, Enter opens (the link has the focus).
