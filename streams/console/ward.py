@@ -74,6 +74,7 @@ class PatientView:
     explanations: dict[str, ExplanationRecord] = field(default_factory=dict)
     findings: deque[FindingRecord] = field(default_factory=lambda: deque(maxlen=_MAX_FINDINGS))
     images: dict[str, str] = field(default_factory=dict)
+    spark: str | None = None
 
     @property
     def active(self) -> list[AlertRecord]:
@@ -96,7 +97,8 @@ class Row:
         status: ``needs review`` (OOD deferral), ``escalated``, ``open``, ``snoozed``,
             ``acknowledged`` or ``""``.
         since_seconds: Ward clock minus the patient's latest scored time.
-        sparkline: SVG polyline points of the risk over the trend window.
+        sparkline: The risk over the trend window as block characters (see
+            :func:`sparkline`).
     """
 
     patient_id: str
@@ -131,29 +133,30 @@ def _status(alerts: list[AlertRecord]) -> str:
     return ""
 
 
-def sparkline(
-    points: list[TrendPoint],
-    end: datetime | None,
-    span: timedelta,
-    width: int = 120,
-    height: int = 24,
-) -> str:
-    """SVG polyline points of risk (0-1, up) against time over ``span`` ending at ``end``.
+_BLOCKS: Final = "▁▂▃▄▅▆▇█"
 
-    Degraded scores (no risk) leave no point. Returns ``""`` when nothing is drawable.
+
+def sparkline(
+    points: list[TrendPoint], end: datetime | None, span: timedelta, buckets: int = 24
+) -> str:
+    """The risk over ``span`` ending at ``end`` as text: one block character per bucket
+    (``▁`` 0-12.5% … ``█`` 87.5-100%, the highest risk in the bucket), ``·`` for a bucket
+    without a model risk. Text, not a picture: a thousand rows stay light to render.
     """
     if end is None:
         return ""
     start = end - span
     seconds = span.total_seconds() or 1.0
-    out = []
+    highest: list[float | None] = [None] * buckets
     for point in points:
         if point.risk is None or point.at < start:
             continue
-        x = (point.at - start).total_seconds() / seconds * width
-        y = (1.0 - point.risk) * (height - 2) + 1
-        out.append(f"{x:.1f},{y:.1f}")
-    return " ".join(out)
+        index = min(int((point.at - start).total_seconds() / seconds * buckets), buckets - 1)
+        held = highest[index]
+        highest[index] = point.risk if held is None else max(held, point.risk)
+    return "".join(
+        "·" if r is None else _BLOCKS[min(int(r * len(_BLOCKS)), len(_BLOCKS) - 1)] for r in highest
+    )
 
 
 class Ward:
@@ -200,6 +203,7 @@ class Ward:
         if at and view.trend[at - 1] == point:
             return view  # a redelivered score
         view.trend.insert(at, point)
+        view.spark = None
         cutoff = max(view.latest.event_time, record.event_time) - self.history
         while view.trend and (view.trend[0].at < cutoff or len(view.trend) > _MAX_TREND):
             view.trend.pop(0)
@@ -271,8 +275,13 @@ class Ward:
             status=_status(active),
             alert_count=len(active),
             since_seconds=since,
-            sparkline=sparkline(view.trend, view.last_time, self.history),
+            sparkline=self._spark(view),
         )
+
+    def _spark(self, view: PatientView) -> str:
+        if view.spark is None:
+            view.spark = sparkline(view.trend, view.last_time, self.history)
+        return view.spark
 
     def units(self) -> list[str]:
         """The units on the board, sorted."""
