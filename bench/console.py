@@ -155,7 +155,10 @@ def _sign_in(browser: WebDriver, url: str) -> None:
 
 
 def _first_render(browser: WebDriver, url: str, loads: int, patients: int) -> dict[str, Any]:
-    load_s, paint_s = [], []
+    load_s: list[float] = []
+    paint_s: list[float] = []
+    response_s: list[float] = []
+    first_byte_s: list[float] = []
     for _ in range(loads):
         browser.get(f"{url}/")
         rows = browser.execute_script("return document.querySelectorAll('#rows tr').length")
@@ -164,14 +167,19 @@ def _first_render(browser: WebDriver, url: str, loads: int, patients: int) -> di
         timing = browser.execute_script(
             "const n = performance.getEntriesByType('navigation')[0];"
             "const p = performance.getEntriesByName('first-contentful-paint')[0];"
-            "return [n.loadEventEnd, n.responseEnd, n.transferSize, p ? p.startTime : null];"
+            "return [n.loadEventEnd, n.responseEnd, n.transferSize, p ? p.startTime : null,"
+            " n.responseStart];"
         )
         load_s.append(timing[0] / 1000)
+        response_s.append(timing[1] / 1000)
+        first_byte_s.append(timing[4] / 1000)
         if timing[3] is not None:
             paint_s.append(timing[3] / 1000)
     return {
         "load_event_end": _percentiles(load_s),
         "first_contentful_paint": _percentiles(paint_s) if paint_s else None,
+        "response_start": _percentiles(first_byte_s),
+        "response_end": _percentiles(response_s),
         "html_bytes": int(timing[2]),
     }
 

@@ -57,8 +57,8 @@ def alert(pid: str, state: str, severity: str = "high", produced_s: float = 0) -
         patient_id=pid,
         event_time=T0 + timedelta(minutes=30),
         kind="deterioration",
-        severity=severity,  # type: ignore[arg-type]
-        state=state,  # type: ignore[arg-type]
+        severity=severity,
+        state=state,
         risk=0.5,
         news2=None,
         reason="risk_above_threshold",
