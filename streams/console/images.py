@@ -63,5 +63,5 @@ def overlay_png(
     red = np.array([1.0, 0.1, 0.1], dtype=np.float32)
     out = rgb * (1 - alpha[..., None]) + red * alpha[..., None]
     buffer = io.BytesIO()
-    Image.fromarray(np.uint8(np.clip(out, 0, 1) * 255), "RGB").save(buffer, "PNG")
+    Image.fromarray(np.uint8(np.clip(out, 0, 1) * 255)).save(buffer, "PNG")
     return buffer.getvalue()

@@ -11,11 +11,13 @@ docs/console.md (board and patient page at 1280x800).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -63,18 +65,22 @@ def ward(stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     users.add(CLINICIAN, "clinician", PASSWORD)
     users.add(VIEWER, "viewer", PASSWORD)
     env = worker_env(stack, prefix=prefix, app_id=prefix, data_dir=work / "worker")
-    with (
-        running_worker(env, work / "worker.log"),
-        running_console(
-            work,
-            bootstrap=stack.kafka_bootstrap,
-            prefix=prefix,
-            redis_url=stack.redis_url,
-            ack_clock="event",
-        ) as console,
-        chromium() as browser,
-    ):
-        yield Ward(console, browser, prefix, stack.kafka_bootstrap)
+    with contextlib.ExitStack() as stop:
+        # The browser starts while the worker and the console do (the slowest part).
+        with ThreadPoolExecutor(1) as pool:
+            browser = pool.submit(lambda: stop.enter_context(chromium()))
+            stop.enter_context(running_worker(env, work / "worker.log"))
+            console = stop.enter_context(
+                running_console(
+                    work,
+                    bootstrap=stack.kafka_bootstrap,
+                    prefix=prefix,
+                    redis_url=stack.redis_url,
+                    ack_clock="event",
+                )
+            )
+            driver = browser.result()
+        yield Ward(console, driver, prefix, stack.kafka_bootstrap)
 
 
 def _sign_in(ward: Ward, name: str) -> None:
@@ -118,7 +124,7 @@ def test_clinician_sees_alert_live_and_acknowledges(ward: Ward) -> None:
     _replay(ward)
     # The alert arrives by server-sent events: the page is not reloaded.
     alerting = "#rows tr[data-status='open'], #rows tr[data-status='escalated']"
-    WebDriverWait(browser, 60, 0.1).until(lambda b: b.find_elements(By.CSS_SELECTOR, alerting))
+    WebDriverWait(browser, 120, 0.1).until(lambda b: b.find_elements(By.CSS_SELECTOR, alerting))
     WebDriverWait(browser, 30, 0.2).until(
         lambda b: len(b.find_elements(By.CSS_SELECTOR, "#rows tr")) == len(STAYS)
     )

@@ -398,3 +398,55 @@ def test_oidc_redirects_to_the_provider_without_network(tmp_path: Path) -> None:
     forged = client.get("/auth/callback?code=x&state=forged", follow_redirects=False)
     assert forged.status_code == 403
     assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_heatmap_overlay_reads_only_inside_its_folders(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from streams.console.images import overlay_png
+    from streams.core.events import FindingRecord
+
+    artifacts, images = tmp_path / "heatmaps", tmp_path / "imaging"
+    artifacts.mkdir()
+    images.mkdir()
+    heat = np.zeros((8, 8), dtype=np.uint8)
+    heat[2:4, 2:4] = 255
+    Image.fromarray(heat).save(artifacts / "f.png")
+    Image.fromarray(np.full((16, 16), 128, dtype=np.uint8)).save(images / "study.png")
+    Image.fromarray(heat).save(tmp_path / "elsewhere.png")
+
+    def finding(heatmap: Path) -> FindingRecord:
+        return FindingRecord(
+            finding_id="f" * 32,
+            patient_id="p1",
+            study_id="s1",
+            event_id="e1",
+            event_time=T0,
+            modality="CR",
+            model="imaging",
+            model_version="1",
+            class_probability=0.8,
+            lesion_count=1,
+            lesion_area_fraction=0.05,
+            mask_threshold=0.5,
+            heatmap_uri=heatmap.as_uri(),
+            image_shape=(16, 16),
+            provenance=Provenance(code_version="test"),
+            processing_time=T0,
+        )
+
+    png = overlay_png(
+        finding(artifacts / "f.png"), (images / "study.png").as_uri(), artifacts, images
+    )
+    assert png is not None
+    pixels = np.asarray(Image.open(io.BytesIO(png)))
+    assert pixels.shape == (8, 8, 3)
+    assert pixels[3, 3, 0] > pixels[3, 3, 1]  # hot: red over the grey image
+    assert pixels[0, 0, 0] == pixels[0, 0, 1] == 128  # cold: the image itself
+    assert overlay_png(finding(tmp_path / "elsewhere.png"), None, artifacts, images) is None
+    outside = overlay_png(
+        finding(artifacts / "f.png"), (tmp_path / "elsewhere.png").as_uri(), artifacts, images
+    )
+    assert outside is not None
+    assert np.asarray(Image.open(io.BytesIO(outside)))[0, 0, 0] == 0  # image refused: black
