@@ -31,7 +31,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from streams.console.users import UserStore
-from streams.replay import DEFAULT_ANCHOR, physionet2012_events, produce
+from streams.replay import DEFAULT_ANCHOR, merge, physionet2012_events, produce
+from streams.replay.imaging_fixture import imaging_fixture_events
 from vigil.stack.settings import StackSettings
 from vigil.testing.browser import chromium
 from vigil.testing.console import RunningConsole, running_console
@@ -55,6 +56,7 @@ class Ward:
     browser: WebDriver
     prefix: str
     bootstrap: str
+    imaging: Path
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,10 @@ def ward(stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     users = UserStore(work / "users.json", PasswordHasher(time_cost=1, memory_cost=8192))
     users.add(CLINICIAN, "clinician", PASSWORD)
     users.add(VIEWER, "viewer", PASSWORD)
-    env = worker_env(stack, prefix=prefix, app_id=prefix, data_dir=work / "worker")
+    imaging = work / "imaging"
+    imaging.mkdir()
+    folders = {"imaging_file_root": str(imaging), "artifact_dir": str(imaging / "heatmaps")}
+    env = worker_env(stack, prefix=prefix, app_id=prefix, data_dir=work / "worker", **folders)
     with contextlib.ExitStack() as stop:
         # The browser starts while the worker and the console do (the slowest part).
         with ThreadPoolExecutor(1) as pool:
@@ -77,10 +82,11 @@ def ward(stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     prefix=prefix,
                     redis_url=stack.redis_url,
                     ack_clock="event",
+                    **folders,
                 )
             )
             driver = browser.result()
-        yield Ward(console, driver, prefix, stack.kafka_bootstrap)
+        yield Ward(console, driver, prefix, stack.kafka_bootstrap, imaging)
 
 
 def _sign_in(ward: Ward, name: str) -> None:
@@ -99,11 +105,17 @@ def _fits(browser: WebDriver) -> bool:
 
 def _replay(ward: Ward) -> None:
     end = DEFAULT_ANCHOR + REPLAYED
-    events = [
+    stays = [
         e
         for e in physionet2012_events([DEMO / f"{stay}.txt" for stay in STAYS])
         if e.event_time <= end
     ]
+    # One fixture study per stay (an image sample linked to the stay: a test fixture), after
+    # the alerts have opened (the image enters the next scores).
+    studies = imaging_fixture_events(
+        [(stay, DEFAULT_ANCHOR) for stay in STAYS], ward.imaging, hours=(2.25,)
+    )
+    events = list(merge([stays, sorted(studies)]))
     produce(events, bootstrap=ward.bootstrap, topic_prefix=ward.prefix)
 
 
@@ -155,6 +167,18 @@ def test_clinician_sees_alert_live_and_acknowledges(ward: Ward) -> None:
     browser.execute_script("arguments[0].scrollIntoView()", card)
     browser.save_screenshot(str(SHOTS / "patient-alert.png"))
 
+    # The study's finding, with the CAM heatmap over the image (the page is not live).
+    shown = "return [...document.querySelectorAll('.finding img')].some(i => i.naturalWidth > 0)"
+    deadline = time.monotonic() + 60
+    while not browser.execute_script(shown):
+        assert time.monotonic() < deadline, "no imaging finding on the patient page"
+        time.sleep(1)
+        browser.refresh()
+    figure = browser.find_element(By.CSS_SELECTOR, ".finding")
+    assert "abnormality probability" in figure.text
+    browser.execute_script("arguments[0].scrollIntoView()", figure)
+    browser.save_screenshot(str(SHOTS / "patient-imaging.png"))
+    card = browser.find_element(By.CSS_SELECTOR, ".alert-card")
     card.find_element(By.NAME, "reason").send_keys("seen at the bedside, fluids started")
     card.find_element(By.CSS_SELECTOR, "button.ack").click()
     WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.ID, "sent"))
