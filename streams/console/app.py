@@ -360,6 +360,14 @@ def build_app(console: Console) -> Starlette:
         form = await request.form()
         action = str(form.get("action", ""))
         if not check_csrf(request, form):
+            console.audit.record(
+                "alert_action",
+                user=user.name,
+                outcome="refused_csrf",
+                action=action[:32],
+                patient_id=patient_id,
+                alert_id=alert_id,
+            )
             return PlainTextResponse("invalid or missing CSRF token", status_code=403)
         if not can_act(user.role):
             console.audit.record(

@@ -332,7 +332,7 @@ def test_sign_in_board_patient_and_sign_out_audited(tmp_path: Path) -> None:
     )
     assert client.get("/", follow_redirects=False).status_code == 303
     events = [(r["event"], r["outcome"]) for r in console.audit.read()]
-    assert events == [("sign_in", "ok"), ("sign_out", "ok")]
+    assert events == [("sign_in", "ok"), ("alert_action", "refused_csrf"), ("sign_out", "ok")]
 
 
 def test_viewer_cannot_act(tmp_path: Path) -> None:
