@@ -76,7 +76,7 @@ class OidcClient:
 
     async def redirect(self, request: Request) -> Response:
         """Send the browser to the provider's authorization endpoint."""
-        target = self.settings.oidc_redirect_url or str(request.url_for("oidc_callback"))
+        target = self.settings.oidc_redirect_uri or str(request.url_for("oidc_callback"))
         response: Response = await self.client.authorize_redirect(request, target)
         return response
 

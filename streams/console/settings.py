@@ -60,7 +60,7 @@ class ConsoleSettings(BaseSettings):
     )
     oidc_client_id: str | None = None
     oidc_client_secret: SecretStr | None = None
-    oidc_redirect_url: str | None = Field(
+    oidc_redirect_uri: str | None = Field(
         default=None,
         pattern=r"^https?://\S+/auth/callback$",
         description="This console's callback URL as registered with the provider "
