@@ -6,6 +6,7 @@ Uvicorn's access log is off: request paths name patients, and log lines never do
 from __future__ import annotations
 
 import logging
+import socket
 from datetime import timedelta
 
 import redis.asyncio as aioredis
@@ -74,7 +75,20 @@ def make_console(settings: ConsoleSettings, connections: WorkerSettings | None =
 
 
 def run_console(settings: ConsoleSettings) -> None:
-    """Serve the console until stopped (SIGINT/SIGTERM)."""
+    """Serve the console until stopped (SIGINT/SIGTERM).
+
+    Raises:
+        OSError: The address cannot be bound (in use, not local); raised before any Kafka
+            or Redis client is made.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((settings.host, settings.port))
+    except OSError:
+        listener.close()
+        raise
     app = build_app(make_console(settings))
     if settings.session_secret is None:
         _log.warning("VIGIL_CONSOLE_SESSION_SECRET unset: sessions end when the console stops")
@@ -92,4 +106,4 @@ def run_console(settings: ConsoleSettings) -> None:
         server_header=False,
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[listener])
