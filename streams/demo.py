@@ -324,13 +324,17 @@ def run_demo(
     }
     ward = None
     if console_port is not None:
-        ward = start_demo_console(
-            prefix=run.topic_prefix,
-            report=report,
-            kafka_bootstrap=run.kafka_bootstrap,
-            redis_url=run.redis_url,
-            port=console_port,
-        )
+        try:
+            ward = start_demo_console(
+                prefix=run.topic_prefix,
+                report=report,
+                kafka_bootstrap=run.kafka_bootstrap,
+                redis_url=run.redis_url,
+                port=console_port,
+            )
+        except OSError as exc:
+            console.print(f"[yellow]ward console not started[/]: port {console_port}: {exc}")
+    if ward is not None:
         console.print(
             f"ward console: [bold]{ward.url}[/] (demo login [bold]{DEMO_USER}[/] / "
             f"[bold]{ward.password}[/]: a demo user, loopback only)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -37,7 +38,13 @@ class DemoConsole:
 def start_demo_console(
     *, prefix: str, report: Path, kafka_bootstrap: str, redis_url: str, port: int = 8088
 ) -> DemoConsole:
-    """Start ``vigil console`` on the demo's topics (logging to ``report/console.log``)."""
+    """Start ``vigil console`` on the demo's topics (logging to ``report/console.log``).
+
+    Raises:
+        OSError: The port is taken (checked before starting).
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
     password = secrets.token_urlsafe(12)
     users = report / "console-users.json"
     UserStore(users, PasswordHasher()).add(DEMO_USER, "clinician", password)
