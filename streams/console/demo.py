@@ -46,6 +46,7 @@ def start_demo_console(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))
     password = secrets.token_urlsafe(12)
+    report = report.resolve()  # the reopen command works from any folder
     users = report / "console-users.json"
     UserStore(users, PasswordHasher()).add(DEMO_USER, "clinician", password)
     settings = {
