@@ -2,9 +2,9 @@
 
 Three real demo stays (PhysioNet 2012, the model's held-out test split) are replayed up to
 2.5 h after admission through a real worker (Kafka, Triton, Redis). A clinician watching the
-board sees an alert appear live (no reload), opens the patient with the keyboard,
-acknowledges the alert, and the worker's ``audit`` topic records the action with the
-clinician's name. A signed-out browser gets no patient data; a viewer sees no action buttons
+board sees an alert appear live (no reload), opens the patient with the keyboard, sees the
+imaging finding's heatmap, acknowledges, snoozes and escalates the alert, and the worker's
+``audit`` topic records each action with the clinician's name. A signed-out browser gets no patient data; a viewer sees no action buttons
 and is refused (403) when posting one anyway. The run writes the screenshots of
 docs/console.md (board and patient page at 1280x800).
 """
@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from streams.console.users import UserStore
 from streams.replay import DEFAULT_ANCHOR, merge, physionet2012_events, produce
@@ -136,17 +136,17 @@ def _replay(ward: Ward) -> None:
     produce(events, bootstrap=ward.bootstrap, topic_prefix=ward.prefix)
 
 
-def _audit(ward: Ward, alert_id: str, timeout: float = 30) -> dict[str, Any]:
+def _audit(ward: Ward, alert_id: str, action: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for record in read_records(ward.bootstrap, f"{ward.prefix}.audit"):
-            if record["alert_id"] == alert_id and record["actor"] == "user":
+            if record["alert_id"] == alert_id and record.get("action") == action:
                 return record
         time.sleep(0.5)
-    raise AssertionError(f"no user action on {alert_id} in the audit topic")
+    raise AssertionError(f"no {action} of {alert_id} in the audit topic")
 
 
-def test_clinician_sees_alert_live_and_acknowledges(ward: Ward) -> None:
+def test_clinician_sees_alert_live_and_acts_on_it(ward: Ward) -> None:
     browser = ward.browser
     _sign_in(ward, CLINICIAN)
     assert browser.find_elements(By.ID, "empty"), "the board starts empty"
@@ -200,11 +200,29 @@ def test_clinician_sees_alert_live_and_acknowledges(ward: Ward) -> None:
     card.find_element(By.CSS_SELECTOR, "button.ack").click()
     WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.ID, "sent"))
 
-    record = _audit(ward, alert_id)
+    record = _audit(ward, alert_id, "acknowledge")
+    assert record["actor"] == "user"
     assert record["user"] == CLINICIAN
-    assert record["action"] == "acknowledge"
     assert record["state"] == "acknowledged"
     assert record["detail"] == "seen at the bedside, fluids started"
+
+    # Snooze for 30 min (in the stay's event time: the console runs with ack_clock=event),
+    # then escalate, which ends the snooze.
+    for action, reason in (("snooze", "family meeting"), ("escalate", "asked the registrar")):
+        browser.get(f"{ward.console.url}/patients/{patient}")
+        card = browser.find_element(By.ID, f"alert-{alert_id}")
+        card.find_element(By.NAME, "reason").send_keys(reason)
+        if action == "snooze":
+            Select(card.find_element(By.NAME, "snooze_minutes")).select_by_value("30")
+        card.find_element(By.CSS_SELECTOR, f"button[value={action}]").click()
+        WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.ID, "sent"))
+        record = _audit(ward, alert_id, action)
+        assert (record["user"], record["detail"]) == (CLINICIAN, reason)
+        if action == "snooze":
+            until = datetime.fromisoformat(record["snooze_until"])
+            assert until - datetime.fromisoformat(record["event_time"]) == timedelta(minutes=30)
+        else:
+            assert record["state"] == "escalated"
     console_audit = ward.console.audit_file.read_text()
     assert f'"user": "{CLINICIAN}"' in console_audit
     assert '"event": "alert_action"' in console_audit
