@@ -4,9 +4,10 @@ Three real demo stays (PhysioNet 2012, the model's held-out test split) are repl
 2.5 h after admission through a real worker (Kafka, Triton, Redis). A clinician watching the
 board sees an alert appear live (no reload), opens the patient with the keyboard, sees the
 imaging finding's heatmap, acknowledges, snoozes and escalates the alert, and the worker's
-``audit`` topic records each action with the clinician's name. A signed-out browser gets no patient data; a viewer sees no action buttons
-and is refused (403) when posting one anyway. The run writes the screenshots of
-docs/console.md (board and patient page at 1280x800).
+``audit`` topic records each action with the clinician's name. A signed-out browser gets no
+patient data; a viewer sees no action buttons and is refused (403) when posting one anyway.
+The run writes the screenshots of docs/console.md (board and patient pages at 1280x800; the
+imaging study is a test fixture).
 """
 
 from __future__ import annotations
