@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vigil-installed
 
-.PHONY: setup lint audit stack-up stack-down stack-status test test-unit demo bench clean
+.PHONY: setup lint audit stack-up stack-down stack-status browser test test-unit demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,12 @@ stack-status: setup
 test-unit: setup
 	$(BIN)/pytest -m "not integration"
 
-test: lint audit stack-up
+# Debian's headless Chromium and its driver for the console's browser tests (apt-get as
+# root when missing; docs/console.md). A missing browser fails the tests, never skips them.
+browser: setup
+	$(BIN)/python -c "from vigil.testing.browser import ensure_browser; ensure_browser()"
+
+test: lint audit stack-up browser
 	$(BIN)/pytest
 
 demo: stack-up
