@@ -129,6 +129,16 @@ class WorkerSettings(BaseSettings):
         "(then set VIGIL_ALERT_ARM_SCORES=2 and VIGIL_ALERT_ARM_HOURS=1, its operating "
         "point, docs/alerting.md).",
     )
+    step_commit_delay_hours: float = Field(
+        default=2.0,
+        ge=0,
+        le=6,
+        description="A closed hour bin is folded into the step model's stored state only once "
+        "it ended this long (event time) before the scoring time; newer closed bins run "
+        "provisionally, so a record of another input stream that arrives a little late "
+        "still counts (docs/worker.md, 'Step scoring'). Each hour adds one bin to every "
+        "step request.",
+    )
     triton_step_explain_model: str | None = Field(
         default="deterioration_step_explain",
         description="Explains alerts of step-model scores (occlusion of the step model over "

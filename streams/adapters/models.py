@@ -125,9 +125,11 @@ class ModelCalls:
         """Step-model answers for a batch's snapshots, all in one go.
 
         Each snapshot runs from its patient's stored state through the bins that closed
-        since and its open bin. A patient with more closed bins than one request holds
-        (a backlog, a long outage) first gets a chain of commit-only requests over its
-        latest snapshot's closed bins, a request per ``BINS_PER_REQUEST`` bins; each
+        since and its open bin, and commits those old enough
+        (:attr:`~streams.core.stepping.StepRequest.commit_through`; the newer closed bins
+        run provisionally). A patient with more closed bins than one request holds (a
+        backlog, a long outage) first gets a chain of commit-only requests over its
+        latest snapshot's committable bins, a request per ``BINS_PER_REQUEST`` bins; each
         snapshot then starts from the deepest link of the chain that lies wholly before
         its own open bin, so no snapshot sees a bin from its future.
         """
@@ -142,16 +144,17 @@ class ModelCalls:
         }
         failed: dict[str, str] = {}
         while True:
-            links = {
-                pid: (latest[pid], _after(latest[pid], chain[-1])[:BINS_PER_REQUEST])
-                for pid, chain in chains.items()
-                if pid not in failed and len(_after(latest[pid], chain[-1])) >= BINS_PER_REQUEST
-            }
+            links = {}
+            for pid, chain in chains.items():
+                pending = _after(latest[pid], chain[-1])
+                ready = pending[: _step_of(latest[pid]).committable(pending)]
+                if pid not in failed and len(pending) >= BINS_PER_REQUEST and ready:
+                    links[pid] = (latest[pid], ready[:BINS_PER_REQUEST])
             if not links:
                 break
             committed = await asyncio.gather(
                 *(
-                    self._step(snapshot, chains[pid][-1], chunk, None)
+                    self._step(snapshot, chains[pid][-1], chunk, None, len(chunk))
                     for pid, (snapshot, chunk) in links.items()
                 ),
                 return_exceptions=True,
@@ -167,10 +170,10 @@ class ModelCalls:
             for i, snapshot in enumerate(snapshots)
             if snapshot.patient_id not in failed
         }
+        closed = {i: _after(snapshots[i], base) for i, base in starts.items()}
+        commits = {i: _step_of(snapshots[i]).committable(closed[i]) for i in starts}
         requests = {
-            i: self._step(
-                snapshots[i], base, _after(snapshots[i], base), _step_of(snapshots[i]).open
-            )
+            i: self._step(snapshots[i], base, closed[i], _step_of(snapshots[i]).open, commits[i])
             for i, base in starts.items()
         }
         results = dict(
@@ -193,7 +196,10 @@ class ModelCalls:
             output, vector = result
             step = snapshot.step
             assert step is not None  # noqa: S101 - callers check
-            state = ModelState(model_id, step.admit_ms, step.open_index - 1, vector)
+            # Every step up to commit_through was committed by this request or before it.
+            base = starts[i]
+            last = max(-1 if base is None else base.bin, step.commit_through)
+            state = ModelState(model_id, step.admit_ms, last, vector)
             verdict = _verdict(output, stepper) if "ood" in output.extra else None
             answer = ModelAnswer(
                 output.risk,
@@ -230,9 +236,11 @@ class ModelCalls:
         base: ModelState | None,
         closed: tuple[StepBin, ...],
         current: StepBin | None,
+        commit: int,
     ) -> tuple[ModelOutput, bytes]:
-        """One step-model request: ``closed`` committed after ``base``, then ``current``
-        run provisionally; returns the output and the committed state's bytes."""
+        """One step-model request after ``base``: ``closed``, of which the first ``commit``
+        are committed, then ``current``, all run for the risk; returns the output and the
+        committed state's bytes."""
         stepper = self.stepper
         assert stepper is not None  # noqa: S101 - callers check
         bins = [*closed, current] if current is not None else list(closed)
@@ -252,7 +260,7 @@ class ModelCalls:
             "bins_mask": mask,
             "bins_delta_hours": delta,
             "bins_valid": valid,
-            "commit_bins": np.array([len(closed)], dtype=np.float32),
+            "commit_bins": np.array([commit], dtype=np.float32),
             "statics": statics,
             "static_mask": static_mask,
             **stepper.image_arrays(_image_inputs(snapshot)),

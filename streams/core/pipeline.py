@@ -95,6 +95,7 @@ class ProcessorConfig:
     unit_policies: Mapping[str, AlertPolicy] = field(default_factory=dict)
     code_version: str = "0.0.0"
     model_name: str = "deterioration"
+    step_commit_delay: timedelta = timedelta(hours=2)
 
     @classmethod
     def from_settings(cls, settings: ProcessorSettings, *, code_version: str) -> ProcessorConfig:
@@ -123,6 +124,7 @@ class ProcessorConfig:
             ),
             code_version=code_version,
             model_name=settings.triton_model,
+            step_commit_delay=timedelta(hours=settings.step_commit_delay_hours),
         )
 
 
@@ -168,6 +170,8 @@ class ProcessorSettings(Protocol):
     def alert_defer_hours(self) -> float: ...
     @property
     def triton_model(self) -> str: ...
+    @property
+    def step_commit_delay_hours(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -514,6 +518,7 @@ class Processor:
                 at_ms=at_ms,
                 stored=state.model_state,
                 model=self.step_model,
+                commit_delay_ms=self.config.step_commit_delay // timedelta(milliseconds=1),
             )
         state.mark_scored({"at_ms": at_ms}, at=at)
         return Snapshot(

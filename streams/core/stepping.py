@@ -13,9 +13,15 @@ The bin inputs follow the training path's one rule
 millisecond series without converting every stored time to a ``datetime``; a test checks
 them against :func:`~streams.core.step_features.bin_inputs` on real stays.
 
-A late observation for a bin that is already committed cannot change the stored vector
-(the model has moved past it); it still counts for NEWS2, the window models and the
-bins not yet committed.
+A closed bin is **committed** (folded into the stored vector) only once its end lies
+``commit_delay`` of event time behind the scoring time; closed bins newer than that are
+run provisionally with the open bin, every call, until they are old enough. Records of
+different input streams reach a patient's state in event-time order only as far as the
+worker's merger can keep them (docs/worker.md, "Input order"); a lab that arrives after
+a later vital sign still lands in a bin that is not committed yet, so the stored vector
+does not depend on how the streams interleaved. A record later than that cannot change
+the stored vector (the model has moved past it); it still counts for NEWS2, the window
+models, the OOD clock and the provisional bins.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy.typing as npt
 
 from streams.core.features import DEFAULT_STEP
 from streams.core.last_seen import hours_since_seen_on_ticks
-from streams.core.step_features import StepBin, bin_on_ticks
+from streams.core.step_features import BINS_PER_REQUEST, StepBin, bin_on_ticks
 
 __all__ = ["ModelState", "StepRequest", "bin_from_series", "step_request"]
 
@@ -68,6 +74,8 @@ class StepRequest:
             observed in it yet (the risk is then that of the committed state).
         open_index: The bin holding the scoring time.
         admit_ms: Admission time the bins are aligned to.
+        commit_through: The last bin that may be committed (bins after it are run
+            provisionally): the last whose end is ``commit_delay`` before the scoring time.
         hours_since_seen: ``[P]`` hours from the scoring time back to each parameter's
             last observation (:mod:`streams.core.last_seen`; the model's OOD head reads
             it, the state having no clock).
@@ -79,6 +87,11 @@ class StepRequest:
     open_index: int
     admit_ms: int
     hours_since_seen: npt.NDArray[np.float32]
+    commit_through: int
+
+    def committable(self, bins: Sequence[StepBin]) -> int:
+        """How many leading bins of ``bins`` (oldest first) may be committed."""
+        return sum(1 for b in bins if b.index <= self.commit_through)
 
 
 def step_request(
@@ -88,6 +101,7 @@ def step_request(
     at_ms: int,
     stored: ModelState | None,
     model: str | None,
+    commit_delay_ms: int = 0,
 ) -> StepRequest:
     """The step inputs of a score at ``at_ms``.
 
@@ -98,6 +112,9 @@ def step_request(
         stored: The patient's stored model state.
         model: ``name/version`` of the model that will answer, when known: a stored state
             written by another model (or for another admission time) is not used.
+        commit_delay_ms: How far behind the scoring time a bin must end to be committed
+            (at most ``BINS_PER_REQUEST - 2`` hours, so the provisional bins and the
+            open one fit one request).
     """
     open_index = max((at_ms - admit_ms) // _STEP_MS, 0)
     base = stored
@@ -114,7 +131,9 @@ def step_request(
             closed.append(step)
     current = bin_from_series(series, admit_ms=admit_ms, index=open_index, end_ms=at_ms)
     since = hours_since_seen_on_ticks(series, admit=admit_ms, at=at_ms, ticks_per_hour=_MS_PER_HOUR)
-    return StepRequest(base, tuple(closed), current, open_index, admit_ms, since)
+    delay_bins = min(-(-max(commit_delay_ms, 0) // _STEP_MS), BINS_PER_REQUEST - 2)
+    commit_through = open_index - 1 - delay_bins
+    return StepRequest(base, tuple(closed), current, open_index, admit_ms, since, commit_through)
 
 
 def bin_from_series(
