@@ -7,18 +7,23 @@ sender waits for the ACK, as interface engines do in original mode):
 
 - **throughput**: real demo stays as ORU^R01 and ADT^A01/A03 messages, as fast as the ACKs
   come back; messages/s = messages / wall time from the first send to the last ACK; every
-  ACK must be AA and the input topics must then hold one record per message;
+  ACK must be AA, in the order the messages were sent (MSA-2 checked), and the input
+  topics must then hold one record per message. ``--window 1`` (the default) is original
+  mode; ``--window N`` lets each connection have N messages sent before their ACKs came
+  (a pipelining sender);
 - **paced**: fresh messages scheduled at ``--rate`` per second for ``--seconds``, spread
   over the connections; ACK latency = ACK received minus scheduled send time (so a client
   falling behind counts against the gateway);
-- **fhir**: Observation POSTs (one HR each) from ``--connections`` concurrent HTTP clients;
+- **fhir**: Observation POSTs (one HR each) from ``--connections`` concurrent HTTP clients
+  (aiohttp, keep-alive);
 - **hostile**: ``--hostile`` mutated messages (seeded: byte edits, truncation, segment
   shuffles, oversized, bad framing); each must be answered AA/AE or its connection closed,
   and the gateway must still be alive and healthy afterwards.
 
 Usage::
 
-    .venv/bin/python -m bench.gateway [--stays 40] [--connections 8] [--rate 1000]
+    .venv/bin/python -m bench.gateway [--stays 40] [--connections 8] [--window 1] [--rate 1000]
+        [--code OTHER_CHECKOUT]   # the gateway of another checkout (before/after runs)
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from kafka import KafkaConsumer, TopicPartition
 
 from bench.common import (
@@ -97,18 +102,48 @@ class Connection:
             return b""
         return frame.split(b"MSA|", 1)[1][:2]
 
+    async def pipeline(self, messages: list[bytes], window: int) -> tuple[list[bytes], int]:
+        """Send ``messages`` with up to ``window`` awaiting their ACK; the ACK codes, and
+        how many ACKs named another message than the next one sent (MSA-2)."""
+        slots = asyncio.Semaphore(window)
+        codes: list[bytes] = []
+        out_of_order = 0
+
+        async def write() -> None:
+            for message in messages:
+                await slots.acquire()
+                self.writer.write(START + message + END)
+                await self.writer.drain()
+
+        async def read() -> None:
+            nonlocal out_of_order
+            for message in messages:
+                frame = await self.reader.readuntil(END)
+                msa = frame.split(b"MSA|", 1)[1].split(b"\r", 1)[0].split(b"|")
+                codes.append(msa[0])
+                out_of_order += msa[1] != message.split(b"|", 10)[9]
+                slots.release()
+
+        await asyncio.gather(write(), read())
+        return codes, out_of_order
+
     def close(self) -> None:
         self.writer.close()
 
 
-async def _throughput(port: int, messages: list[bytes], connections: int) -> dict[str, Any]:
+async def _throughput(
+    port: int, messages: list[bytes], connections: int, window: int
+) -> dict[str, Any]:
     conns = [await Connection.open(port) for _ in range(connections)]
     codes: dict[str, int] = {}
+    out_of_order = 0
 
     async def run(conn: Connection, share: list[bytes]) -> None:
-        for message in share:
-            code = (await conn.send(message)).decode()
-            codes[code] = codes.get(code, 0) + 1
+        nonlocal out_of_order
+        answered, wrong = await conn.pipeline(share, window)
+        out_of_order += wrong
+        for code in answered:
+            codes[code.decode()] = codes.get(code.decode(), 0) + 1
 
     started = time.perf_counter()
     await asyncio.gather(*(run(c, messages[i::connections]) for i, c in enumerate(conns)))
@@ -117,9 +152,11 @@ async def _throughput(port: int, messages: list[bytes], connections: int) -> dic
         conn.close()
     return {
         "messages": len(messages),
+        "window": window,
         "seconds": round(seconds, 2),
         "messages_per_second": round(len(messages) / seconds),
         "acks": codes,
+        "acks_out_of_order": out_of_order,
     }
 
 
@@ -169,20 +206,17 @@ async def _fhir(http_port: int, posts: int, connections: int) -> dict[str, Any]:
         "valueQuantity": {"value": 80, "code": "/min"},
     }
     statuses: dict[int, int] = {}
-    limits = httpx.Limits(max_connections=connections)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{http_port}/fhir", limits=limits
-    ) as client:
+    url = f"http://127.0.0.1:{http_port}/fhir/Observation"
+    headers = {"Content-Type": "application/fhir+json"}
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as client:
 
         async def run(offset: int) -> None:
             for index in range(offset, posts, connections):
                 payload = json.dumps(body | {"id": f"o{index}"})
-                response = await client.post(
-                    "/Observation",
-                    content=payload,
-                    headers={"Content-Type": "application/fhir+json"},
-                )
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                async with client.post(url, data=payload, headers=headers) as response:
+                    await response.read()
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
 
         started = time.perf_counter()
         await asyncio.gather(*(run(i) for i in range(connections)))
@@ -260,11 +294,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stays", type=int, default=40)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--window", type=int, default=1, help="messages in flight per connection (throughput)"
+    )
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--fhir-posts", type=int, default=5000)
     parser.add_argument("--hostile", type=int, default=10_000)
     parser.add_argument("--name", default="gateway")
+    parser.add_argument(
+        "--code", type=Path, default=None, help="run the gateway of this checkout (A/B runs)"
+    )
     args = parser.parse_args()
 
     settings = fresh_settings("gw")
@@ -279,9 +319,10 @@ def main() -> None:
         prefix=settings.topic_prefix,
         log_level="WARNING",
         max_connections="256",
+        code=args.code,
     ) as gateway:
         mllp_port, http_port = gateway.mllp_port, gateway.http_port
-        throughput = asyncio.run(_throughput(mllp_port, messages, args.connections))
+        throughput = asyncio.run(_throughput(mllp_port, messages, args.connections, args.window))
         throughput["records_on_input_topics"] = _records(
             settings.kafka_bootstrap, settings.topic_prefix
         )
@@ -296,6 +337,7 @@ def main() -> None:
             "machine": machine(),
             "load_before": before,
             "load_after": load_average(),
+            "code": str(args.code) if args.code else "this checkout",
             "connections": args.connections,
             "stays": args.stays,
             "throughput": throughput,
