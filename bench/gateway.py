@@ -54,7 +54,20 @@ from streams.gateway.hl7_write import adt_message, oru_message
 from streams.gateway.mllp import END, START
 from vigil.testing.gateway import health, running_gateway
 
+_PHASES = ("throughput", "paced", "fhir", "hostile")
 _HEADER = b"MSH|^~\\&|BENCH|ICU|VIGIL|HOSP|20250101120005+0000||ORU^R01|"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _per_item_us(pid: int, before: float, items: int) -> float:
+    """The gateway's CPU microseconds per message (or request) since ``before``: on a
+    machine shared with other work this, not wall time, says what one free core allows."""
+    return round((_cpu_seconds(pid) - before) / items * 1e6, 1)
 
 
 def _messages(stays: int) -> list[bytes]:
@@ -303,10 +316,23 @@ def main() -> None:
     parser.add_argument("--hostile", type=int, default=10_000)
     parser.add_argument("--name", default="gateway")
     parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=_PHASES,
+        default=list(_PHASES),
+        help="which figures to measure (all by default)",
+    )
+    parser.add_argument(
+        "--linger-ms", type=int, default=None, help="VIGIL_GATEWAY_KAFKA_LINGER_MS to run with"
+    )
+    parser.add_argument(
         "--code", type=Path, default=None, help="run the gateway of this checkout (A/B runs)"
     )
     args = parser.parse_args()
 
+    extra: dict[str, Any] = {}
+    if args.linger_ms is not None:
+        extra["kafka_linger_ms"] = str(args.linger_ms)
     settings = fresh_settings("gw")
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"{args.name}.log"
@@ -320,17 +346,35 @@ def main() -> None:
         log_level="WARNING",
         max_connections="256",
         code=args.code,
+        **extra,
     ) as gateway:
-        mllp_port, http_port = gateway.mllp_port, gateway.http_port
-        throughput = asyncio.run(_throughput(mllp_port, messages, args.connections, args.window))
-        throughput["records_on_input_topics"] = _records(
-            settings.kafka_bootstrap, settings.topic_prefix
-        )
-        paced = asyncio.run(_paced(mllp_port, args.rate, args.seconds, args.connections))
-        fhir = asyncio.run(_fhir(http_port, args.fhir_posts, args.connections))
-        hostile = asyncio.run(_hostile(mllp_port, messages, args.hostile))
-        hostile["alive_after"] = gateway.alive()
-        hostile["health_after"] = health(gateway)[0]
+        mllp_port, http_port, pid = gateway.mllp_port, gateway.http_port, gateway.proc.pid
+        figures: dict[str, Any] = {}
+        if "throughput" in args.phases:
+            cpu = _cpu_seconds(pid)
+            throughput = asyncio.run(
+                _throughput(mllp_port, messages, args.connections, args.window)
+            )
+            throughput["gateway_cpu_us_per_message"] = _per_item_us(pid, cpu, len(messages))
+            throughput["records_on_input_topics"] = _records(
+                settings.kafka_bootstrap, settings.topic_prefix
+            )
+            figures["throughput"] = throughput
+        if "paced" in args.phases:
+            cpu = _cpu_seconds(pid)
+            paced = asyncio.run(_paced(mllp_port, args.rate, args.seconds, args.connections))
+            paced["gateway_cpu_us_per_message"] = _per_item_us(pid, cpu, paced["messages"])
+            figures["paced"] = paced
+        if "fhir" in args.phases:
+            cpu = _cpu_seconds(pid)
+            fhir = asyncio.run(_fhir(http_port, args.fhir_posts, args.connections))
+            fhir["gateway_cpu_us_per_post"] = _per_item_us(pid, cpu, args.fhir_posts)
+            figures["fhir"] = fhir
+        if "hostile" in args.phases:
+            hostile = asyncio.run(_hostile(mllp_port, messages, args.hostile))
+            hostile["alive_after"] = gateway.alive()
+            hostile["health_after"] = health(gateway)[0]
+            figures["hostile"] = hostile
     write_result(
         args.name,
         {
@@ -340,10 +384,8 @@ def main() -> None:
             "code": str(args.code) if args.code else "this checkout",
             "connections": args.connections,
             "stays": args.stays,
-            "throughput": throughput,
-            "paced": paced,
-            "fhir": fhir,
-            "hostile": hostile,
+            "gateway_settings": extra,
+            **figures,
             "log": str(Path(log).relative_to(ROOT)),
         },
     )

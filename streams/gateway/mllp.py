@@ -190,15 +190,32 @@ class MllpServer:
         answers: asyncio.Queue[asyncio.Future[bytes] | None],
         slots: asyncio.Semaphore,
     ) -> None:
-        """Write each answer, in the order the frames came, as soon as it is ready."""
+        """Write each answer, in the order the frames came, as soon as it is ready; the
+        answers ready together go out in one write."""
+        carried: asyncio.Future[bytes] | None = None
         try:
-            while (pending := await answers.get()) is not None:
-                ack = await pending
-                writer.write(START + ack + END)
-                slots.release()
-                if answers.empty():  # drain once per burst, not once per answer
-                    await writer.drain()
+            while True:
+                pending = carried if carried is not None else await answers.get()
+                carried = None
+                if pending is None:
+                    return
+                frames = [START + await pending + END]
+                while not answers.empty():
+                    following = answers.get_nowait()
+                    if following is None or not following.done():
+                        if following is None:
+                            answers.put_nowait(None)  # seen again once these are written
+                        else:
+                            carried = following
+                        break
+                    frames.append(START + following.result() + END)
+                writer.write(b"".join(frames))
+                for _ in frames:
+                    slots.release()
+                await writer.drain()
         except BaseException:
+            if carried is not None:
+                carried.cancel()
             writer.transport.abort()  # the reader sees the end; unsent answers are dropped
             for _ in range(self._max_in_flight):
                 slots.release()  # and is not left waiting for a slot

@@ -272,7 +272,7 @@ ADT = (
 
 @pytest.mark.parametrize(
     ("trigger", "action"),
-    [("A01", "admit"), ("A02", "transfer"), ("A03", "discharge"), ("A08", "transfer")],
+    [("A01", "admit"), ("A02", "transfer"), ("A03", "discharge"), ("A08", "update")],
 )
 def test_adt_triggers(trigger: str, action: str) -> None:
     (event,) = map_hl7(ADT.format(trigger=trigger).encode(), OPTIONS).events
