@@ -261,12 +261,13 @@ class ObservationEvent(_InputEvent):
 
 
 class AdtEvent(_InputEvent):
-    """Admit, transfer or discharge, with the static descriptors known at the time.
+    """Admit, transfer, discharge or update, with the static descriptors known at the time.
 
     Descriptors are optional: ``None`` means not measured (``-1`` in PhysioNet data).
 
     Attributes:
-        action: ``admit``, ``transfer`` or ``discharge``.
+        action: ``admit``, ``transfer``, ``discharge``, or ``update`` (the patient's
+            information changed, HL7 ADT^A08: descriptors and care unit only).
         age_years: Age in years.
         sex: ``female``, ``male`` or ``other``.
         height_cm: Height in centimetres.
@@ -276,7 +277,7 @@ class AdtEvent(_InputEvent):
         hospital_admit_time: Hospital admission time (UTC), before or at ICU admission.
     """
 
-    action: Literal["admit", "transfer", "discharge"]
+    action: Literal["admit", "transfer", "discharge", "update"]
     age_years: FiniteFloat | None = None
     sex: Literal["female", "male", "other"] | None = None
     height_cm: FiniteFloat | None = None

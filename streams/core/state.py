@@ -235,7 +235,8 @@ class PatientState:
         lateness: timedelta,
         artifacts: Iterable[CanonicalObservation] = (),
     ) -> Outcome:
-        """Apply an admit, transfer or discharge event and its descriptors.
+        """Apply an admit, transfer, discharge or update event and its descriptors (a
+        transfer or an update changes only the descriptors).
 
         Args:
             event: The ADT event.

@@ -397,6 +397,16 @@ def test_readmission_clears_the_discharge():
     assert not state.expired(at(60), silence=timedelta(hours=24))
 
 
+def test_update_takes_descriptors_and_changes_neither_admission_nor_discharge():
+    state = PatientState(PID)
+    state.apply_adt(adt("adt-1", 0, age_years=54.0), origin=None, lateness=LATENESS)
+    state.apply_adt(adt("adt-2", 30, action="discharge"), origin=None, lateness=LATENESS)
+    update = adt("adt-3", 45, action="update", weight_kg=80.0)
+    assert state.apply_adt(update, origin=None, lateness=LATENESS) is Outcome.ACCEPTED
+    assert (state.admit_ms, state.discharged_ms) == (ms(0), ms(30))
+    assert state.statics == {"Age": 54.0, "Weight": 80.0}
+
+
 def test_expires_after_silence_measured_in_event_time():
     state = PatientState(PID)
     silence = timedelta(hours=24)
