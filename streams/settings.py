@@ -130,14 +130,14 @@ class WorkerSettings(BaseSettings):
         "point, docs/alerting.md).",
     )
     step_commit_delay_hours: float = Field(
-        default=2.0,
+        default=1.0,
         ge=0,
         le=6,
         description="A closed hour bin is folded into the step model's stored state only once "
         "it ended this long (event time) before the scoring time; newer closed bins run "
         "provisionally, so a record of another input stream that arrives a little late "
         "still counts (docs/worker.md, 'Step scoring'). Each hour adds one bin to every "
-        "step request.",
+        "step request (about +35 % model compute per hour of delay, BENCHMARKS.md).",
     )
     triton_step_explain_model: str | None = Field(
         default="deterioration_step_explain",

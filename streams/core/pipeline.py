@@ -95,7 +95,7 @@ class ProcessorConfig:
     unit_policies: Mapping[str, AlertPolicy] = field(default_factory=dict)
     code_version: str = "0.0.0"
     model_name: str = "deterioration"
-    step_commit_delay: timedelta = timedelta(hours=2)
+    step_commit_delay: timedelta = timedelta(hours=1)
 
     @classmethod
     def from_settings(cls, settings: ProcessorSettings, *, code_version: str) -> ProcessorConfig:
