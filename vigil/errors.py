@@ -16,6 +16,7 @@ standard exception it specialises so callers can catch either::
     ├── InferenceError(VigilError, RuntimeError)   a model request failed
     │   └── CircuitOpenError                       the circuit breaker refuses calls
     └── ModelError(VigilError, RuntimeError)       training, export or artifact problems
+        └── FederationError                        a federated round or site failed
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "ImageError",
     "InferenceError",
     "MessageError",
+    "FederationError",
     "ModelError",
     "SchemaError",
     "StackError",
@@ -102,3 +104,7 @@ class CircuitOpenError(InferenceError):
 
 class ModelError(VigilError, RuntimeError):
     """Training, export or loading of a model artifact failed."""
+
+
+class FederationError(ModelError):
+    """A federated round failed (too few sites answered, a site or the server is gone)."""
