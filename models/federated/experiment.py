@@ -317,7 +317,11 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
             }
         )
 
-    frontier = _frontier(settings, base, parts, len(sites), config) if settings.strengths() else []
+    frontier = (
+        _frontier(settings, base, parts, len(sites), config, central, central_fit)
+        if settings.strengths()
+        else []
+    )
 
     fed_ci = _auc_ci(federated, parts["test"], res)
     central_ci = _auc_ci(central, parts["test"], res)
@@ -357,8 +361,60 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
         report["export"] = _export(settings, federated, report, pooled, sites)
     report["wall_seconds_total"] = round(time.monotonic() - began, 1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "federation.json").write_text(json.dumps(report, indent=1) + "\n")
+    _write_predictions(out / "predictions.npz", parts["test"], by_id, federated, central, local)
+    report = _json_safe(report)
+    (out / "federation.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     return report
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a group with one outcome class) as None, so the file is strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _risk48(net: StepEnsemble, part: Part) -> npt.NDArray[np.float64]:
+    logits, _ = logits_at(net, part, (48,))
+    scale, bias = float(net.calibration_scale), float(net.calibration_bias)
+    return np.asarray(1 / (1 + np.exp(-(scale * logits[:, 0] + bias))), dtype=np.float64)
+
+
+def _write_predictions(
+    path: Path,
+    test: Part,
+    by_id: dict[int, Stay],
+    federated: StepEnsemble,
+    central: StepEnsemble,
+    local: Sequence[StepEnsemble],
+) -> None:
+    """Calibrated 48 h risks of every test stay under each regime (its own site's local
+    model for local-only), with the site, outcome, age and sex ``vigil validate`` reads."""
+    local_risk = np.zeros(len(test))
+    for index, net in enumerate(local):
+        rows = test.site == index
+        if rows.any():
+            local_risk[rows] = _risk48(net, test.subset(rows))
+
+    def descriptor(name: str) -> npt.NDArray[np.float64]:
+        values = [by_id[r].descriptors.get(name) for r in test.record_ids]
+        return np.array([np.nan if v is None else float(v) for v in values])
+
+    np.savez(
+        path,
+        record_id=np.array(test.record_ids, dtype=np.int64),
+        site=test.site,
+        label=test.labels.astype(np.int64),
+        age_years=descriptor("Age"),
+        sex=descriptor("Gender"),
+        risk_federated=_risk48(federated, test),
+        risk_central=_risk48(central, test),
+        risk_local=local_risk,
+    )
 
 
 def _frontier(
@@ -367,14 +423,21 @@ def _frontier(
     parts: dict[str, Part],
     n_sites: int,
     config: TrainConfig,
+    central: StepEnsemble,
+    central_fit: dict[str, Any],
 ) -> list[dict[str, Any]]:
+    """Strength 0 is the central model itself (same seed, data and settings)."""
     rows = []
     for strength in settings.strengths():
-        cfg = TrainConfig(**{**asdict(config), "adversary_strength": strength})
-        net = _fresh(base, settings.seed)
-        adversary = make_adversary(net.config.fused, n_sites, settings.seed) if strength > 0 else None
-        fitted = fit(net, parts["train"], parts["validation"], cfg, max_epochs=settings.central_epochs,
-                     patience=settings.patience, seed=settings.seed, adversary=adversary)
+        if strength == 0:
+            net, fitted = central, central_fit
+        else:
+            cfg = TrainConfig(**{**asdict(config), "adversary_strength": strength})
+            net = _fresh(base, settings.seed)
+            adversary = make_adversary(net.config.fused, n_sites, settings.seed)
+            fitted = fit(net, parts["train"], parts["validation"], cfg,
+                         max_epochs=settings.central_epochs, patience=settings.patience,
+                         seed=settings.seed, adversary=adversary)
         _, val_rep = logits_at(net, parts["validation"], (48,))
         _, test_rep = logits_at(net, parts["test"], (48,))
         probe = site_probe_auroc(val_rep[:, 0], parts["validation"].site, test_rep[:, 0], parts["test"].site, n_sites)
