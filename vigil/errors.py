@@ -24,10 +24,10 @@ from __future__ import annotations
 __all__ = [
     "CircuitOpenError",
     "ConfigError",
+    "FederationError",
     "ImageError",
     "InferenceError",
     "MessageError",
-    "FederationError",
     "ModelError",
     "SchemaError",
     "StackError",

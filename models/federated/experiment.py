@@ -81,7 +81,9 @@ def _auc_ci(net: StepEnsemble, part: Part, resamples: int) -> dict[str, Any]:
     logits, _ = logits_at(net, part, (48,))
     return {
         "estimate": round(auroc(part.labels, logits[:, 0]), 4),
-        "interval": interval(part.labels.astype(np.float64), logits[:, 0], auroc, resamples=resamples),
+        "interval": interval(
+            part.labels.astype(np.float64), logits[:, 0], auroc, resamples=resamples
+        ),
         "n": len(part),
         "events": int(part.labels.sum()),
     }
@@ -149,21 +151,22 @@ def _federate_over_grpc(
             }
             spec_path = run_dir / f"site-{site.name}.json"
             spec_path.write_text(json.dumps(spec))
-            log = (run_dir / f"site-{site.name}.log").open("wb")
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "models.federated.site", str(spec_path)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
+            with (run_dir / f"site-{site.name}.log").open("wb") as log:
+                procs.append(
+                    subprocess.Popen(  # noqa: S603 - argv is built by Vigil, not a shell
+                        [sys.executable, "-m", "models.federated.site", str(spec_path)],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
                 )
-            )
         deadline = time.monotonic() + settings.round_timeout_seconds
         while len(server.sites) < len(sites):
             dead = [p.args for p in procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
                 raise FederationError(
-                    f"only {len(server.sites)} of {len(sites)} sites registered; see {run_dir}/site-*.log"
+                    f"only {len(server.sites)} of {len(sites)} sites registered; "
+                    f"see {run_dir}/site-*.log"
                 )
             time.sleep(0.2)
         ready = time.monotonic()
@@ -223,7 +226,10 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
     by_id = {s.record_id: s for s in stays}
     labels = {r: outcomes[r].in_hospital_death for r in by_id}
     site_of = {r: i for i, site in enumerate(sites) for r in site.all_ids()}
-    pooled = {p: sorted(r for s in sites for r in s.record_ids[p]) for p in ("train", "validation", "test")}
+    pooled = {
+        p: sorted(r for s in sites for r in s.record_ids[p])
+        for p in ("train", "validation", "test")
+    }
     config = TrainConfig()
     base = build_net(config, [by_id[r] for r in pooled["train"]])
     parts = _prepare_parts(by_id, labels, site_of, pooled, base)
@@ -244,14 +250,22 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
 
     # Central and local-only
     central = _fresh(base, settings.seed)
-    central_fit = fit(central, parts["train"], parts["validation"], config, seed=settings.seed, **fit_args)
+    central_fit = fit(
+        central, parts["train"], parts["validation"], config, seed=settings.seed, **fit_args
+    )
     local: list[StepEnsemble] = []
     local_fits = []
     for index in range(len(sites)):
         net = _fresh(base, settings.seed)
         local_fits.append(
-            fit(net, site_part("train", index), site_part("validation", index), config,
-                seed=settings.seed + index, **fit_args)
+            fit(
+                net,
+                site_part("train", index),
+                site_part("validation", index),
+                config,
+                seed=settings.seed + index,
+                **fit_args,
+            )
         )
         local.append(net)
     _log.info("central and local-only done")
@@ -261,18 +275,26 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
     if settings.leave_one_site_out:
         for held, site in enumerate(sites):
             keep = [i for i in range(len(sites)) if i != held]
-            train_ids = {p: [r for r in pooled[p] if site_of[r] in keep] for p in ("train", "validation")}
+            train_ids = {
+                p: [r for r in pooled[p] if site_of[r] in keep] for p in ("train", "validation")
+            }
             net3 = build_net(config, [by_id[r] for r in train_ids["train"]])
             parts3 = _prepare_parts(
-                by_id, labels, site_of,
-                {**train_ids, "test": list(site.record_ids["test"])}, net3,
+                by_id,
+                labels,
+                site_of,
+                {**train_ids, "test": list(site.record_ids["test"])},
+                net3,
             )
             c3 = _fresh(net3, settings.seed)
             fit(c3, parts3["train"], parts3["validation"], config, seed=settings.seed, **fit_args)
             f3 = federate_in_process(
                 _fresh(net3, settings.seed),
                 [parts3["train"].subset(parts3["train"].site == i) for i in keep],
-                config, rounds=settings.rounds, local_epochs=settings.local_epochs, seed=settings.seed,
+                config,
+                rounds=settings.rounds,
+                local_epochs=settings.local_epochs,
+                seed=settings.seed,
             )
             held_test = site_part("test", held)
             loso.append(
@@ -311,7 +333,11 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
                 "test_auroc_federated_ci": _auc_ci(federated, test, res)["interval"],
                 "local_best_epoch": local_fits[index]["best_epoch"],
                 "leave_one_site_out_auroc": next(
-                    ({k: v for k, v in row.items() if k != "site"} for row in loso if row["site"] == site.name),
+                    (
+                        {k: v for k, v in row.items() if k != "site"}
+                        for row in loso
+                        if row["site"] == site.name
+                    ),
                     None,
                 ),
             }
@@ -353,7 +379,11 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
         "leave_one_site_out": loso,
         "site_invariance_frontier": frontier,
         "federation_timing": timing,
-        "seeds": {"network": settings.seed, "split": settings.split_seed, "sites": [settings.seed + i for i in range(len(sites))]},
+        "seeds": {
+            "network": settings.seed,
+            "split": settings.split_seed,
+            "sites": [settings.seed + i for i in range(len(sites))],
+        },
         "settings": settings.model_dump(mode="json"),
         "wall_seconds_total": 0.0,
     }
@@ -435,12 +465,21 @@ def _frontier(
             cfg = TrainConfig(**{**asdict(config), "adversary_strength": strength})
             net = _fresh(base, settings.seed)
             adversary = make_adversary(net.config.fused, n_sites, settings.seed)
-            fitted = fit(net, parts["train"], parts["validation"], cfg,
-                         max_epochs=settings.central_epochs, patience=settings.patience,
-                         seed=settings.seed, adversary=adversary)
+            fitted = fit(
+                net,
+                parts["train"],
+                parts["validation"],
+                cfg,
+                max_epochs=settings.central_epochs,
+                patience=settings.patience,
+                seed=settings.seed,
+                adversary=adversary,
+            )
         _, val_rep = logits_at(net, parts["validation"], (48,))
         _, test_rep = logits_at(net, parts["test"], (48,))
-        probe = site_probe_auroc(val_rep[:, 0], parts["validation"].site, test_rep[:, 0], parts["test"].site, n_sites)
+        probe = site_probe_auroc(
+            val_rep[:, 0], parts["validation"].site, test_rep[:, 0], parts["test"].site, n_sites
+        )
         test = parts["test"]
         rows.append(
             {
@@ -448,7 +487,9 @@ def _frontier(
                 "best_epoch": fitted["best_epoch"],
                 "validation_auroc": fitted["best_val_auroc"],
                 "pooled_test_auroc": _auc48(net, test),
-                "site_test_auroc": [_auc48(net, test.subset(test.site == i)) for i in range(n_sites)],
+                "site_test_auroc": [
+                    _auc48(net, test.subset(test.site == i)) for i in range(n_sites)
+                ],
                 "site_probe_auroc_mean": round(probe["mean"], 4),
                 "site_probe_auroc_per_site": {k: round(v, 4) for k, v in probe["per_site"].items()},  # type: ignore[attr-defined]
             }
@@ -475,7 +516,12 @@ def _export(
     federation = {
         "simulated_sites": SIMULATED,
         "sites": [
-            {"name": r["name"], "icu_type": r["icu_type"], "n_train": r["n_train"], "data_sha256": r["data_sha256"]}
+            {
+                "name": r["name"],
+                "icu_type": r["icu_type"],
+                "n_train": r["n_train"],
+                "data_sha256": r["data_sha256"],
+            }
             for r in report["sites"]
         ],
         "rounds": settings.rounds,
@@ -496,7 +542,13 @@ def _export(
         "data_dir": str(settings.data_dir),
         "data_sha256": data_hash(settings.data_dir),
         "code_version": code_version(
-            (*STEP_TRAINING_SOURCES, *(f"models/federated/{m}.py" for m in ("experiment", "relay", "rounds", "site", "sites", "training")))
+            (
+                *STEP_TRAINING_SOURCES,
+                *(
+                    f"models/federated/{m}.py"
+                    for m in ("experiment", "relay", "rounds", "site", "sites", "training")
+                ),
+            )
         ),
         "packages": package_versions(with_pydantic=True),
         "metrics": {
@@ -511,11 +563,24 @@ def _export(
     if settings.max_stays is None:
         fit_step_ood(
             StepOODSettings(
-                data_dir=settings.data_dir, checkpoint=checkpoint, output=ood_fit,
-                window_ood=None, bootstrap_resamples=0, timeline_stays=20, threads=settings.threads,
+                data_dir=settings.data_dir,
+                checkpoint=checkpoint,
+                output=ood_fit,
+                window_ood=None,
+                bootstrap_resamples=0,
+                timeline_stays=20,
+                threads=settings.threads,
             )
         )
         result = export_step(checkpoint, settings.out / "triton_repo", ood_fit=ood_fit)
-        return {"checkpoint": str(checkpoint), "config": str(result.config), "model": str(result.model),
-                "model_card": str(result.model_card), "parity_max_abs_diff": result.max_abs_diff}
-    return {"checkpoint": str(checkpoint), "skipped": "Triton export needs the full data set (the OOD fit recomputes the split)"}
+        return {
+            "checkpoint": str(checkpoint),
+            "config": str(result.config),
+            "model": str(result.model),
+            "model_card": str(result.model_card),
+            "parity_max_abs_diff": result.max_abs_diff,
+        }
+    return {
+        "checkpoint": str(checkpoint),
+        "skipped": "Triton export needs the full data set (the OOD fit recomputes the split)",
+    }

@@ -29,9 +29,9 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.supercore.run import Run
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 from vigil.errors import FederationError
 
@@ -262,7 +262,10 @@ def serve_site(
         push = channel.unary_unary(f"/{_SERVICE}/Push")
         node_id = int(json.loads(register(link.site.encode()))["node_id"])
         context = Context(
-            run_id=1, node_id=node_id, node_config={"site": link.site}, state=RecordDict(),
+            run_id=1,
+            node_id=node_id,
+            node_config={"site": link.site},
+            state=RecordDict(),
             run_config={},
         )
         answered = 0

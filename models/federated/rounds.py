@@ -13,13 +13,13 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Context, RecordDict
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
 from flwr.server import ServerConfig
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import FedAvg, FedProx
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.default_workflows import default_fit_workflow
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -121,7 +121,6 @@ def run_rounds(
     history: list[dict[str, Any]] = []
 
     def checked_fit(grid: Grid, context: Context) -> None:
-        assert isinstance(context, LegacyContext)
         done = len(chosen.aggregated)  # type: ignore[attr-defined]
         fit(grid, context)
         round_no = done + 1
@@ -148,9 +147,7 @@ def run_rounds(
         strategy=chosen,
     )
     DefaultWorkflow(fit_workflow=checked_fit, evaluate_workflow=no_evaluation)(grid, context)
-    params = parameters_to_ndarrays(
-        _to_parameters(context.state.array_records[_PARAMS_RECORD])
-    )
+    params = parameters_to_ndarrays(_to_parameters(context.state.array_records[_PARAMS_RECORD]))
     return RoundsResult([np.asarray(p, dtype=np.float32) for p in params], history)
 
 

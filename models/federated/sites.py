@@ -56,7 +56,9 @@ def make_sites(
     sites = []
     for icu_type, name in SITE_NAMES.items():
         parts = {
-            part: tuple(r for r in split[part] if icu[r] is not None and int(icu[r] or 0) == icu_type)
+            part: tuple(
+                r for r in split[part] if icu[r] is not None and int(icu[r] or 0) == icu_type
+            )
             for part in PARTS
         }
         sites.append(Site(name, icu_type, parts))

@@ -42,7 +42,9 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_run_certificates(host: str = "127.0.0.1", valid: timedelta = timedelta(days=1)) -> RunCertificates:
+def make_run_certificates(
+    host: str = "127.0.0.1", valid: timedelta = timedelta(days=1)
+) -> RunCertificates:
     """A fresh CA and a server certificate for ``host`` (an IP address) and localhost."""
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())

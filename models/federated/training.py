@@ -114,12 +114,12 @@ def set_parameters(net: StepEnsemble, params: Sequence[npt.NDArray[np.float32]])
 
 class _Reverse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, strength: float) -> Tensor:  # noqa: D102
+    def forward(ctx: Any, x: Tensor, strength: float) -> Tensor:
         ctx.strength = strength
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         return -ctx.strength * grad, None
 
 
@@ -151,9 +151,7 @@ def train_epochs(
     params = list(member.parameters()) + (
         list(adversary.parameters()) if adversary is not None else []
     )
-    optimiser = torch.optim.Adam(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimiser = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     anchors = (
         [torch.from_numpy(np.asarray(a)) for a in anchor]
         if anchor is not None and config.proximal_mu > 0
@@ -183,7 +181,9 @@ def train_epochs(
                     site_logits.reshape(b * q, k), site[pick].repeat_interleave(q)
                 )
             if anchors is not None:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(member.parameters(), anchors, strict=True))
+                prox = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(member.parameters(), anchors, strict=True)
+                )
                 loss = loss + 0.5 * config.proximal_mu * prox
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
@@ -249,9 +249,7 @@ def calibrate(net: StepEnsemble, validation: Part) -> tuple[float, float]:
     from models.deterioration.baselines import fit_platt
 
     logits, _ = logits_at(net, validation, CALIBRATION_HOURS)
-    scale, bias = fit_platt(
-        logits.T.ravel(), np.tile(validation.labels, len(CALIBRATION_HOURS))
-    )
+    scale, bias = fit_platt(logits.T.ravel(), np.tile(validation.labels, len(CALIBRATION_HOURS)))
     net.calibration_scale.fill_(scale)
     net.calibration_bias.fill_(bias)
     return scale, bias

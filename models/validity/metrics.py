@@ -29,7 +29,7 @@ def calibration_line(labels: Array, risks: Array, iterations: int = 50) -> tuple
     design = np.stack([np.ones_like(x), x], 1)
     beta = np.array([0.0, 1.0])
     for _ in range(iterations):
-        mu = 1 / (1 + np.exp(-(design @ beta)))
+        mu = 1 / (1 + np.exp(-np.clip(design @ beta, -30, 30)))
         w = mu * (1 - mu) + 1e-9
         hessian = design.T @ (design * w[:, None])
         step = np.linalg.solve(hessian + 1e-9 * np.eye(2), design.T @ (y - mu))
