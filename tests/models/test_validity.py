@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from models.federated.sites import SITE_NAMES, make_sites
 from models.federated.simulate import fedavg
+from models.federated.sites import SITE_NAMES, make_sites
 from models.validity.analytical import unit_round_trips
 from models.validity.metrics import calibration_line, summarise
 from streams.datasets.physionet2012 import load_stays
