@@ -278,14 +278,21 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
             train_ids = {
                 p: [r for r in pooled[p] if site_of[r] in keep] for p in ("train", "validation")
             }
-            net3 = build_net(config, [by_id[r] for r in train_ids["train"]])
-            parts3 = _prepare_parts(
-                by_id,
-                labels,
-                site_of,
-                {**train_ids, "test": list(site.record_ids["test"])},
-                net3,
-            )
+            if settings.loso_normalisation == "three-sites":
+                net3 = build_net(config, [by_id[r] for r in train_ids["train"]])
+                parts3 = _prepare_parts(
+                    by_id,
+                    labels,
+                    site_of,
+                    {**train_ids, "test": list(site.record_ids["test"])},
+                    net3,
+                )
+            else:  # "pooled": reuse the prepared stays (the left-out site's means/SDs leak)
+                net3 = base
+                parts3 = {
+                    p: parts[p].subset(np.isin(parts[p].site, keep))
+                    for p in ("train", "validation")
+                } | {"test": site_part("test", held)}
             c3 = _fresh(net3, settings.seed)
             fit(c3, parts3["train"], parts3["validation"], config, seed=settings.seed, **fit_args)
             f3 = federate_in_process(
@@ -377,6 +384,7 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
         "calibration": {"federated": fed_cal, "central": central_cal},
         "sites": site_rows,
         "leave_one_site_out": loso,
+        "leave_one_site_out_normalisation": settings.loso_normalisation,
         "site_invariance_frontier": frontier,
         "federation_timing": timing,
         "seeds": {

@@ -44,6 +44,12 @@ class FederateSettings(BaseSettings):
     )
     patience: int = Field(4, ge=1, description="Early stopping patience (validation AUROC).")
     leave_one_site_out: bool = Field(True, description="Also train the leave-one-site-out models.")
+    loso_normalisation: Literal["three-sites", "pooled"] = Field(
+        "three-sites",
+        description="Leave-one-site-out normalisation: from the three training sites (re-prepares "
+        "the stays), or the pooled one of all four (faster; the left-out site's means and SDs "
+        "leak, no labels).",
+    )
     adversary_strengths: str = Field(
         "0,0.3,1,3",
         description="Gradient-reversal strengths of the site-invariance frontier "
