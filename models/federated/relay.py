@@ -134,6 +134,7 @@ class RelayServer:
         inbox = self._state.inbox.get(node_id)
         if inbox is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "unknown node")
+            return b""  # abort raises; this line is never reached
         try:
             return inbox.get(timeout=_PULL_WAIT_SECONDS)
         except queue.Empty:

@@ -38,7 +38,7 @@ class RoundsResult:
     rounds: list[dict[str, Any]]
 
 
-def _recording(base: type[FedAvg]) -> type[FedAvg]:
+def _recording(base: type[FedAvg]) -> Any:
     class Recording(base):  # type: ignore[misc, valid-type]
         """The strategy, remembering which round it aggregated and with how many sites."""
 
@@ -92,7 +92,7 @@ def run_rounds(
     """
     if strategy not in ("fedavg", "fedprox"):
         raise FederationError(f"unknown strategy {strategy!r} (fedavg, fedprox)")
-    common = {
+    common: dict[str, Any] = {
         "fraction_fit": 1.0,
         "fraction_evaluate": 0.0,
         "min_fit_clients": sites,
@@ -101,16 +101,16 @@ def run_rounds(
         "initial_parameters": ndarrays_to_parameters(list(initial)),
     }
     if strategy == "fedprox":
-        chosen: FedAvg = _recording(FedProx)(proximal_mu=proximal_mu, **common)
+        chosen = _recording(FedProx)(proximal_mu=proximal_mu, **common)
     else:
         chosen = _recording(FedAvg)(**common)
-    chosen.aggregated = {}  # type: ignore[attr-defined]
+    aggregated: dict[int, int] = {}
+    chosen.aggregated = aggregated
+    threshold = reconstruction_threshold if reconstruction_threshold is not None else sites - 1
     fit = (
         SecAggPlusWorkflow(
             num_shares=num_shares if num_shares is not None else sites,
-            reconstruction_threshold=(
-                reconstruction_threshold if reconstruction_threshold is not None else sites - 1
-            ),
+            reconstruction_threshold=threshold,
             clipping_range=clipping_range,
             max_weight=max_weight,
             timeout=timeout_seconds,
@@ -121,17 +121,17 @@ def run_rounds(
     history: list[dict[str, Any]] = []
 
     def checked_fit(grid: Grid, context: Context) -> None:
-        done = len(chosen.aggregated)  # type: ignore[attr-defined]
+        done = len(aggregated)
         fit(grid, context)
         round_no = done + 1
-        if round_no not in chosen.aggregated:  # type: ignore[attr-defined]
+        if round_no not in aggregated:
             raise FederationError(
                 f"round {round_no}: the {'secure ' if secure else ''}aggregation did not "
                 f"complete (too few of {sites} sites answered"
-                + (f"; SecAgg+ needs {fit.reconstruction_threshold}" if secure else "")  # type: ignore[union-attr]
+                + (f"; SecAgg+ needs {threshold}" if secure else "")
                 + ")"
             )
-        history.append({"round": round_no, "sites_aggregated": chosen.aggregated[round_no]})  # type: ignore[attr-defined]
+        history.append({"round": round_no, "sites_aggregated": aggregated[round_no]})
 
     def no_evaluation(grid: Grid, context: Context) -> None:
         return None
