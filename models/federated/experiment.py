@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,7 @@ def _prepare_parts(
     by_id: dict[int, Stay],
     labels: dict[int, int],
     site_of: dict[int, int],
-    ids: dict[str, Sequence[int]],
+    ids: Mapping[str, Sequence[int]],
     net: StepEnsemble,
 ) -> dict[str, Part]:
     return {
@@ -239,7 +239,10 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
         return parts[part].subset(parts[part].site == index)
 
     res = settings.bootstrap_resamples
-    fit_args = {"max_epochs": settings.central_epochs, "patience": settings.patience}
+    fit_args: dict[str, Any] = {
+        "max_epochs": settings.central_epochs,
+        "patience": settings.patience,
+    }
 
     # Federated (the deployed shape)
     start = _fresh(base, settings.seed)

@@ -31,9 +31,10 @@ def fedavg(updates: Sequence[Params], weights: Sequence[float]) -> Params:
     """Example-weighted mean of each parameter array."""
     total = float(sum(weights))
     return [
-        (
-            sum(w * u[i].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / total
-        ).astype(np.float32)
+        np.asarray(
+            sum(w * u[i].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / total,
+            dtype=np.float32,
+        )
         for i in range(len(updates[0]))
     ]
 

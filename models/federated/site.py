@@ -39,7 +39,7 @@ from streams.datasets.physionet2012 import load_stays
 __all__ = ["SiteTrainer", "site_app"]
 
 
-class SiteTrainer(NumPyClient):  # type: ignore[misc]
+class SiteTrainer(NumPyClient):
     """Local training of one site (a Flower ``NumPyClient``)."""
 
     def __init__(

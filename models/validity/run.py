@@ -56,7 +56,7 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
     if not stays:
         raise ConfigError(f"no stays in {settings.recording_dir}")
     resolution = recording_resolution(stays)
-    analytical = {
+    analytical: dict[str, Any] = {
         "checkpoint": str(settings.checkpoint),
         "recording": str(settings.recording_dir),
         "replay": replay_twice(net, stays[: settings.replay_stays]),
@@ -88,7 +88,7 @@ def run_validate(settings: ValidateSettings) -> dict[str, Any]:
         images.append("site_invariance.svg")
     plot_noise(analytical["measurement_noise"]["parameters"], out / "noise.svg")
     plot_replay(analytical["replay"]["trajectories"], out / "replay.svg")
-    report = {
+    report: dict[str, Any] = {
         "simulated_sites": federation.get("simulated_sites"),
         "federation": str(fed_path),
         "analytical": analytical,

@@ -41,7 +41,7 @@ def _updates(seed: int = 0) -> dict[str, Params]:
     return {s: [rng.normal(0, 1.5, size).astype(np.float32) for size in SHAPES] for s in SITES}
 
 
-class _Fixed(NumPyClient):  # type: ignore[misc]
+class _Fixed(NumPyClient):
     def __init__(self, params: Params, weight: int) -> None:
         self.params, self.weight = params, weight
 
