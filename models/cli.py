@@ -24,7 +24,7 @@ from models.federated.settings import FederateSettings
 from models.imaging.settings import ImagingSettings
 from models.ood.settings import OODSettings
 from models.validity.settings import ValidateSettings
-from vigil.errors import VigilError
+from vigil.errors import ConfigError, VigilError
 
 if TYPE_CHECKING:
     from models.common.export import ExportResult
@@ -274,6 +274,11 @@ def run_federate_command(settings: FederateSettings) -> str:
 
 def run_validate_command(settings: ValidateSettings) -> str:
     """``vigil validate``: analytical and clinical validity report."""
+    federation = settings.federation_dir / "federation.json"
+    if not federation.is_file():  # before importing torch: a mistyped path fails at once
+        raise ConfigError(
+            f"{federation} not found; run vigil federate --out {settings.federation_dir} first"
+        )
     from models.validity.run import run_validate
 
     report = run_validate(settings)
