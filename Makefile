@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null; $(BIN)/python -m pip install --quiet "uv>=0.4,<1"; }
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,stack]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps 'flwr==1.42.0'
 	@touch $@
 
 setup: $(STAMP)

@@ -31,7 +31,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from models.cli import export_app, train_app
+from models.cli import export_app, run_federate_command, run_validate_command, train_app
+from models.common.settings_cli import settings_command
+from models.federated.settings import FederateSettings
+from models.validity.settings import ValidateSettings
 from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics, missing_topics
 from streams.console.settings import ConsoleSettings
@@ -80,6 +83,22 @@ topics_app = typer.Typer(help="Create and check Vigil's Kafka topics.", no_args_
 app.add_typer(topics_app, name="topics")
 app.add_typer(train_app, name="train")
 app.add_typer(export_app, name="export")
+settings_command(
+    app,
+    "federate",
+    FederateSettings,
+    run_federate_command,
+    help_text="Federated training of the step model over four SIMULATED sites (set A's ICU "
+    "types): Flower with SecAgg+, TLS on loopback; writes OUT/federation.json (docs/federated.md).",
+)
+settings_command(
+    app,
+    "validate",
+    ValidateSettings,
+    run_validate_command,
+    help_text="Analytical and clinical validity: OUT/validity.json and OUT/report.html "
+    "(docs/validity.md); reads vigil federate's output.",
+)
 
 OnlyOption = Annotated[
     str | None,
