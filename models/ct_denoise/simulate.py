@@ -19,7 +19,8 @@ dose fraction ``d`` is simulated the physical way, every constant below:
    :data:`MIN_COUNTS` (the usual clamp before the log).
 4. **Log and reconstruction.** ``p_hat = -log(N / (I0 * d))``, minus the body path, then
    filtered back-projection (``skimage.transform.iradon``, ramp filter, linear
-   interpolation) back to ``mu`` on the sub-pixel grid, averaged to 2 mm pixels, to HU, to the window, clipped to ``[0, 1]``.
+   interpolation) back to ``mu`` on the sub-pixel grid, averaged to 2 mm pixels, to HU,
+   to the window, clipped to ``[0, 1]``.
 
 Full dose (``d = 1``) is itself a simulation with its own noise; the real patch is the
 reference (what the full-dose scan looked like).
