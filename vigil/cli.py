@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from models.cli import export_app, train_app
+from models.dose_cli import imaging_app
 from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics, missing_topics
 from streams.gateway.hl7_replay import read_hl7
@@ -79,6 +80,7 @@ topics_app = typer.Typer(help="Create and check Vigil's Kafka topics.", no_args_
 app.add_typer(topics_app, name="topics")
 app.add_typer(train_app, name="train")
 app.add_typer(export_app, name="export")
+app.add_typer(imaging_app, name="imaging")
 
 OnlyOption = Annotated[
     str | None,

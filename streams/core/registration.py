@@ -135,7 +135,7 @@ def register_pair(
     moving: npt.ArrayLike,
     *,
     iterations: int = 200,
-    smoothness: float = 0.05,
+    smoothness: float = 0.01,
     learning_rate: float = 0.1,
     steps: int = SQUARING_STEPS,
 ) -> Registration:
