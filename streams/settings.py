@@ -248,10 +248,10 @@ class WorkerSettings(BaseSettings):
         description="Optimiser steps of the registration of each study to the patient's "
         "prior study of the same modality; 0 switches registration off.",
     )
-    prior_dir: str = Field(
-        default=".vigil/artifacts/priors",
+    prior_dir: str | None = Field(
+        default=None,
         description="Where each patient's latest study per modality is kept for registration "
-        "(files named by a hash, no patient identifier).",
+        "(files named by a hash, no patient identifier); default: artifact_dir/priors.",
     )
 
     # --- Event time --------------------------------------------------------------------

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -227,7 +228,11 @@ def create_worker(
             metrics=worker_metrics,
             denoiser=denoiser,
             denoise_below=settings.denoise_below_dose_fraction,
-            priors=PriorStore(settings.prior_dir) if settings.registration_iterations else None,
+            priors=(
+                PriorStore(settings.prior_dir or Path(settings.artifact_dir) / "priors")
+                if settings.registration_iterations
+                else None
+            ),
             registration_iterations=settings.registration_iterations,
         ),
         store=store,

@@ -21,8 +21,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import torch
+from scipy.ndimage import convolve
 from skimage.metrics import structural_similarity
-from skimage.restoration import denoise_nl_means, estimate_sigma
+from skimage.restoration import denoise_nl_means
 
 from models.ct_denoise.data import DosePairs, load_patches, patient_split
 from models.ct_denoise.export import load_denoiser
@@ -34,15 +35,24 @@ from models.imaging.metrics import lesion_counts
 from models.imaging.train import predict
 from streams.core.imaging_ops import preprocess_image, resize
 
-__all__ = ["NLM_STRENGTHS", "bootstrap_mean", "evaluate_dose", "nlm", "segment"]
+__all__ = ["NLM_STRENGTHS", "bootstrap_mean", "evaluate_dose", "nlm", "noise_sigma", "segment"]
 
 NLM_STRENGTHS: Final[tuple[float, ...]] = (0.6, 0.8, 1.0, 1.2, 1.5)
 _BOOTSTRAP: Final[int] = 2000
 
 
+def noise_sigma(image: npt.NDArray[np.float32]) -> float:
+    """Noise standard deviation of an ``[H,W]`` image (Immerkaer 1996: the mean absolute
+    response to a Laplacian difference mask, which cancels smooth structure)."""
+    mask = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+    response = convolve(image.astype(np.float64), mask)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2.0) * np.abs(response).mean() / 6.0)
+
+
 def nlm(image: npt.NDArray[np.float32], strength: float) -> npt.NDArray[np.float32]:
-    """Non-local means of an ``[H,W]`` image, ``h = strength * sigma`` (sigma estimated)."""
-    sigma = float(estimate_sigma(image))
+    """Non-local means of an ``[H,W]`` image, ``h = strength * sigma`` (sigma estimated by
+    :func:`noise_sigma`)."""
+    sigma = noise_sigma(image)
     out = denoise_nl_means(
         image, h=strength * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True
     )
