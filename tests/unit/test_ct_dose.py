@@ -30,7 +30,8 @@ def test_simulation_keeps_shape_and_scaling_and_is_seeded() -> None:
     low = simulate_dose(images, 0.1, seed=3)
     assert low.shape == images.shape
     assert low.dtype == np.float32
-    assert 0.0 <= float(low.min()) and float(low.max()) <= 1.0
+    assert float(low.min()) >= 0.0
+    assert float(low.max()) <= 1.0
     np.testing.assert_array_equal(low, simulate_dose(images, 0.1, seed=3))
     assert not np.array_equal(low, simulate_dose(images, 0.1, seed=4))
     # A patch's noise does not depend on the patches after it.
