@@ -83,9 +83,9 @@ def train_denoiser_command(
     out: Annotated[Path, typer.Option(help="Checkpoint written.")] = Path(
         "models/weights/ct_denoise.pt"
     ),
-    epochs: Annotated[int, typer.Option(min=1)] = 20,
-    channels: Annotated[int, typer.Option(min=1)] = 24,
-    levels: Annotated[int, typer.Option(min=0, max=4, help="U-Net levels; 0 plain.")] = 2,
+    epochs: Annotated[int, typer.Option(min=1)] = 24,
+    channels: Annotated[int, typer.Option(min=1)] = 32,
+    levels: Annotated[int, typer.Option(min=0, max=4, help="U-Net levels; 0 plain.")] = 0,
     patches: Patches = _PATCHES,
     cache: Cache = _CACHE,
     seed: int = 7,

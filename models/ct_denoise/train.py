@@ -29,7 +29,7 @@ from models.ct_denoise.network import DenoiseConfig, DenoiseNet
 __all__ = ["LossKind", "TrainResult", "denoise", "psnr", "train_denoiser"]
 
 LossKind = Literal["poisson", "mse"]
-_LR: Final[float] = 2e-3
+_LR: Final[float] = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ def train_denoiser(
     loss: LossKind,
     config: DenoiseConfig,
     epochs: int,
-    batch_size: int = 8,
+    batch_size: int = 32,
     seed: int = 7,
 ) -> TrainResult:
     """Trains one denoiser; returns the best epoch's network (by validation PSNR).
