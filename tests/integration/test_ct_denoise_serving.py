@@ -133,7 +133,7 @@ def test_low_dose_study_is_denoised_and_the_next_one_registered(
             denoiser=denoiser,
             denoise_below=0.5,
             priors=PriorStore(tmp_path / "priors"),
-            registration_iterations=60,
+            registration_iterations=30,
         )
         for scorer in (denoiser, imager):
             await scorer.start()
