@@ -23,6 +23,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -40,7 +41,7 @@ from vigil.testing.triton_server import running_triton
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 
 
-def _npz(image: np.ndarray) -> bytes:
+def _npz(image: np.ndarray[Any, Any]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, image=image.astype(np.float32))
     return buffer.getvalue()

@@ -102,8 +102,9 @@ def poisson_weight(image: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float
     """
     side = image.shape[0]
     theta = np.linspace(0.0, 180.0, 90, endpoint=False)
-    line = radon(attenuation_from_window(image), theta=theta, circle=False) * PIXEL_MM
-    variance = iradon(
+    mu = attenuation_from_window(image)
+    line = radon(mu, theta=theta, circle=False) * PIXEL_MM  # type: ignore[no-untyped-call]
+    variance = iradon(  # type: ignore[no-untyped-call]
         np.exp(line + MU_WATER_PER_MM * BODY_WATER_MM),
         theta=theta,
         circle=False,
@@ -111,7 +112,8 @@ def poisson_weight(image: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float
         filter_name=None,
     )
     inverse = 1.0 / np.maximum(variance, 1e-12)
-    return (inverse / inverse.mean()).astype(np.float32)
+    weight: npt.NDArray[np.float32] = (inverse / inverse.mean()).astype(np.float32)
+    return weight
 
 
 def simulate_pairs(

@@ -56,7 +56,8 @@ def nlm(image: npt.NDArray[np.float32], strength: float) -> npt.NDArray[np.float
     out = denoise_nl_means(
         image, h=strength * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True
     )
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    clipped: npt.NDArray[np.float32] = np.clip(out, 0.0, 1.0).astype(np.float32)
+    return clipped
 
 
 def bootstrap_mean(
@@ -130,7 +131,7 @@ def _metric_block(
     p = np.array([psnr(o[0], c[0]) for o, c in zip(outputs, rows.clean, strict=True)])
     s = np.array(
         [
-            structural_similarity(o[0], c[0], data_range=1.0)
+            structural_similarity(o[0], c[0], data_range=1.0)  # type: ignore[no-untyped-call]
             for o, c in zip(outputs, rows.clean, strict=True)
         ]
     )

@@ -72,7 +72,7 @@ def _dose_figure(patches: Path, denoiser: Path, target: Path) -> Path:
         "Low-dose CT (SIMULATED), held-out test patient; PSNR vs the real patch", fontsize=8
     )
     figure.tight_layout()
-    FigureCanvasAgg(figure).print_png(str(target))
+    FigureCanvasAgg(figure).print_png(str(target))  # type: ignore[no-untyped-call]
     return target
 
 
@@ -100,7 +100,7 @@ def _registration_figure(patches: Path, target: Path) -> Path:
     axes[3].set_axis_off()
     figure.colorbar(shown, ax=axes[3], fraction=0.046)
     figure.tight_layout()
-    FigureCanvasAgg(figure).print_png(str(target))
+    FigureCanvasAgg(figure).print_png(str(target))  # type: ignore[no-untyped-call]
     return target
 
 

@@ -121,11 +121,11 @@ def simulate_image(
     step_mm = PIXEL_MM / SUBPIXELS
     theta = _angles()
     body = MU_WATER_PER_MM * BODY_WATER_MM
-    line = radon(mu, theta=theta, circle=False) * step_mm + body
+    line = radon(mu, theta=theta, circle=False) * step_mm + body  # type: ignore[no-untyped-call]
     incident = I0_FULL_DOSE * dose
     counts = np.maximum(rng.poisson(incident * np.exp(-line)).astype(np.float64), MIN_COUNTS)
     measured = -np.log(counts / incident) - body
-    recon = iradon(
+    recon = iradon(  # type: ignore[no-untyped-call]
         measured / step_mm,
         theta=theta,
         circle=False,

@@ -124,7 +124,7 @@ def train_denoiser(
             error = (net(noisy, level) - clean) ** 2
             value = (weight * error).mean() if loss == "poisson" else error.mean()
             optimiser.zero_grad()
-            value.backward()  # type: ignore[no-untyped-call]
+            value.backward()
             optimiser.step()
             losses.append(float(value.item()))
         schedule.step()

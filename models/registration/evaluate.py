@@ -78,7 +78,8 @@ def known_velocity(
     dy, dx = ys - centre[0], xs - centre[1]
     bump = np.exp(-(dy**2 + dx**2) / (2.0 * radius_px**2))
     radial = -growth * np.stack([dy, dx]) * bump
-    return (smooth.numpy() + radial).astype(np.float32)
+    velocity: npt.NDArray[np.float32] = (smooth.numpy() + radial).astype(np.float32)
+    return velocity
 
 
 def make_synthetic(

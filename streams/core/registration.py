@@ -78,7 +78,8 @@ def jacobian_determinant(displacement: npt.ArrayLike) -> npt.NDArray[np.float64]
     u = np.asarray(displacement, dtype=np.float64)
     duy_dy, duy_dx = np.gradient(u[0])
     dux_dy, dux_dx = np.gradient(u[1])
-    return (1.0 + duy_dy) * (1.0 + dux_dx) - duy_dx * dux_dy
+    det: npt.NDArray[np.float64] = (1.0 + duy_dy) * (1.0 + dux_dx) - duy_dx * dux_dy
+    return det
 
 
 def folding_fraction(displacement: npt.ArrayLike) -> float:

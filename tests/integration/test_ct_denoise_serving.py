@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,7 +51,9 @@ def triton_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def _infer(url: str, image: np.ndarray, dose: np.ndarray) -> np.ndarray:
+def _infer(
+    url: str, image: np.ndarray[Any, Any], dose: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
     client = grpcclient.InferenceServerClient(url)
     tensors = []
     for name, array in (("image", image), ("dose_fraction", dose)):
@@ -58,7 +61,7 @@ def _infer(url: str, image: np.ndarray, dose: np.ndarray) -> np.ndarray:
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
     result = client.infer("ct_denoise", tensors)
-    out: np.ndarray = result.as_numpy("denoised")
+    out: np.ndarray[Any, Any] = result.as_numpy("denoised")
     return out
 
 
@@ -79,7 +82,7 @@ def test_a_bad_dose_is_refused_with_invalid_arg(triton_url: str) -> None:
         _infer(triton_url, image, np.array([[1.5]], np.float32))
 
 
-def _npz(image: np.ndarray) -> bytes:
+def _npz(image: np.ndarray[Any, Any]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, image=image.astype(np.float32))
     return buffer.getvalue()
@@ -98,7 +101,7 @@ def _scorer(url: str, model: str) -> TritonScorer:
     )
 
 
-def _study(n: int, image: np.ndarray, dose: float | None) -> ImagingEvent:
+def _study(n: int, image: np.ndarray[Any, Any], dose: float | None) -> ImagingEvent:
     return ImagingEvent(
         event_id=f"fixture-ct-{n}",
         patient_id="fixture-bed-7",

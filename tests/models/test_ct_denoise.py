@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_contract_names_dtypes_and_dims() -> None:
     ],
 )
 def test_the_wrapper_refuses_bad_requests(
-    image: np.ndarray, dose: np.ndarray, message: str
+    image: np.ndarray[Any, Any], dose: np.ndarray[Any, Any], message: str
 ) -> None:
     with pytest.raises(RequestError, match=message):
         DenoiseRunner.check({"image": image, "dose_fraction": dose})

@@ -4,6 +4,7 @@ denoising decision, and ``vigil imaging simulate-dose``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,12 +17,12 @@ from vigil.cli import main
 from vigil.errors import ConfigError
 
 
-def _patches(n: int = 2) -> np.ndarray:
+def _patches(n: int = 2) -> np.ndarray[Any, Any]:
     images, _ = ct_patches()
     return images[:n, None].astype(np.float32)
 
 
-def _mse(a: np.ndarray, b: np.ndarray) -> float:
+def _mse(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
     return float(np.mean((a.astype(np.float64) - b) ** 2))
 
 

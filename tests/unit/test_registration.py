@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from tests.imaging_files import ct_patches
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def _lesion_patch() -> tuple[np.ndarray, np.ndarray]:
+def _lesion_patch() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     images, masks = ct_patches()
     index = int(np.argmax(masks.reshape(masks.shape[0], -1).sum(axis=1)))
     return images[index].astype(np.float32), masks[index] > 0
