@@ -133,6 +133,7 @@ def evaluate_synthetic(
                 ),
                 "folding_fraction": result.folding_fraction,
                 "min_jacobian": result.min_jacobian,
+                "attempts": float(result.attempts),
                 "ncc_before": result.ncc_before,
                 "ncc_after": result.ncc_after,
                 "prior_area_px": prior_area,
@@ -175,6 +176,7 @@ def evaluate_real_pairs(
                 "min_jacobian": result.min_jacobian,
                 "lesion_dice_before": _dice(masks[j], masks[i]),
                 "lesion_dice_after": _dice(warped_mask, masks[i]),
+                "attempts": float(result.attempts),
             }
         )
     return rows
@@ -244,6 +246,7 @@ def summarise_registration(patches: Path, *, iterations: int, seed: int) -> dict
                 sum(r["folding_fraction"] for r in real) * imgs.shape[1] * imgs.shape[2]
             ),
             "min_jacobian": min((r["min_jacobian"] for r in real), default=float("nan")),
+            "pairs_retried": int(sum(r["attempts"] > 1 for r in real)),
         },
         "synthetic": synthetic,
         "real": real,

@@ -11,13 +11,15 @@ row (y) component and channel 1 the column (x) component.
   values outside), so registering ``moving`` to ``fixed`` finds ``u`` with
   ``moving(x + u(x)) ~ fixed(x)`` and the moving study's masks are carried into the fixed
   study's frame by the same warp.
-* :func:`register_pair` optimises ``v`` per pair: it lives on a grid
+* :func:`register_pair` checks the result and re-runs with a stiffer field if any pixel
+  folds. It optimises ``v`` per pair: it lives on a grid
   :data:`CONTROL_STRIDE` times coarser (upsampled bicubically, so it is smooth by
   construction), the loss is ``MSE(warped, fixed) + lambda * |grad v|^2``, Adam.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 SQUARING_STEPS: Final[int] = 7
+MAX_RETRIES: Final[int] = 3
 CONTROL_STRIDE: Final[int] = 4
 
 
@@ -109,6 +112,7 @@ class Registration:
         min_jacobian: Smallest Jacobian determinant.
         folding_fraction: Pixels with a non-positive determinant.
         iterations: Optimiser steps.
+        attempts: Optimisation runs (more than 1 when an earlier one folded).
     """
 
     displacement: npt.NDArray[np.float32]
@@ -119,6 +123,7 @@ class Registration:
     min_jacobian: float
     folding_fraction: float
     iterations: int
+    attempts: int
 
     def warp_mask(self, mask: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """A ``[H,W]`` mask of the moving study carried into the fixed frame (bilinear, >= 0.5)."""
@@ -139,20 +144,43 @@ def register_pair(
     smoothness: float = 0.01,
     learning_rate: float = 0.1,
     steps: int = SQUARING_STEPS,
+    retries: int = MAX_RETRIES,
 ) -> Registration:
     """Registers ``moving [H,W]`` to ``fixed [H,W]`` (both in ``[0, 1]``) by an SVF.
+
+    The discrete scaling and squaring of a large velocity can still fold a few pixels;
+    when the Jacobian check finds any, the optimisation is run again with 4 times the
+    smoothness, at most ``retries`` times (``Registration.attempts`` says how many runs).
 
     Args:
         fixed: The new study.
         moving: The prior study.
         iterations: Adam steps.
-        smoothness: Weight of the squared velocity gradient.
+        smoothness: Weight of the squared velocity gradient (first attempt).
         learning_rate: Adam step size (pixels of velocity per step, roughly).
         steps: Scaling-and-squaring steps.
+        retries: Extra attempts when the transform folds.
 
     Raises:
         ValueError: Images of different or non-2-D shapes, or smaller than 8 x 8.
     """
+    result = _register_once(fixed, moving, iterations, smoothness, learning_rate, steps)
+    attempts = 1
+    while result.folding_fraction > 0.0 and attempts <= retries:
+        smoothness *= 4.0
+        result = _register_once(fixed, moving, iterations, smoothness, learning_rate, steps)
+        attempts += 1
+    return dataclasses.replace(result, attempts=attempts)
+
+
+def _register_once(
+    fixed: npt.ArrayLike,
+    moving: npt.ArrayLike,
+    iterations: int,
+    smoothness: float,
+    learning_rate: float,
+    steps: int,
+) -> Registration:
     f = np.asarray(fixed, dtype=np.float32)
     m = np.asarray(moving, dtype=np.float32)
     if f.shape != m.shape or f.ndim != 2 or min(f.shape) < 8:
@@ -189,6 +217,7 @@ def register_pair(
         min_jacobian=float(det.min()),
         folding_fraction=float(np.mean(det <= 0.0)),
         iterations=iterations,
+        attempts=1,
     )
 
 

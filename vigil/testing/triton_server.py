@@ -30,12 +30,16 @@ def _free_port() -> int:
 
 @contextmanager
 def running_triton(
-    models: Sequence[str], workdir: Path, *, source: Path = Path("triton_repo")
+    models: Sequence[str],
+    workdir: Path,
+    *,
+    source: Path = Path("triton_repo"),
+    ready_seconds: float = 180.0,
 ) -> Iterator[str]:
     """Starts Triton on copies of ``source/<model>`` for each model; yields its gRPC URL.
 
     Raises:
-        StackError: No server binary, or it exited or was not ready within 90 s.
+        StackError: No server binary, or it exited or was not ready within ``ready_seconds``.
     """
     binary = provision.triton_server()
     repo = workdir / "repo"
@@ -65,7 +69,7 @@ def running_triton(
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + ready_seconds
         while True:
             if proc.poll() is not None:
                 raise StackError(f"tritonserver exited: {log.read_text()[-2000:]}")
@@ -75,7 +79,7 @@ def running_triton(
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise StackError("tritonserver not ready in 90 s")
+                raise StackError(f"tritonserver not ready in {ready_seconds:.0f} s")
             time.sleep(0.2)
         yield f"127.0.0.1:{grpc}"
     finally:
