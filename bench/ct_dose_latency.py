@@ -119,10 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=40)
     parser.add_argument("--iterations", type=int, default=100, help="registration steps")
+    parser.add_argument("--ready-seconds", type=float, default=600.0, help="Triton start limit")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        with running_triton(("ct_denoise", "imaging"), root) as url:
+        models = ("ct_denoise", "imaging")
+        with running_triton(models, root, ready_seconds=args.ready_seconds) as url:
             report = asyncio.run(_measure(url, root, args.events, args.iterations))
     print(json.dumps(report, indent=1))
 
