@@ -132,6 +132,29 @@ class Registration:
         return np.asarray(moved[0, 0].numpy() >= 0.5)
 
 
+class _Adam:
+    """Adam (Kingma and Ba 2015; torch's update written out) on one tensor.
+
+    ``torch.optim`` costs 9-15 s of CPU on the first step of a process (it imports its
+    compiler machinery), which a worker would pay on its first study and every test once.
+    """
+
+    def __init__(self, param: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999)):
+        self.param, self.lr, self.betas, self.t = param, lr, betas, 0
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+
+    def step(self, grad: Tensor) -> None:
+        beta1, beta2 = self.betas
+        self.t += 1
+        with torch.no_grad():
+            self.m.lerp_(grad, 1.0 - beta1)
+            self.v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+            step_size = self.lr / (1.0 - beta1**self.t)
+            denom = (self.v.sqrt() / (1.0 - beta2**self.t) ** 0.5).add_(1e-8)
+            self.param.addcdiv_(self.m, denom, value=-step_size)
+
+
 def _upsample(control: Tensor, height: int, width: int) -> Tensor:
     return F.interpolate(control, size=(height, width), mode="bicubic", align_corners=True)
 
@@ -191,7 +214,7 @@ def _register_once(
     control = torch.zeros(
         1, 2, -(-height // CONTROL_STRIDE) + 1, -(-width // CONTROL_STRIDE) + 1, requires_grad=True
     )
-    optimiser = torch.optim.Adam([control], lr=learning_rate)
+    adam = _Adam(control, learning_rate)
     for _ in range(iterations):
         velocity = _upsample(control, height, width)
         displacement = integrate_velocity(velocity, steps)
@@ -199,9 +222,8 @@ def _register_once(
         dy = velocity[:, :, 1:, :] - velocity[:, :, :-1, :]
         dx = velocity[:, :, :, 1:] - velocity[:, :, :, :-1]
         loss = similarity + smoothness * ((dy**2).mean() + (dx**2).mean())
-        optimiser.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimiser.step()
+        (gradient,) = torch.autograd.grad(loss, control)
+        adam.step(gradient)
     with torch.no_grad():
         velocity = _upsample(control, height, width)
         displacement = integrate_velocity(velocity, steps)

@@ -85,7 +85,8 @@ class DenoiseRunner:
                     torch.from_numpy(np.ascontiguousarray(dose[i : i + 1])),
                 )
                 rows.append(out.numpy())
-        return np.concatenate(rows).astype(np.float32)
+        denoised: npt.NDArray[np.float32] = np.concatenate(rows).astype(np.float32)
+        return denoised
 
 
 def prepare(module: torch.jit.ScriptModule, threads: int) -> torch.jit.ScriptModule:
