@@ -9,7 +9,7 @@ Run from the repository root::
 Studies: real MSD sample patches (test patients); low-dose ones SIMULATED at 10 %; the
 patient linkage is a test fixture. Three configurations, measured in the same run (so
 compare them as ratios on a shared machine): ``baseline`` (full dose declared, no prior:
-fetch, decode, imaging), ``denoise`` (10 % dose: + ``ct_denoise``), ``denoise+register``
+fetch, decode, imaging), ``denoise`` (10 % dose: + ``ct_denoise``), ``denoise-register``
 (+ registration to the previous study of the same patient).
 """
 
@@ -72,7 +72,7 @@ async def _measure(url: str, root: Path, events: int, iterations: int) -> dict[s
         for name, dose, register in (
             ("baseline", 1.0, False),
             ("denoise", 0.1, False),
-            ("denoise+register", 0.1, True),
+            ("denoise-register", 0.1, True),
         ):
             calls = ModelCalls(
                 scorer=_scorer(url, "deterioration"),
