@@ -165,7 +165,7 @@ def eval_dose_command(
 def eval_registration_command(
     out: Annotated[Path, typer.Option(help="JSON report.")],
     patches: Patches = _PATCHES,
-    iterations: Annotated[int, typer.Option(min=1)] = 200,
+    iterations: Annotated[int, typer.Option(min=1)] = 100,
     seed: int = 19,
 ) -> None:
     """SVF registration: known deformations (synthetic) and real same-patient pairs."""
