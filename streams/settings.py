@@ -248,6 +248,30 @@ class WorkerSettings(BaseSettings):
         default=".vigil/artifacts/heatmaps",
         description="Where CAM heatmaps (PNG, named by finding id) are stored.",
     )
+    triton_denoise_model: str | None = Field(
+        default="ct_denoise",
+        description="CT denoiser asked for CT studies whose declared dose_fraction is below "
+        "denoise_below_dose_fraction, before segmentation; empty switches it off "
+        "(docs/imaging-dose-registration.md).",
+    )
+    denoise_below_dose_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="CT studies declaring a dose fraction below this are denoised.",
+    )
+    registration_iterations: int = Field(
+        default=100,
+        ge=0,
+        le=2000,
+        description="Optimiser steps of the registration of each study to the patient's "
+        "prior study of the same modality; 0 switches registration off.",
+    )
+    prior_dir: str | None = Field(
+        default=None,
+        description="Where each patient's latest study per modality is kept for registration "
+        "(files named by a hash, no patient identifier); default: artifact_dir/priors.",
+    )
 
     # --- Event time --------------------------------------------------------------------
     window_hours: int = Field(default=48, ge=1, le=24 * 14)

@@ -33,6 +33,7 @@ from rich.text import Text
 
 from models.cli import export_app, run_federate_command, run_validate_command, train_app
 from models.common.settings_cli import settings_command
+from models.dose_cli import imaging_app
 from models.federated.settings import FederateSettings
 from models.validity.settings import ValidateSettings
 from streams.adapters.security import kafka_python_options
@@ -99,6 +100,7 @@ settings_command(
     help_text="Analytical and clinical validity: OUT/validity.json and OUT/report.html "
     "(docs/validity.md); reads vigil federate's output.",
 )
+app.add_typer(imaging_app, name="imaging")
 
 OnlyOption = Annotated[
     str | None,

@@ -20,12 +20,20 @@ from typing import Any
 import numpy as np
 
 from streams.adapters.image_source import HeatmapStore, ImageSource
+from streams.adapters.prior_store import PriorStore
 from streams.adapters.triton import ImageInput, ModelOutput, TritonScorer
 from streams.core.alerting import OodVerdict
-from streams.core.events import DeadLetterReason, ImagingEvent, make_finding_id
-from streams.core.imaging import StudyAnalysis, decode_image, model_input
+from streams.core.events import (
+    DeadLetterReason,
+    DenoisingNote,
+    ImagingEvent,
+    RegistrationNote,
+    make_finding_id,
+)
+from streams.core.imaging import StudyAnalysis, decode_image, denoising_decision, model_input
 from streams.core.imaging_ops import heatmap_png, summarise_segmentation
 from streams.core.pipeline import ModelAnswer, Snapshot
+from streams.core.registration import PriorStudy, compare_with_prior
 from streams.core.step_features import BINS_PER_REQUEST, StepBin, pack_bins
 from streams.core.stepping import ModelState, StepRequest
 from streams.metrics import WorkerMetrics
@@ -49,6 +57,11 @@ class ModelCalls:
         images: Where studies' pixels are fetched.
         heatmaps: Where CAM heatmaps are stored.
         metrics: Worker metrics.
+        denoiser: The CT denoiser (``ct_denoise``), or None when switched off.
+        denoise_below: Dose fraction under which a CT study is denoised.
+        priors: Where each patient's latest study per modality is kept for
+            registration, or None when registration is switched off.
+        registration_iterations: Optimiser steps of each registration.
     """
 
     def __init__(
@@ -63,6 +76,10 @@ class ModelCalls:
         images: ImageSource,
         heatmaps: HeatmapStore,
         metrics: WorkerMetrics,
+        denoiser: TritonScorer | None = None,
+        denoise_below: float = 0.5,
+        priors: PriorStore | None = None,
+        registration_iterations: int = 100,
     ) -> None:
         self.scorer = scorer
         self.stepper = stepper
@@ -73,10 +90,14 @@ class ModelCalls:
         self.images = images
         self.heatmaps = heatmaps
         self.metrics = metrics
+        self.denoiser = denoiser
+        self.denoise_below = denoise_below
+        self.priors = priors
+        self.registration_iterations = registration_iterations
 
     def scorers(self) -> list[TritonScorer]:
         """Every configured model client (to start and close them)."""
-        optional = [self.stepper, self.step_explainer, self.ood_scorer, self.imager]
+        optional = [self.stepper, self.step_explainer, self.ood_scorer, self.imager, self.denoiser]
         return [self.scorer, self.explainer, *(s for s in optional if s is not None)]
 
     async def score_all(
@@ -352,6 +373,7 @@ class ModelCalls:
             raise InferenceError("imaging is not configured")
         data = await self.images.fetch(study)
         image = await asyncio.to_thread(decode_image, data, study.content_type)
+        denoising, image = await self._denoise(study, image)
         pixels = await asyncio.to_thread(model_input, image)
         try:
             output = await imager.infer({"image": pixels})
@@ -376,6 +398,8 @@ class ModelCalls:
             # The finding still goes out; its heatmap reference is empty and the log says why.
             log.warning("heatmap not stored: %s", type(exc).__name__)
             heatmap_uri = None
+        lesions = np.asarray(mask, dtype=np.float32).reshape(pixels.shape[-2:]) >= threshold
+        registration = await self._register(study, pixels[0], lesions)
         return StudyAnalysis(
             embedding=tuple(float(x) for x in embedding),
             class_probability=min(max(probability, 0.0), 1.0),
@@ -385,7 +409,80 @@ class ModelCalls:
             model_version=imager.model_version,
             image_shape=tuple(int(n) for n in image.shape),
             heatmap_uri=heatmap_uri,
+            denoising=denoising,
+            registration=registration,
         )
+
+    async def _denoise(
+        self, study: ImagingEvent, image: np.ndarray[Any, np.dtype[np.float32]]
+    ) -> tuple[DenoisingNote, np.ndarray[Any, np.dtype[np.float32]]]:
+        """The image the segmentation reads, and the note saying whether it was denoised.
+
+        A denoiser failure does not stop the study: the raw image is segmented and the
+        note says ``denoiser_failed``.
+        """
+        dose = study.dose_fraction
+        wanted, reason = denoising_decision(
+            study.modality, dose, below=self.denoise_below, enabled=self.denoiser is not None
+        )
+        denoiser = self.denoiser
+        if not wanted or denoiser is None or dose is None:
+            return DenoisingNote(applied=False, reason=reason, dose_fraction=dose), image
+        try:
+            output = await denoiser.infer(
+                {
+                    "image": image[None].astype(np.float32),
+                    "dose_fraction": np.array([dose], dtype=np.float32),
+                }
+            )
+            denoised = np.asarray(output.extra["denoised"], dtype=np.float32).reshape(image.shape)
+        except (InferenceError, KeyError, ValueError) as exc:
+            log.warning("denoiser unavailable, segmenting the raw image: %s", type(exc).__name__)
+            return DenoisingNote(applied=False, reason="denoiser_failed", dose_fraction=dose), image
+        if not np.isfinite(denoised).all():
+            return DenoisingNote(applied=False, reason="denoiser_failed", dose_fraction=dose), image
+        note = DenoisingNote(
+            applied=True,
+            reason=reason,
+            dose_fraction=dose,
+            model=denoiser.model,
+            model_version=denoiser.model_version,
+        )
+        return note, np.clip(denoised, 0.0, 1.0)
+
+    async def _register(
+        self,
+        study: ImagingEvent,
+        image: np.ndarray[Any, np.dtype[np.float32]],
+        lesions: np.ndarray[Any, np.dtype[np.bool_]],
+    ) -> RegistrationNote | None:
+        """Registers the patient's prior study of the same modality to this one (None when
+        there is no earlier prior or registration is off), then keeps this study as the
+        prior of the next."""
+        priors = self.priors
+        if priors is None:
+            return None
+        prior = await priors.get(study.patient_id, study.modality)
+        note = None
+        if (
+            prior is not None
+            and prior.event_time < study.event_time
+            and prior.study_id != study.study_id
+            and prior.image.shape == image.shape
+        ):
+            note = await asyncio.to_thread(
+                compare_with_prior,
+                prior,
+                image,
+                lesions,
+                iterations=self.registration_iterations,
+            )
+        current = PriorStudy(study.study_id, study.event_time, image, lesions)
+        try:
+            await priors.put(study.patient_id, study.modality, current)
+        except OSError as exc:
+            log.warning("prior study not stored: %s", type(exc).__name__)
+        return note
 
 
 def _image_inputs(snapshot: Snapshot) -> list[ImageInput]:

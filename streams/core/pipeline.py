@@ -458,6 +458,8 @@ class Processor:
             mask_threshold=analysis.mask_threshold,
             heatmap_uri=analysis.heatmap_uri,
             image_shape=analysis.image_shape,
+            denoising=analysis.denoising,
+            registration=analysis.registration,
             provenance=Provenance(
                 code_version=self.config.code_version,
                 event_ids=(event.event_id,),
