@@ -261,11 +261,13 @@ class WorkerSettings(BaseSettings):
         description="CT studies declaring a dose fraction below this are denoised.",
     )
     registration_iterations: int = Field(
-        default=100,
+        default=0,
         ge=0,
         le=2000,
         description="Optimiser steps of the registration of each study to the patient's "
-        "prior study of the same modality; 0 switches registration off.",
+        "prior study of the same modality (100 in docs/imaging-dose-registration.md); 0, "
+        "the default, switches registration off: at 100 steps it adds 0.9-4 s of CPU per "
+        "study, and the batch holding the study waits for it (BENCHMARKS.md, issue 19).",
     )
     prior_dir: str | None = Field(
         default=None,
