@@ -137,7 +137,7 @@ class WorkerSettings(BaseSettings):
         "it ended this long (event time) before the scoring time; newer closed bins run "
         "provisionally, so a record of another input stream that arrives a little late "
         "still counts (docs/worker.md, 'Step scoring'). Each hour adds one bin to every "
-        "step request (about +35 % model compute per hour of delay, BENCHMARKS.md).",
+        "step request (+23 % model compute for the first hour, BENCHMARKS.md).",
     )
     triton_step_explain_model: str | None = Field(
         default="deterioration_step_explain",
