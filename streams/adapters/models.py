@@ -79,7 +79,7 @@ class ModelCalls:
         denoiser: TritonScorer | None = None,
         denoise_below: float = 0.5,
         priors: PriorStore | None = None,
-        registration_iterations: int = 100,
+        registration_iterations: int = 0,
     ) -> None:
         self.scorer = scorer
         self.stepper = stepper
