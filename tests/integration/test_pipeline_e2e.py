@@ -169,11 +169,16 @@ def test_replay_200_stays_every_event_accounted_once(
         episodes[record["alert_id"]].append(record)
     for alert_id, changes in episodes.items():
         states = [c["state"] for c in changes]
-        assert states[0] == "open", (alert_id, states)
-        assert states.count("open") == 1, (alert_id, states)
+        # An episode opens on the risk, or deferred when the OOD verdict flags the input
+        # (docs/alerting.md).
+        assert states[0] in ("open", "deferred_for_review"), (alert_id, states)
+        # Opened once; it opens again only when a deferral ends back in distribution
+        # (docs/alerting.md: deferred -> open, back_in_distribution).
+        reopened = [i for i, state in enumerate(states) if state == "open" and i > 0]
+        assert all(states[i - 1] == "deferred_for_review" for i in reopened), (alert_id, states)
         assert "resolved" not in states[:-1], (alert_id, states)
         opened = changes[0]
-        if not opened["degraded"]:
+        if states[0] == "open" and not opened["degraded"]:
             assert opened["risk"] >= settings.alert_arm_risk
             assert opened["explanation"]
         if states[-1] == "resolved" and not changes[-1]["degraded"]:
