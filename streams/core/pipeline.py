@@ -513,7 +513,9 @@ class Processor:
             if int(study["t"]) <= at_ms
         )
         step = None
-        if self.step_model is not None and state.admit_ms is not None:
+        # A patient with an imaging study is scored by the window model: the step model's
+        # image branch is untrained, the window model's is not (docs/worker.md).
+        if self.step_model is not None and state.admit_ms is not None and not images:
             step = step_request(
                 state.series,
                 admit_ms=state.admit_ms,
