@@ -25,8 +25,8 @@ from models.ct_denoise.export import load_denoiser
 from models.ct_denoise.simulate import DOSES, simulate_dose
 from models.ct_denoise.train import denoise, psnr
 from models.imaging.data import patient_ids
+from models.imaging.registration import jacobian_determinant, register_pair
 from models.registration.evaluate import make_synthetic
-from streams.core.registration import jacobian_determinant, register_pair
 
 __all__ = ["write_figures"]
 

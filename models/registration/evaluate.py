@@ -26,7 +26,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
-from streams.core.registration import integrate_velocity, ncc, register_pair, warp
+from models.imaging.registration import integrate_velocity, ncc, register_pair, warp
 
 __all__ = [
     "SyntheticPair",

@@ -33,7 +33,7 @@ from streams.core.events import (
 from streams.core.imaging import StudyAnalysis, decode_image, denoising_decision, model_input
 from streams.core.imaging_ops import heatmap_png, summarise_segmentation
 from streams.core.pipeline import ModelAnswer, Snapshot
-from streams.core.registration import PriorStudy, compare_with_prior
+from streams.core.prior_study import PriorStudy
 from streams.core.step_features import BINS_PER_REQUEST, StepBin, pack_bins
 from streams.core.stepping import ModelState, StepRequest
 from streams.metrics import WorkerMetrics
@@ -470,6 +470,10 @@ class ModelCalls:
             and prior.study_id != study.study_id
             and prior.image.shape == image.shape
         ):
+            # Imported here: registration runs torch, which the worker loads only when
+            # registration is switched on (VIGIL_REGISTRATION_ITERATIONS > 0).
+            from models.imaging.registration import compare_with_prior
+
             note = await asyncio.to_thread(
                 compare_with_prior,
                 prior,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.core.registration import PriorStudy
+from streams.core.prior_study import PriorStudy
 
 __all__ = ["PriorStore"]
 

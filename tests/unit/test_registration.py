@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.registration.evaluate import make_synthetic
-from streams.adapters.prior_store import PriorStore
-from streams.core.registration import (
+from models.imaging.registration import (
     PriorStudy,
     compare_with_prior,
     folding_fraction,
@@ -22,6 +20,8 @@ from streams.core.registration import (
     jacobian_determinant,
     register_pair,
 )
+from models.registration.evaluate import make_synthetic
+from streams.adapters.prior_store import PriorStore
 from tests.imaging_files import ct_patches
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

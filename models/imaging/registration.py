@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from torch import Tensor
 
 from streams.core.events import RegistrationNote
+from streams.core.prior_study import PriorStudy
 
 __all__ = [
     "CONTROL_STRIDE",
@@ -241,23 +241,6 @@ def _register_once(
         iterations=iterations,
         attempts=1,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class PriorStudy:
-    """What the worker keeps of a patient's latest study of one modality.
-
-    Attributes:
-        study_id: The study.
-        event_time: When it was taken (UTC).
-        image: ``[S,S]`` the imaging model's input (after any denoising).
-        mask: ``[S,S]`` bool lesion mask at the model's threshold.
-    """
-
-    study_id: str
-    event_time: datetime
-    image: npt.NDArray[np.float32]
-    mask: npt.NDArray[np.bool_]
 
 
 def compare_with_prior(
