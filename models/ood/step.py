@@ -56,6 +56,15 @@ representation_ood, input_ood."""
 
 FloatArray = npt.NDArray[np.float64]
 
+MIN_BUCKET_ROWS: Final = 16
+"""Fewest rows per input-channel product (:class:`StepOODModule` pads a bucket's rows with
+copies of its first). With one MKL thread, a row of ``x @ W.T`` (``W`` 275×275) came out
+in different last bits for 1-11 rows than for 12 or more, and identical for every count from
+12 to 128 and every position (10,530 checks), so a row's input distance depended on how
+many rows of its block shared its bucket (up to 3.8e-6 on demo stays) and replays
+differed. Padding to 16 makes it independent of the other rows
+(``tests/models/test_step_ood.py``)."""
+
 
 def step_input_features(
     stats: Tensor, hours_since_seen: Tensor, statics: Tensor, static_mask: Tensor
@@ -115,6 +124,7 @@ class StepOODModule(nn.Module):
     def __init__(self, ensemble: StepEnsemble, arrays: Mapping[str, npt.ArrayLike]) -> None:
         super().__init__()
         self.step_module = StepModule(ensemble)
+        self.min_bucket_rows = MIN_BUCKET_ROWS
         rep_w = np.asarray(arrays["rep_whitening"], dtype=np.float64)
         in_w = np.asarray(arrays["input_whitening"], dtype=np.float64)
         rep_white_means = np.asarray(arrays["rep_means"], dtype=np.float64) @ rep_w.T
@@ -176,12 +186,22 @@ class StepOODModule(nn.Module):
             max=self.input_edges.shape[0] - 1,
         )
         sq = torch.zeros(batch, dtype=x.dtype, device=x.device)
-        for k in range(self.input_edges.shape[0]):
-            rows = torch.nonzero(bucket == k).squeeze(1)
-            if rows.numel() > 0:
+        # Rows grouped by bucket with one sort (not a scan of the block per bucket).
+        order = torch.sort(bucket, stable=True).indices
+        counts: list[int] = torch.bincount(bucket, minlength=self.input_edges.shape[0]).tolist()
+        start = 0
+        for k, count in enumerate(counts):
+            if count > 0:
+                rows = order[start : start + count]
+                start += count
+                # At least MIN_BUCKET_ROWS rows per product (copies of the first): below
+                # that, MKL's sgemm gave a row different last bits depending on how many
+                # rows shared its bucket, so replays of the same stays differed.
+                if count < self.min_bucket_rows:
+                    rows = torch.cat([rows, rows[:1].expand(self.min_bucket_rows - count)])
                 w = x[rows] @ self.input_whitening[k].t()  # [b,D]
                 d = w.unsqueeze(1) - self.input_white_means[k].unsqueeze(0)  # [b,C,D]
-                sq[rows] = (d * d).sum(-1).min(dim=1).values
+                sq[rows[:count]] = (d * d).sum(-1).min(dim=1).values[:count]
         inp = torch.sqrt(sq).unsqueeze(1)
         inp_threshold = self.input_thresholds[bucket].unsqueeze(1)
         rep_ood, inp_ood = rep > self.rep_threshold, inp > inp_threshold

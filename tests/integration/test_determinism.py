@@ -77,8 +77,8 @@ def _play(stack: StackSettings, recording: Path, prefix: str, ids: set[str], tmp
         # with the OOD detector on is exercised end to end by test_clinical_e2e.py.
         triton_ood_model="",
         # The window model, the path proven bit-identical here. Step scoring (the default)
-        # is not yet: replayed twice, 2-5 single scores of 3-5 of the 20 patients differ
-        # by up to 0.004 in risk (docs/replay.md, "Determinism of step scoring").
+        # is not yet: replayed twice, single scores of 5-6 of the 20 patients differ in
+        # risk, the next score agreeing again (docs/replay.md, "Determinism of step scoring").
         triton_step_model="",
         alert_arm_scores="2",
         alert_arm_hours="1",

@@ -45,8 +45,8 @@ def _outputs(stack: StackSettings, prefix: str) -> dict[str, dict[str, list[str]
 
 def _score(stack: StackSettings, prefix: str, ids: set[str], tmp_path: Path) -> None:
     # The window model, whose replays are bit-identical: with the step model (the default)
-    # a few OOD distances differ in the last bits between two runs of the same stays
-    # (docs/replay.md, "Determinism of step scoring"); this test is about the gateway.
+    # single scores can differ between two runs of the same stays (docs/replay.md,
+    # "Determinism of step scoring"); this test is about the gateway.
     env = worker_env(
         stack,
         prefix=prefix,

@@ -67,9 +67,8 @@ def _prepare(stack: StackSettings, prefix: str, events: list[Any]) -> None:
 
 def _env(stack: StackSettings, prefix: str, data_dir: Path) -> dict[str, str]:
     # OOD off, as in test_determinism.py: the merge order is what is under test.
-    # The window model: with the step model (the default) the risks agree too, but the OOD
-    # distance of ~5 of 1,608 scores differs in the last bits with the rows it was computed
-    # with (docs/replay.md, "Determinism of step scoring"); this test is about order.
+    # The window model: step scoring is not yet bit-identical between runs (single scores
+    # differ; docs/replay.md, "Determinism of step scoring"); this test is about order.
     return worker_env(
         stack,
         prefix=prefix,
