@@ -1,6 +1,8 @@
 """Command-line entry points: ``vigil train
-deterioration|deterioration-step|step-ood|image-branch|ood|imaging`` and ``vigil export
-deterioration|deterioration-step|ood|imaging``.
+deterioration|deterioration-window|step-ood|image-branch|ood|imaging`` and ``vigil export
+deterioration|deterioration-window|ood|imaging``. ``deterioration`` is the step model that
+scores by default; ``deterioration-window`` the whole-window model (patients with an imaging
+study, and everyone when step scoring is off).
 
 The lead mounts :data:`train_app` and :data:`export_app` under the ``vigil`` command. A
 training command's options are built from its settings class
@@ -76,7 +78,7 @@ def _train_deterioration_step(settings: StepTrainSettings) -> str:
     return (
         f"checkpoint {result.checkpoint} ({result.train_seconds:.0f} s); test AUROC 24 h "
         f"{test['24h']['step']['auroc']:.3f}, 48 h {test['48h']['step']['auroc']:.3f}; next: "
-        "vigil train step-ood, then vigil export deterioration-step"
+        "vigil train step-ood, then vigil export deterioration"
     )
 
 
@@ -143,17 +145,18 @@ def _train_imaging(settings: ImagingSettings) -> str:
 settings_command(
     train_app,
     "deterioration",
-    TrainSettings,
-    _train_deterioration,
-    help_text="Train the deterioration model on PhysioNet 2012 set A and write a checkpoint.",
+    StepTrainSettings,
+    _train_deterioration_step,
+    help_text="Train the deterioration model that scores by default: the step model, over "
+    "whole stays (docs/deterioration.md, 'Step model').",
 )
 settings_command(
     train_app,
-    "deterioration-step",
-    StepTrainSettings,
-    _train_deterioration_step,
-    help_text="Train the step (incremental) deterioration model over whole stays "
-    "(docs/deterioration.md, 'Step model').",
+    "deterioration-window",
+    TrainSettings,
+    _train_deterioration,
+    help_text="Train the whole-window deterioration model (patients with an imaging study; "
+    "everyone when step scoring is off) and write a checkpoint.",
 )
 settings_command(
     train_app,
@@ -211,7 +214,7 @@ def _report(export: Callable[[], ExportResult]) -> None:
     typer.echo(f"exported {paths} (parity {result.max_abs_diff:.2e})")
 
 
-@export_app.command("deterioration")
+@export_app.command("deterioration-window")
 def export_deterioration(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint from training.")] = Path(
         "models/weights/deterioration.pt"
@@ -244,7 +247,7 @@ def export_deterioration(
     _report(run)
 
 
-@export_app.command("deterioration-step")
+@export_app.command("deterioration")
 def export_deterioration_step(
     checkpoint: Annotated[Path, typer.Option(help="Step checkpoint from training.")] = Path(
         "models/weights/deterioration_step.pt"
