@@ -32,6 +32,7 @@ on the OOD outputs; a gap above :data:`~models.common.torchscript.PARITY_TOLERAN
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -308,8 +309,12 @@ def _fmt(entry: dict[str, Any]) -> str:
     )
 
 
-def _model_card_markdown(card: dict[str, Any]) -> str:
-    metrics = card["metrics"]
+def _metrics_markdown(metrics: dict[str, Any]) -> str:
+    """The card's metrics: the training run's table (validation and test, 24 h and 48 h),
+    or, for a checkpoint trained elsewhere (a federation), its own figures as listed."""
+    if not all(part in metrics for part in ("validation", "test")):
+        lines = [f"- {name}: {json.dumps(value)}" for name, value in sorted(metrics.items())]
+        return "Metrics of the run that trained it:\n\n" + "\n".join(lines) + "\n"
     rows = []
     for part in ("validation", "test"):
         for hour in ("24h", "48h"):
@@ -321,6 +326,34 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
             ):
                 if name in entry:
                     rows.append(f"| {part} | {hour} | {label} | {_fmt(entry[name])} |")
+    return (
+        "| Split | Hour | Score | AUROC [95 % CI] | AUPRC | ECE |\n"
+        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )
+
+
+def _federation_markdown(card: dict[str, Any]) -> str:
+    """Where a federated model came from (``vigil federate``; docs/federated.md)."""
+    federation = card.get("federation")
+    if not federation:
+        return ""
+    sites = "\n".join(
+        f"  - {site['name']} (ICU type {site['icu_type']}): {site['n_train']} training stays, "
+        f"data SHA-256 `{site['data_sha256']}`"
+        for site in federation["sites"]
+    )
+    return (
+        "\n## Federation\n\n"
+        "Trained by `vigil federate` across **simulated** sites: the ICU types of one data "
+        "set (PhysioNet 2012 set A), not separate hospitals (docs/federated.md).\n\n"
+        f"- Strategy {federation['strategy']}, {federation['rounds']} rounds of "
+        f"{federation['local_epochs']} local epoch(s); secure aggregation (SecAgg+): "
+        f"{federation['secure_aggregation']}; seeds {federation['seeds']}\n"
+        f"- Sites:\n{sites}\n"
+    )
+
+
+def _model_card_markdown(card: dict[str, Any]) -> str:
     layout = card["state_layout"]
     served = card["served_model"]
     return (
@@ -341,11 +374,12 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         f"`{card['code_version']['git_commit']}`; at training: "
         f"`{card['training_code_version']['source_sha256']}`\n"
         f"- Packages: {card['packages']}\n"
-        f"- Training time: {card['train_seconds']} s\n"
-        "- Image branch: untrained (`image_out` weight zero): images do not change the "
+        + (f"- Training time: {card['train_seconds']} s\n" if "train_seconds" in card else "")
+        + "- Image branch: untrained (`image_out` weight zero): images do not change the "
         "risk.\n\n"
-        "| Split | Hour | Score | AUROC [95 % CI] | AUPRC | ECE |\n"
-        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n" + _ood_markdown(card)
+        + _metrics_markdown(card["metrics"])
+        + _federation_markdown(card)
+        + _ood_markdown(card)
     )
 
 
@@ -379,7 +413,9 @@ def _ood_markdown(card: dict[str, Any]) -> str:
         "- Export parity of the OOD distances (relative): "
         f"{ood['export_parity_max_rel_diff']:.2g}\n"
         f"- In-distribution flag rate: validation {val['flagged_fraction']:.4f}, test "
-        f"{test['flagged_fraction']:.4f} {test['flagged_fraction_ci']}\n\n"
+        f"{test['flagged_fraction']:.4f}"
+        + (f" {test['flagged_fraction_ci']}" if test.get("flagged_fraction_ci") else "")
+        + "\n\n"
         "Test split at 48 h; shifts are **synthetic** (models/ood/shifts.py); bracketed: "
         "95 % stay-bootstrap interval; last column: the shipped window detector `ood` on "
         "the same windows.\n\n"

@@ -398,14 +398,21 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
         "settings": settings.model_dump(mode="json"),
         "wall_seconds_total": 0.0,
     }
-    if settings.export:
-        report["export"] = _export(settings, federated, report, pooled, sites)
-    report["wall_seconds_total"] = round(time.monotonic() - began, 1)
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out / "predictions.npz", parts["test"], by_id, federated, central, local)
-    report = _json_safe(report)
-    (out / "federation.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
-    return report
+
+    def write() -> dict[str, Any]:
+        report["wall_seconds_total"] = round(time.monotonic() - began, 1)
+        safe: dict[str, Any] = _json_safe(report)
+        text = json.dumps(safe, indent=1, allow_nan=False) + "\n"
+        (out / "federation.json").write_text(text)
+        return safe
+
+    # Written before the export too, so a failing export loses none of the comparison.
+    write()
+    if settings.export:
+        report["export"] = _export(settings, federated, report, pooled, sites)
+    return write()
 
 
 def _json_safe(value: Any) -> Any:
