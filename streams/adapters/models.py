@@ -145,57 +145,54 @@ class ModelCalls:
     ) -> list[tuple[ModelAnswer | None, str | None]]:
         """Step-model answers for a batch's snapshots, all in one go.
 
-        Each snapshot runs from its patient's stored state through the bins that closed
-        since and its open bin, and commits those old enough
+        Each snapshot runs from its own request's base (its patient's stored state, or
+        admission when there is none or it went stale: :mod:`streams.core.stepping`)
+        through the bins that closed since, as the snapshot saw them, and its open bin,
+        and commits those old enough
         (:attr:`~streams.core.stepping.StepRequest.commit_through`; the newer closed bins
-        run provisionally). A patient with more closed bins than one request holds (a
-        backlog, a long outage) first gets a chain of commit-only requests over its
-        latest snapshot's committable bins, a request per ``BINS_PER_REQUEST`` bins; each
-        snapshot then starts from the deepest link of the chain that lies wholly before
-        its own open bin, so no snapshot sees a bin from its future.
+        run provisionally). A snapshot with more closed bins than one request holds (a
+        backlog, a long outage, a rebuild) first gets a chain of commit-only requests, a
+        request per ``BINS_PER_REQUEST`` bins, over its own view; snapshots of a patient
+        whose next link would be the same (same start, same bins, same values) share it.
+        So a snapshot's answer depends on what it saw, never on which other snapshots
+        shared its batch.
         """
         stepper = self.stepper
         assert stepper is not None  # noqa: S101 - callers check
         model_id = f"{stepper.model}/{stepper.model_version}"
-        latest: dict[str, Snapshot] = {}
-        for snapshot in snapshots:
-            latest[snapshot.patient_id] = snapshot  # in order: the last one wins
-        chains: dict[str, list[ModelState | None]] = {
-            pid: [_step_of(snapshot).base] for pid, snapshot in latest.items()
-        }
-        failed: dict[str, str] = {}
+        steps = [_step_of(snapshot) for snapshot in snapshots]
+        starts: dict[int, ModelState | None] = {i: step.base for i, step in enumerate(steps)}
+        failed: dict[int, str] = {}
         while True:
-            links = {}
-            for pid, chain in chains.items():
-                pending = _after(latest[pid], chain[-1])
-                ready = pending[: _step_of(latest[pid]).committable(pending)]
-                if pid not in failed and len(pending) >= BINS_PER_REQUEST and ready:
-                    links[pid] = (latest[pid], ready[:BINS_PER_REQUEST])
+            links: dict[tuple[object, ...], tuple[int, tuple[StepBin, ...], list[int]]] = {}
+            for i, snapshot in enumerate(snapshots):
+                if i in failed:
+                    continue
+                pending = _after(snapshot, starts[i])
+                ready = pending[: steps[i].committable(pending)][:BINS_PER_REQUEST]
+                if len(pending) < BINS_PER_REQUEST or not ready:
+                    continue
+                key = (snapshot.patient_id, id(starts[i]), *(_bin_key(b) for b in ready))
+                links.setdefault(key, (i, ready, []))[2].append(i)
             if not links:
                 break
             committed = await asyncio.gather(
                 *(
-                    self._step(snapshot, chains[pid][-1], chunk, None, len(chunk))
-                    for pid, (snapshot, chunk) in links.items()
+                    self._step(snapshots[i], starts[i], chunk, None, len(chunk))
+                    for i, chunk, _ in links.values()
                 ),
                 return_exceptions=True,
             )
-            for (pid, (snapshot, chunk)), result in zip(links.items(), committed, strict=True):
+            for (i, chunk, sharing), result in zip(links.values(), committed, strict=True):
                 if isinstance(result, BaseException):
-                    failed[pid] = _reason(result)
+                    failed.update(dict.fromkeys(sharing, _reason(result)))
                     continue
-                link = ModelState(model_id, _step_of(snapshot).admit_ms, chunk[-1].index, result[1])
-                chains[pid].append(link)
-        starts = {
-            i: _deepest(chains[snapshot.patient_id], _step_of(snapshot).open_index)
-            for i, snapshot in enumerate(snapshots)
-            if snapshot.patient_id not in failed
-        }
-        closed = {i: _after(snapshots[i], base) for i, base in starts.items()}
-        commits = {i: _step_of(snapshots[i]).committable(closed[i]) for i in starts}
+                link = ModelState(model_id, steps[i].admit_ms, chunk[-1].index, result[1])
+                starts.update(dict.fromkeys(sharing, link))
+        closed = {i: _after(snapshots[i], starts[i]) for i in starts if i not in failed}
         requests = {
-            i: self._step(snapshots[i], base, closed[i], _step_of(snapshots[i]).open, commits[i])
-            for i, base in starts.items()
+            i: self._step(snapshots[i], starts[i], bins, steps[i].open, steps[i].committable(bins))
+            for i, bins in closed.items()
         }
         results = dict(
             zip(
@@ -208,7 +205,7 @@ class ModelCalls:
         ood_wanted: list[int] = []
         for i, snapshot in enumerate(snapshots):
             if i not in results:
-                answers.append((None, failed[snapshot.patient_id]))
+                answers.append((None, failed[i]))
                 continue
             result = results[i]
             if isinstance(result, BaseException):
@@ -507,10 +504,9 @@ def _step_of(snapshot: Snapshot) -> StepRequest:
     return step
 
 
-def _deepest(chain: Sequence[ModelState | None], open_index: int) -> ModelState | None:
-    """The last link of ``chain`` that committed only bins before ``open_index``."""
-    usable = [link for link in chain if link is None or link.bin < open_index]
-    return usable[-1] if usable else chain[0]
+def _bin_key(step: StepBin) -> tuple[object, ...]:
+    """What a bin contributes to a committed state: its index and inputs."""
+    return (step.index, step.values.tobytes(), step.mask.tobytes(), step.delta_hours.tobytes())
 
 
 def _reason(exc: BaseException) -> str:

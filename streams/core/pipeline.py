@@ -516,6 +516,7 @@ class Processor:
         # A patient with an imaging study is scored by the window model: the step model's
         # image branch is untrained, the window model's is not (docs/worker.md).
         if self.step_model is not None and state.admit_ms is not None and not images:
+            window_ms = self.config.window // timedelta(milliseconds=1)
             step = step_request(
                 state.series,
                 admit_ms=state.admit_ms,
@@ -523,6 +524,10 @@ class Processor:
                 stored=state.model_state,
                 model=self.step_model,
                 commit_delay_ms=self.config.step_commit_delay // timedelta(milliseconds=1),
+                seen=state.applied,
+                late=state.late_records,
+                # Nothing since admission pruned yet (prune horizon: latest - window).
+                history_complete=(state.watermark_ms or at_ms) - window_ms <= state.admit_ms,
             )
         state.mark_scored({"at_ms": at_ms}, at=at)
         return Snapshot(
@@ -596,7 +601,8 @@ class Processor:
         )
         state.alert = new_alert
         if answer is not None and answer.model_state is not None:
-            state.model_state = answer.model_state
+            seen = snapshot.step.seen if snapshot.step is not None else state.applied
+            state.keep_model_state(answer.model_state, seen)
         return score, decisions
 
     def policy_for(self, state: PatientState) -> AlertPolicy:

@@ -44,18 +44,13 @@ def _outputs(stack: StackSettings, prefix: str) -> dict[str, dict[str, list[str]
 
 
 def _score(stack: StackSettings, prefix: str, ids: set[str], tmp_path: Path) -> None:
-    # The window model, whose replays are bit-identical: with the step model (the default)
-    # single scores can differ between two runs of the same stays (docs/replay.md,
-    # "Determinism of step scoring"); this test is about the gateway.
+    # Step scoring, the default (docs/replay.md, "Determinism of step scoring").
     env = worker_env(
         stack,
         prefix=prefix,
         app_id=prefix,
         data_dir=tmp_path / prefix,
         triton_ood_model="",
-        triton_step_model="",
-        alert_arm_scores="2",
-        alert_arm_hours="1",
     )
     log = tmp_path / f"{prefix}.log"
     with running_worker(env, log) as worker:

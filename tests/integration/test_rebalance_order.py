@@ -67,17 +67,13 @@ def _prepare(stack: StackSettings, prefix: str, events: list[Any]) -> None:
 
 def _env(stack: StackSettings, prefix: str, data_dir: Path) -> dict[str, str]:
     # OOD off, as in test_determinism.py: the merge order is what is under test.
-    # The window model: step scoring is not yet bit-identical between runs (single scores
-    # differ; docs/replay.md, "Determinism of step scoring"); this test is about order.
+    # Step scoring, the default (docs/replay.md, "Determinism of step scoring").
     return worker_env(
         stack,
         prefix=prefix,
         app_id=prefix,
         data_dir=data_dir,
         triton_ood_model="",
-        triton_step_model="",
-        alert_arm_scores="2",
-        alert_arm_hours="1",
     )
 
 
