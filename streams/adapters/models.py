@@ -161,6 +161,9 @@ class ModelCalls:
         assert stepper is not None  # noqa: S101 - callers check
         model_id = f"{stepper.model}/{stepper.model_version}"
         steps = [_step_of(snapshot) for snapshot in snapshots]
+        rebuilds = sum(step.rebuilt for step in steps)
+        if rebuilds:
+            self.metrics.step_rebuilds.inc(rebuilds)
         starts: dict[int, ModelState | None] = {i: step.base for i, step in enumerate(steps)}
         failed: dict[int, str] = {}
         while True:
