@@ -593,8 +593,8 @@ def _export(
         result = export_step(checkpoint, settings.out / "triton_repo", ood_fit=ood_fit)
         return {
             "checkpoint": str(checkpoint),
-            "config": str(result.config),
-            "model": str(result.model),
+            "configs": {name: str(path) for name, path in result.configs.items()},
+            "models": {name: str(path) for name, path in result.models.items()},
             "model_card": str(result.model_card),
             "parity_max_abs_diff": result.max_abs_diff,
         }
