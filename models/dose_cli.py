@@ -84,6 +84,7 @@ def train_denoiser_command(
         "models/weights/ct_denoise.pt"
     ),
     epochs: Annotated[int, typer.Option(min=1)] = 24,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per Adam step.")] = 32,
     channels: Annotated[int, typer.Option(min=1)] = 32,
     levels: Annotated[int, typer.Option(min=0, max=4, help="U-Net levels; 0 plain.")] = 0,
     patches: Patches = _PATCHES,
@@ -102,6 +103,7 @@ def train_denoiser_command(
         out,
         loss=kind,
         epochs=epochs,
+        batch_size=batch_size,
         cache=cache,
         config=DenoiseConfig(channels=channels, levels=levels),
         seed=seed,

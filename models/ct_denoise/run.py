@@ -62,6 +62,7 @@ def train_and_save(
     cache: Path | None,
     config: DenoiseConfig | None = None,
     seed: int = 7,
+    batch_size: int = 32,
 ) -> dict[str, Any]:
     """Trains a denoiser with ``loss`` on the training patients and writes ``out``.
 
@@ -74,11 +75,20 @@ def train_and_save(
     split = patient_split()
     train = pairs.where(np.isin(pairs.patient, split["train"]))
     validation = pairs.where(np.isin(pairs.patient, split["validation"]))
-    result = train_denoiser(train, validation, loss=loss, config=config, epochs=epochs, seed=seed)
+    result = train_denoiser(
+        train,
+        validation,
+        loss=loss,
+        config=config,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+    )
     meta: dict[str, Any] = {
         "config": config.to_dict(),
         "loss": loss,
         "epochs": epochs,
+        "batch_size": batch_size,
         "best_epoch": result.best_epoch,
         "history": result.history,
         "seed": seed,
