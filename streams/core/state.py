@@ -68,7 +68,7 @@ MAX_PROVENANCE_IDS = 1024
 """Most event ids cited by one score (the rest are covered by offset ranges)."""
 MAX_IMAGES = 4
 """Most imaging embeddings kept (the model's K)."""
-MAX_LATE_RECORDS = 256
+MAX_LATE_RECORDS = 64
 """Most out-of-order records listed for the step model's staleness check; beyond that the
 oldest two merge into one that covers both (it can only make a stored vector look stale)."""
 
