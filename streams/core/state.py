@@ -51,6 +51,7 @@ from vigil.errors import ConfigError, StateError
 
 __all__ = [
     "MAX_IMAGES",
+    "MAX_LATE_RECORDS",
     "MAX_POINTS_PER_CODE",
     "MAX_RECENT_IDS",
     "Origin",
