@@ -37,7 +37,7 @@ from streams.core.imaging_ops import preprocess_image, resize
 
 __all__ = ["NLM_STRENGTHS", "bootstrap_mean", "evaluate_dose", "nlm", "noise_sigma", "segment"]
 
-NLM_STRENGTHS: Final[tuple[float, ...]] = (0.6, 0.8, 1.0, 1.2, 1.5)
+NLM_STRENGTHS: Final[tuple[float, ...]] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5)
 _BOOTSTRAP: Final[int] = 2000
 
 
