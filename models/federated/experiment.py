@@ -378,6 +378,9 @@ def run_federate(settings: FederateSettings) -> dict[str, Any]:
         else None,
         "transport": "gRPC over TLS on 127.0.0.1, certificates made for the run",
         "score_hour": 48,
+        # Validation AUROC (48 h), what a choice between federation settings may read.
+        "pooled_validation_auroc_federated": _auc48(federated, parts["validation"]),
+        "pooled_validation_auroc_central": _auc48(central, parts["validation"]),
         "pooled_test_auroc_federated": fed_ci["estimate"],
         "pooled_test_auroc_federated_ci": fed_ci["interval"],
         "pooled_test_auroc_central": central_ci["estimate"],
