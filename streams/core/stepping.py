@@ -22,7 +22,7 @@ a later vital sign still lands in a bin that is not committed yet, so the stored
 does not depend on how the streams interleaved.
 
 A record later than that, one that lands in a bin the stored vector has already committed
-(:attr:`StepRequest.late`: the state lists every record applied out of event-time order),
+(``late``: the state lists every record applied out of event-time order),
 makes the stored vector **stale**: it was computed without that record. The request then
 starts from admission again, from the series (``base`` None, :attr:`StepRequest.rebuilt`),
 so a score depends only on the records applied before it, never on how earlier records
@@ -89,8 +89,6 @@ class StepRequest:
             it, the state having no clock).
         seen: How many records the patient's state had applied when this request was
             built (:attr:`~streams.core.state.PatientState.applied`).
-        late: ``(applied count, event ms)`` of the records applied out of event-time
-            order since the stored vector's request was built.
         rebuilt: The stored vector was stale (a late record in a committed bin), so this
             request starts from admission.
     """
@@ -103,7 +101,6 @@ class StepRequest:
     hours_since_seen: npt.NDArray[np.float32]
     commit_through: int
     seen: int = 0
-    late: tuple[tuple[int, int], ...] = ()
     rebuilt: bool = False
 
     def committable(self, bins: Sequence[StepBin]) -> int:
@@ -179,7 +176,6 @@ def step_request(
         since,
         commit_through,
         seen,
-        tuple(late),
         rebuilt,
     )
 

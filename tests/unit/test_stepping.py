@@ -137,7 +137,6 @@ def test_a_late_record_in_a_committed_bin_makes_the_stored_state_stale() -> None
     assert pruned.base == stored
     assert not pruned.rebuilt
     assert stale.seen == 9
-    assert stale.late == tuple(in_committed)
 
 
 def test_the_state_lists_out_of_order_records_until_a_vector_has_seen_them() -> None:
