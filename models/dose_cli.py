@@ -83,7 +83,7 @@ def train_denoiser_command(
     out: Annotated[Path, typer.Option(help="Checkpoint written.")] = Path(
         "models/weights/ct_denoise.pt"
     ),
-    epochs: Annotated[int, typer.Option(min=1)] = 120,
+    epochs: Annotated[int, typer.Option(min=1)] = 300,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per Adam step.")] = 8,
     channels: Annotated[int, typer.Option(min=1)] = 32,
     levels: Annotated[int, typer.Option(min=0, max=4, help="U-Net levels; 0 plain.")] = 0,
