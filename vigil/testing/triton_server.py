@@ -1,13 +1,14 @@
-"""A throwaway ``tritonserver`` on free loopback ports, serving copies of chosen models of
-``triton_repo`` (used by the CT denoiser's serving test and its latency benchmark)."""
+"""A throwaway ``tritonserver`` on free loopback ports: on a model repository folder made
+by the caller (:func:`serving_triton`: the queue-policy test, the step-model benchmarks), or
+on copies of chosen models of ``triton_repo`` (:func:`running_triton`: the CT denoiser's
+serving test and its latency benchmark). Same command line and environment as the stack's
+server (:func:`vigil.stack.services.triton_argv`)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,9 +17,9 @@ from pathlib import Path
 import httpx
 
 from vigil.errors import StackError
-from vigil.stack import provision
+from vigil.stack.services import triton_argv, triton_env
 
-__all__ = ["running_triton"]
+__all__ = ["running_triton", "serving_triton"]
 
 
 def _free_port() -> int:
@@ -29,45 +30,17 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_triton(
-    models: Sequence[str],
-    workdir: Path,
-    *,
-    source: Path = Path("triton_repo"),
-    ready_seconds: float = 180.0,
-) -> Iterator[str]:
-    """Starts Triton on copies of ``source/<model>`` for each model; yields its gRPC URL.
+def serving_triton(repo: Path, log: Path, *, ready_seconds: float = 180.0) -> Iterator[str]:
+    """Starts Triton on the model repository folder ``repo``, its output in ``log``; yields
+    its gRPC URL and stops it on exit.
 
     Raises:
         StackError: No server binary, or it exited or was not ready within ``ready_seconds``.
     """
-    binary = provision.triton_server()
-    repo = workdir / "repo"
-    for model in models:
-        shutil.copytree(source / model, repo / model)
     http, grpc, metrics = _free_port(), _free_port(), _free_port()
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    argv = [
-        str(binary),
-        f"--model-repository={repo}",
-        f"--backend-directory={binary.parent.parent / 'backends'}",
-        "--http-address=127.0.0.1",
-        f"--http-port={http}",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={grpc}",
-        "--metrics-address=127.0.0.1",
-        f"--metrics-port={metrics}",
-        "--allow-gpu-metrics=false",
-        "--pinned-memory-pool-byte-size=0",
-        "--disable-auto-complete-config",
-        "--strict-readiness=true",
-        "--exit-on-error=true",
-        "--log-verbose=0",
-    ]
-    log = workdir / "tritonserver.log"
+    argv = triton_argv(repo, "127.0.0.1", (http, grpc, metrics))
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+        proc = subprocess.Popen(argv, env=triton_env(), stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
     try:
         deadline = time.monotonic() + ready_seconds
         while True:
@@ -89,3 +62,23 @@ def running_triton(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def running_triton(
+    models: Sequence[str],
+    workdir: Path,
+    *,
+    source: Path = Path("triton_repo"),
+    ready_seconds: float = 180.0,
+) -> Iterator[str]:
+    """Starts Triton on copies of ``source/<model>`` for each model; yields its gRPC URL.
+
+    Raises:
+        StackError: No server binary, or it exited or was not ready within ``ready_seconds``.
+    """
+    repo = workdir / "repo"
+    for model in models:
+        shutil.copytree(source / model, repo / model)
+    with serving_triton(repo, workdir / "tritonserver.log", ready_seconds=ready_seconds) as url:
+        yield url
