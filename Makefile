@@ -8,12 +8,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vigil-installed
 
-.PHONY: setup lint audit stack-up stack-down stack-status test test-unit demo bench clean
+.PHONY: setup lint audit stack-up stack-down stack-status browser test test-unit demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null; $(BIN)/python -m pip install --quiet "uv>=0.4,<1"; }
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,stack]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps 'flwr==1.42.0'
 	@touch $@
 
 setup: $(STAMP)
@@ -42,7 +43,12 @@ stack-status: setup
 test-unit: setup
 	$(BIN)/pytest -m "not integration"
 
-test: lint audit stack-up
+# Debian's headless Chromium and its driver for the console's browser tests (apt-get as
+# root when missing; docs/console.md). A missing browser fails the tests, never skips them.
+browser: setup
+	$(BIN)/python -c "from vigil.testing.browser import ensure_browser; ensure_browser()"
+
+test: lint audit stack-up browser
 	$(BIN)/pytest
 
 demo: stack-up

@@ -7,18 +7,23 @@ sender waits for the ACK, as interface engines do in original mode):
 
 - **throughput**: real demo stays as ORU^R01 and ADT^A01/A03 messages, as fast as the ACKs
   come back; messages/s = messages / wall time from the first send to the last ACK; every
-  ACK must be AA and the input topics must then hold one record per message;
+  ACK must be AA, in the order the messages were sent (MSA-2 checked), and the input
+  topics must then hold one record per message. ``--window 1`` (the default) is original
+  mode; ``--window N`` lets each connection have N messages sent before their ACKs came
+  (a pipelining sender);
 - **paced**: fresh messages scheduled at ``--rate`` per second for ``--seconds``, spread
   over the connections; ACK latency = ACK received minus scheduled send time (so a client
   falling behind counts against the gateway);
-- **fhir**: Observation POSTs (one HR each) from ``--connections`` concurrent HTTP clients;
+- **fhir**: Observation POSTs (one HR each) from ``--connections`` concurrent HTTP clients
+  (aiohttp, keep-alive);
 - **hostile**: ``--hostile`` mutated messages (seeded: byte edits, truncation, segment
   shuffles, oversized, bad framing); each must be answered AA/AE or its connection closed,
   and the gateway must still be alive and healthy afterwards.
 
 Usage::
 
-    .venv/bin/python -m bench.gateway [--stays 40] [--connections 8] [--rate 1000]
+    .venv/bin/python -m bench.gateway [--stays 40] [--connections 8] [--window 1] [--rate 1000]
+        [--code OTHER_CHECKOUT]   # the gateway of another checkout (before/after runs)
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from kafka import KafkaConsumer, TopicPartition
 
 from bench.common import (
@@ -49,7 +54,20 @@ from streams.gateway.hl7_write import adt_message, oru_message
 from streams.gateway.mllp import END, START
 from vigil.testing.gateway import health, running_gateway
 
+_PHASES = ("throughput", "paced", "fhir", "hostile")
 _HEADER = b"MSH|^~\\&|BENCH|ICU|VIGIL|HOSP|20250101120005+0000||ORU^R01|"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _per_item_us(pid: int, before: float, items: int) -> float:
+    """The gateway's CPU microseconds per message (or request) since ``before``: on a
+    machine shared with other work this, not wall time, says what one free core allows."""
+    return round((_cpu_seconds(pid) - before) / items * 1e6, 1)
 
 
 def _messages(stays: int) -> list[bytes]:
@@ -97,18 +115,48 @@ class Connection:
             return b""
         return frame.split(b"MSA|", 1)[1][:2]
 
+    async def pipeline(self, messages: list[bytes], window: int) -> tuple[list[bytes], int]:
+        """Send ``messages`` with up to ``window`` awaiting their ACK; the ACK codes, and
+        how many ACKs named another message than the next one sent (MSA-2)."""
+        slots = asyncio.Semaphore(window)
+        codes: list[bytes] = []
+        out_of_order = 0
+
+        async def write() -> None:
+            for message in messages:
+                await slots.acquire()
+                self.writer.write(START + message + END)
+                await self.writer.drain()
+
+        async def read() -> None:
+            nonlocal out_of_order
+            for message in messages:
+                frame = await self.reader.readuntil(END)
+                msa = frame.split(b"MSA|", 1)[1].split(b"\r", 1)[0].split(b"|")
+                codes.append(msa[0])
+                out_of_order += msa[1] != message.split(b"|", 10)[9]
+                slots.release()
+
+        await asyncio.gather(write(), read())
+        return codes, out_of_order
+
     def close(self) -> None:
         self.writer.close()
 
 
-async def _throughput(port: int, messages: list[bytes], connections: int) -> dict[str, Any]:
+async def _throughput(
+    port: int, messages: list[bytes], connections: int, window: int
+) -> dict[str, Any]:
     conns = [await Connection.open(port) for _ in range(connections)]
     codes: dict[str, int] = {}
+    out_of_order = 0
 
     async def run(conn: Connection, share: list[bytes]) -> None:
-        for message in share:
-            code = (await conn.send(message)).decode()
-            codes[code] = codes.get(code, 0) + 1
+        nonlocal out_of_order
+        answered, wrong = await conn.pipeline(share, window)
+        out_of_order += wrong
+        for code in answered:
+            codes[code.decode()] = codes.get(code.decode(), 0) + 1
 
     started = time.perf_counter()
     await asyncio.gather(*(run(c, messages[i::connections]) for i, c in enumerate(conns)))
@@ -117,9 +165,11 @@ async def _throughput(port: int, messages: list[bytes], connections: int) -> dic
         conn.close()
     return {
         "messages": len(messages),
+        "window": window,
         "seconds": round(seconds, 2),
         "messages_per_second": round(len(messages) / seconds),
         "acks": codes,
+        "acks_out_of_order": out_of_order,
     }
 
 
@@ -169,20 +219,17 @@ async def _fhir(http_port: int, posts: int, connections: int) -> dict[str, Any]:
         "valueQuantity": {"value": 80, "code": "/min"},
     }
     statuses: dict[int, int] = {}
-    limits = httpx.Limits(max_connections=connections)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{http_port}/fhir", limits=limits
-    ) as client:
+    url = f"http://127.0.0.1:{http_port}/fhir/Observation"
+    headers = {"Content-Type": "application/fhir+json"}
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as client:
 
         async def run(offset: int) -> None:
             for index in range(offset, posts, connections):
                 payload = json.dumps(body | {"id": f"o{index}"})
-                response = await client.post(
-                    "/Observation",
-                    content=payload,
-                    headers={"Content-Type": "application/fhir+json"},
-                )
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                async with client.post(url, data=payload, headers=headers) as response:
+                    await response.read()
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
 
         started = time.perf_counter()
         await asyncio.gather(*(run(i) for i in range(connections)))
@@ -260,13 +307,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stays", type=int, default=40)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--window", type=int, default=1, help="messages in flight per connection (throughput)"
+    )
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--fhir-posts", type=int, default=5000)
     parser.add_argument("--hostile", type=int, default=10_000)
     parser.add_argument("--name", default="gateway")
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=_PHASES,
+        default=list(_PHASES),
+        help="which figures to measure (all by default)",
+    )
+    parser.add_argument(
+        "--linger-ms", type=int, default=None, help="VIGIL_GATEWAY_KAFKA_LINGER_MS to run with"
+    )
+    parser.add_argument(
+        "--code", type=Path, default=None, help="run the gateway of this checkout (A/B runs)"
+    )
     args = parser.parse_args()
 
+    extra: dict[str, Any] = {}
+    if args.linger_ms is not None:
+        extra["kafka_linger_ms"] = str(args.linger_ms)
     settings = fresh_settings("gw")
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"{args.name}.log"
@@ -279,29 +345,47 @@ def main() -> None:
         prefix=settings.topic_prefix,
         log_level="WARNING",
         max_connections="256",
+        code=args.code,
+        **extra,
     ) as gateway:
-        mllp_port, http_port = gateway.mllp_port, gateway.http_port
-        throughput = asyncio.run(_throughput(mllp_port, messages, args.connections))
-        throughput["records_on_input_topics"] = _records(
-            settings.kafka_bootstrap, settings.topic_prefix
-        )
-        paced = asyncio.run(_paced(mllp_port, args.rate, args.seconds, args.connections))
-        fhir = asyncio.run(_fhir(http_port, args.fhir_posts, args.connections))
-        hostile = asyncio.run(_hostile(mllp_port, messages, args.hostile))
-        hostile["alive_after"] = gateway.alive()
-        hostile["health_after"] = health(gateway)[0]
+        mllp_port, http_port, pid = gateway.mllp_port, gateway.http_port, gateway.proc.pid
+        figures: dict[str, Any] = {}
+        if "throughput" in args.phases:
+            cpu = _cpu_seconds(pid)
+            throughput = asyncio.run(
+                _throughput(mllp_port, messages, args.connections, args.window)
+            )
+            throughput["gateway_cpu_us_per_message"] = _per_item_us(pid, cpu, len(messages))
+            throughput["records_on_input_topics"] = _records(
+                settings.kafka_bootstrap, settings.topic_prefix
+            )
+            figures["throughput"] = throughput
+        if "paced" in args.phases:
+            cpu = _cpu_seconds(pid)
+            paced = asyncio.run(_paced(mllp_port, args.rate, args.seconds, args.connections))
+            paced["gateway_cpu_us_per_message"] = _per_item_us(pid, cpu, paced["messages"])
+            figures["paced"] = paced
+        if "fhir" in args.phases:
+            cpu = _cpu_seconds(pid)
+            fhir = asyncio.run(_fhir(http_port, args.fhir_posts, args.connections))
+            fhir["gateway_cpu_us_per_post"] = _per_item_us(pid, cpu, args.fhir_posts)
+            figures["fhir"] = fhir
+        if "hostile" in args.phases:
+            hostile = asyncio.run(_hostile(mllp_port, messages, args.hostile))
+            hostile["alive_after"] = gateway.alive()
+            hostile["health_after"] = health(gateway)[0]
+            figures["hostile"] = hostile
     write_result(
         args.name,
         {
             "machine": machine(),
             "load_before": before,
             "load_after": load_average(),
+            "code": str(args.code) if args.code else "this checkout",
             "connections": args.connections,
             "stays": args.stays,
-            "throughput": throughput,
-            "paced": paced,
-            "fhir": fhir,
-            "hostile": hostile,
+            "gateway_settings": extra,
+            **figures,
             "log": str(Path(log).relative_to(ROOT)),
         },
     )

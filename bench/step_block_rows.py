@@ -1,9 +1,9 @@
-"""``block_rows`` sweep of ``deterioration_step`` on a private tritonserver (38000-38002).
+"""``block_rows`` sweep of ``deterioration_step`` on a private tritonserver (free ports).
 
 For each block size: a temporary copy of ``triton_repo/deterioration_step`` with the
 current ``models/common/triton_model.py`` as ``1/model.py`` and ``block_rows`` set in its
 ``config.pbtxt``, served by its own ``tritonserver`` (started as
-:mod:`bench.step_throughput` does, on ports 38000/38001/38002, so neither the shared stack
+:mod:`bench.step_throughput` does, on free loopback ports, so neither the shared stack
 nor ``step_throughput`` is touched). Measured: rows/s at batch 256 with 4 and 1 requests
 in flight (:func:`bench.step_throughput.served`, the same real requests), and the latency
 of sequential batch-1 and batch-8 requests (p50/p99). Repeat a value (``16 ... 16``) to
@@ -32,17 +32,17 @@ import bench.step_throughput as step
 from bench.common import ROOT, load_average, machine, write_result
 from models.deterioration.step_export import MODEL_NAME
 from models.deterioration.step_train import load_step_checkpoint
+from vigil.testing.triton_server import serving_triton
 
 __all__ = ["latency", "main"]
 
-step.PORTS = (38000, 38001, 38002)
-
 
 def latency(
-    arrays: dict[str, npt.NDArray[np.float32]], batch: int, seconds: float
+    url: str, arrays: dict[str, npt.NDArray[np.float32]], batch: int, seconds: float
 ) -> dict[str, Any]:
-    """p50/p99 of sequential requests of the first ``batch`` rows for ``seconds``."""
-    client = grpcclient.InferenceServerClient(f"127.0.0.1:{step.PORTS[1]}")
+    """p50/p99 of sequential requests of the first ``batch`` rows for ``seconds``, sent to
+    the Triton at gRPC ``url``."""
+    client = grpcclient.InferenceServerClient(url)
     inputs = []
     for name, array in arrays.items():
         tensor = grpcclient.InferInput(name, [batch, *array.shape[1:]], "FP32")
@@ -102,15 +102,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         tmp = Path(name)
         for value in args.block_rows:
             entry: dict[str, Any] = {"block_rows": value, "load_before": load_average()}
-            process = step._start_server(_repo(tmp, value), tmp / f"triton_{value}.log")
-            try:
-                entry["batch_256_in_flight_4"] = step.served(arrays, args.seconds, 4)
-                entry["batch_256_in_flight_1"] = step.served(arrays, args.seconds / 2, 1)
-                entry["batch_1"] = latency(arrays, 1, args.latency_seconds)
-                entry["batch_8"] = latency(arrays, 8, args.latency_seconds)
-            finally:
-                process.terminate()
-                process.wait(timeout=60)
+            log = tmp / f"triton_{value}.log"
+            with serving_triton(_repo(tmp, value), log, ready_seconds=120) as url:
+                entry["batch_256_in_flight_4"] = step.served(url, arrays, args.seconds, 4)
+                entry["batch_256_in_flight_1"] = step.served(url, arrays, args.seconds / 2, 1)
+                entry["batch_1"] = latency(url, arrays, 1, args.latency_seconds)
+                entry["batch_8"] = latency(url, arrays, 8, args.latency_seconds)
             entry["load_after"] = load_average()
             print(json.dumps(entry), flush=True)
             runs.append(entry)

@@ -1,7 +1,8 @@
 """Served throughput of ``deterioration_step`` on its own Triton, and its model cost.
 
 Starts a private ``tritonserver`` (the binary of the ``nvidia-pytriton`` wheel, as
-``vigil stack`` does) on ports 28000/28001/28002 over a copy of
+``vigil stack`` does, :func:`vigil.testing.triton_server.serving_triton`) on free loopback
+ports over a copy of
 ``triton_repo/deterioration_step`` in a temporary folder, so the shared stack (8000-8002)
 is never touched. Requests are real: 256 demo stays (test split) stepped to hour 24 with
 the committed model, each request carrying the bin closed at 24 h (committed) and the open
@@ -17,10 +18,7 @@ Beside it, the TorchScript cost alone (frozen, one thread, the shape the wrapper
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -40,13 +37,13 @@ from bench.common import DEMO, ROOT, load_average, machine, write_result
 from models.deterioration.step_export import MODEL_NAME, tensor_specs
 from models.deterioration.step_network import StepEnsemble, StepModule
 from models.deterioration.step_train import load_step_checkpoint
+from streams.core.last_seen import stay_hours_since_seen
 from streams.core.step_features import BINS_PER_REQUEST, bin_inputs, pack_bins, stay_bins
 from streams.datasets.physionet2012 import load_stays
-from vigil.stack import provision
+from vigil.testing.triton_server import serving_triton
 
 __all__ = ["model_cost", "request_arrays", "served"]
 
-PORTS = (28000, 28001, 28002)
 ADMIT = datetime(2012, 1, 1, tzinfo=UTC)
 ROWS = 256
 
@@ -103,6 +100,7 @@ def request_arrays(net: StepEnsemble, rows: int = ROWS) -> dict[str, npt.NDArray
         "image_embeddings": np.zeros((rows, config.max_images, config.image_dim), np.float32),
         "image_age_hours": np.zeros((rows, config.max_images), np.float32),
         "image_mask": np.zeros((rows, config.max_images), np.float32),
+        "hours_since_seen": np.stack([stay_hours_since_seen(a, [24 * 60 + 30])[0] for a in arrays]),
     }
 
 
@@ -112,7 +110,7 @@ def model_cost(net: StepEnsemble, arrays: dict[str, npt.NDArray[np.float32]]) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.freeze(torch.jit.script(StepModule(net).eval()))
-    names = list(arrays)
+    names = [name for name in arrays if name != "hours_since_seen"]  # the OOD head's only
     out: dict[str, Any] = {}
     for rows in (16, 256):
         tensors = [torch.from_numpy(arrays[name][:rows].copy()) for name in names]
@@ -129,51 +127,12 @@ def model_cost(net: StepEnsemble, arrays: dict[str, npt.NDArray[np.float32]]) ->
     return out
 
 
-def _start_server(repo: Path, log: Path) -> subprocess.Popen[bytes]:
-    binary = provision.triton_server()
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    argv = [
-        str(binary),
-        f"--model-repository={repo}",
-        f"--backend-directory={binary.parent.parent / 'backends'}",
-        "--http-address=127.0.0.1",
-        f"--http-port={PORTS[0]}",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={PORTS[1]}",
-        "--metrics-address=127.0.0.1",
-        f"--metrics-port={PORTS[2]}",
-        "--allow-gpu-metrics=false",
-        "--pinned-memory-pool-byte-size=0",
-        "--disable-auto-complete-config",
-        "--strict-readiness=true",
-        "--exit-on-error=true",
-        "--log-verbose=0",
-    ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)  # noqa: S603
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"tritonserver exited: {log.read_text()[-2000:]}")
-        try:
-            if (
-                httpx.get(f"http://127.0.0.1:{PORTS[0]}/v2/health/ready", timeout=1).status_code
-                == 200
-            ):
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError("tritonserver did not become ready in 120 s")
-
-
 def served(
-    arrays: dict[str, npt.NDArray[np.float32]], seconds: float, in_flight: int
+    url: str, arrays: dict[str, npt.NDArray[np.float32]], seconds: float, in_flight: int
 ) -> dict[str, Any]:
-    """Rows per second of batch-``ROWS`` requests with ``in_flight`` outstanding."""
-    client = grpcclient.InferenceServerClient(f"127.0.0.1:{PORTS[1]}")
+    """Rows per second of batch-``ROWS`` requests with ``in_flight`` outstanding, sent to
+    the Triton at gRPC ``url``."""
+    client = grpcclient.InferenceServerClient(url)
     inputs = []
     for name, array in arrays.items():
         tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
@@ -253,16 +212,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vigil-step-triton-") as tmp:
         repo = Path(tmp) / "repo"
         shutil.copytree(ROOT / "triton_repo" / MODEL_NAME, repo / MODEL_NAME)
-        process = _start_server(repo, Path(tmp) / "triton.log")
-        try:
-            result["served"] = [served(arrays, args.seconds, k) for k in args.in_flight]
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        with serving_triton(repo, Path(tmp) / "triton.log", ready_seconds=120) as url:
+            result["served"] = [served(url, arrays, args.seconds, k) for k in args.in_flight]
     result["load_after"] = load_average()
     result["client"] = (
         f"tritonclient gRPC async, batch {ROWS}, real demo stays at 24 h (1 committed + 1 "
-        "open bin per row), own tritonserver on 28000-28002 with only this model"
+        "open bin per row), own tritonserver on free loopback ports with only this model"
     )
     inputs, _ = tensor_specs(net.config, net.layout.width)
     result["request_bytes_per_row"] = 4 * sum(int(np.prod(s.dims)) for s in inputs)

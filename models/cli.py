@@ -1,5 +1,8 @@
-"""Command-line entry points: ``vigil train deterioration|image-branch|ood|imaging`` and
-``vigil export deterioration|ood|imaging``.
+"""Command-line entry points: ``vigil train
+deterioration|deterioration-window|step-ood|image-branch|ood|imaging`` and ``vigil export
+deterioration|deterioration-window|ood|imaging``. ``deterioration`` is the step model that
+scores by default; ``deterioration-window`` the whole-window model (patients with an imaging
+study, and everyone when step scoring is off).
 
 The lead mounts :data:`train_app` and :data:`export_app` under the ``vigil`` command. A
 training command's options are built from its settings class
@@ -20,15 +23,19 @@ import typer
 from models.common.settings_cli import fail, settings_command
 from models.deterioration.image_branch_settings import ImageBranchSettings
 from models.deterioration.settings import TrainSettings
+from models.deterioration.step_settings import StepTrainSettings
+from models.federated.settings import FederateSettings
 from models.imaging.settings import ImagingEvalSettings, ImagingSettings
 from models.ood.settings import OODSettings
-from vigil.errors import VigilError
+from models.ood.step_settings import StepOODSettings
+from models.validity.settings import ValidateSettings
+from vigil.errors import ConfigError, VigilError
 
 if TYPE_CHECKING:
     from models.common.export import ExportResult
     from models.common.triton_config import InstanceKind
 
-__all__ = ["export_app", "train_app"]
+__all__ = ["export_app", "run_federate_command", "run_validate_command", "train_app"]
 
 train_app = typer.Typer(help="Train models.", no_args_is_help=True, add_completion=False)
 export_app = typer.Typer(
@@ -60,6 +67,33 @@ def _train_deterioration(settings: TrainSettings) -> str:
         f"checkpoint {result.checkpoint} (epochs {list(result.best_epochs)}, "
         f"{result.train_seconds:.0f} s); test AUROC 24 h {test['24h']['auroc']:.3f}, "
         f"48 h {test['48h']['auroc']:.3f}"
+    )
+
+
+def _train_deterioration_step(settings: StepTrainSettings) -> str:
+    from models.deterioration.step_train import train_step
+
+    result = train_step(settings)
+    test = result.metrics["test"]
+    return (
+        f"checkpoint {result.checkpoint} ({result.train_seconds:.0f} s); test AUROC 24 h "
+        f"{test['24h']['step']['auroc']:.3f}, 48 h {test['48h']['step']['auroc']:.3f}; next: "
+        "vigil train step-ood, then vigil export deterioration"
+    )
+
+
+def _train_step_ood(settings: StepOODSettings) -> str:
+    from models.ood.step_train import fit_step_ood
+
+    meta = fit_step_ood(settings)
+    m = meta["metrics"]
+    aurocs = ", ".join(
+        f"{name} {entry['combined']['auroc']:.3f}" for name, entry in m["shifts"].items()
+    )
+    return (
+        f"step OOD fit {settings.output} ({meta['seconds']:.0f} s); test flag rate "
+        f"{m['test']['combined']['flagged_fraction']:.4f}; OOD AUROC (combined, synthetic "
+        f"shifts): {aurocs}"
     )
 
 
@@ -122,9 +156,25 @@ def _evaluate_imaging(settings: ImagingEvalSettings) -> str:
 settings_command(
     train_app,
     "deterioration",
+    StepTrainSettings,
+    _train_deterioration_step,
+    help_text="Train the deterioration model that scores by default: the step model, over "
+    "whole stays (docs/deterioration.md, 'Step model').",
+)
+settings_command(
+    train_app,
+    "deterioration-window",
     TrainSettings,
     _train_deterioration,
-    help_text="Train the deterioration model on PhysioNet 2012 set A and write a checkpoint.",
+    help_text="Train the whole-window deterioration model (patients with an imaging study; "
+    "everyone when step scoring is off) and write a checkpoint.",
+)
+settings_command(
+    train_app,
+    "step-ood",
+    StepOODSettings,
+    _train_step_ood,
+    help_text="Fit the step model's own OOD verdict on its checkpoint (docs/ood.md).",
 )
 settings_command(
     train_app,
@@ -183,7 +233,7 @@ def _report(export: Callable[[], ExportResult]) -> None:
     typer.echo(f"exported {paths} (parity {result.max_abs_diff:.2e})")
 
 
-@export_app.command("deterioration")
+@export_app.command("deterioration-window")
 def export_deterioration(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint from training.")] = Path(
         "models/weights/deterioration.pt"
@@ -211,6 +261,39 @@ def export_deterioration(
             max_batch_size=max_batch_size,
             explain_max_batch_size=explain_max_batch_size,
             instance_kind=kind,
+        )
+
+    _report(run)
+
+
+@export_app.command("deterioration")
+def export_deterioration_step(
+    checkpoint: Annotated[Path, typer.Option(help="Step checkpoint from training.")] = Path(
+        "models/weights/deterioration_step.pt"
+    ),
+    ood_fit: Annotated[Path, typer.Option(help="OOD fit of that checkpoint.")] = Path(
+        "models/weights/deterioration_step_ood.pt"
+    ),
+    repo_dir: RepoDir = Path("triton_repo"),
+    version: Version = 1,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Triton max_batch_size of deterioration_step.", min=1)
+    ] = 1024,
+    instance_kind: Kind = "KIND_CPU",
+) -> None:
+    """Export the step model to triton_repo/deterioration_step{,_explain}/<version>/."""
+    kind = _instance_kind(instance_kind)
+
+    def run() -> ExportResult:
+        from models.deterioration.step_export import export_step
+
+        return export_step(
+            checkpoint,
+            repo_dir,
+            version=version,
+            max_batch_size=max_batch_size,
+            instance_kind=kind,
+            ood_fit=ood_fit,
         )
 
     _report(run)
@@ -268,3 +351,40 @@ def export_imaging_command(
         )
 
     _report(run)
+
+
+def run_federate_command(settings: FederateSettings) -> str:
+    """``vigil federate``: the federation and its comparison arms (progress on stderr)."""
+    import logging
+
+    from models.federated.experiment import run_federate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    report = run_federate(settings)
+    timing = report["federation_timing"]
+    return (
+        f"{settings.out / 'federation.json'}: SIMULATED sites (set A's ICU types); "
+        f"{report['strategy']} x {report['rounds']} rounds, secure aggregation "
+        f"{report['secure_aggregation']}; pooled test AUROC at 48 h federated "
+        f"{report['pooled_test_auroc_federated']}, central {report['pooled_test_auroc_central']}; "
+        f"federation wall time {timing['wall_seconds']:.0f} s"
+    )
+
+
+def run_validate_command(settings: ValidateSettings) -> str:
+    """``vigil validate``: analytical and clinical validity report."""
+    federation = settings.federation_dir / "federation.json"
+    if not federation.is_file():  # before importing torch: a mistyped path fails at once
+        raise ConfigError(
+            f"{federation} not found; run vigil federate --out {settings.federation_dir} first"
+        )
+    from models.validity.run import run_validate
+
+    report = run_validate(settings)
+    replay = report["analytical"]["replay"]
+    return (
+        f"{settings.out / 'report.html'} and validity.json: replay identical "
+        f"{replay['identical']}, unit round trips max rel. error "
+        f"{report['analytical']['unit_round_trips']['max_rel_error']:.2g}"
+    )

@@ -261,7 +261,6 @@ class VigilWorker:
         """Explain queued alerts, a few at a time, and publish each explanation; an alert
         already went out explained by its reason and NEWS2, so a failure here loses
         only the model's contributions (counted, logged)."""
-        explainer = self.models.explainer
         while True:
             if not self.explain_queue:
                 self.explain_wakeup.clear()
@@ -276,6 +275,7 @@ class VigilWorker:
                     if contributions is None:
                         self.metrics.explanations.labels("unavailable").inc()
                         continue
+                    explainer = self.models.explainer_for(snapshot)
                     for record in self.processor.explanation_records(
                         snapshot,
                         alerts,

@@ -36,11 +36,13 @@ import numpy as np
 from kafka import KafkaConsumer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics
+from streams.console.demo import DEMO_USER, start_demo_console
 from streams.core.risk_metrics import auprc, auroc
 from streams.datasets.physionet2012 import read_outcomes
 from streams.evaluation.degraded import DEGRADED_LABEL, DegradedShare
@@ -272,6 +274,7 @@ def run_demo(
     timeout_seconds: float = 900.0,
     console: Console | None = None,
     progress_every: timedelta = timedelta(seconds=10),
+    console_port: int | None = 8088,
 ) -> dict[str, Any]:
     """Run the demo end to end; returns (and writes) the summary.
 
@@ -288,6 +291,8 @@ def run_demo(
         timeout_seconds: Give up when the pipeline has not accounted for every event.
         console: Where the view goes (default stderr); live only on a terminal.
         progress_every: Time between progress lines when the console is not a terminal.
+        console_port: Port of the ward console started beside the run (``vigil console``
+            on the run's topics, with a demo user whose password is printed); None: none.
 
     Raises:
         ConfigError: The demo data are missing.
@@ -317,6 +322,23 @@ def run_demo(
         "VIGIL_METRICS_PORT": str(run.metrics_port),
         "VIGIL_DATA_DIR": str(report / "worker-data"),
     }
+    ward = None
+    if console_port is not None:
+        try:
+            ward = start_demo_console(
+                prefix=run.topic_prefix,
+                report=report,
+                kafka_bootstrap=run.kafka_bootstrap,
+                redis_url=run.redis_url,
+                port=console_port,
+            )
+        except OSError as exc:
+            console.print(f"[yellow]ward console not started[/]: port {console_port}: {exc}")
+    if ward is not None:
+        console.print(
+            f"ward console: [bold]{ward.url}[/] (demo login [bold]{DEMO_USER}[/] / "
+            f"[bold]{ward.password}[/]: a demo user, loopback only)"
+        )
     log = report / "worker.log"
     with log.open("ab") as handle:
         worker = subprocess.Popen(
@@ -379,6 +401,9 @@ def run_demo(
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(60)
         reader.join(5)
+        if ward is not None and ward.proc.poll() is None:
+            os.killpg(ward.proc.pid, signal.SIGTERM)
+            ward.proc.wait(30)
     deaths = {
         str(rid): row.in_hospital_death
         for rid, row in read_outcomes(data_dir / "Outcomes-a.txt").items()
@@ -401,6 +426,12 @@ def run_demo(
         )
     )
     summary["evaluation_report"] = evaluation["report"]
+    if ward is not None:
+        summary["ward_console"] = {"url": ward.url, "user": DEMO_USER, "reopen": ward.reopen}
+        console.print(
+            f"ward console of this run: {escape(ward.reopen)}\n  then open {ward.url} and sign "
+            f"in as {DEMO_USER} / {ward.password} (a demo user, loopback only)"
+        )
     (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(degraded_text(result.degraded))
     return {"report": str(report), **summary}

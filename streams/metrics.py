@@ -170,6 +170,12 @@ class WorkerMetrics:
             ["model"],
             registry=registry,
         )
+        self.step_rebuilds = Counter(
+            "vigil_step_rebuilds_total",
+            "Step-model requests that started again from admission because a record "
+            "arrived for a bin the stored state had already committed.",
+            registry=registry,
+        )
         self.batch_records = Histogram(
             "vigil_batch_records",
             "Input records per batch (the worker's unit of work).",

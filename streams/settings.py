@@ -115,15 +115,34 @@ class WorkerSettings(BaseSettings):
         description="Sent as 'authorization: Bearer <token>' on every Triton request "
         "(for a gateway in front of Triton; Triton itself does not check it).",
     )
-    triton_model: str = Field(default="deterioration", description="Scoring model.")
+    triton_model: str = Field(
+        default="deterioration",
+        description="Window scoring model: scores when no step model is set, and until the "
+        "step model's version is read from Triton.",
+    )
     triton_step_model: str | None = Field(
-        default=None,
-        description="Step (incremental) deterioration model, e.g. deterioration_step: when "
-        "set, each score advances the patient's stored model state through the hour bins "
-        "that closed since its last score instead of re-reading the whole window "
-        "(docs/worker.md, 'Step scoring'); its risk replaces the window model's. Off by "
-        "default: the alert operating point and the OOD detector were fitted on the "
-        "window model.",
+        default="deterioration_step",
+        description="Step (incremental) deterioration model: each score advances the "
+        "patient's stored model state through the hour bins that closed since its last "
+        "score instead of re-reading the whole window, and the same call gives the OOD "
+        "verdict (docs/worker.md, 'Step scoring'). Empty: score with the window model "
+        "(then set VIGIL_ALERT_ARM_SCORES=2 and VIGIL_ALERT_ARM_HOURS=1, its operating "
+        "point, docs/alerting.md).",
+    )
+    step_commit_delay_hours: float = Field(
+        default=1.0,
+        ge=0,
+        le=6,
+        description="A closed hour bin is folded into the step model's stored state only once "
+        "it ended this long (event time) before the scoring time; newer closed bins run "
+        "provisionally, so a record of another input stream that arrives a little late "
+        "still counts (docs/worker.md, 'Step scoring'). Each hour adds one bin to every "
+        "step request (+23 % model compute for the first hour, BENCHMARKS.md).",
+    )
+    triton_step_explain_model: str | None = Field(
+        default="deterioration_step_explain",
+        description="Explains alerts of step-model scores (occlusion of the step model over "
+        "the window); empty: they are explained by the window model's explain model.",
     )
     triton_ood_model: str | None = Field(
         default="ood",
@@ -229,6 +248,32 @@ class WorkerSettings(BaseSettings):
         default=".vigil/artifacts/heatmaps",
         description="Where CAM heatmaps (PNG, named by finding id) are stored.",
     )
+    triton_denoise_model: str | None = Field(
+        default="ct_denoise",
+        description="CT denoiser asked for CT studies whose declared dose_fraction is below "
+        "denoise_below_dose_fraction, before segmentation; empty switches it off "
+        "(docs/imaging-dose-registration.md).",
+    )
+    denoise_below_dose_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="CT studies declaring a dose fraction below this are denoised.",
+    )
+    registration_iterations: int = Field(
+        default=0,
+        ge=0,
+        le=2000,
+        description="Optimiser steps of the registration of each study to the patient's "
+        "prior study of the same modality (100 in docs/imaging-dose-registration.md); 0, "
+        "the default, switches registration off: at 100 steps it adds 0.9-4 s of CPU per "
+        "study, and the batch holding the study waits for it (BENCHMARKS.md, issue 19).",
+    )
+    prior_dir: str | None = Field(
+        default=None,
+        description="Where each patient's latest study per modality is kept for registration "
+        "(files named by a hash, no patient identifier); default: artifact_dir/priors.",
+    )
 
     # --- Event time --------------------------------------------------------------------
     window_hours: int = Field(default=48, ge=1, le=24 * 14)
@@ -245,9 +290,11 @@ class WorkerSettings(BaseSettings):
     # Operating point fitted on the validation split (docs/alerting.md).
     alert_arm_risk: float = Field(default=0.2, gt=0, lt=1)
     alert_disarm_risk: float = Field(default=0.1, gt=0, lt=1)
-    alert_arm_scores: int = Field(default=2, ge=1, description="Scores at/above arm to open.")
+    # Arming persistence: the step model's point (3 scores over 2 h); the window model's
+    # is 2 scores over 1 h (docs/alerting.md, "Operating point of the step model").
+    alert_arm_scores: int = Field(default=3, ge=1, description="Scores at/above arm to open.")
     alert_arm_hours: float = Field(
-        default=1.0, ge=0, description="Event time the arming run lasts."
+        default=2.0, ge=0, description="Event time the arming run lasts."
     )
     alert_disarm_scores: int = Field(
         default=2, ge=1, description="Scores at/below disarm to resolve."

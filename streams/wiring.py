@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from streams.adapters.image_source import HeatmapStore, ImageSource
 from streams.adapters.input_order import OrderedIngest
 from streams.adapters.lag import ConsumerLagMonitor
 from streams.adapters.models import ModelCalls
+from streams.adapters.prior_store import PriorStore
 from streams.adapters.redis_store import RedisStore
 from streams.adapters.security import (
     faust_credentials,
@@ -170,6 +172,13 @@ def create_worker(
         if settings.triton_step_model
         else None
     )
+    step_explainer = (
+        triton(
+            settings.triton_step_explain_model, timeout_seconds=max(timeout, 5.0), batch_max_size=8
+        )
+        if settings.triton_step_model and settings.triton_step_explain_model
+        else None
+    )
     ood_scorer = (
         triton(
             settings.triton_ood_model,
@@ -182,6 +191,12 @@ def create_worker(
     imager = (
         triton(settings.triton_imaging_model, timeout_seconds=max(timeout, 5.0), batch_max_size=16)
         if settings.triton_imaging_model
+        else None
+    )
+    # One study per request: studies differ in size, and a batch needs one shape.
+    denoiser = (
+        triton(settings.triton_denoise_model, timeout_seconds=max(timeout, 5.0), batch_max_size=1)
+        if settings.triton_denoise_model and imager is not None
         else None
     )
     redis_client = aioredis.Redis.from_url(
@@ -213,11 +228,20 @@ def create_worker(
             scorer=scorer,
             stepper=stepper,
             explainer=explainer,
+            step_explainer=step_explainer,
             ood_scorer=ood_scorer,
             imager=imager,
             images=images,
             heatmaps=HeatmapStore(settings.artifact_dir),
             metrics=worker_metrics,
+            denoiser=denoiser,
+            denoise_below=settings.denoise_below_dose_fraction,
+            priors=(
+                PriorStore(settings.prior_dir or Path(settings.artifact_dir) / "priors")
+                if settings.registration_iterations
+                else None
+            ),
+            registration_iterations=settings.registration_iterations,
         ),
         store=store,
         metrics=worker_metrics,

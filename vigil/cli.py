@@ -31,9 +31,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from models.cli import export_app, train_app
+from models.cli import export_app, run_federate_command, run_validate_command, train_app
+from models.common.settings_cli import settings_command
+from models.dose_cli import imaging_app
+from models.federated.settings import FederateSettings
+from models.validity.settings import ValidateSettings
 from streams.adapters.security import kafka_python_options
 from streams.adapters.topics import create_topics, missing_topics
+from streams.console.settings import ConsoleSettings
 from streams.gateway.hl7_replay import read_hl7
 from streams.gateway.server import run_gateway
 from streams.gateway.settings import GatewaySettings
@@ -79,6 +84,23 @@ topics_app = typer.Typer(help="Create and check Vigil's Kafka topics.", no_args_
 app.add_typer(topics_app, name="topics")
 app.add_typer(train_app, name="train")
 app.add_typer(export_app, name="export")
+settings_command(
+    app,
+    "federate",
+    FederateSettings,
+    run_federate_command,
+    help_text="Federated training of the step model over four SIMULATED sites (set A's ICU "
+    "types): Flower with SecAgg+, TLS on loopback; writes OUT/federation.json (docs/federated.md).",
+)
+settings_command(
+    app,
+    "validate",
+    ValidateSettings,
+    run_validate_command,
+    help_text="Analytical and clinical validity: OUT/validity.json and OUT/report.html "
+    "(docs/validity.md); reads vigil federate's output.",
+)
+app.add_typer(imaging_app, name="imaging")
 
 OnlyOption = Annotated[
     str | None,
@@ -265,6 +287,94 @@ def gateway(
         run_gateway(settings)
     except OSError as exc:
         raise ConfigError(f"gateway cannot listen: {exc.strerror or exc}") from exc
+
+
+console_app = typer.Typer(
+    help="The clinicians' ward console (settings: VIGIL_CONSOLE_*, docs/console.md).",
+    invoke_without_command=True,
+)
+app.add_typer(console_app, name="console")
+
+
+def _console_settings(**values: object) -> ConsoleSettings:
+    try:
+        return ConsoleSettings(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from exc
+
+
+@console_app.callback()
+def console(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", envvar="VIGIL_CONSOLE_HOST", help="Listen address (127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", envvar="VIGIL_CONSOLE_PORT", help="Port (8088)."),
+    ] = None,
+    kafka_bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            "--kafka-bootstrap", envvar="VIGIL_CONSOLE_KAFKA_BOOTSTRAP", help="Kafka bootstrap."
+        ),
+    ] = None,
+    topic_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--topic-prefix", envvar="VIGIL_CONSOLE_TOPIC_PREFIX", help="Topic name prefix."
+        ),
+    ] = None,
+    users_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--users-file",
+            envvar="VIGIL_CONSOLE_USERS_FILE",
+            help="Local users (.vigil/console/users.json).",
+        ),
+    ] = None,
+) -> None:
+    """Run the ward console (board, patient pages, acknowledge/snooze/escalate) until
+    stopped; `vigil console add-user NAME --role ROLE` adds a local user."""
+    values = {
+        "host": host,
+        "port": port,
+        "kafka_bootstrap": kafka_bootstrap,
+        "topic_prefix": topic_prefix,
+        "users_file": users_file,
+    }
+    ctx.obj = values
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _console_settings(**values)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from streams.console.server import run_console
+
+    try:
+        run_console(settings)
+    except OSError as exc:
+        raise ConfigError(f"console cannot listen: {exc.strerror or exc}") from exc
+
+
+@console_app.command("add-user")
+def console_add_user(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="User name (recorded on every action).")],
+    role: Annotated[
+        str, typer.Option("--role", help="viewer, clinician (may act on alerts) or admin.")
+    ],
+) -> None:
+    """Add or replace a local console user; the password is read from standard input."""
+    from streams.console.users import UserStore
+
+    settings = _console_settings(**(ctx.obj or {}))
+    password = sys.stdin.readline().rstrip("\r\n")
+    existed = UserStore(settings.users_file).add(name, role, password)
+    verb = "replaced" if existed else "added"
+    _err.print(f"{verb} {escape(name)} ({role}) in {settings.users_file}")
 
 
 _FORMATS: dict[str, tuple[str, Reader]] = {

@@ -16,6 +16,7 @@ standard exception it specialises so callers can catch either::
     ├── InferenceError(VigilError, RuntimeError)   a model request failed
     │   └── CircuitOpenError                       the circuit breaker refuses calls
     └── ModelError(VigilError, RuntimeError)       training, export or artifact problems
+        └── FederationError                        a federated round or site failed
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "CircuitOpenError",
     "ConfigError",
+    "FederationError",
     "ImageError",
     "InferenceError",
     "MessageError",
@@ -102,3 +104,7 @@ class CircuitOpenError(InferenceError):
 
 class ModelError(VigilError, RuntimeError):
     """Training, export or loading of a model artifact failed."""
+
+
+class FederationError(ModelError):
+    """A federated round failed (too few sites answered, a site or the server is gone)."""

@@ -34,6 +34,7 @@ from models.deterioration.step_network import StepEnsemble
 from models.deterioration.step_train import load_step_checkpoint, prepare
 from models.ood.step import StepOODModule
 from models.ood.step_train import load_fit
+from streams.core.last_seen import stay_hours_since_seen
 from streams.core.step_features import bin_inputs, pack_bins
 from streams.datasets.physionet2012 import Stay
 from vigil.errors import ModelError
@@ -97,6 +98,7 @@ def serve_hourly(
     static_mask = torch.from_numpy(np.stack([a.static_mask for a in arrays]).astype(np.float32))
     images = (torch.zeros(n, k, config.image_dim), torch.zeros(n, k), torch.zeros(n, k))
     state = torch.zeros(n, state_width)
+    since = np.stack([stay_hours_since_seen(a, range(60, 60 * n_hours + 1, 60)) for a in arrays])
     out = {
         name: np.zeros((n, n_hours), dtype=np.bool_ if name.endswith("ood") else np.float64)
         for name in SERVED_NAMES
@@ -113,7 +115,15 @@ def serve_hourly(
                 packed.append(pack_bins([b for b in (closed, open_bin) if b is not None]))
                 commits.append([0.0 if closed is None else 1.0])
             bins = [torch.from_numpy(np.stack([p[i] for p in packed])) for i in range(4)]
-            result = module(state, *bins, torch.tensor(commits), statics, static_mask, *images)
+            result = module(
+                state,
+                *bins,
+                torch.tensor(commits),
+                statics,
+                static_mask,
+                *images,
+                torch.from_numpy(since[:, hour - 1]),
+            )
             state = result[1]
             for name, index in _OUTPUT_INDEX.items():
                 out[name][:, hour - 1] = result[index].reshape(-1).numpy()

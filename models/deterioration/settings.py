@@ -12,7 +12,7 @@ __all__ = ["TrainSettings"]
 
 
 class TrainSettings(BaseSettings):
-    """Settings of ``vigil train deterioration`` (environment prefix ``VIGIL_TRAIN_``)."""
+    """Settings of ``vigil train deterioration-window`` (environment prefix ``VIGIL_TRAIN_``)."""
 
     model_config = SettingsConfigDict(env_prefix="VIGIL_TRAIN_", frozen=True, extra="forbid")
 

@@ -32,6 +32,7 @@ on the OOD outputs; a gap above :data:`~models.common.torchscript.PARITY_TOLERAN
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -52,6 +53,7 @@ from models.common.provenance import code_version
 from models.common.torchscript import script, scripted_bytes
 from models.common.triton_config import SCORING_INSTANCE_COUNT, InstanceKind, TensorSpec
 from models.deterioration.network import NetConfig
+from models.deterioration.step_explain import served_step_explain
 from models.deterioration.step_network import StepEnsemble
 from models.deterioration.step_train import STEP_TRAINING_SOURCES, load_step_checkpoint
 from models.ood.step import OOD_OUTPUT_NAMES, StepOODModule
@@ -92,6 +94,7 @@ STEP_EXPORT_SOURCES: Final[tuple[str, ...]] = (
     *STEP_TRAINING_SOURCES,
     *(s for s in STEP_OOD_SOURCES if s not in STEP_TRAINING_SOURCES),
     "models/deterioration/step_export.py",
+    "models/deterioration/step_explain.py",
     *COMMON_EXPORT_SOURCES,
 )
 
@@ -116,6 +119,7 @@ def tensor_specs(
         TensorSpec("image_embeddings", fp32, (k, e)),
         TensorSpec("image_age_hours", fp32, (k,)),
         TensorSpec("image_mask", fp32, (k,)),
+        TensorSpec("hours_since_seen", fp32, (p,)),
     )
     outputs = (
         TensorSpec("risk", fp32, (1,)),
@@ -184,8 +188,10 @@ def script_step(net: StepEnsemble, ood_fit: Mapping[str, npt.ArrayLike]) -> torc
 def example_step_inputs(
     net: StepEnsemble, *, batch: int = 6, images: bool = True, seed: int = 0
 ) -> tuple[torch.Tensor, ...]:
-    """Plausible random inputs in forward order: a state reached by real steps from
-    zeros, 0-8 valid bins per row, commits from 0 to all, and (optionally) images."""
+    """Plausible random inputs in the served module's order: a state reached by real steps
+    from zeros, 0-8 valid bins per row, commits from 0 to all, (optionally) images, and
+    the hours since each parameter was last seen (the OOD head's; the ensemble's
+    ``forward`` takes all but that last one)."""
     gen = torch.Generator().manual_seed(seed)
     config, length, p = net.config, BINS_PER_REQUEST, net.config.n_series
 
@@ -221,7 +227,23 @@ def example_step_inputs(
     image_mask = torch.zeros(batch, config.max_images)
     if images:
         image_mask[1:, : max(1, config.max_images // 2)] = 1.0
-    return (state, *bins(), valid, commit, statics, static_mask, embeddings, ages, image_mask)
+    since = torch.where(
+        torch.rand(batch, p, generator=gen) < 0.1,
+        torch.full((batch, p), 48.0),
+        torch.rand(batch, p, generator=gen) * 30.0,
+    )
+    return (
+        state,
+        *bins(),
+        valid,
+        commit,
+        statics,
+        static_mask,
+        embeddings,
+        ages,
+        image_mask,
+        since,
+    )
 
 
 def _parity(
@@ -235,7 +257,7 @@ def _parity(
     for images in (False, True):
         inputs = example_step_inputs(net, images=images)
         with torch.no_grad():
-            expected = net(*inputs)
+            expected = net(*inputs[:-1])
             eager = eager_ood(*inputs)
             served = reloaded(*inputs)
         for a, b in zip(expected, served[:3], strict=True):
@@ -287,8 +309,12 @@ def _fmt(entry: dict[str, Any]) -> str:
     )
 
 
-def _model_card_markdown(card: dict[str, Any]) -> str:
-    metrics = card["metrics"]
+def _metrics_markdown(metrics: dict[str, Any]) -> str:
+    """The card's metrics: the training run's table (validation and test, 24 h and 48 h),
+    or, for a checkpoint trained elsewhere (a federation), its own figures as listed."""
+    if not all(part in metrics for part in ("validation", "test")):
+        lines = [f"- {name}: {json.dumps(value)}" for name, value in sorted(metrics.items())]
+        return "Metrics of the run that trained it:\n\n" + "\n".join(lines) + "\n"
     rows = []
     for part in ("validation", "test"):
         for hour in ("24h", "48h"):
@@ -300,6 +326,34 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
             ):
                 if name in entry:
                     rows.append(f"| {part} | {hour} | {label} | {_fmt(entry[name])} |")
+    return (
+        "| Split | Hour | Score | AUROC [95 % CI] | AUPRC | ECE |\n"
+        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )
+
+
+def _federation_markdown(card: dict[str, Any]) -> str:
+    """Where a federated model came from (``vigil federate``; docs/federated.md)."""
+    federation = card.get("federation")
+    if not federation:
+        return ""
+    sites = "\n".join(
+        f"  - {site['name']} (ICU type {site['icu_type']}): {site['n_train']} training stays, "
+        f"data SHA-256 `{site['data_sha256']}`"
+        for site in federation["sites"]
+    )
+    return (
+        "\n## Federation\n\n"
+        "Trained by `vigil federate` across **simulated** sites: the ICU types of one data "
+        "set (PhysioNet 2012 set A), not separate hospitals (docs/federated.md).\n\n"
+        f"- Strategy {federation['strategy']}, {federation['rounds']} rounds of "
+        f"{federation['local_epochs']} local epoch(s); secure aggregation (SecAgg+): "
+        f"{federation['secure_aggregation']}; seeds {federation['seeds']}\n"
+        f"- Sites:\n{sites}\n"
+    )
+
+
+def _model_card_markdown(card: dict[str, Any]) -> str:
     layout = card["state_layout"]
     served = card["served_model"]
     return (
@@ -320,11 +374,12 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         f"`{card['code_version']['git_commit']}`; at training: "
         f"`{card['training_code_version']['source_sha256']}`\n"
         f"- Packages: {card['packages']}\n"
-        f"- Training time: {card['train_seconds']} s\n"
-        "- Image branch: untrained (`image_out` weight zero): images do not change the "
+        + (f"- Training time: {card['train_seconds']} s\n" if "train_seconds" in card else "")
+        + "- Image branch: untrained (`image_out` weight zero): images do not change the "
         "risk.\n\n"
-        "| Split | Hour | Score | AUROC [95 % CI] | AUPRC | ECE |\n"
-        "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n" + _ood_markdown(card)
+        + _metrics_markdown(card["metrics"])
+        + _federation_markdown(card)
+        + _ood_markdown(card)
     )
 
 
@@ -358,7 +413,9 @@ def _ood_markdown(card: dict[str, Any]) -> str:
         "- Export parity of the OOD distances (relative): "
         f"{ood['export_parity_max_rel_diff']:.2g}\n"
         f"- In-distribution flag rate: validation {val['flagged_fraction']:.4f}, test "
-        f"{test['flagged_fraction']:.4f} {test['flagged_fraction_ci']}\n\n"
+        f"{test['flagged_fraction']:.4f}"
+        + (f" {test['flagged_fraction_ci']}" if test.get("flagged_fraction_ci") else "")
+        + "\n\n"
         "Test split at 48 h; shifts are **synthetic** (models/ood/shifts.py); bracketed: "
         "95 % stay-bootstrap interval; last column: the shipped window detector `ood` on "
         "the same windows.\n\n"
@@ -432,10 +489,17 @@ def export_step(
             "split_equals_checkpoint": ood_meta["split"] == meta["split"],
         },
     }
+    explain = served_step_explain(net, instance_kind=instance_kind)
+    card["explain_model"] = {
+        **explain.card_entry(),
+        "method": "occlusion of each parameter over the window from an empty state "
+        "(models/deterioration/step_explain.py); equals the served risk for stays admitted "
+        "within the window, the last 48 h only for longer stays",
+    }
     return export_family(
         repo_dir,
         version,
-        [served],
+        [served, explain],
         card_dir=MODEL_NAME,
         card=card,
         markdown=_model_card_markdown(card),
@@ -451,9 +515,9 @@ def main() -> None:
         Path(sys.argv[1]) if len(sys.argv) > 1 else Path("models/weights/deterioration_step.pt")
     )
     result = export_step(checkpoint)
+    written = ", ".join(str(p) for p in (*result.configs.values(), *result.models.values()))
     sys.stdout.write(
-        f"wrote {result.config}, {result.model}; parity {result.max_abs_diff:.3g}, "
-        f"OOD {result.ood_max_rel_diff:.3g}\n"
+        f"wrote {written}; parity {result.max_abs_diff:.3g}, OOD {result.ood_max_rel_diff:.3g}\n"
     )
 
 

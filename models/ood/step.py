@@ -9,12 +9,14 @@ buckets, ``C`` classes, ``D`` feature width.
 * **Representation channel**: every member's fused vector after the last valid bin,
   concatenated (``[B, M·F]``, as the window detector concatenates its members); class
   Gaussians (class = in-hospital death) with a tied covariance.
-* **Input channel** (:func:`step_input_features`, ``D = 6P + 2S``): from the running
+* **Input channel** (:func:`step_input_features`, ``D = 7P + 2S``): from the running
   statistics after the last valid bin (the ones the risk was computed from, O(1) from the
   state): per parameter last, mean, min, max (standardised scale, 0 before the first
-  observation), observed-any and ``log1p(count)``, then the raw statics and their mask.
-  The window detector's hours-since-last-seen and longest identical run are not in the
-  state, so they are not here. One Gaussian per bucket of **steps observed**
+  observation), observed-any and ``log1p(count)``; then the **hours since each parameter
+  was last seen** at the scoring time (:mod:`streams.core.last_seen`, an input of the
+  call: the state has no clock, and without it monitor dropout went unseen); then the raw
+  statics and their mask. The window detector's longest identical run is not in the
+  state, so it is not here. One Gaussian per bucket of **steps observed**
   (:func:`steps_observed`: the largest per-parameter count of bins with an observation,
   the state's stand-in for the window detector's hours observed), bucket edges
   :data:`models.ood.inputs.HOUR_BUCKET_EDGES`, one threshold per bucket.
@@ -54,19 +56,34 @@ representation_ood, input_ood."""
 
 FloatArray = npt.NDArray[np.float64]
 
+MIN_BUCKET_ROWS: Final = 16
+"""Fewest rows per input-channel product (:class:`StepOODModule` pads a bucket's rows with
+copies of its first). With one MKL thread, a row of ``x @ W.T`` (``W`` 275×275) came out
+in different last bits for 1-11 rows than for 12 or more, and identical for every count from
+12 to 128 and every position (10,530 checks), so a row's input distance depended on how
+many rows of its block shared its bucket (up to 3.8e-6 on demo stays) and replays
+differed. Padding to 16 makes it independent of the other rows
+(``tests/models/test_step_ood.py``)."""
 
-def step_input_features(stats: Tensor, statics: Tensor, static_mask: Tensor) -> Tensor:
-    """``[B, 6P+2S]`` input-channel features from running statistics.
+
+def step_input_features(
+    stats: Tensor, hours_since_seen: Tensor, statics: Tensor, static_mask: Tensor
+) -> Tensor:
+    """``[B, 7P+2S]`` input-channel features from running statistics and the clock.
 
     Args:
         stats: ``[B,5,P]`` count, sum, min, max, last (standardised values).
+        hours_since_seen: ``[B,P]`` hours since each parameter was last seen (capped).
         statics: ``[B,S]`` raw statics.
         static_mask: ``[B,S]`` static mask.
     """
     count, total, vmin, vmax, last = stats.unbind(1)
     mean = total / torch.clamp(count, min=1.0)
     seen = (count > 0.5).to(stats.dtype)
-    return torch.cat([last, mean, vmin, vmax, seen, torch.log1p(count), statics, static_mask], 1)
+    return torch.cat(
+        [last, mean, vmin, vmax, seen, torch.log1p(count), hours_since_seen, statics, static_mask],
+        1,
+    )
 
 
 def steps_observed(stats: Tensor) -> Tensor:
@@ -78,8 +95,9 @@ def steps_observed(stats: Tensor) -> Tensor:
 class StepOODModule(nn.Module):
     """The served ``deterioration_step``: the step and its two-channel OOD verdict.
 
-    ``forward`` takes :class:`~models.deterioration.step_network.StepModule`'s eleven inputs and
-    returns ``risk [B,1]``, ``state_out [B,D]``, ``fused [B,F]`` (computed by the same code, so
+    ``forward`` takes :class:`~models.deterioration.step_network.StepModule`'s eleven inputs,
+    then ``hours_since_seen [B,P]`` (:mod:`streams.core.last_seen`; read by the OOD head only),
+    and returns ``risk [B,1]``, ``state_out [B,D]``, ``fused [B,F]`` (computed by the same code, so
     bit-identical), then ``[B,1]`` each: ``distance`` (float32), ``ood`` (bool),
     ``representation_distance``, ``input_distance``, ``input_threshold`` (of the row's
     step bucket), ``representation_ood``, ``input_ood`` (bool).
@@ -106,6 +124,7 @@ class StepOODModule(nn.Module):
     def __init__(self, ensemble: StepEnsemble, arrays: Mapping[str, npt.ArrayLike]) -> None:
         super().__init__()
         self.step_module = StepModule(ensemble)
+        self.min_bucket_rows = MIN_BUCKET_ROWS
         rep_w = np.asarray(arrays["rep_whitening"], dtype=np.float64)
         in_w = np.asarray(arrays["input_whitening"], dtype=np.float64)
         rep_white_means = np.asarray(arrays["rep_means"], dtype=np.float64) @ rep_w.T
@@ -139,6 +158,7 @@ class StepOODModule(nn.Module):
         image_embeddings: Tensor,
         image_age_hours: Tensor,
         image_mask: Tensor,
+        hours_since_seen: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The step's three outputs, then the OOD outputs (see the class)."""
         risk, state_out, fused_all, stats = self.step_module.step(
@@ -159,20 +179,29 @@ class StepOODModule(nn.Module):
         white = rep_x @ self.rep_whitening.t()
         diff = white.unsqueeze(1) - self.rep_white_means.unsqueeze(0)  # [B,C,MF]
         rep = torch.sqrt((diff * diff).sum(-1).min(dim=1).values).unsqueeze(1)
-        x = (step_input_features(stats, statics, static_mask) - self.input_centre) / (
-            self.input_scale
-        )
+        features = step_input_features(stats, hours_since_seen, statics, static_mask)
+        x = (features - self.input_centre) / self.input_scale
         bucket = torch.clamp(
             torch.bucketize(steps_observed(stats), self.input_edges, right=False),
             max=self.input_edges.shape[0] - 1,
         )
         sq = torch.zeros(batch, dtype=x.dtype, device=x.device)
-        for k in range(self.input_edges.shape[0]):
-            rows = torch.nonzero(bucket == k).squeeze(1)
-            if rows.numel() > 0:
+        # Rows grouped by bucket with one sort (not a scan of the block per bucket).
+        order = torch.sort(bucket, stable=True).indices
+        counts: list[int] = torch.bincount(bucket, minlength=self.input_edges.shape[0]).tolist()
+        start = 0
+        for k, count in enumerate(counts):
+            if count > 0:
+                rows = order[start : start + count]
+                start += count
+                # At least MIN_BUCKET_ROWS rows per product (copies of the first): below
+                # that, MKL's sgemm gave a row different last bits depending on how many
+                # rows shared its bucket, so replays of the same stays differed.
+                if count < self.min_bucket_rows:
+                    rows = torch.cat([rows, rows[:1].expand(self.min_bucket_rows - count)])
                 w = x[rows] @ self.input_whitening[k].t()  # [b,D]
                 d = w.unsqueeze(1) - self.input_white_means[k].unsqueeze(0)  # [b,C,D]
-                sq[rows] = (d * d).sum(-1).min(dim=1).values
+                sq[rows[:count]] = (d * d).sum(-1).min(dim=1).values[:count]
         inp = torch.sqrt(sq).unsqueeze(1)
         inp_threshold = self.input_thresholds[bucket].unsqueeze(1)
         rep_ood, inp_ood = rep > self.rep_threshold, inp > inp_threshold
@@ -202,7 +231,7 @@ def reference_scores(
     Args:
         arrays: The fit, as :class:`StepOODModule` takes it.
         representation: ``[N, M·F]`` concatenated fused vectors.
-        inputs: ``[N, 6P+2S]`` :func:`step_input_features`.
+        inputs: ``[N, 7P+2S]`` :func:`step_input_features`.
         steps: ``[N]`` :func:`steps_observed`.
 
     Returns:

@@ -10,7 +10,8 @@ The method of ``docs/ood.md`` (:mod:`models.ood.train`) on the step model
    closed steps before the scoring time's bin, then the open bin up to the scoring time,
    as the worker sends them) and run through the ensemble's full-sequence path
    (:func:`ood_features`): all members' fused vectors, the running statistics' input
-   features and the steps observed.
+   features with the hours since each parameter was last seen at the scoring time
+   (:mod:`streams.core.last_seen`, as the worker sends them), and the steps observed.
 3. Representation channel: class Gaussians (in-hospital death, tied covariance, ridge
    ``1e-4`` of the mean variance) on **training** stays at
    :data:`models.ood.train.FIT_HOURS`; threshold: the 99th percentile of **validation**
@@ -42,8 +43,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from torch import Tensor
 
 from models.common.checkpoints import checkpoint_errors, read_checkpoint
 from models.common.provenance import code_version
@@ -67,9 +67,11 @@ from models.ood.detector import (
 from models.ood.inputs import HOUR_BUCKET_EDGES, bucket_arrays, fit_buckets
 from models.ood.shifts import SHIFTS, apply_shift
 from models.ood.step import reference_scores, step_input_features, steps_observed
+from models.ood.step_settings import StepOODSettings
 from models.ood.timeline import first_flag_hours, sample_stays
 from models.ood.train import ALL_MINUTES, FIT_HOURS, MIN_BUCKET_WINDOWS, RIDGE_FRACTIONS
 from streams.core.features import SERIES_CODES, StayArrays, features_at
+from streams.core.last_seen import stay_hours_since_seen
 from streams.core.risk_metrics import auroc
 from streams.core.step_features import stay_bins
 from streams.datasets.physionet2012 import Stay, data_hash, load_stays
@@ -81,6 +83,7 @@ __all__ = [
     "StepOODSettings",
     "fit_arrays",
     "fit_step_ood",
+    "hours_since_seen_at",
     "load_fit",
     "ood_features",
     "prepare_minutes",
@@ -93,37 +96,11 @@ STEP_OOD_SOURCES: Final[tuple[str, ...]] = (
     "models/deterioration/step_network.py",
     "models/ood/step.py",
     "models/ood/step_train.py",
+    "models/ood/step_settings.py",
+    "streams/core/last_seen.py",
 )
 """Files hashed into the fit's ``code_version``."""
 _CHUNK: Final[int] = 256
-_WINDOW_OOD: Final[Path] = Path("triton_repo/ood/1/model.pt")
-
-
-class StepOODSettings(BaseSettings):
-    """Settings of ``python -m models.ood.step_train`` (prefix ``VIGIL_STEP_OOD_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="VIGIL_STEP_OOD_", frozen=True, extra="forbid")
-
-    data_dir: Path = Field(
-        Path("../shared/data/physionet2012"),
-        description="PhysioNet 2012 folder holding set-a/ and Outcomes-a.txt.",
-    )
-    checkpoint: Path = Field(
-        Path("models/weights/deterioration_step.pt"), description="Step checkpoint modelled."
-    )
-    output: Path = Field(
-        Path("models/weights/deterioration_step_ood.pt"), description="Fit to write."
-    )
-    window_ood: Path | None = Field(
-        _WINDOW_OOD, description="Served window detector compared against (None: skip)."
-    )
-    percentile: float = Field(99.0, gt=50, lt=100, description="Validation threshold percentile.")
-    eval_hour: int = Field(48, ge=6, le=48, description="Scoring hour of the shift evaluation.")
-    onset_hours: int = Field(24, ge=1, le=47, description="Onset of stuck HR and dropout.")
-    timeline_stays: int = Field(200, ge=1, description="Test stays sampled for the timeline.")
-    timeline_seed: int = Field(0, ge=0, description="Seed of that sample.")
-    bootstrap_resamples: int = Field(1000, ge=0, description="Bootstrap resamples of stays.")
-    threads: int = Field(1, ge=1, le=64, description="torch intra-op threads.")
 
 
 def prepare_minutes(
@@ -188,13 +165,19 @@ def prepare_minutes(
     )
 
 
+def hours_since_seen_at(stays: Sequence[StayArrays], minutes: Sequence[int]) -> Tensor:
+    """``[N, Q, P]`` hours since each parameter was last seen, for every stay at every
+    scoring time (what the worker sends as ``hours_since_seen``)."""
+    return torch.from_numpy(np.stack([stay_hours_since_seen(s, minutes) for s in stays]))
+
+
 class StepOODFeatures:
     """Both channels' features of ``N`` windows, ordered time-major (every stay at the
     first scoring time, then every stay at the second, ...).
 
     Attributes:
         representation: ``[N, M·F]`` concatenated fused vectors (float64).
-        inputs: ``[N, 6P+2S]`` :func:`models.ood.step.step_input_features`.
+        inputs: ``[N, 7P+2S]`` :func:`models.ood.step.step_input_features`.
         steps: ``[N]`` :func:`models.ood.step.steps_observed`.
     """
 
@@ -213,10 +196,18 @@ class StepOODFeatures:
         return StepOODFeatures(self.representation[select], self.inputs[select], self.steps[select])
 
 
-def ood_features(net: StepEnsemble, inputs: StepInputs) -> StepOODFeatures:
+def ood_features(
+    net: StepEnsemble, inputs: StepInputs, hours_since_seen: Tensor
+) -> StepOODFeatures:
     """Every member's fused vector (concatenated), the input features and the steps
     observed at each scoring time of ``inputs`` (no images, eval mode): the full-sequence
-    path of what :class:`models.ood.step.StepOODModule` reads."""
+    path of what :class:`models.ood.step.StepOODModule` reads.
+
+    Args:
+        net: The step ensemble.
+        inputs: :func:`prepare_minutes` at ``Q`` scoring times.
+        hours_since_seen: ``[N, Q, P]`` :func:`hours_since_seen_at` the same times.
+    """
     net.eval()
     reps, feats, steps = [], [], []
     batch_total, q = inputs.n_closed.shape
@@ -250,8 +241,10 @@ def ood_features(net: StepEnsemble, inputs: StepInputs) -> StepOODFeatures:
                 fused_all.append(fused.view(b, q, -1))
             # time-major rows: [Q,b,·]
             reps.append(torch.cat(fused_all, -1).transpose(0, 1).numpy().astype(np.float64))
+            since = hours_since_seen[start : start + b].reshape(b * q, -1)
             x = step_input_features(
                 stats,
+                since,
                 part.statics.unsqueeze(1).expand(b, q, -1).reshape(b * q, -1),
                 part.static_mask.unsqueeze(1).expand(b, q, -1).reshape(b * q, -1),
             )
@@ -485,7 +478,10 @@ def fit_step_ood(settings: StepOODSettings) -> dict[str, Any]:
     fit_minutes = [60 * h for h in FIT_HOURS]
 
     def features(group: Sequence[Stay], minutes: Sequence[int]) -> StepOODFeatures:
-        return ood_features(net, prepare_minutes([s.arrays() for s in group], net, minutes))
+        arrays = [s.arrays() for s in group]
+        return ood_features(
+            net, prepare_minutes(arrays, net, minutes), hours_since_seen_at(arrays, minutes)
+        )
 
     def per_window(name: str, n_times: int, values: dict[int, Any]) -> npt.NDArray[Any]:
         return np.tile(np.array([values[s.record_id] for s in parts[name]]), n_times)

@@ -20,12 +20,20 @@ from typing import Any
 import numpy as np
 
 from streams.adapters.image_source import HeatmapStore, ImageSource
+from streams.adapters.prior_store import PriorStore
 from streams.adapters.triton import ImageInput, ModelOutput, TritonScorer
 from streams.core.alerting import OodVerdict
-from streams.core.events import DeadLetterReason, ImagingEvent, make_finding_id
-from streams.core.imaging import StudyAnalysis, decode_image, model_input
+from streams.core.events import (
+    DeadLetterReason,
+    DenoisingNote,
+    ImagingEvent,
+    RegistrationNote,
+    make_finding_id,
+)
+from streams.core.imaging import StudyAnalysis, decode_image, denoising_decision, model_input
 from streams.core.imaging_ops import heatmap_png, summarise_segmentation
 from streams.core.pipeline import ModelAnswer, Snapshot
+from streams.core.prior_study import PriorStudy
 from streams.core.step_features import BINS_PER_REQUEST, StepBin, pack_bins
 from streams.core.stepping import ModelState, StepRequest
 from streams.metrics import WorkerMetrics
@@ -42,11 +50,18 @@ class ModelCalls:
     Args:
         scorer: The deterioration model.
         explainer: The explaining variant (per-parameter contributions).
+        step_explainer: The step model's explaining model, for alerts of step-scored
+            snapshots (None: those are explained by ``explainer``).
         ood_scorer: The out-of-distribution detector, or None when switched off.
         imager: The imaging model, or None when switched off.
         images: Where studies' pixels are fetched.
         heatmaps: Where CAM heatmaps are stored.
         metrics: Worker metrics.
+        denoiser: The CT denoiser (``ct_denoise``), or None when switched off.
+        denoise_below: Dose fraction under which a CT study is denoised.
+        priors: Where each patient's latest study per modality is kept for
+            registration, or None when registration is switched off.
+        registration_iterations: Optimiser steps of each registration.
     """
 
     def __init__(
@@ -55,24 +70,34 @@ class ModelCalls:
         scorer: TritonScorer,
         stepper: TritonScorer | None = None,
         explainer: TritonScorer,
+        step_explainer: TritonScorer | None = None,
         ood_scorer: TritonScorer | None,
         imager: TritonScorer | None,
         images: ImageSource,
         heatmaps: HeatmapStore,
         metrics: WorkerMetrics,
+        denoiser: TritonScorer | None = None,
+        denoise_below: float = 0.5,
+        priors: PriorStore | None = None,
+        registration_iterations: int = 0,
     ) -> None:
         self.scorer = scorer
         self.stepper = stepper
         self.explainer = explainer
+        self.step_explainer = step_explainer
         self.ood_scorer = ood_scorer
         self.imager = imager
         self.images = images
         self.heatmaps = heatmaps
         self.metrics = metrics
+        self.denoiser = denoiser
+        self.denoise_below = denoise_below
+        self.priors = priors
+        self.registration_iterations = registration_iterations
 
     def scorers(self) -> list[TritonScorer]:
         """Every configured model client (to start and close them)."""
-        optional = [self.stepper, self.ood_scorer, self.imager]
+        optional = [self.stepper, self.step_explainer, self.ood_scorer, self.imager, self.denoiser]
         return [self.scorer, self.explainer, *(s for s in optional if s is not None)]
 
     async def score_all(
@@ -120,54 +145,57 @@ class ModelCalls:
     ) -> list[tuple[ModelAnswer | None, str | None]]:
         """Step-model answers for a batch's snapshots, all in one go.
 
-        Each snapshot runs from its patient's stored state through the bins that closed
-        since and its open bin. A patient with more closed bins than one request holds
-        (a backlog, a long outage) first gets a chain of commit-only requests over its
-        latest snapshot's closed bins, a request per ``BINS_PER_REQUEST`` bins; each
-        snapshot then starts from the deepest link of the chain that lies wholly before
-        its own open bin, so no snapshot sees a bin from its future.
+        Each snapshot runs from its own request's base (its patient's stored state, or
+        admission when there is none or it went stale: :mod:`streams.core.stepping`)
+        through the bins that closed since, as the snapshot saw them, and its open bin,
+        and commits those old enough
+        (:attr:`~streams.core.stepping.StepRequest.commit_through`; the newer closed bins
+        run provisionally). A snapshot with more closed bins than one request holds (a
+        backlog, a long outage, a rebuild) first gets a chain of commit-only requests, a
+        request per ``BINS_PER_REQUEST`` bins, over its own view; snapshots of a patient
+        whose next link would be the same (same start, same bins, same values) share it.
+        So a snapshot's answer depends on what it saw, never on which other snapshots
+        shared its batch.
         """
         stepper = self.stepper
         assert stepper is not None  # noqa: S101 - callers check
         model_id = f"{stepper.model}/{stepper.model_version}"
-        latest: dict[str, Snapshot] = {}
-        for snapshot in snapshots:
-            latest[snapshot.patient_id] = snapshot  # in order: the last one wins
-        chains: dict[str, list[ModelState | None]] = {
-            pid: [_step_of(snapshot).base] for pid, snapshot in latest.items()
-        }
-        failed: dict[str, str] = {}
+        steps = [_step_of(snapshot) for snapshot in snapshots]
+        rebuilds = sum(step.rebuilt for step in steps)
+        if rebuilds:
+            self.metrics.step_rebuilds.inc(rebuilds)
+        starts: dict[int, ModelState | None] = {i: step.base for i, step in enumerate(steps)}
+        failed: dict[int, str] = {}
         while True:
-            links = {
-                pid: (latest[pid], _after(latest[pid], chain[-1])[:BINS_PER_REQUEST])
-                for pid, chain in chains.items()
-                if pid not in failed and len(_after(latest[pid], chain[-1])) >= BINS_PER_REQUEST
-            }
+            links: dict[tuple[object, ...], tuple[int, tuple[StepBin, ...], list[int]]] = {}
+            for i, snapshot in enumerate(snapshots):
+                if i in failed:
+                    continue
+                pending = _after(snapshot, starts[i])
+                ready = pending[: steps[i].committable(pending)][:BINS_PER_REQUEST]
+                if len(pending) < BINS_PER_REQUEST or not ready:
+                    continue
+                key = (snapshot.patient_id, id(starts[i]), *(_bin_key(b) for b in ready))
+                links.setdefault(key, (i, ready, []))[2].append(i)
             if not links:
                 break
             committed = await asyncio.gather(
                 *(
-                    self._step(snapshot, chains[pid][-1], chunk, None)
-                    for pid, (snapshot, chunk) in links.items()
+                    self._step(snapshots[i], starts[i], chunk, None, len(chunk))
+                    for i, chunk, _ in links.values()
                 ),
                 return_exceptions=True,
             )
-            for (pid, (snapshot, chunk)), result in zip(links.items(), committed, strict=True):
+            for (i, chunk, sharing), result in zip(links.values(), committed, strict=True):
                 if isinstance(result, BaseException):
-                    failed[pid] = _reason(result)
+                    failed.update(dict.fromkeys(sharing, _reason(result)))
                     continue
-                link = ModelState(model_id, _step_of(snapshot).admit_ms, chunk[-1].index, result[1])
-                chains[pid].append(link)
-        starts = {
-            i: _deepest(chains[snapshot.patient_id], _step_of(snapshot).open_index)
-            for i, snapshot in enumerate(snapshots)
-            if snapshot.patient_id not in failed
-        }
+                link = ModelState(model_id, steps[i].admit_ms, chunk[-1].index, result[1])
+                starts.update(dict.fromkeys(sharing, link))
+        closed = {i: _after(snapshots[i], starts[i]) for i in starts if i not in failed}
         requests = {
-            i: self._step(
-                snapshots[i], base, _after(snapshots[i], base), _step_of(snapshots[i]).open
-            )
-            for i, base in starts.items()
+            i: self._step(snapshots[i], starts[i], bins, steps[i].open, steps[i].committable(bins))
+            for i, bins in closed.items()
         }
         results = dict(
             zip(
@@ -180,7 +208,7 @@ class ModelCalls:
         ood_wanted: list[int] = []
         for i, snapshot in enumerate(snapshots):
             if i not in results:
-                answers.append((None, failed[snapshot.patient_id]))
+                answers.append((None, failed[i]))
                 continue
             result = results[i]
             if isinstance(result, BaseException):
@@ -189,7 +217,10 @@ class ModelCalls:
             output, vector = result
             step = snapshot.step
             assert step is not None  # noqa: S101 - callers check
-            state = ModelState(model_id, step.admit_ms, step.open_index - 1, vector)
+            # Every step up to commit_through was committed by this request or before it.
+            base = starts[i]
+            last = max(-1 if base is None else base.bin, step.commit_through)
+            state = ModelState(model_id, step.admit_ms, last, vector)
             verdict = _verdict(output, stepper) if "ood" in output.extra else None
             answer = ModelAnswer(
                 output.risk,
@@ -226,9 +257,11 @@ class ModelCalls:
         base: ModelState | None,
         closed: tuple[StepBin, ...],
         current: StepBin | None,
+        commit: int,
     ) -> tuple[ModelOutput, bytes]:
-        """One step-model request: ``closed`` committed after ``base``, then ``current``
-        run provisionally; returns the output and the committed state's bytes."""
+        """One step-model request after ``base``: ``closed``, of which the first ``commit``
+        are committed, then ``current``, all run for the risk; returns the output and the
+        committed state's bytes."""
         stepper = self.stepper
         assert stepper is not None  # noqa: S101 - callers check
         bins = [*closed, current] if current is not None else list(closed)
@@ -248,11 +281,13 @@ class ModelCalls:
             "bins_mask": mask,
             "bins_delta_hours": delta,
             "bins_valid": valid,
-            "commit_bins": np.array([len(closed)], dtype=np.float32),
+            "commit_bins": np.array([commit], dtype=np.float32),
             "statics": statics,
             "static_mask": static_mask,
             **stepper.image_arrays(_image_inputs(snapshot)),
         }
+        if stepper.takes("hours_since_seen"):  # the OOD head's clock (docs/ood.md)
+            arrays["hours_since_seen"] = _step_of(snapshot).hours_since_seen
         output = await stepper.infer(arrays)
         committed = np.asarray(output.extra["state_out"], dtype="<f4").reshape(-1)
         return output, committed.tobytes()
@@ -310,9 +345,17 @@ class ModelCalls:
         failed: the alert is then explained by NEWS2)."""
         return list(await asyncio.gather(*(self._explain(s) for s in snapshots)))
 
+    def explainer_for(self, snapshot: Snapshot) -> TritonScorer:
+        """The model that explains ``snapshot``'s alerts: the step model's explainer for
+        a score from the step model (when configured), else the window model's."""
+        if snapshot.step is not None and self.step_explainer is not None:
+            return self.step_explainer
+        return self.explainer
+
     async def _explain(self, snapshot: Snapshot) -> Any:
         try:
-            output = await self.explainer.score(snapshot.window, _image_inputs(snapshot))
+            explainer = self.explainer_for(snapshot)
+            output = await explainer.score(snapshot.window, _image_inputs(snapshot))
         except InferenceError as exc:
             log.warning("explanation unavailable, alert explained by NEWS2: %s", exc)
             return None
@@ -330,6 +373,7 @@ class ModelCalls:
             raise InferenceError("imaging is not configured")
         data = await self.images.fetch(study)
         image = await asyncio.to_thread(decode_image, data, study.content_type)
+        denoising, image = await self._denoise(study, image)
         pixels = await asyncio.to_thread(model_input, image)
         try:
             output = await imager.infer({"image": pixels})
@@ -354,6 +398,8 @@ class ModelCalls:
             # The finding still goes out; its heatmap reference is empty and the log says why.
             log.warning("heatmap not stored: %s", type(exc).__name__)
             heatmap_uri = None
+        lesions = np.asarray(mask, dtype=np.float32).reshape(pixels.shape[-2:]) >= threshold
+        registration = await self._register(study, pixels[0], lesions)
         return StudyAnalysis(
             embedding=tuple(float(x) for x in embedding),
             class_probability=min(max(probability, 0.0), 1.0),
@@ -363,7 +409,84 @@ class ModelCalls:
             model_version=imager.model_version,
             image_shape=tuple(int(n) for n in image.shape),
             heatmap_uri=heatmap_uri,
+            denoising=denoising,
+            registration=registration,
         )
+
+    async def _denoise(
+        self, study: ImagingEvent, image: np.ndarray[Any, np.dtype[np.float32]]
+    ) -> tuple[DenoisingNote, np.ndarray[Any, np.dtype[np.float32]]]:
+        """The image the segmentation reads, and the note saying whether it was denoised.
+
+        A denoiser failure does not stop the study: the raw image is segmented and the
+        note says ``denoiser_failed``.
+        """
+        dose = study.dose_fraction
+        wanted, reason = denoising_decision(
+            study.modality, dose, below=self.denoise_below, enabled=self.denoiser is not None
+        )
+        denoiser = self.denoiser
+        if not wanted or denoiser is None or dose is None:
+            return DenoisingNote(applied=False, reason=reason, dose_fraction=dose), image
+        try:
+            output = await denoiser.infer(
+                {
+                    "image": image[None].astype(np.float32),
+                    "dose_fraction": np.array([dose], dtype=np.float32),
+                }
+            )
+            denoised = np.asarray(output.extra["denoised"], dtype=np.float32).reshape(image.shape)
+        except (InferenceError, KeyError, ValueError) as exc:
+            log.warning("denoiser unavailable, segmenting the raw image: %s", type(exc).__name__)
+            return DenoisingNote(applied=False, reason="denoiser_failed", dose_fraction=dose), image
+        if not np.isfinite(denoised).all():
+            return DenoisingNote(applied=False, reason="denoiser_failed", dose_fraction=dose), image
+        note = DenoisingNote(
+            applied=True,
+            reason=reason,
+            dose_fraction=dose,
+            model=denoiser.model,
+            model_version=denoiser.model_version,
+        )
+        return note, np.clip(denoised, 0.0, 1.0)
+
+    async def _register(
+        self,
+        study: ImagingEvent,
+        image: np.ndarray[Any, np.dtype[np.float32]],
+        lesions: np.ndarray[Any, np.dtype[np.bool_]],
+    ) -> RegistrationNote | None:
+        """Registers the patient's prior study of the same modality to this one (None when
+        there is no earlier prior or registration is off), then keeps this study as the
+        prior of the next."""
+        priors = self.priors
+        if priors is None:
+            return None
+        prior = await priors.get(study.patient_id, study.modality)
+        note = None
+        if (
+            prior is not None
+            and prior.event_time < study.event_time
+            and prior.study_id != study.study_id
+            and prior.image.shape == image.shape
+        ):
+            # Imported here: registration runs torch, which the worker loads only when
+            # registration is switched on (VIGIL_REGISTRATION_ITERATIONS > 0).
+            from models.imaging.registration import compare_with_prior
+
+            note = await asyncio.to_thread(
+                compare_with_prior,
+                prior,
+                image,
+                lesions,
+                iterations=self.registration_iterations,
+            )
+        current = PriorStudy(study.study_id, study.event_time, image, lesions)
+        try:
+            await priors.put(study.patient_id, study.modality, current)
+        except OSError as exc:
+            log.warning("prior study not stored: %s", type(exc).__name__)
+        return note
 
 
 def _image_inputs(snapshot: Snapshot) -> list[ImageInput]:
@@ -384,10 +507,9 @@ def _step_of(snapshot: Snapshot) -> StepRequest:
     return step
 
 
-def _deepest(chain: Sequence[ModelState | None], open_index: int) -> ModelState | None:
-    """The last link of ``chain`` that committed only bins before ``open_index``."""
-    usable = [link for link in chain if link is None or link.bin < open_index]
-    return usable[-1] if usable else chain[0]
+def _bin_key(step: StepBin) -> tuple[object, ...]:
+    """What a bin contributes to a committed state: its index and inputs."""
+    return (step.index, step.values.tobytes(), step.mask.tobytes(), step.delta_hours.tobytes())
 
 
 def _reason(exc: BaseException) -> str:

@@ -205,6 +205,10 @@ class TritonScorer:
         """Whether the model's configuration declares ``output`` (metadata read first)."""
         return output in self._outputs
 
+    def takes(self, name: str) -> bool:
+        """Whether the model declares the input ``name`` (read with its metadata)."""
+        return name in self._inputs
+
     def input_dims(self, name: str) -> tuple[int, ...]:
         """The configured dims (batch excluded) of input ``name`` (metadata read first)."""
         return self._inputs[name][1]

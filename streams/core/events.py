@@ -49,6 +49,7 @@ __all__ = [
     "AuditRecord",
     "DeadLetterReason",
     "DeadLetterRecord",
+    "DenoisingNote",
     "ExplanationRecord",
     "FindingRecord",
     "IcuType",
@@ -61,6 +62,7 @@ __all__ = [
     "OffsetRange",
     "OodRecord",
     "Provenance",
+    "RegistrationNote",
     "ScoreRecord",
     "TopicKind",
     "make_alert_id",
@@ -261,12 +263,13 @@ class ObservationEvent(_InputEvent):
 
 
 class AdtEvent(_InputEvent):
-    """Admit, transfer or discharge, with the static descriptors known at the time.
+    """Admit, transfer, discharge or update, with the static descriptors known at the time.
 
     Descriptors are optional: ``None`` means not measured (``-1`` in PhysioNet data).
 
     Attributes:
-        action: ``admit``, ``transfer`` or ``discharge``.
+        action: ``admit``, ``transfer``, ``discharge``, or ``update`` (the patient's
+            information changed, HL7 ADT^A08: descriptors and care unit only).
         age_years: Age in years.
         sex: ``female``, ``male`` or ``other``.
         height_cm: Height in centimetres.
@@ -276,7 +279,7 @@ class AdtEvent(_InputEvent):
         hospital_admit_time: Hospital admission time (UTC), before or at ICU admission.
     """
 
-    action: Literal["admit", "transfer", "discharge"]
+    action: Literal["admit", "transfer", "discharge", "update"]
     age_years: FiniteFloat | None = None
     sex: Literal["female", "male", "other"] | None = None
     height_cm: FiniteFloat | None = None
@@ -304,6 +307,10 @@ class ImagingEvent(_InputEvent):
         inline_data: The encoded image itself, at most 1 MiB (base64url on the wire).
         content_type: Media type of the pixels, for example ``application/dicom``.
         metadata: Study metadata (flat; at most 64 entries).
+        dose_fraction: The acquisition's dose as a fraction of the site's full-dose
+            protocol, in ``(0, 1]`` (for example CTDIvol over the full-dose CTDIvol); None
+            when not declared. A CT study below the worker's denoising threshold is
+            denoised before segmentation (docs/imaging-dose-registration.md).
     """
 
     study_id: Identifier
@@ -322,6 +329,9 @@ class ImagingEvent(_InputEvent):
     metadata: dict[
         Annotated[str, StringConstraints(min_length=1, max_length=64)], FiniteFloat | str | bool
     ] = Field(default_factory=dict, max_length=64)
+    dose_fraction: (
+        Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, le=1.0)] | None
+    ) = None
 
     @model_validator(mode="after")
     def _has_pixels(self) -> Self:
@@ -425,6 +435,60 @@ class ImagingReference(_Frozen):
     event_time: UtcDatetime
     class_probability: Probability
     heatmap_uri: Annotated[str, StringConstraints(max_length=2048)] | None = None
+
+
+class DenoisingNote(_Frozen):
+    """Whether and how a study was denoised before segmentation.
+
+    Attributes:
+        applied: True when the segmentation read the denoised image.
+        reason: Why (``low_dose``) or why not (``dose_not_declared``, ``full_dose``,
+            ``not_ct``, ``denoiser_off``, ``denoiser_failed``).
+        dose_fraction: The declared dose fraction, if any.
+        model: Denoiser model name, when applied.
+        model_version: Its version, when applied.
+    """
+
+    applied: bool
+    reason: Label
+    dose_fraction: (
+        Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0.0, le=1.0)] | None
+    ) = None
+    model: Version | None = None
+    model_version: Version | None = None
+
+
+class RegistrationNote(_Frozen):
+    """How the study compares with the patient's prior study of the same modality.
+
+    The prior is registered to the new study by a diffeomorphic transform (stationary
+    velocity field, scaling and squaring); its lesion mask is carried into the new frame.
+
+    Attributes:
+        prior_study_id: The prior study.
+        prior_event_time: When it was taken (UTC).
+        prior_lesion_area_fraction: Its lesion area, fraction of the image.
+        warped_prior_lesion_area_fraction: The same lesion carried into the new frame.
+        lesion_area_change_fraction: New lesion area minus the warped prior's (fraction
+            of the image; positive = growth).
+        ncc_before: Normalised cross-correlation of the two images before registration.
+        ncc_after: The same after warping the prior.
+        folding_fraction: Pixels whose Jacobian determinant is not positive (0 when the
+            transform is a diffeomorphism, checked on every pixel).
+        min_jacobian: Smallest Jacobian determinant.
+    """
+
+    prior_study_id: Identifier
+    prior_event_time: UtcDatetime
+    prior_lesion_area_fraction: Probability
+    warped_prior_lesion_area_fraction: Probability
+    lesion_area_change_fraction: Annotated[
+        float, Field(strict=True, allow_inf_nan=False, ge=-1.0, le=1.0)
+    ]
+    ncc_before: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-1.0, le=1.0)]
+    ncc_after: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-1.0, le=1.0)]
+    folding_fraction: Probability
+    min_jacobian: FiniteFloat
 
 
 class ScoreRecord(_Record):
@@ -712,6 +776,9 @@ class FindingRecord(_Record):
         image_shape: Height and width of the image as read, before resizing.
         provenance: Code version and the event read.
         processing_time: Wall-clock time the record was produced (UTC).
+        denoising: Whether and how the image was denoised before segmentation.
+        registration: Comparison with the prior study of the same modality, when the
+            patient has one.
     """
 
     finding_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
@@ -730,6 +797,8 @@ class FindingRecord(_Record):
     image_shape: tuple[Annotated[int, Field(strict=True, ge=1)], ...] = Field(max_length=3)
     provenance: Provenance
     processing_time: UtcDatetime
+    denoising: DenoisingNote | None = None
+    registration: RegistrationNote | None = None
 
 
 def make_finding_id(patient_id: str, study_id: str, event_id: str, model_version: str) -> str:

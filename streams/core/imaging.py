@@ -17,11 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from streams.core.events import DeadLetterReason
+from streams.core.events import DeadLetterReason, DenoisingNote, RegistrationNote
 from streams.core.imaging_ops import preprocess_image
 from vigil.errors import ImageError
 
-__all__ = ["MAX_IMAGE_PIXELS", "StudyAnalysis", "decode_image", "model_input"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "StudyAnalysis",
+    "decode_image",
+    "denoising_decision",
+    "model_input",
+]
 
 #: Largest image accepted, in pixels (a 4096 x 4096 radiograph); more is refused rather
 #: than decoded into memory.
@@ -45,6 +51,8 @@ class StudyAnalysis:
         model_version: Imaging model version.
         image_shape: Shape of the decoded image, before resizing.
         heatmap_uri: Where the CAM heatmap artifact was stored, if it was.
+        denoising: Whether and how the image was denoised before segmentation.
+        registration: Comparison with the patient's prior study, if there was one.
     """
 
     embedding: tuple[float, ...]
@@ -55,6 +63,34 @@ class StudyAnalysis:
     model_version: str
     image_shape: tuple[int, ...]
     heatmap_uri: str | None
+    denoising: DenoisingNote | None = None
+    registration: RegistrationNote | None = None
+
+
+def denoising_decision(
+    modality: str, dose_fraction: float | None, *, below: float, enabled: bool
+) -> tuple[bool, str]:
+    """Whether a study goes through the CT denoiser, and the reason the finding states.
+
+    Args:
+        modality: DICOM modality code of the study.
+        dose_fraction: Declared dose fraction, or None.
+        below: Studies with a dose fraction strictly below this are denoised.
+        enabled: False when no denoiser is configured.
+
+    Returns:
+        ``(denoise, reason)``; reasons ``low_dose``, ``not_ct``, ``dose_not_declared``,
+        ``full_dose`` and ``denoiser_off``.
+    """
+    if modality != "CT":
+        return False, "not_ct"
+    if dose_fraction is None:
+        return False, "dose_not_declared"
+    if dose_fraction >= below:
+        return False, "full_dose"
+    if not enabled:
+        return False, "denoiser_off"
+    return True, "low_dose"
 
 
 def _unreadable(detail: str) -> ImageError:

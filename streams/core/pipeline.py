@@ -95,6 +95,7 @@ class ProcessorConfig:
     unit_policies: Mapping[str, AlertPolicy] = field(default_factory=dict)
     code_version: str = "0.0.0"
     model_name: str = "deterioration"
+    step_commit_delay: timedelta = timedelta(hours=1)
 
     @classmethod
     def from_settings(cls, settings: ProcessorSettings, *, code_version: str) -> ProcessorConfig:
@@ -123,6 +124,7 @@ class ProcessorConfig:
             ),
             code_version=code_version,
             model_name=settings.triton_model,
+            step_commit_delay=timedelta(hours=settings.step_commit_delay_hours),
         )
 
 
@@ -168,6 +170,8 @@ class ProcessorSettings(Protocol):
     def alert_defer_hours(self) -> float: ...
     @property
     def triton_model(self) -> str: ...
+    @property
+    def step_commit_delay_hours(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -454,6 +458,8 @@ class Processor:
             mask_threshold=analysis.mask_threshold,
             heatmap_uri=analysis.heatmap_uri,
             image_shape=analysis.image_shape,
+            denoising=analysis.denoising,
+            registration=analysis.registration,
             provenance=Provenance(
                 code_version=self.config.code_version,
                 event_ids=(event.event_id,),
@@ -507,13 +513,21 @@ class Processor:
             if int(study["t"]) <= at_ms
         )
         step = None
-        if self.step_model is not None and state.admit_ms is not None:
+        # A patient with an imaging study is scored by the window model: the step model's
+        # image branch is untrained, the window model's is not (docs/worker.md).
+        if self.step_model is not None and state.admit_ms is not None and not images:
+            window_ms = self.config.window // timedelta(milliseconds=1)
             step = step_request(
                 state.series,
                 admit_ms=state.admit_ms,
                 at_ms=at_ms,
                 stored=state.model_state,
                 model=self.step_model,
+                commit_delay_ms=self.config.step_commit_delay // timedelta(milliseconds=1),
+                seen=state.applied,
+                late=state.late_records,
+                # Nothing since admission pruned yet (prune horizon: latest - window).
+                history_complete=(state.watermark_ms or at_ms) - window_ms <= state.admit_ms,
             )
         state.mark_scored({"at_ms": at_ms}, at=at)
         return Snapshot(
@@ -587,7 +601,8 @@ class Processor:
         )
         state.alert = new_alert
         if answer is not None and answer.model_state is not None:
-            state.model_state = answer.model_state
+            seen = snapshot.step.seen if snapshot.step is not None else state.applied
+            state.keep_model_state(answer.model_state, seen)
         return score, decisions
 
     def policy_for(self, state: PatientState) -> AlertPolicy:

@@ -51,6 +51,7 @@ from vigil.errors import ConfigError, StateError
 
 __all__ = [
     "MAX_IMAGES",
+    "MAX_LATE_RECORDS",
     "MAX_POINTS_PER_CODE",
     "MAX_RECENT_IDS",
     "Origin",
@@ -68,6 +69,9 @@ MAX_PROVENANCE_IDS = 1024
 """Most event ids cited by one score (the rest are covered by offset ranges)."""
 MAX_IMAGES = 4
 """Most imaging embeddings kept (the model's K)."""
+MAX_LATE_RECORDS = 64
+"""Most out-of-order records listed for the step model's staleness check; beyond that the
+oldest two merge into one that covers both (it can only make a stored vector look stale)."""
 
 _ICU_TYPE_NUMBER = {
     "coronary_care": 1.0,
@@ -134,6 +138,12 @@ class PatientState:
     artifacts: int = 0
     model_state: ModelState | None = None
     """The step model's state after the patient's last committed bin (streams/core/stepping.py)."""
+    applied: int = field(default=0, compare=False)
+    """Observation records applied since this state was loaded (not persisted)."""
+    late_records: list[tuple[int, int]] = field(default_factory=list, compare=False)
+    """``(applied, event ms)`` of the records applied out of event-time order since the
+    request that computed :attr:`model_state` (not persisted: a recovered state starts
+    with none, trusting its stored vector)."""
 
     # -- event application ---------------------------------------------------------------
 
@@ -213,6 +223,9 @@ class PatientState:
         if rejected is not None:
             return rejected
         self._admit_default(event_ms)
+        self.applied += 1
+        if self.watermark_ms is not None and event_ms < self.watermark_ms:
+            self._note_late(event_ms)
         for obs in observations:
             if obs.artifact:
                 self.artifacts += 1
@@ -227,6 +240,19 @@ class PatientState:
         self.prune(window)
         return Outcome.ACCEPTED
 
+    def _note_late(self, event_ms: int) -> None:
+        late = self.late_records
+        late.append((self.applied, event_ms))
+        if len(late) > MAX_LATE_RECORDS:
+            (_, t0), (n1, t1) = late[0], late[1]
+            late[:2] = [(n1, min(t0, t1))]
+
+    def keep_model_state(self, model_state: ModelState, seen: int) -> None:
+        """Store the step model's new vector, computed from the state as it was after
+        ``seen`` applied records: the out-of-order records it already saw leave the list."""
+        self.model_state = model_state
+        self.late_records = [(n, t) for n, t in self.late_records if n > seen]
+
     def apply_adt(
         self,
         event: AdtEvent,
@@ -235,7 +261,8 @@ class PatientState:
         lateness: timedelta,
         artifacts: Iterable[CanonicalObservation] = (),
     ) -> Outcome:
-        """Apply an admit, transfer or discharge event and its descriptors.
+        """Apply an admit, transfer, discharge or update event and its descriptors (a
+        transfer or an update changes only the descriptors).
 
         Args:
             event: The ADT event.

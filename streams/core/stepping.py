@@ -13,9 +13,23 @@ The bin inputs follow the training path's one rule
 millisecond series without converting every stored time to a ``datetime``; a test checks
 them against :func:`~streams.core.step_features.bin_inputs` on real stays.
 
-A late observation for a bin that is already committed cannot change the stored vector
-(the model has moved past it); it still counts for NEWS2, the window models and the
-bins not yet committed.
+A closed bin is **committed** (folded into the stored vector) only once its end lies
+``commit_delay`` of event time behind the scoring time; closed bins newer than that are
+run provisionally with the open bin, every call, until they are old enough. Records of
+different input streams reach a patient's state in event-time order only as far as the
+worker's merger can keep them (docs/worker.md, "Input order"); a lab that arrives after
+a later vital sign still lands in a bin that is not committed yet, so the stored vector
+does not depend on how the streams interleaved.
+
+A record later than that, one that lands in a bin the stored vector has already committed
+(``late``: the state lists every record applied out of event-time order),
+makes the stored vector **stale**: it was computed without that record. The request then
+starts from admission again, from the series (``base`` None, :attr:`StepRequest.rebuilt`),
+so a score depends only on the records applied before it, never on how earlier records
+were grouped into batches or which of them arrived first. That needs the series to reach
+back to admission (``history_complete``); past the window the stale vector is kept, the
+late record counting for NEWS2, the window models, the OOD clock and the provisional bins
+only (docs/replay.md, "Determinism of step scoring").
 """
 
 from __future__ import annotations
@@ -23,10 +37,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from streams.core.features import DEFAULT_STEP
-from streams.core.step_features import StepBin, bin_on_ticks
+import numpy as np
+import numpy.typing as npt
 
-__all__ = ["ModelState", "StepRequest", "bin_from_series", "step_request"]
+from streams.core.features import DEFAULT_STEP
+from streams.core.last_seen import hours_since_seen_on_ticks
+from streams.core.step_features import BINS_PER_REQUEST, StepBin, bin_on_ticks
+
+__all__ = ["ModelState", "StepRequest", "bin_end_ms", "bin_from_series", "step_request"]
 
 _STEP_MS = int(DEFAULT_STEP.total_seconds() * 1000)
 _MS_PER_HOUR = 3_600_000.0
@@ -64,6 +82,15 @@ class StepRequest:
             observed in it yet (the risk is then that of the committed state).
         open_index: The bin holding the scoring time.
         admit_ms: Admission time the bins are aligned to.
+        commit_through: The last bin that may be committed (bins after it are run
+            provisionally): the last whose end is ``commit_delay`` before the scoring time.
+        hours_since_seen: ``[P]`` hours from the scoring time back to each parameter's
+            last observation (:mod:`streams.core.last_seen`; the model's OOD head reads
+            it, the state having no clock).
+        seen: How many records the patient's state had applied when this request was
+            built (:attr:`~streams.core.state.PatientState.applied`).
+        rebuilt: The stored vector was stale (a late record in a committed bin), so this
+            request starts from admission.
     """
 
     base: ModelState | None
@@ -71,6 +98,19 @@ class StepRequest:
     open: StepBin | None
     open_index: int
     admit_ms: int
+    hours_since_seen: npt.NDArray[np.float32]
+    commit_through: int
+    seen: int = 0
+    rebuilt: bool = False
+
+    def committable(self, bins: Sequence[StepBin]) -> int:
+        """How many leading bins of ``bins`` (oldest first) may be committed."""
+        return sum(1 for b in bins if b.index <= self.commit_through)
+
+
+def bin_end_ms(admit_ms: int, index: int) -> int:
+    """Epoch ms at which hour bin ``index`` (since admission) ends."""
+    return admit_ms + (index + 1) * _STEP_MS
 
 
 def step_request(
@@ -80,6 +120,10 @@ def step_request(
     at_ms: int,
     stored: ModelState | None,
     model: str | None,
+    commit_delay_ms: int = 0,
+    seen: int = 0,
+    late: Sequence[tuple[int, int]] = (),
+    history_complete: bool = True,
 ) -> StepRequest:
     """The step inputs of a score at ``at_ms``.
 
@@ -90,6 +134,14 @@ def step_request(
         stored: The patient's stored model state.
         model: ``name/version`` of the model that will answer, when known: a stored state
             written by another model (or for another admission time) is not used.
+        commit_delay_ms: How far behind the scoring time a bin must end to be committed
+            (at most ``BINS_PER_REQUEST - 2`` hours, so the provisional bins and the
+            open one fit one request).
+        seen: Records the state has applied so far.
+        late: ``(applied count, event ms)`` of the records applied out of event-time order
+            since ``stored`` was computed.
+        history_complete: The series still holds every observation since admission (so
+            a stale ``stored`` can be rebuilt from it).
     """
     open_index = max((at_ms - admit_ms) // _STEP_MS, 0)
     base = stored
@@ -97,6 +149,13 @@ def step_request(
         base.admit_ms != admit_ms or (model is not None and base.model != model)
     ):
         base = None
+    rebuilt = False
+    if (
+        base is not None
+        and history_complete
+        and any(t < bin_end_ms(admit_ms, base.bin) for _, t in late)
+    ):
+        base, rebuilt = None, True
     first = 0 if base is None else base.bin + 1
     first = max(first, open_index - _MAX_SCAN_BINS)
     closed = []
@@ -105,7 +164,20 @@ def step_request(
         if step is not None:
             closed.append(step)
     current = bin_from_series(series, admit_ms=admit_ms, index=open_index, end_ms=at_ms)
-    return StepRequest(base, tuple(closed), current, open_index, admit_ms)
+    since = hours_since_seen_on_ticks(series, admit=admit_ms, at=at_ms, ticks_per_hour=_MS_PER_HOUR)
+    delay_bins = min(-(-max(commit_delay_ms, 0) // _STEP_MS), BINS_PER_REQUEST - 2)
+    commit_through = open_index - 1 - delay_bins
+    return StepRequest(
+        base,
+        tuple(closed),
+        current,
+        open_index,
+        admit_ms,
+        since,
+        commit_through,
+        seen,
+        rebuilt,
+    )
 
 
 def bin_from_series(

@@ -27,6 +27,15 @@ _ERROR_CODES: Final = {"AE": "207^Application internal error^HL70357", "AR": "20
 _MAX_TEXT: Final = 200
 # The ACK uses the standard delimiters, whatever the message used: escape for those.
 _ESCAPER: Final = hl7.parse(_DEFAULT_HEADER)
+_DELIMITERS: Final = frozenset("|^~\\&")
+
+
+def _escape(text: str) -> str:
+    # Most header fields are printable ASCII without a delimiter, which python-hl7's escape
+    # returns unchanged: it runs only for the others (delimiters, control, non-ASCII).
+    if text.isascii() and text.isprintable() and _DELIMITERS.isdisjoint(text):
+        return text
+    return str(_ESCAPER.escape(text))
 
 
 def build_ack(
@@ -55,7 +64,7 @@ def build_ack(
     trigger = field_text(source, msh, 9, 1, 2)
     version = field_text(source, msh, 12) or "2.5"
     processing = field_text(source, msh, 11) or "P"
-    escape = _ESCAPER.escape
+    escape = _escape
     fields = [
         "MSH",
         "^~\\&",

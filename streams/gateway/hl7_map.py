@@ -9,8 +9,8 @@
   topic (``vitals``, ``labs``), as ``vigil replay`` groups them. OBX with result status
   ``D``, ``W`` or ``X`` (deleted, wrong, cannot be obtained) are left out.
 - **ADT**: A01 admits, A02 transfers, A03 discharges and A08 (update patient
-  information) is sent as a ``transfer``: the worker takes a transfer's descriptors and care
-  unit and nothing else, which is what an update is. The time is EVN-6, else EVN-2; sex
+  information) is an ``update``: the worker takes its descriptors and care unit and
+  changes nothing else. The time is EVN-6, else EVN-2; sex
   from PID-8; age from an OBX with LOINC 30525-0, else from PID-7 (full years at the event
   time); height and weight from OBX (8302-2, 29463-7); the care unit from PV1-3, the ICU
   type from PV1-10 (hospital service) or PV1-3 through the table.
@@ -55,11 +55,11 @@ __all__ = [
     "map_parsed",
 ]
 
-ADT_ACTIONS: Final[dict[str, Literal["admit", "transfer", "discharge"]]] = {
+ADT_ACTIONS: Final[dict[str, Literal["admit", "transfer", "discharge", "update"]]] = {
     "A01": "admit",
     "A02": "transfer",
     "A03": "discharge",
-    "A08": "transfer",
+    "A08": "update",
 }
 _SKIPPED_STATUSES: Final = frozenset({"D", "W", "X"})
 _SEX: Final[dict[str, Literal["female", "male", "other"]]] = {

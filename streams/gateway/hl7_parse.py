@@ -10,11 +10,13 @@ timestamps to timezone-aware UTC. Pure: no I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, tzinfo
-from typing import Final
+from functools import lru_cache
+from typing import Any, Final
 
 import hl7
-from hl7.containers import Component, Message, Repetition, Segment
+from hl7.containers import Component, Factory, Field, Message, Repetition, Segment
 
 from streams.core.events import DeadLetterReason
 from vigil.errors import MessageError
@@ -37,6 +39,41 @@ _CONTROL_ID: Final = re.compile(rb"MSH(.)(?:[^\r\n]*?\1){8}([^\r\n|^~\\&]{1,64})
 _SEGMENT: Final = re.compile(r"[A-Z][A-Z0-9]{2}.?")
 # An observation time needs at least a minute (YYYYMMDDHHMM); a date alone is not one.
 _MIN_TIME_DIGITS: Final = 12
+# python-hl7's containers are lists whose __getitem__ adds a Python-level slice check; the
+# reads below index them as plain lists (a dozen reads per OBX).
+_item: Final = list.__getitem__
+
+
+def _light(container: type[Any], level: int) -> type[Any]:
+    """A subclass of python-hl7's ``container`` whose constructor sets the same attributes as
+    the library's, without its chain of keyword calls and assertions (a third of a parse)."""
+
+    def __init__(  # noqa: N807 (the constructor of the class made below)
+        self: Any,
+        separator: str | None = None,
+        sequence: Iterable[Any] = (),
+        esc: str = "\\",
+        separators: str = "\r|~^&",
+        factory: type[Factory] | None = None,
+    ) -> None:
+        list.__init__(self, sequence)
+        self.separator = separators[level]
+        self.esc = esc
+        self.separators = separators
+        self.factory = factory if factory is not None else Factory
+
+    return type(container.__name__, (container,), {"__init__": __init__})
+
+
+class _Factory(Factory):  # type: ignore[misc]
+    """python-hl7's documented hook for the containers a parse builds: the same classes
+    (``isinstance`` and every method hold), built faster."""
+
+    create_message = _light(Message, 0)
+    create_segment = _light(Segment, 1)
+    create_field = _light(Field, 2)
+    create_repetition = _light(Repetition, 3)
+    create_component = _light(Component, 4)
 
 
 def peek_control_id(raw: bytes) -> str | None:
@@ -50,7 +87,7 @@ def peek_control_id(raw: bytes) -> str | None:
         return None
 
 
-def _decode(raw: bytes, control_id: str | None) -> str:
+def _decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -62,15 +99,14 @@ def _decode(raw: bytes, control_id: str | None) -> str:
     raise MessageError(
         DeadLetterReason.INVALID_FIELD,
         "message is not UTF-8 and MSH-18 does not declare ISO 8859-1",
-        control_id=control_id,
     )
 
 
-def _check_delimiters(text: str, control_id: str | None) -> None:
+def _check_delimiters(text: str, segments: list[str]) -> None:
     # python-hl7 trusts MSH-1/MSH-2 and the segment names; hostile ones make it raise
     # arbitrary errors or recurse, so they are checked first.
     def fail(detail: str) -> MessageError:
-        return MessageError(DeadLetterReason.INVALID_FIELD, detail, control_id=control_id)
+        return MessageError(DeadLetterReason.INVALID_FIELD, detail)
 
     if not text.startswith("MSH") or len(text) < 9:
         raise fail("the first segment is not MSH")
@@ -86,7 +122,7 @@ def _check_delimiters(text: str, control_id: str | None) -> None:
         )
     ):
         raise fail("MSH-1 and MSH-2 are not valid HL7 delimiters")
-    for number, segment in enumerate(text.split("\r"), start=1):
+    for number, segment in enumerate(segments, start=1):
         if not _SEGMENT.fullmatch(segment[:4]) or (len(segment) > 3 and segment[3] != separator):
             raise fail(f"segment {number} does not start with a segment name")
 
@@ -99,27 +135,31 @@ def parse_hl7(raw: bytes, *, max_bytes: int) -> Message:
         MessageError: ``payload_too_large``, or ``invalid_field`` when the bytes are not
             text in a declared character set or not an HL7 v2 message.
     """
-    control_id = peek_control_id(raw)
+    try:
+        return _parse(raw, max_bytes)
+    except MessageError as exc:
+        exc.control_id = peek_control_id(raw)  # only a refusal needs it before the parse
+        raise
+
+
+def _parse(raw: bytes, max_bytes: int) -> Message:
     if len(raw) > max_bytes:
         raise MessageError(
-            DeadLetterReason.PAYLOAD_TOO_LARGE,
-            f"{len(raw)} bytes exceeds the {max_bytes} limit",
-            control_id=control_id,
+            DeadLetterReason.PAYLOAD_TOO_LARGE, f"{len(raw)} bytes exceeds the {max_bytes} limit"
         )
-    text = _decode(raw, control_id).replace("\r\n", "\r").replace("\n", "\r")
-    text = "\r".join(segment for segment in text.split("\r") if segment.strip())
+    text = _decode(raw)
+    if "\n" in text:
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
+    segments = [segment for segment in text.split("\r") if segment.strip()]
+    text = "\r".join(segments)
     if "\x00" in text:
-        raise MessageError(
-            DeadLetterReason.INVALID_FIELD, "message contains NUL characters", control_id=control_id
-        )
-    _check_delimiters(text, control_id)
+        raise MessageError(DeadLetterReason.INVALID_FIELD, "message contains NUL characters")
+    _check_delimiters(text, segments)
     try:
-        return hl7.parse(text)
+        return hl7.parse(text, factory=_Factory)
     except Exception as exc:  # noqa: BLE001 (a third-party parser on hostile input)
         raise MessageError(
-            DeadLetterReason.INVALID_FIELD,
-            f"not an HL7 v2 message: {type(exc).__name__}",
-            control_id=control_id,
+            DeadLetterReason.INVALID_FIELD, f"not an HL7 v2 message: {type(exc).__name__}"
         ) from None
 
 
@@ -151,10 +191,10 @@ def repetitions(segment: Segment, number: int) -> int:
     """How many repetitions field ``number`` of ``segment`` has (0 when empty or absent)."""
     if number >= len(segment):
         return 0
-    items = list(segment[number])
-    if items and isinstance(items[0], Repetition):
-        return len(items)
-    return 0 if items in ([], [""]) else 1
+    node = _item(segment, number)
+    if node and isinstance(_item(node, 0), Repetition):
+        return len(node)
+    return 0 if len(node) == 0 or (len(node) == 1 and _item(node, 0) == "") else 1
 
 
 def field_text(
@@ -165,22 +205,34 @@ def field_text(
     ``""`` when absent."""
     if number >= len(segment):
         return ""
-    node = segment[number]
-    items = list(node)
-    reps = items if items and isinstance(items[0], Repetition) else [node]
-    if repetition > len(reps):
-        return ""
-    parts = list(reps[repetition - 1])
-    if parts and isinstance(parts[0], Component):
-        if component > len(parts):
+    node = _item(segment, number)
+    if node and isinstance(_item(node, 0), Repetition):
+        if repetition > len(node):
             return ""
-        sub = list(parts[component - 1])
-        value = sub[0] if sub else ""
-    elif component == 1:
-        value = "".join(str(part) for part in parts)
+        rep = _item(node, repetition - 1)
+    elif repetition == 1:
+        rep = node
     else:
         return ""
-    return unescape(message, str(value)).strip()
+    if rep and isinstance(_item(rep, 0), Component):
+        if component > len(rep):
+            return ""
+        sub = _item(rep, component - 1)
+        value = str(_item(sub, 0)) if sub else ""
+    elif component == 1:
+        value = str(_item(rep, 0)) if len(rep) == 1 else "".join(str(part) for part in rep)
+    else:
+        return ""
+    if message.esc in value:
+        value = unescape(message, value)
+    return value.strip()
+
+
+@lru_cache(maxsize=4096)
+def _parse_time(text: str) -> datetime | None:
+    # Monitors send many observations at one time: each distinct text is parsed once.
+    parsed: datetime | None = hl7.parse_datetime(text)
+    return parsed
 
 
 def hl7_time(
@@ -203,7 +255,7 @@ def hl7_time(
     if digits < _MIN_TIME_DIGITS:
         raise MessageError(DeadLetterReason.INVALID_FIELD, f"{name} needs at least YYYYMMDDHHMM")
     try:
-        parsed: datetime | None = hl7.parse_datetime(text)
+        parsed = _parse_time(text)
     except (ValueError, OverflowError):
         raise MessageError(
             DeadLetterReason.INVALID_FIELD, f"{name} is not an HL7 timestamp"

@@ -53,6 +53,7 @@ class Hl7Service:
         self._application = application
         self._max_payload = deadletter_max_payload_bytes
         self._clock = clock
+        self._ack_seconds = metrics.ack_seconds.labels(_PROTOCOL)
 
     async def handle(self, raw: bytes, origin: str) -> bytes:
         """The ACK of one message (unframed)."""
@@ -79,7 +80,7 @@ class Hl7Service:
                 code, text = "AR", "Kafka unavailable: nothing accepted, resend"
             ack = self._ack(message, code, mapped.control_id, text)
         self._metrics.message(_PROTOCOL, message_type, code)
-        self._metrics.ack_seconds.labels(_PROTOCOL).observe(time.perf_counter() - started)
+        self._ack_seconds.observe(time.perf_counter() - started)
         return ack
 
     async def oversized(self, prefix: bytes, origin: str) -> bytes:
@@ -92,7 +93,7 @@ class Hl7Service:
         )
         code, ack = await self._reject(prefix, exc, None, origin, truncated=True)
         self._metrics.message(_PROTOCOL, "other", code)
-        self._metrics.ack_seconds.labels(_PROTOCOL).observe(time.perf_counter() - started)
+        self._ack_seconds.observe(time.perf_counter() - started)
         return ack
 
     async def _reject(

@@ -27,7 +27,7 @@ _SERVICES: Final = {
     IcuType.MEDICAL: "MICU",
     IcuType.SURGICAL: "SICU",
 }
-_TRIGGERS: Final = {"admit": "A01", "transfer": "A02", "discharge": "A03"}
+_TRIGGERS: Final = {"admit": "A01", "transfer": "A02", "discharge": "A03", "update": "A08"}
 _SEX: Final = {"male": "M", "female": "F", "other": "O"}
 _START, _END = b"\x0b", b"\x1c\x0d"
 

@@ -67,6 +67,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         max_connections=settings.max_connections,
         frame_timeout_seconds=settings.frame_timeout_seconds,
         idle_timeout_seconds=settings.idle_timeout_seconds,
+        max_in_flight=settings.mllp_max_in_flight,
     )
     fhir = FhirService(
         sink,

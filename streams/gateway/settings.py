@@ -68,6 +68,13 @@ class GatewaySettings(BaseSettings):
     idle_timeout_seconds: float = Field(
         default=300.0, gt=0, le=86_400, description="Close an MLLP connection idle this long."
     )
+    mllp_max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Messages of one MLLP connection handled at once when its sender "
+        "pipelines (sends before the previous ACK came); ACKs still go out in order.",
+    )
 
     # --- Security ----------------------------------------------------------------------
     tls_certfile: FilePath | None = Field(

@@ -100,11 +100,14 @@ class KafkaSink:
         producer = self._producer
         if producer is None:
             raise TopicError("Kafka is not connected")
+        topic = self._settings.topic
         try:
             async with asyncio.timeout(self._settings.kafka_delivery_timeout_seconds):
+                # Every record is handed to the producer first, then all are awaited: the
+                # records of this call, and of every other call in flight meanwhile, share
+                # the producer's batches and so its round trips to Kafka.
                 pending = [
-                    await producer.send(self._settings.topic(r.kind), value=r.value, key=r.key)
-                    for r in records
+                    await producer.send(topic(r.kind), value=r.value, key=r.key) for r in records
                 ]
                 await asyncio.gather(*pending)
         except (KafkaError, TimeoutError) as exc:

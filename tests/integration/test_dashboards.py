@@ -58,7 +58,12 @@ def _query(client: httpx.Client, expr: str) -> dict[str, Any]:
     return body
 
 
-_TRITON_P95 = 'max(vigil:triton_request_seconds:p95_5m{model="deterioration"})'
+# The model that scores by default (the step model; the window model when it is off).
+_SCORING_MODEL = (
+    WorkerSettings.model_fields["triton_step_model"].default
+    or WorkerSettings.model_fields["triton_model"].default
+)
+_TRITON_P95 = f'max(vigil:triton_request_seconds:p95_5m{{model="{_SCORING_MODEL}"}})'
 
 
 def _value(client: httpx.Client, expr: str) -> float | None:

@@ -3,10 +3,10 @@
 20 real stays are replayed into a source prefix and recorded with
 :func:`streams.replay.record` (``vigil record``). The recording is then played back
 (``vigil replay --format jsonl``: :func:`streams.replay.read_jsonl` and
-:func:`streams.replay.produce`) into two fresh prefixes, each processed by its own
-worker. The ``scores`` and ``alerts`` of the two runs must be the same records, apart from
-wall-clock fields (``processing_time``) and the topic prefix in provenance, compared as
-multisets per patient in event-time order.
+:func:`streams.replay.produce`) into two fresh prefixes, each then processed by its own
+worker, with step scoring (the default). The ``scores`` and ``alerts`` of the two runs
+must be the same records, apart from wall-clock fields (``processing_time``) and the
+topic prefix in provenance, compared as multisets per patient in event-time order.
 
 Two causes were measured and fixed (details in docs/replay.md, "Determinism"): the
 order in which a patient's vitals, labs and ADT records reached its state followed fetch
@@ -76,10 +76,16 @@ def _play(stack: StackSettings, recording: Path, prefix: str, ids: set[str], tmp
         # OOD off: this test is about accounting and throughput; the default configuration
         # with the OOD detector on is exercised end to end by test_clinical_e2e.py.
         triton_ood_model="",
+        # Step scoring and its alert point: the defaults (docs/replay.md, "Determinism of
+        # step scoring").
     )
+    # The whole recording is on the topics before the worker reads it (a backlog, the
+    # merger's hardest case). Produced while the worker reads, one topic can run ahead of
+    # another that has nothing to deliver yet, and records then interleave differently
+    # from run to run: a property of live input, not of the recording (docs/replay.md).
+    produce(read_jsonl(recording), bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
     log = tmp_path / f"{prefix}.log"
     with running_worker(env, log) as worker:
-        produce(read_jsonl(recording), bootstrap=stack.kafka_bootstrap, topic_prefix=prefix)
         wait_until_accounted(stack.kafka_bootstrap, prefix, ids, worker, log, 300)
     return {
         kind: _per_patient(read_records(stack.kafka_bootstrap, f"{prefix}.{kind}"))

@@ -192,6 +192,34 @@ def test_slow_loris_truncated_and_unframed_connections_are_cut_off(gateway: Gate
     assert gateway.alive()
 
 
+def test_pipelined_messages_are_answered_in_their_order(
+    gateway: Gateway, stack: StackSettings, prefix: str
+) -> None:
+    # 40 messages in one write, before any ACK: handled together (different patients, so
+    # different partitions acknowledge in any order), answered in the order sent; the 18th
+    # is unusable (AE); bytes without a start byte after them close the connection, once
+    # every message before them is answered.
+    ids = [f"pipe-{n}" for n in range(40)]
+    frames = []
+    for n, control_id in enumerate(ids):
+        message = good(control_id).replace(b"PID|1||9001", f"PID|1||pipe{n}".encode())
+        if n == 17:
+            message = message.replace(b"8867-4^Heart rate^LN", b"99999-9^Unknown^LN")
+        frames.append(b"\x0b" + message + b"\x1c\r")
+    client = MllpClient(gateway.mllp_port)
+    client.sock.sendall(b"".join(frames) + b"no start byte")
+    answers = [_msa(client.read_ack())[:2] for _ in ids]
+    assert answers == [("AE" if n == 17 else "AA", cid) for n, cid in enumerate(ids)]
+    assert client.closed_by_server()
+    client.close()
+    landed = {
+        record["event_id"]
+        for record in read_records(stack.kafka_bootstrap, f"{prefix}.vitals")
+        if record["event_id"].startswith("hl7-pipe-")
+    }
+    assert landed == {f"hl7-{cid}-0" for n, cid in enumerate(ids) if n != 17}
+
+
 def _open_connections(gateway: Gateway) -> float:
     url = f"http://127.0.0.1:{gateway.http_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:

@@ -44,8 +44,13 @@ def _outputs(stack: StackSettings, prefix: str) -> dict[str, dict[str, list[str]
 
 
 def _score(stack: StackSettings, prefix: str, ids: set[str], tmp_path: Path) -> None:
+    # Step scoring, the default (docs/replay.md, "Determinism of step scoring").
     env = worker_env(
-        stack, prefix=prefix, app_id=prefix, data_dir=tmp_path / prefix, triton_ood_model=""
+        stack,
+        prefix=prefix,
+        app_id=prefix,
+        data_dir=tmp_path / prefix,
+        triton_ood_model="",
     )
     log = tmp_path / f"{prefix}.log"
     with running_worker(env, log) as worker:

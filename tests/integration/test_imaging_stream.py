@@ -102,8 +102,10 @@ async def _run(
     await worker.tables.changelog_topic.maybe_declare()
     assert worker.models.imager is not None
     assert worker.models.ood_scorer is not None
+    assert worker.models.denoiser is not None  # asked only for low-dose CT studies
     scorers = worker.models.scorers()
-    assert len(scorers) == 4
+    # scorer, explainer, step model and its explainer, ood, imaging, ct_denoise
+    assert len(scorers) == 7
     for scorer in scorers:
         await scorer.start()
     await worker.store.start()

@@ -67,7 +67,14 @@ def _prepare(stack: StackSettings, prefix: str, events: list[Any]) -> None:
 
 def _env(stack: StackSettings, prefix: str, data_dir: Path) -> dict[str, str]:
     # OOD off, as in test_determinism.py: the merge order is what is under test.
-    return worker_env(stack, prefix=prefix, app_id=prefix, data_dir=data_dir, triton_ood_model="")
+    # Step scoring, the default (docs/replay.md, "Determinism of step scoring").
+    return worker_env(
+        stack,
+        prefix=prefix,
+        app_id=prefix,
+        data_dir=data_dir,
+        triton_ood_model="",
+    )
 
 
 def _joining(log: Path, at_most_s: float) -> bool:

@@ -101,10 +101,13 @@ def _example_inputs(config: dict[str, object], batch: int) -> dict[str, np.ndarr
     inputs: dict[str, np.ndarray[Any, Any]] = {}
     rng = np.random.default_rng(0)
     for spec in config["input"]:  # type: ignore[attr-defined]
-        dims = [int(d) for d in spec["dims"]]
+        # A variable dimension (-1, e.g. ct_denoise's image side) gets 48.
+        dims = [int(d) if int(d) > 0 else 48 for d in spec["dims"]]
         shape = [batch, *dims] if int(config.get("max_batch_size", 0)) > 0 else dims  # type: ignore[call-overload]
         dtype = _NP_DTYPES[spec["data_type"]]
         inputs[spec["name"]] = (rng.random(shape) > 0.5).astype(dtype)
+        if spec["name"] == "dose_fraction":  # ct_denoise takes a fraction in (0, 1]
+            inputs[spec["name"]] = np.full(shape, 0.1, dtype=dtype)
     return inputs
 
 

@@ -189,6 +189,7 @@ def _from_scratch(runner: Runner, width: int, state: PatientState, at: datetime)
                 "image_embeddings": np.zeros((1, 4, 64), np.float32),
                 "image_age_hours": np.zeros((1, 4), np.float32),
                 "image_mask": np.zeros((1, 4), np.float32),
+                "hours_since_seen": request.hours_since_seen[None],
             }
         )
         if last:

@@ -14,12 +14,14 @@ from models.cli import export_app, train_app
 from models.common.settings_cli import settings_command
 from models.deterioration.image_branch_settings import ImageBranchSettings
 from models.deterioration.settings import TrainSettings
+from models.deterioration.step_settings import StepTrainSettings
 from models.imaging.settings import ImagingSettings
 from models.ood.settings import OODSettings
 
 
-def test_train_rejects_bad_argument():
-    result = CliRunner().invoke(train_app, ["deterioration", "--hidden", "0"])
+@pytest.mark.parametrize("command", ["deterioration", "deterioration-window"])
+def test_train_rejects_bad_argument(command):
+    result = CliRunner().invoke(train_app, [command, "--hidden", "0"])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1
@@ -27,28 +29,30 @@ def test_train_rejects_bad_argument():
 
 
 def test_train_rejects_bad_encoder():
-    result = CliRunner().invoke(train_app, ["deterioration", "--encoder", "lstm"])
+    result = CliRunner().invoke(train_app, ["deterioration-window", "--encoder", "lstm"])
     assert result.exit_code == 2
 
 
-def test_export_missing_checkpoint_fails_cleanly(tmp_path: Path):
+@pytest.mark.parametrize("command", ["deterioration", "deterioration-window"])
+def test_export_missing_checkpoint_fails_cleanly(command, tmp_path: Path):
     result = CliRunner().invoke(
         export_app,
-        ["deterioration", "--checkpoint", str(tmp_path / "none.pt"), "--repo-dir", str(tmp_path)],
+        [command, "--checkpoint", str(tmp_path / "none.pt"), "--repo-dir", str(tmp_path)],
     )
     assert result.exit_code == 1
     assert "cannot load" in result.output
 
 
 def test_export_rejects_bad_instance_kind(tmp_path: Path):
-    result = CliRunner().invoke(export_app, ["deterioration", "--instance-kind", "KIND_TPU"])
+    result = CliRunner().invoke(export_app, ["deterioration-window", "--instance-kind", "KIND_TPU"])
     assert result.exit_code == 2
 
 
 @pytest.mark.parametrize(
     ("command", "settings_class"),
     [
-        ("deterioration", TrainSettings),
+        ("deterioration", StepTrainSettings),
+        ("deterioration-window", TrainSettings),
         ("image-branch", ImageBranchSettings),
         ("ood", OODSettings),
         ("imaging", ImagingSettings),

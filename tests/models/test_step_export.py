@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.common.torchscript import PARITY_TOLERANCE
+from models.deterioration.step_explain import STEP_EXPLAIN_MODEL_NAME
 from models.deterioration.step_export import (
     BLOCK_ROWS,
     MODEL_NAME,
@@ -27,6 +28,7 @@ from vigil.errors import ModelError
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "models" / "weights" / "deterioration_step.pt"
+REPO = ROOT / "triton_repo"
 MODEL_DIR = ROOT / "triton_repo" / MODEL_NAME
 DEMO_DIR = ROOT / "data" / "physionet2012-demo"
 
@@ -90,7 +92,7 @@ def test_reloaded_artifact_matches_eager_and_declared_dims(shipped):
     for images in (False, True):
         inputs = example_step_inputs(net, images=images, seed=3)
         with torch.no_grad():
-            expected = net(*inputs)
+            expected = net(*inputs[:-1])  # all but hours_since_seen (the OOD head's)
             served = module(*inputs)
         assert len(served) == len(outputs)
         for spec, b in zip(outputs, served, strict=True):
@@ -109,7 +111,7 @@ def test_reloaded_artifact_matches_eager_and_declared_dims(shipped):
 
 def test_commit_selects_the_stored_state(shipped):
     net, _ = shipped
-    inputs = list(example_step_inputs(net, images=False, seed=5))
+    inputs = list(example_step_inputs(net, images=False, seed=5))[:-1]
     valid = torch.zeros_like(inputs[4])
     valid[:, :3] = 1.0
     inputs[4] = valid
@@ -129,8 +131,10 @@ def test_commit_selects_the_stored_state(shipped):
 def test_export_writes_the_same_contract(tmp_path, shipped):
     result = export_step(CHECKPOINT, tmp_path)
     assert result.max_abs_diff <= PARITY_TOLERANCE
-    assert result.config.read_text() == (MODEL_DIR / "config.pbtxt").read_text()
-    assert (tmp_path / MODEL_NAME / "1" / "model.py").exists()
+    for name in (MODEL_NAME, STEP_EXPLAIN_MODEL_NAME):
+        committed = (REPO / name / "config.pbtxt").read_text()
+        assert result.configs[name].read_text() == committed, name
+        assert (tmp_path / name / "1" / "model.py").exists()
 
 
 def test_tiny_training_is_deterministic(tmp_path):

@@ -19,7 +19,8 @@ from models.deterioration.step_export import BLOCK_ROWS, MODEL_NAME, OOD_FIT, te
 from models.deterioration.step_train import load_step_checkpoint
 from models.ood.shifts import apply_shift
 from models.ood.step import OOD_OUTPUT_NAMES, reference_scores
-from models.ood.step_train import load_fit, ood_features, prepare_minutes
+from models.ood.step_train import hours_since_seen_at, load_fit, ood_features, prepare_minutes
+from streams.core.last_seen import hours_since_seen_on_ticks
 from streams.core.step_features import bin_inputs, pack_bins
 from streams.datasets.physionet2012 import Stay, load_stays
 
@@ -54,9 +55,14 @@ def setup() -> dict[str, Any]:
     return {"stays": stays[:N_STAYS], "net": net, "runner": runner, "fit": arrays, "meta": meta}
 
 
-def _serve_hourly(setup: dict[str, Any], stays: list[Stay]) -> dict[str, npt.NDArray[Any]]:
+def _serve_hourly(
+    setup: dict[str, Any],
+    stays: list[Stay],
+    requests: list[dict[str, npt.NDArray[Any]]] | None = None,
+) -> dict[str, npt.NDArray[Any]]:
     """Every OOD output ``[H+1, N]`` at hours 0..48, the worker's way: each hour the bin
-    closed since the last call (committed) and the open bin, ``state_out`` carried."""
+    closed since the last call (committed) and the open bin, ``state_out`` carried. Each
+    hour's request is appended to ``requests`` when given."""
     net, runner = setup["net"], setup["runner"]
     config, n = net.config, len(stays)
     arrays = [s.arrays(ADMIT) for s in stays]
@@ -84,8 +90,11 @@ def _serve_hourly(setup: dict[str, Any], stays: list[Stay]) -> dict[str, npt.NDA
             "image_embeddings": np.zeros((n, config.max_images, config.image_dim), np.float32),
             "image_age_hours": np.zeros((n, config.max_images), np.float32),
             "image_mask": np.zeros((n, config.max_images), np.float32),
+            "hours_since_seen": np.stack([_since(obs, hour) for obs in observations]),
         }
         assert runner.check(request) == n
+        if requests is not None:
+            requests.append(request)
         result = runner.run(request)
         state = result["state_out"]
         for name in OOD_OUTPUT_NAMES:
@@ -93,11 +102,26 @@ def _serve_hourly(setup: dict[str, Any], stays: list[Stay]) -> dict[str, npt.NDA
     return {name: np.stack(v) for name, v in out.items()}
 
 
+def _since(observations: Any, hour: int) -> npt.NDArray[np.float32]:
+    """``hours_since_seen`` the worker's way: its epoch-ms series at the scoring time."""
+
+    def ms(moment: datetime) -> int:
+        return int(moment.timestamp() * 1000)
+
+    series = {code: [(ms(t), v) for t, v in points] for code, points in observations.items()}
+    return hours_since_seen_on_ticks(
+        series, admit=ms(ADMIT), at=ms(ADMIT + timedelta(hours=hour)), ticks_per_hour=3.6e6
+    )
+
+
 def _reference(setup: dict[str, Any], stays: list[Stay]) -> dict[str, npt.NDArray[Any]]:
     """The float64 reference ``[H+1, N]`` from the full-sequence path of the checkpoint."""
     net = setup["net"]
-    inputs = prepare_minutes([s.arrays(ADMIT) for s in stays], net, range(0, HOURS * 60 + 1, 60))
-    w = ood_features(net, inputs)
+    arrays = [s.arrays(ADMIT) for s in stays]
+    minutes = range(0, HOURS * 60 + 1, 60)
+    w = ood_features(
+        net, prepare_minutes(arrays, net, minutes), hours_since_seen_at(arrays, minutes)
+    )
     ref = reference_scores(setup["fit"], w.representation, w.inputs, w.steps)
     return {k: v.reshape(HOURS + 1, len(stays)) for k, v in ref.items()}
 
@@ -120,6 +144,32 @@ def test_served_verdict_equals_the_reference_on_real_stays(setup):
     np.testing.assert_array_equal(served["ood"], served["representation_ood"] | served["input_ood"])
     np.testing.assert_array_equal(served["ood"], served["distance"] > 1.0)
     assert float(ref["combined"].max()) > 0.0  # real distances, not a degenerate fit
+
+
+def test_a_rows_outputs_do_not_depend_on_the_other_rows_of_its_block(setup):
+    """Real rows from every hour (so every OOD bucket, from a single row in its bucket to
+    a whole block of them): each row's outputs in blocks of mixed rows are bit-identical to
+    its outputs alone (a block of copies of it). Replays group rows differently; they must
+    not score them differently (docs/replay.md, "Determinism of step scoring")."""
+    hourly: list[dict[str, npt.NDArray[Any]]] = []
+    _serve_hourly(setup, setup["stays"], hourly)
+    pool = {name: np.concatenate([r[name] for r in hourly]) for name in hourly[0]}
+    rows = len(pool["state"])
+    runner = setup["runner"]
+    rng = np.random.default_rng(20261206)
+    alone: dict[int, dict[str, npt.NDArray[Any]]] = {}
+    for trial in range(12):
+        size = int(rng.integers(2, 2 * BLOCK_ROWS + 1))
+        pick = rng.choice(rows, size=size, replace=False)
+        mixed = runner.run({name: values[pick] for name, values in pool.items()})
+        for position in rng.choice(size, size=4, replace=False):
+            row = int(pick[position])
+            if row not in alone:
+                alone[row] = runner.run(
+                    {name: values[row : row + 1] for name, values in pool.items()}
+                )
+            for name, value in alone[row].items():
+                assert np.array_equal(mixed[name][position], value[0]), (trial, row, name)
 
 
 def test_a_synthetic_shift_is_flagged(setup):

@@ -99,6 +99,8 @@ def _call(
         "image_embeddings": np.zeros((n, config.max_images, config.image_dim), np.float32),
         "image_age_hours": np.zeros((n, config.max_images), np.float32),
         "image_mask": np.zeros((n, config.max_images), np.float32),
+        # Read by the OOD head only (risk and state do not depend on it).
+        "hours_since_seen": np.full((n, config.n_series), 48.0, np.float32),
     }
     runner: Runner = setup["runner"]
     assert runner.check(arrays) == n

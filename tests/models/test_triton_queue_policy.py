@@ -21,18 +21,13 @@ the request had already been moved into the next batch and was computed for nobo
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -50,7 +45,8 @@ from models.common.triton_config import (
 from streams.adapters.triton import TritonScorer
 from streams.core.breaker import CircuitBreaker
 from streams.metrics import WorkerMetrics
-from vigil.errors import InferenceError, StackError
+from vigil.errors import InferenceError
+from vigil.testing.triton_server import serving_triton
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "triton_repo"
@@ -103,12 +99,6 @@ def _config(name: str, log_path: Path, *, policy: bool) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _parse(text: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
@@ -154,12 +144,7 @@ class _Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
-    from vigil.stack import provision
-
-    try:
-        binary = provision.triton_server()
-    except StackError as exc:
-        pytest.skip(f"no tritonserver: {exc}")
+    # A missing or broken tritonserver fails the test (StackError): `make test` installs it.
     root = tmp_path_factory.mktemp("triton_queue")
     repo = root / "repo"
     logs: dict[str, Path] = {}
@@ -168,49 +153,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
         logs[name] = root / f"{name}.log"
         (repo / name / "config.pbtxt").write_text(_config(name, logs[name], policy=policy))
         (repo / name / "1" / "model.py").write_text(_MODEL_PY)
-    http, grpc, metrics = _free_port(), _free_port(), _free_port()
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    argv = [
-        str(binary),
-        f"--model-repository={repo}",
-        f"--backend-directory={binary.parent.parent / 'backends'}",
-        "--http-address=127.0.0.1",
-        f"--http-port={http}",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={grpc}",
-        "--metrics-address=127.0.0.1",
-        f"--metrics-port={metrics}",
-        "--allow-gpu-metrics=false",
-        "--pinned-memory-pool-byte-size=0",
-        "--disable-auto-complete-config",
-        "--strict-readiness=true",
-        "--exit-on-error=true",
-        "--log-verbose=0",
-    ]
-    with (root / "tritonserver.log").open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"tritonserver exited: {(root / 'tritonserver.log').read_text()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("tritonserver not ready in 90 s")
-            time.sleep(0.2)
-        yield _Server(f"127.0.0.1:{grpc}", logs)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serving_triton(repo, root / "tritonserver.log", ready_seconds=90) as grpc_url:
+        yield _Server(grpc_url, logs)
 
 
 def _request(request_id: float) -> list[grpcclient.InferInput]:

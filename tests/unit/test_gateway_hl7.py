@@ -14,7 +14,7 @@ from streams.core.events import AdtEvent, DeadLetterReason, IcuType, Observation
 from streams.gateway.codemap import DEFAULT_CODE_MAP, load_code_map
 from streams.gateway.hl7_ack import build_ack
 from streams.gateway.hl7_map import MappingOptions, map_hl7
-from streams.gateway.hl7_parse import peek_control_id
+from streams.gateway.hl7_parse import _Factory, peek_control_id
 from streams.gateway.hl7_write import adt_message, oru_message
 from streams.replay import read_physionet2012
 from vigil.errors import ConfigError, MessageError
@@ -272,7 +272,7 @@ ADT = (
 
 @pytest.mark.parametrize(
     ("trigger", "action"),
-    [("A01", "admit"), ("A02", "transfer"), ("A03", "discharge"), ("A08", "transfer")],
+    [("A01", "admit"), ("A02", "transfer"), ("A03", "discharge"), ("A08", "update")],
 )
 def test_adt_triggers(trigger: str, action: str) -> None:
     (event,) = map_hl7(ADT.format(trigger=trigger).encode(), OPTIONS).events
@@ -355,3 +355,32 @@ def test_peek_control_id() -> None:
     assert peek_control_id(MSH.encode()) == "MSG1"
     assert peek_control_id(b"MSH|^~\\&|A") is None
     assert peek_control_id(b"garbage") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "MSH|^~\\&|MON|ICU|VIGIL|HOSP|20250101120005+0000||ORU^R01^ORU_R01|c1|P|2.5\r"
+        "PID|1||123^^^HOSP^MR~456^^^HOSP^VN||DOE^JANE||19500101|F\r"
+        "OBR|1|||P|||20250101120000+0000\r"
+        "OBX|1|NM|8867-4^HR^LN~HR^Heart rate^L||80|/min^per minute^UCUM|||||F\r"
+        "OBX|2|NM|X&sub^a\\T\\b^L||1.5|mmol/L&x|||||F\r"
+        "NTE|1||free \\F\\ text",
+        "MSH#*@!$%A#B#C#D#20250101120005#ORU*R01#c2#P#2.5\rPID#1##7@8*9$x\rOBX#1#NM#a*b",
+        "MSH|^~\\&\rPID",
+    ],
+)
+def test_fast_containers_parse_as_python_hl7_does(text: str) -> None:
+    # The parser's own factory builds the same tree: classes, delimiters, text.
+    def shape(node: object) -> object:
+        if not isinstance(node, list):
+            return node
+        base = next(c for c in type(node).__mro__ if c.__module__ == "hl7.containers")
+        extra = (node.separator, node.esc, node.separators)  # type: ignore[attr-defined]
+        return (base.__name__, extra, [shape(child) for child in node])
+
+    plain, fast = hl7.parse(text), hl7.parse(text, factory=_Factory)
+    assert shape(fast) == shape(plain)
+    assert str(fast) == str(plain)
+    assert fast == plain
+    assert all(isinstance(segment, hl7.Segment) for segment in fast)

@@ -21,6 +21,7 @@ from streams.core.events import (
 from streams.core.features import SERIES_CODES, build_features
 from streams.core.news2 import News2Parameter
 from streams.core.state import (
+    MAX_LATE_RECORDS,
     MAX_POINTS_PER_CODE,
     MAX_PROVENANCE_IDS,
     MAX_RECENT_IDS,
@@ -30,6 +31,7 @@ from streams.core.state import (
     from_ms,
     to_ms,
 )
+from streams.core.stepping import ModelState
 from streams.core.validation import CanonicalObservation, decode_input
 
 PID = "stay-132539"
@@ -397,6 +399,16 @@ def test_readmission_clears_the_discharge():
     assert not state.expired(at(60), silence=timedelta(hours=24))
 
 
+def test_update_takes_descriptors_and_changes_neither_admission_nor_discharge():
+    state = PatientState(PID)
+    state.apply_adt(adt("adt-1", 0, age_years=54.0), origin=None, lateness=LATENESS)
+    state.apply_adt(adt("adt-2", 30, action="discharge"), origin=None, lateness=LATENESS)
+    update = adt("adt-3", 45, action="update", weight_kg=80.0)
+    assert state.apply_adt(update, origin=None, lateness=LATENESS) is Outcome.ACCEPTED
+    assert (state.admit_ms, state.discharged_ms) == (ms(0), ms(30))
+    assert state.statics == {"Age": 54.0, "Weight": 80.0}
+
+
 def test_expires_after_silence_measured_in_event_time():
     state = PatientState(PID)
     silence = timedelta(hours=24)
@@ -652,3 +664,18 @@ def test_may_drop_is_the_stored_state_rule() -> None:
     assert state.may_drop(now, silence, lateness) == PatientState.removable(
         state.to_dict(), now, silence, lateness
     )
+
+
+def test_out_of_order_records_are_listed_within_a_bound_that_keeps_the_earliest():
+    state = PatientState(PID)
+    apply(state, "v-first", 100, {"HR": 80.0})
+    assert state.late_records == []  # in order: nothing to list
+    for i in range(MAX_LATE_RECORDS + 10):
+        apply(state, f"l{i}", 99 - i * 0.5, {"HR": 81.0}, stream="labs")
+    assert len(state.late_records) == MAX_LATE_RECORDS
+    counts = [n for n, _ in state.late_records]
+    assert counts == sorted(counts)
+    earliest = min(t for _, t in state.late_records)
+    assert earliest == state.series["HR"][0][0]  # the earliest late record is still covered
+    state.keep_model_state(ModelState("m/1", 0, 1, b""), counts[-1])
+    assert state.late_records == []

@@ -19,7 +19,17 @@ from vigil.errors import StackError
 from vigil.stack import provision
 from vigil.stack.settings import StackSettings
 
-__all__ = ["SERVICE_NAMES", "Kafka", "Prometheus", "Redis", "Service", "Triton", "make_services"]
+__all__ = [
+    "SERVICE_NAMES",
+    "Kafka",
+    "Prometheus",
+    "Redis",
+    "Service",
+    "Triton",
+    "make_services",
+    "triton_argv",
+    "triton_env",
+]
 
 SERVICE_NAMES = ("kafka", "redis", "triton", "prometheus")
 
@@ -210,6 +220,40 @@ class Redis(Service):
             client.close()
 
 
+def triton_argv(repo: Path, host: str, ports: tuple[int, int, int]) -> list[str]:
+    """The ``tritonserver`` command line serving the model repository ``repo`` on ``host``
+    with ``ports`` = (HTTP, gRPC, metrics): the stack's, and every throwaway server's
+    (``vigil.testing.triton_server``), so they run the same way."""
+    binary = provision.triton_server()
+    http, grpc, metrics = ports
+    return [
+        str(binary),
+        f"--model-repository={repo}",
+        f"--backend-directory={binary.parent.parent / 'backends'}",
+        f"--http-address={host}",
+        f"--http-port={http}",
+        f"--grpc-address={host}",
+        f"--grpc-port={grpc}",
+        f"--metrics-address={host}",
+        f"--metrics-port={metrics}",
+        "--allow-gpu-metrics=false",
+        "--pinned-memory-pool-byte-size=0",
+        "--disable-auto-complete-config",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--log-verbose=0",
+    ]
+
+
+def triton_env() -> dict[str, str]:
+    """The environment ``tritonserver`` runs in: the Python-backend stub finds its
+    interpreter and site-packages through ``python3`` on PATH, so this virtualenv's bin
+    comes first."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 class Triton(Service):
     """NVIDIA Triton Inference Server (CPU) from the ``nvidia-pytriton`` wheel."""
 
@@ -226,31 +270,11 @@ class Triton(Service):
 
     def argv(self) -> list[str]:
         s = self.settings
-        binary = provision.triton_server()
-        return [
-            str(binary),
-            f"--model-repository={s.triton_repo}",
-            f"--backend-directory={binary.parent.parent / 'backends'}",
-            f"--http-address={s.host}",
-            f"--http-port={s.triton_http_port}",
-            f"--grpc-address={s.host}",
-            f"--grpc-port={s.triton_grpc_port}",
-            f"--metrics-address={s.host}",
-            f"--metrics-port={s.triton_metrics_port}",
-            "--allow-gpu-metrics=false",
-            "--pinned-memory-pool-byte-size=0",
-            "--disable-auto-complete-config",
-            "--strict-readiness=true",
-            "--exit-on-error=true",
-            "--log-verbose=0",
-        ]
+        ports = (s.triton_http_port, s.triton_grpc_port, s.triton_metrics_port)
+        return triton_argv(s.triton_repo, s.host, ports)
 
     def env(self) -> dict[str, str]:
-        # The Python-backend stub finds its interpreter and site-packages through
-        # `python3` on PATH: put this virtualenv's bin first.
-        env = dict(os.environ)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        return env
+        return triton_env()
 
     def healthy(self) -> bool:
         try:

@@ -73,10 +73,18 @@ def health(gateway: Gateway) -> tuple[int, dict[str, str]]:
 
 @contextlib.contextmanager
 def running_gateway(
-    log: Path, *, bootstrap: str, prefix: str, wait_healthy: bool = True, **settings: str
+    log: Path,
+    *,
+    bootstrap: str,
+    prefix: str,
+    wait_healthy: bool = True,
+    code: Path | None = None,
+    **settings: str,
 ) -> Iterator[Gateway]:
     """A gateway for the duration of a ``with`` block; ``settings`` are extra
-    ``VIGIL_GATEWAY_*`` values by field name."""
+    ``VIGIL_GATEWAY_*`` values by field name; ``code`` runs another checkout's gateway
+    (before/after benchmarks)."""
+    root = _ROOT if code is None else code.resolve()
     mllp_port, http_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -84,7 +92,7 @@ def running_gateway(
         "VIGIL_GATEWAY_TOPIC_PREFIX": prefix,
         "VIGIL_GATEWAY_MLLP_PORT": str(mllp_port),
         "VIGIL_GATEWAY_HTTP_PORT": str(http_port),
-        "PYTHONPATH": str(_ROOT),
+        "PYTHONPATH": str(root),
     }
     env.update({f"VIGIL_GATEWAY_{name.upper()}": value for name, value in settings.items()})
     with log.open("ab") as handle:
@@ -94,7 +102,7 @@ def running_gateway(
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=_ROOT,
+            cwd=root,
         )
     gateway = Gateway(proc, mllp_port, http_port, log)
     try:

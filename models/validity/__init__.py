@@ -1,0 +1,1 @@
+"""Analytical and clinical validity report (``vigil validate``); see docs/validity.md."""

@@ -1,0 +1,120 @@
+"""The CT denoiser: network shapes, seeded training, export parity, the shipped files
+and the Triton wrapper's request checks (no server; see
+``tests/integration/test_ct_denoise_serving.py`` for the real one)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models.common.torchscript import script
+from models.ct_denoise.data import simulate_pairs
+from models.ct_denoise.export import (
+    ct_denoise_tensor_specs,
+    example_inputs,
+    export_ct_denoise,
+    load_denoiser,
+    render_config,
+)
+from models.ct_denoise.network import DenoiseConfig, DenoiseNet, ServedDenoiser
+from models.ct_denoise.train import train_denoiser
+from models.ct_denoise.triton_model import DenoiseRunner, RequestError
+from tests.imaging_files import ct_patches
+
+REPO = Path(__file__).resolve().parents[2]
+CHECKPOINT = REPO / "models" / "weights" / "ct_denoise.pt"
+SHIPPED = REPO / "triton_repo" / "ct_denoise"
+
+
+@pytest.mark.parametrize("side", [48, 64, 50])
+def test_any_image_size_comes_back_in_its_shape(side: int) -> None:
+    net = DenoiseNet(DenoiseConfig(channels=4, levels=2)).eval()
+    image = torch.rand(2, 1, side, side)
+    with torch.no_grad():
+        out = net(image, torch.tensor([[0.1], [1.0]]))
+    assert out.shape == image.shape
+    assert float(out.min()) >= 0.0
+    assert float(out.max()) <= 1.0
+
+
+def test_training_is_seeded_and_reproducible() -> None:
+    images, _ = ct_patches()
+    pairs = simulate_pairs(images[:3, None], (0.1,), realisations=1, base_seed=1)
+    train, val = pairs.where(pairs.patch < 2), pairs.where(pairs.patch == 2)
+    config = DenoiseConfig(channels=4, levels=1)
+    runs = [
+        train_denoiser(train, val, loss="poisson", config=config, epochs=1, batch_size=2)
+        for _ in range(2)
+    ]
+    for (name, a), b in zip(
+        runs[0].net.state_dict().items(), runs[1].net.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert runs[0].history == runs[1].history
+    mse = train_denoiser(train, val, loss="mse", config=config, epochs=1, batch_size=2)
+    assert mse.history != runs[0].history  # the loss matters
+
+
+def test_export_matches_the_eager_network_and_the_shipped_files(tmp_path: Path) -> None:
+    result = export_ct_denoise(CHECKPOINT, tmp_path)
+    assert result.max_abs_diff <= 1e-5
+    written = tmp_path / "ct_denoise"
+    assert (written / "config.pbtxt").read_text() == (SHIPPED / "config.pbtxt").read_text()
+    assert (written / "config.pbtxt").read_text() == render_config()
+    wrapper = (REPO / "models" / "ct_denoise" / "triton_model.py").read_text()
+    assert (SHIPPED / "1" / "model.py").read_text() == wrapper
+    assert (written / "1" / "model.py").read_text() == wrapper
+    net, _ = load_denoiser(CHECKPOINT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+        shipped = torch.jit.load(str(SHIPPED / "1" / "model.pt"))  # type: ignore[no-untyped-call]
+    served = ServedDenoiser(net).eval()
+    with torch.no_grad():
+        for side in (48, 64):
+            inputs = example_inputs(side)
+            (expected,), (got,) = served(*inputs), shipped(*inputs)
+            assert float((expected - got).abs().max()) <= 1e-5
+
+
+def test_contract_names_dtypes_and_dims() -> None:
+    inputs, outputs = ct_denoise_tensor_specs()
+    assert [(s.name, s.data_type, s.dims) for s in inputs] == [
+        ("image", "TYPE_FP32", (1, -1, -1)),
+        ("dose_fraction", "TYPE_FP32", (1,)),
+    ]
+    assert [(s.name, s.dims) for s in outputs] == [("denoised", (1, -1, -1))]
+
+
+@pytest.mark.parametrize(
+    ("image", "dose", "message"),
+    [
+        (np.zeros((1, 1, 48, 48), np.float64), np.ones((1, 1), np.float32), "FP32"),
+        (np.zeros((1, 48, 48), np.float32), np.ones((1, 1), np.float32), r"\[B, 1, H, W\]"),
+        (np.zeros((1, 1, 4, 48), np.float32), np.ones((1, 1), np.float32), "sides"),
+        (np.zeros((2, 1, 48, 48), np.float32), np.ones((1, 1), np.float32), "dose_fraction"),
+        (np.zeros((1, 1, 48, 48), np.float32), np.zeros((1, 1), np.float32), r"\(0, 1\]"),
+        (np.full((1, 1, 48, 48), np.nan, np.float32), np.ones((1, 1), np.float32), "finite"),
+    ],
+)
+def test_the_wrapper_refuses_bad_requests(
+    image: np.ndarray[Any, Any], dose: np.ndarray[Any, Any], message: str
+) -> None:
+    with pytest.raises(RequestError, match=message):
+        DenoiseRunner.check({"image": image, "dose_fraction": dose})
+
+
+def test_the_wrapper_runs_each_image_alone() -> None:
+    net, _ = load_denoiser(CHECKPOINT)
+    runner = DenoiseRunner(script(ServedDenoiser(net).eval()))
+    images, _ = ct_patches()
+    batch = images[:3, None].astype(np.float32)
+    dose = np.array([[0.1], [0.25], [1.0]], np.float32)
+    assert DenoiseRunner.check({"image": batch, "dose_fraction": dose}) == 3
+    together = runner.run(batch, dose)
+    alone = runner.run(batch[1:2], dose[1:2])
+    np.testing.assert_array_equal(together[1:2], alone)

@@ -1,0 +1,98 @@
+"""SVF registration (scaling and squaring) on real MSD patches; the pairs with known
+deformations are SYNTHETIC (a real patch warped by a known smooth field)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models.imaging.registration import (
+    PriorStudy,
+    compare_with_prior,
+    folding_fraction,
+    integrate_velocity,
+    jacobian_determinant,
+    register_pair,
+)
+from models.registration.evaluate import make_synthetic
+from streams.adapters.prior_store import PriorStore
+from tests.imaging_files import ct_patches
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def _lesion_patch() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    images, masks = ct_patches()
+    index = int(np.argmax(masks.reshape(masks.shape[0], -1).sum(axis=1)))
+    return images[index].astype(np.float32), masks[index] > 0
+
+
+def test_zero_velocity_is_the_identity() -> None:
+    u = integrate_velocity(torch.zeros(1, 2, 16, 16))
+    assert float(u.abs().max()) == 0.0
+    np.testing.assert_allclose(jacobian_determinant(np.zeros((2, 16, 16))), 1.0)
+
+
+def test_a_folding_field_is_detected() -> None:
+    u = np.zeros((2, 16, 16))
+    u[1] = -1.5 * np.arange(16)[None, :]  # x maps to -0.5 x: orientation reversed
+    assert folding_fraction(u) == 1.0
+
+
+def test_a_known_deformation_is_recovered_without_folding() -> None:
+    torch.set_num_threads(1)
+    prior, mask = _lesion_patch()
+    pair = make_synthetic(prior, mask, np.random.default_rng(3))
+    result = register_pair(pair.new, pair.prior, iterations=60, learning_rate=0.2)
+    error = np.linalg.norm(result.displacement - pair.displacement, axis=0).mean()
+    truth = np.linalg.norm(pair.displacement, axis=0).mean()
+    assert error < 0.6 * truth
+    assert result.folding_fraction == 0.0
+    assert result.min_jacobian > 0.0
+    assert result.ncc_after > result.ncc_before
+    # The warped prior lesion lands on the new one better than the unwarped prior.
+    warped = result.warp_mask(pair.prior_mask)
+    overlap_before = (pair.prior_mask & pair.new_mask).sum() / pair.new_mask.sum()
+    overlap_after = (warped & pair.new_mask).sum() / pair.new_mask.sum()
+    assert overlap_after > overlap_before
+
+
+def test_compare_with_prior_reports_the_area_change() -> None:
+    prior_image, mask = _lesion_patch()
+    prior = PriorStudy("s-1", T0, prior_image, mask)
+    grown = mask.copy()
+    ys, xs = np.nonzero(mask)
+    grown[max(ys.min() - 2, 0) : ys.max() + 3, max(xs.min() - 2, 0) : xs.max() + 3] = True
+    note = compare_with_prior(prior, prior_image, grown, iterations=20)
+    assert note.prior_study_id == "s-1"
+    assert note.prior_event_time == T0
+    assert note.folding_fraction == 0.0
+    assert note.ncc_before == pytest.approx(1.0)
+    assert note.lesion_area_change_fraction == pytest.approx(
+        (grown.sum() - mask.sum()) / mask.size, abs=2.0 / mask.size
+    )
+
+
+def test_prior_store_keeps_the_newest_study(tmp_path: Path) -> None:
+    image, mask = _lesion_patch()
+    store = PriorStore(tmp_path)
+
+    async def run() -> tuple[PriorStudy | None, PriorStudy | None]:
+        assert await store.get("bed-1", "CT") is None
+        await store.put("bed-1", "CT", PriorStudy("new", T0 + timedelta(days=1), image, mask))
+        await store.put("bed-1", "CT", PriorStudy("old", T0, image, mask))
+        return await store.get("bed-1", "CT"), await store.get("bed-1", "CR")
+
+    kept, other = asyncio.run(run())
+    assert kept is not None
+    assert kept.study_id == "new"
+    assert kept.event_time == T0 + timedelta(days=1)
+    np.testing.assert_array_equal(kept.mask, mask)
+    assert other is None
+    assert all("bed-1" not in p.name for p in tmp_path.iterdir())
