@@ -8,9 +8,10 @@
 * Lesions of a single pixel are at the limit of a 2 mm grid; the recall is also given
   for lesions of at least :data:`LARGE_LESION_PIXELS` pixels (``large_*``).
 * :func:`choose_threshold`: the operating point, chosen on validation patients: the
-  middle of the thresholds whose lesion recall reaches a target and whose false-positive
-  components per patch stay within a budget, so that it sits inside a flat region of the
-  curves rather than on the edge of one.
+  middle of the thresholds whose lesion recall reaches a target (or the best recall
+  reachable) and whose false-positive components per patch stay within a budget (or, when
+  none does, the middle of those reaching the recall), so that it sits inside a flat
+  region of the curves rather than on the edge of one.
 * :func:`fit_platt` and :func:`threshold_for_sensitivity`: calibration and the
   operating point of the abnormality classifier.
 """
@@ -151,12 +152,15 @@ def choose_threshold(
 ) -> float:
     """The operating point: the middle of the feasible thresholds.
 
-    Lesion recall falls and false positives fall as the threshold rises. ``high`` is the
-    highest candidate whose lesion recall reaches ``target_recall``, ``low`` the lowest
-    whose false-positive components per patch are within ``max_false_positives_per_patch``.
-    When ``low <= high`` the candidate nearest to their midpoint is returned, so small
-    shifts of the probabilities move neither figure across its limit; otherwise (no
-    threshold meets both) recall wins and ``high`` is returned.
+    Lesion recall falls as the threshold rises (false positives mostly fall). The recall
+    goal is ``target_recall``, or the best recall any candidate reaches when none reaches
+    the target (on two validation patients, 0.95 means every lesion, and one faint lesion
+    must not drag the threshold to the bottom of the grid). ``high`` is the highest
+    candidate reaching the goal, ``low`` the lowest whose false-positive components per
+    patch are within ``max_false_positives_per_patch``. When ``low <= high`` the candidate
+    nearest the middle of ``[low, high]`` is returned; when no candidate meets both, the
+    candidate nearest the middle of all candidates reaching the recall goal. Either way the
+    threshold sits inside the flat part of the curves, not on the edge of one.
 
     Args:
         probability: ``[N,H,W]`` probabilities (validation patients).
@@ -166,28 +170,27 @@ def choose_threshold(
         candidates: Thresholds tried; by default 0.01, 0.02, ..., 0.95.
 
     Returns:
-        That threshold; the lowest candidate when none reaches the target recall.
+        That threshold; the lowest candidate when no candidate finds any lesion.
     """
     grid = sorted(candidates if candidates is not None else np.round(np.arange(1, 96) / 100, 2))
     prob = np.asarray(probability, dtype=np.float32)
     ref = np.asarray(reference).astype(bool)
-    recall_ok: list[bool] = []
+    recalls: list[float] = []
     fp_ok: list[bool] = []
     for threshold in grid:
         lesions = found = false_pos = 0
         for p, r in zip(prob >= threshold, ref, strict=True):
             n, f, fp = lesion_counts(p, r)
             lesions, found, false_pos = lesions + n, found + f, false_pos + fp
-        recall_ok.append(lesions == 0 or found / lesions >= target_recall)
+        recalls.append(found / lesions if lesions else 1.0)
         fp_ok.append(false_pos / max(prob.shape[0], 1) <= max_false_positives_per_patch)
-    reaching = [i for i, ok in enumerate(recall_ok) if ok]
-    if not reaching:
+    goal = min(target_recall, max(recalls))
+    if goal <= 0.0:
         return float(grid[0])
+    reaching = [i for i, recall in enumerate(recalls) if recall >= goal - 1e-12]
     high = max(reaching)
     within = [i for i, ok in enumerate(fp_ok) if ok]
-    if not within or min(within) > high:
-        return float(grid[high])
-    low = min(within)
+    low = min(within) if within and min(within) <= high else min(reaching)
     middle = 0.5 * (float(grid[low]) + float(grid[high]))
     best = min(range(low, high + 1), key=lambda i: (abs(float(grid[i]) - middle), -i))
     return float(grid[best])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ImagingEvalSettings", "ImagingSettings"]
@@ -61,6 +61,30 @@ class ImagingSettings(BaseSettings):
         ge=0,
         description="Validation false-positive components per patch the threshold may allow.",
     )
+    min_threshold: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="Lowest lesion threshold the operating point may take.",
+    )
+    max_threshold: float = Field(
+        0.7,
+        gt=0,
+        lt=1,
+        description="Highest lesion threshold the operating point may take.",
+    )
+    ct_augment: bool = Field(
+        True,
+        description="Augment CT patches beyond flips and quarter turns (rotation, scale, "
+        "contrast).",
+    )
+    dice_per_patch: bool = Field(
+        True,
+        description="Soft Dice per patch, averaged (False: pooled over the batch).",
+    )
+    cosine_schedule: bool = Field(
+        True, description="Cosine learning-rate decay to 1 % over the joint epochs."
+    )
     target_sensitivity: float = Field(
         0.95,
         gt=0,
@@ -75,6 +99,14 @@ class ImagingSettings(BaseSettings):
         True, description="Weight the X-ray loss so that both classes weigh equally."
     )
     threads: int = Field(1, ge=1, le=64, description="torch intra-op threads.")
+
+    @model_validator(mode="after")
+    def _threshold_band(self) -> ImagingSettings:
+        if self.min_threshold > self.max_threshold:
+            raise ValueError(
+                f"min_threshold {self.min_threshold} exceeds max_threshold {self.max_threshold}"
+            )
+        return self
 
 
 class ImagingEvalSettings(BaseSettings):

@@ -132,10 +132,16 @@ def test_choose_threshold_is_the_middle_of_the_feasible_range():
     # A budget of one false positive per patch opens the range down to 0.05.
     assert choose_threshold(prob, reference, 0.5, grid, max_false_positives_per_patch=1) == 0.5
     assert choose_threshold(prob, reference, 1.0, grid, max_false_positives_per_patch=1) == 0.2
-    # No threshold within the budget reaches the recall: recall wins (highest reaching).
-    prob[0, 6, 6] = 0.95  # a confident false positive at every threshold
-    assert choose_threshold(prob, reference, 1.0, grid, max_false_positives_per_patch=0) == 0.3
-    # Nothing reaches the target: the lowest candidate.
+    # No threshold within the budget reaches the recall: the middle of those reaching it,
+    # [0.05, 0.3] -> 0.2 (not its edge 0.3).
+    prob[0, 3, 7] = 0.95  # a confident false positive at every threshold
+    assert choose_threshold(prob, reference, 1.0, grid, max_false_positives_per_patch=0) == 0.2
+    # The target is out of reach (one lesion never predicted): the best recall reached,
+    # 0.5 up to 0.8, is the goal; with the false positive at 0.95 no candidate is within
+    # the budget, so the middle of [0.05, 0.8] -> 0.5, not the bottom of the grid.
+    prob[0, 5, 5] = 0.0
+    assert choose_threshold(prob, reference, 1.0, grid, max_false_positives_per_patch=0) == 0.5
+    # Nothing finds any lesion: the lowest candidate.
     assert choose_threshold(np.zeros_like(prob), reference, 0.9, [0.2, 0.5]) == 0.2
 
 
@@ -241,3 +247,42 @@ def test_cam_equals_grad_cam():
     reference = grad_cam(net, images)
     assert torch.allclose(cam, reference, atol=1e-5)
     assert (cam.amax(dim=(2, 3)) > 0.99).any()
+
+
+def test_ct_augmentation_warps_image_and_mask_together():
+    from models.imaging.train import _augment_ct
+
+    rng = np.random.default_rng(0)
+    images = np.zeros((6, 1, 64, 64), dtype=np.float32)
+    masks = np.zeros_like(images)
+    images[:, :, 24:40, 24:40] = 0.8  # a bright square "tumour" and its mask
+    masks[:, :, 24:40, 24:40] = 1.0
+    out_x, out_m = _augment_ct(images, masks, rng)
+    assert out_x.shape == images.shape
+    assert out_m.shape == masks.shape
+    assert set(np.unique(out_m)) <= {0.0, 1.0}
+    assert out_x.min() >= 0.0
+    assert out_x.max() <= 1.0
+    # Scale 0.8-1.25 changes the area by at most 1.25² (plus edge rounding), never empties it.
+    area = out_m.reshape(6, -1).sum(1)
+    assert ((area > 256 / 1.25**2 * 0.8) & (area < 256 * 1.25**2 * 1.2)).all(), area
+    # The mask follows the image: the warped square is bright where the mask is set.
+    inside = out_x[out_m > 0.5].mean()
+    outside = out_x[out_m < 0.5].mean()
+    assert inside > outside + 0.4
+    again = _augment_ct(images, masks, np.random.default_rng(0))
+    assert np.array_equal(again[0], out_x)
+    assert np.array_equal(again[1], out_m)
+
+
+def test_lesion_threshold_candidates_stay_in_the_band():
+    from models.imaging.settings import ImagingSettings
+    from models.imaging.train import _threshold_grid
+
+    grid = _threshold_grid(ImagingSettings())
+    assert grid[0] == 0.3
+    assert grid[-1] == 0.7
+    assert len(grid) == 41
+    assert _threshold_grid(ImagingSettings(min_threshold=0.01, max_threshold=0.95))[0] == 0.01
+    with pytest.raises(ValueError, match="exceeds"):
+        ImagingSettings(min_threshold=0.8, max_threshold=0.2)
