@@ -44,16 +44,21 @@ class ImagingConfig:
         base_channels: Width of the first encoder level.
         depth: ``D``, poolings.
         embedding_dim: ``E``, bottleneck width and embedding size.
+        decoder_dropout: Channel dropout on each decoder level's input (training only;
+            the served model in eval mode is unaffected).
     """
 
     image_size: int = 64
     base_channels: int = 8
     depth: int = 3
     embedding_dim: int = 64
+    decoder_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.base_channels < 1 or self.embedding_dim < 1:
             raise ValueError("depth, base_channels and embedding_dim must be positive")
+        if not 0.0 <= self.decoder_dropout < 1.0:
+            raise ValueError("decoder_dropout must be in [0, 1)")
         if self.image_size % (2**self.depth):
             raise ValueError("image_size must be divisible by 2 ** depth")
 
@@ -89,13 +94,17 @@ class _Block(nn.Sequential):
 class _Up(nn.Module):
     """Upsample ``[B,c_in,h,w]`` to ``[B,c_skip,2h,2w]``, concatenate the skip, block."""
 
-    def __init__(self, c_in: int, c_skip: int, *, final_relu: bool = True) -> None:
+    def __init__(
+        self, c_in: int, c_skip: int, *, final_relu: bool = True, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(c_in, c_skip, 2, stride=2)
+        # No parameters, so checkpoints are the same with or without it.
+        self.dropout = nn.Dropout2d(dropout)
         self.block = _Block(2 * c_skip, c_skip, final_relu=final_relu)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        out: Tensor = self.block(torch.cat([self.up(x), skip], dim=1))
+        out: Tensor = self.block(self.dropout(torch.cat([self.up(x), skip], dim=1)))
         return out
 
 
@@ -120,7 +129,13 @@ class ImagingNet(nn.Module):
         # channel that dies (zero everywhere) can never raise it; that capped the shipped
         # model at sigmoid(bias) = 0.6534 (issue 17). Signed features remove the ceiling.
         self.ups = nn.ModuleList(
-            _Up(ups[i], ups[i + 1], final_relu=i < config.depth - 1) for i in range(config.depth)
+            _Up(
+                ups[i],
+                ups[i + 1],
+                final_relu=i < config.depth - 1,
+                dropout=config.decoder_dropout,
+            )
+            for i in range(config.depth)
         )
         self.segment = nn.Conv2d(widths[0], 1, 1)
         self.classifier = nn.Linear(config.embedding_dim, 1)

@@ -27,6 +27,9 @@ class ImagingSettings(BaseSettings):
         Path("models/weights/imaging.pt"), description="Where the checkpoint is written."
     )
     base_channels: int = Field(8, ge=1, le=64, description="Width of the first encoder level.")
+    decoder_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Channel dropout on the decoder levels' inputs (training)."
+    )
     seed: int = Field(7, ge=0, description="Seed of initialisation, sampling and augmentation.")
     split_seed: int = Field(2024, ge=0, description="Seed of the patient and X-ray splits.")
     test_patients: int = Field(3, ge=1, description="CT patients held out for the report.")
@@ -84,6 +87,12 @@ class ImagingSettings(BaseSettings):
     )
     cosine_schedule: bool = Field(
         True, description="Cosine learning-rate decay to 1 % over the joint epochs."
+    )
+    ema_decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Per-step decay of the weight average that is scored and kept (0: off).",
     )
     target_sensitivity: float = Field(
         0.95,

@@ -286,3 +286,31 @@ def test_lesion_threshold_candidates_stay_in_the_band():
     assert _threshold_grid(ImagingSettings(min_threshold=0.01, max_threshold=0.95))[0] == 0.01
     with pytest.raises(ValueError, match="exceeds"):
         ImagingSettings(min_threshold=0.8, max_threshold=0.2)
+
+
+def test_decoder_dropout_acts_in_training_only_and_keeps_the_weights():
+    torch.manual_seed(2)
+    small = {"base_channels": 2, "depth": 2, "embedding_dim": 8, "image_size": 16}
+    plain = ImagingNet(ImagingConfig(**small))
+    dropped = ImagingNet(ImagingConfig(**small, decoder_dropout=0.5))
+    dropped.load_state_dict(plain.state_dict())  # same keys: dropout has no parameters
+    images = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        for a, b in zip(plain.eval()(images), dropped.eval()(images), strict=True):
+            assert torch.equal(a, b)
+        skips, features = dropped.train().encode(images)
+        assert not torch.equal(dropped.decode(skips, features), plain.decode(skips, features))
+    with pytest.raises(ValueError, match="decoder_dropout"):
+        ImagingConfig(decoder_dropout=1.0)
+
+
+def test_weight_average_moves_towards_the_trained_weights():
+    from models.imaging.train import _update_average
+
+    torch.manual_seed(3)
+    config = ImagingConfig(base_channels=2, depth=2, embedding_dim=8, image_size=16)
+    averaged, net = ImagingNet(config), ImagingNet(config)
+    before = [p.detach().clone() for p in averaged.parameters()]
+    _update_average(averaged, net, 0.75)
+    for mean, start, value in zip(averaged.parameters(), before, net.parameters(), strict=True):
+        assert torch.allclose(mean, 0.75 * start + 0.25 * value)
