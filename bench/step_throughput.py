@@ -11,9 +11,10 @@ bin at 25 h. A ``tritonclient`` gRPC loop sends batch-256 requests for ``--secon
 
 Beside it, the TorchScript cost alone (frozen, one thread): the served module (step and
 OOD verdict, ``triton_repo/deterioration_step/1/model.pt``) in the wrapper's blocks
-(:data:`~models.deterioration.step_export.BLOCK_ROWS` rows), in one 256-row forward, and in
-blocks whose rows carry only the open bin (the usual request); and the step alone (no OOD)
-for the shipped ensemble and its first member.
+(:data:`~models.deterioration.step_export.BLOCK_ROWS` rows) of requests with 0, 1 or 2 closed
+bins before the open one (2: what the worker sends under its default 1 h commit delay) and
+in one 256-row forward; and the step alone (no OOD) for the shipped ensemble and its first
+member.
 
     .venv/bin/python -m bench.step_throughput --seconds 20
 """
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,14 @@ ADMIT = datetime(2012, 1, 1, tzinfo=UTC)
 ROWS = 256
 
 
-def request_arrays(net: StepEnsemble, rows: int = ROWS) -> dict[str, npt.NDArray[np.float32]]:
-    """``rows`` real requests: state at 24 h, bins closed at 24 h and open at 25 h."""
+def request_arrays(
+    net: StepEnsemble, rows: int = ROWS, closed_bins: int = 1
+) -> dict[str, npt.NDArray[np.float32]]:
+    """``rows`` real requests at 24 h 30 min: the state with every bin before the request's
+    committed, ``closed_bins`` closed bins (the oldest committed, the others provisional, as
+    the worker sends them with a commit delay) and the open bin 24. ``closed_bins`` 1 (the
+    served measurement): bin 23 committed; 2: what the worker sends under its default 1 h
+    commit delay (bin 22 committed, 23 provisional); 0: the open bin alone."""
     stays, _ = load_stays(DEMO)
     stays = (stays * (rows // len(stays) + 1))[:rows]
     arrays = [s.arrays(ADMIT) for s in stays]
@@ -64,11 +71,12 @@ def request_arrays(net: StepEnsemble, rows: int = ROWS) -> dict[str, npt.NDArray
     )
     statics = torch.from_numpy(np.stack([a.statics for a in arrays]))
     static_mask = torch.from_numpy(np.stack([a.static_mask for a in arrays]))
-    # The stored state at 24 h: every bin before bin 23 committed, 8 per call.
+    first = 24 - closed_bins  # the request's first bin
+    # The stored state: every bin before the request's first committed, 8 per call.
     history = []
     for a in arrays:
         bins = stay_bins(a, ADMIT + timedelta(hours=24))
-        history.append([bins.bin(i) for i in range(len(bins)) if bins.index[i] < 23])
+        history.append([bins.bin(i) for i in range(len(bins)) if bins.index[i] < first])
     state = torch.zeros(rows, net.layout.width)
     for start in range(0, max(len(h) for h in history), BINS_PER_REQUEST):
         chunk = [pack_bins(h[start : start + BINS_PER_REQUEST]) for h in history]
@@ -81,16 +89,16 @@ def request_arrays(net: StepEnsemble, rows: int = ROWS) -> dict[str, npt.NDArray
     commits = []
     for stay in stays:
         observations = stay.observations(ADMIT)
-        closed = bin_inputs(observations, admit_time=ADMIT, index=23)
+        closed = [bin_inputs(observations, admit_time=ADMIT, index=i) for i in range(first, 24)]
         open_bin = bin_inputs(
             observations,
             admit_time=ADMIT,
             index=24,
             end_time=ADMIT + timedelta(hours=24, minutes=30),
         )
-        request_bins = [b for b in (closed, open_bin) if b is not None]
+        request_bins = [b for b in (*closed, open_bin) if b is not None]
         packed.append(pack_bins(request_bins))
-        commits.append([1.0 if closed is not None else 0.0])
+        commits.append([1.0 if closed and closed[0] is not None else 0.0])
     return {
         "state": state.numpy(),
         "bins_values": np.stack([p[0] for p in packed]),
@@ -108,11 +116,14 @@ def request_arrays(net: StepEnsemble, rows: int = ROWS) -> dict[str, npt.NDArray
 
 
 def model_cost(
-    module: torch.nn.Module, arrays: dict[str, npt.NDArray[np.float32]], names: Sequence[str]
+    module: torch.nn.Module,
+    requests: Mapping[int, dict[str, npt.NDArray[np.float32]]],
+    names: Sequence[str],
 ) -> dict[str, Any]:
-    """Frozen TorchScript of ``module``, one thread, the inputs ``names`` of ``arrays``:
-    ms per forward and µs per row for a served block (:data:`BLOCK_ROWS` rows) and one
-    256-row forward; then the same block with only the open bin (the usual request)."""
+    """Frozen TorchScript of ``module``, one thread, the inputs ``names``: ms per forward
+    and µs per row for a served block (:data:`BLOCK_ROWS` rows) of the requests of each
+    closed-bin count in ``requests`` (:func:`request_arrays`), and one 256-row forward of
+    the 1-closed-bin requests (the served measurement's)."""
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -120,22 +131,10 @@ def model_cost(
             module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
         )
         frozen = torch.jit.freeze(scripted.eval())
-    open_only = dict(arrays)
-    open_only["bins_values"] = arrays["bins_values"].copy()
-    # Rows with a committed bin move their open bin first; the committed one is dropped.
-    committed = arrays["commit_bins"][:, 0] > 0.5
-    for name in ("bins_values", "bins_mask", "bins_delta_hours", "bins_valid"):
-        shifted = arrays[name].copy()
-        shifted[committed, :-1] = arrays[name][committed, 1:]
-        shifted[committed, -1] = 0.0
-        open_only[name] = shifted
-    open_only["commit_bins"] = np.zeros_like(arrays["commit_bins"])
+    cases = [(f"{k}_closed_bins_", arrays, BLOCK_ROWS) for k, arrays in sorted(requests.items())]
+    cases.append(("1_closed_bins_", requests[1], ROWS))
     out: dict[str, Any] = {}
-    for label, source, rows in (
-        ("", arrays, BLOCK_ROWS),
-        ("", arrays, 256),
-        ("open_bin_only_", open_only, BLOCK_ROWS),
-    ):
+    for label, source, rows in cases:
         tensors = [torch.from_numpy(source[name][:rows].copy()) for name in names]
         with torch.no_grad():
             for _ in range(5):
@@ -216,15 +215,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args(argv)
     net, _ = load_step_checkpoint(ROOT / "models" / "weights" / "deterioration_step.pt")
-    arrays = request_arrays(net)
+    requests = {k: request_arrays(net, closed_bins=k) for k in (0, 1, 2)}
+    arrays = requests[1]
     single = StepEnsemble(net.config, 1)
     single.load_state_dict(
         {k: v for k, v in net.state_dict().items() if not k.startswith("members.")}
         | {k: v for k, v in net.state_dict().items() if k.startswith("members.0.")}
     )
     p = net.config.n_series
-    single_arrays = dict(arrays)
-    single_arrays["state"] = arrays["state"][:, : 5 * p + net.config.hidden].copy()
+    single_requests = {
+        k: {**a, "state": a["state"][:, : 5 * p + net.config.hidden].copy()}
+        for k, a in requests.items()
+    }
     inputs, _ = tensor_specs(net.config, net.layout.width)
     step_names = [name for name in arrays if name != "hours_since_seen"]  # the OOD head's
     with warnings.catch_warnings():
@@ -237,11 +239,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": machine(),
         "load_before": load_average(),
         "model_cost": {
-            "served_module": model_cost(served_module, arrays, list(arrays)),
+            "served_module": model_cost(served_module, requests, list(arrays)),
             f"step_only_{net.layout.members}_members": model_cost(
-                StepModule(net), arrays, step_names
+                StepModule(net), requests, step_names
             ),
-            "step_only_first_member": model_cost(StepModule(single), single_arrays, step_names),
+            "step_only_first_member": model_cost(StepModule(single), single_requests, step_names),
         },
     }
     with tempfile.TemporaryDirectory(prefix="vigil-step-triton-") as tmp:
