@@ -74,6 +74,15 @@ class WorkerSettings(BaseSettings):
         "partitions to the others (heartbeats every 3 s from their own task; a batch "
         "yields to it at least every few hundred records).",
     )
+    kafka_admin_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How long an admin call (topic creation and checks, the consumer-lag "
+        "monitor) waits to reach the cluster and for each answer. An unreachable broker, "
+        "a wrong password or a TLS mismatch fails after this long (kafka-python's own "
+        "default is 30 s).",
+    )
 
     kafka_producer_batch_bytes: int = Field(
         default=256 * 1024,
