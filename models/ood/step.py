@@ -38,6 +38,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from models.common.torchscript import normal_float32
 from models.deterioration.step_network import StepEnsemble, StepModule
 from models.ood.detector import OUTPUT_NAMES
 
@@ -133,12 +134,7 @@ class StepOODModule(nn.Module):
         )
 
         def buffer(name: str, value: npt.ArrayLike) -> None:
-            tensor = torch.tensor(np.asarray(value), dtype=torch.float32)
-            # Entries too small for a normal float32 become 0: they change no distance,
-            # and the CPU computes products with subnormal numbers several times slower
-            # (the input whitening held 2,837; with them its products took 3.7x as long).
-            tiny = torch.finfo(torch.float32).tiny
-            self.register_buffer(name, torch.where(tensor.abs() < tiny, 0.0, tensor))
+            self.register_buffer(name, normal_float32(value))
 
         buffer("rep_whitening", rep_w)
         buffer("rep_white_means", rep_white_means)
