@@ -12,7 +12,8 @@ bin at 25 h. A ``tritonclient`` gRPC loop sends batch-256 requests for ``--secon
 Beside it, the TorchScript cost alone (frozen, one thread): the served module (step and
 OOD verdict, ``triton_repo/deterioration_step/1/model.pt``) in the wrapper's blocks
 (:data:`~models.deterioration.step_export.BLOCK_ROWS` rows) of requests with 0, 1 or 2 closed
-bins before the open one (2: what the worker sends under its default 1 h commit delay) and
+bins before the open one (2: what the worker sends under its default 1 h commit delay), of
+requests from every stage of a stay (:func:`mixed_arrays`: many OOD buckets per block) and
 in one 256-row forward; and the step alone (no OOD) for the shipped ensemble and its first
 member.
 
@@ -46,22 +47,23 @@ from streams.core.step_features import BINS_PER_REQUEST, bin_inputs, pack_bins, 
 from streams.datasets.physionet2012 import load_stays
 from vigil.testing.triton_server import serving_triton
 
-__all__ = ["model_cost", "request_arrays", "served"]
+__all__ = ["MIXED_HOURS", "mixed_arrays", "model_cost", "request_arrays", "served"]
 
 ADMIT = datetime(2012, 1, 1, tzinfo=UTC)
 ROWS = 256
 
 
 def request_arrays(
-    net: StepEnsemble, rows: int = ROWS, closed_bins: int = 1
+    net: StepEnsemble, rows: int = ROWS, closed_bins: int = 1, *, hour: int = 24, skip: int = 0
 ) -> dict[str, npt.NDArray[np.float32]]:
-    """``rows`` real requests at 24 h 30 min: the state with every bin before the request's
-    committed, ``closed_bins`` closed bins (the oldest committed, the others provisional, as
-    the worker sends them with a commit delay) and the open bin 24. ``closed_bins`` 1 (the
-    served measurement): bin 23 committed; 2: what the worker sends under its default 1 h
-    commit delay (bin 22 committed, 23 provisional); 0: the open bin alone."""
+    """``rows`` real requests (demo stays from the ``skip``-th) at ``hour`` h 30 min: the
+    state with every bin before the request's committed, ``closed_bins`` closed bins (the
+    oldest committed, the others provisional, as the worker sends them with a commit delay)
+    and the open bin ``hour``. ``closed_bins`` 1 (the served measurement): bin 23 committed
+    at 24 h; 2: what the worker sends under its default 1 h commit delay (bin 22 committed,
+    23 provisional); 0: the open bin alone."""
     stays, _ = load_stays(DEMO)
-    stays = (stays * (rows // len(stays) + 1))[:rows]
+    stays = (stays * ((rows + skip) // len(stays) + 1))[skip : skip + rows]
     arrays = [s.arrays(ADMIT) for s in stays]
     config = net.config
     no_images = (
@@ -71,14 +73,14 @@ def request_arrays(
     )
     statics = torch.from_numpy(np.stack([a.statics for a in arrays]))
     static_mask = torch.from_numpy(np.stack([a.static_mask for a in arrays]))
-    first = 24 - closed_bins  # the request's first bin
+    first = max(hour - closed_bins, 0)  # the request's first bin
     # The stored state: every bin before the request's first committed, 8 per call.
     history = []
     for a in arrays:
-        bins = stay_bins(a, ADMIT + timedelta(hours=24))
+        bins = stay_bins(a, ADMIT + timedelta(hours=hour))
         history.append([bins.bin(i) for i in range(len(bins)) if bins.index[i] < first])
     state = torch.zeros(rows, net.layout.width)
-    for start in range(0, max(len(h) for h in history), BINS_PER_REQUEST):
+    for start in range(0, max(len(h) for h in history), BINS_PER_REQUEST):  # none at hour 0
         chunk = [pack_bins(h[start : start + BINS_PER_REQUEST]) for h in history]
         tensors = [torch.from_numpy(np.stack([c[i] for c in chunk])) for i in range(4)]
         with torch.no_grad():
@@ -89,12 +91,12 @@ def request_arrays(
     commits = []
     for stay in stays:
         observations = stay.observations(ADMIT)
-        closed = [bin_inputs(observations, admit_time=ADMIT, index=i) for i in range(first, 24)]
+        closed = [bin_inputs(observations, admit_time=ADMIT, index=i) for i in range(first, hour)]
         open_bin = bin_inputs(
             observations,
             admit_time=ADMIT,
-            index=24,
-            end_time=ADMIT + timedelta(hours=24, minutes=30),
+            index=hour,
+            end_time=ADMIT + timedelta(hours=hour, minutes=30),
         )
         request_bins = [b for b in (*closed, open_bin) if b is not None]
         packed.append(pack_bins(request_bins))
@@ -111,19 +113,41 @@ def request_arrays(
         "image_embeddings": np.zeros((rows, config.max_images, config.image_dim), np.float32),
         "image_age_hours": np.zeros((rows, config.max_images), np.float32),
         "image_mask": np.zeros((rows, config.max_images), np.float32),
-        "hours_since_seen": np.stack([stay_hours_since_seen(a, [24 * 60 + 30])[0] for a in arrays]),
+        "hours_since_seen": np.stack(
+            [stay_hours_since_seen(a, [hour * 60 + 30])[0] for a in arrays]
+        ),
+    }
+
+
+MIXED_HOURS: tuple[int, ...] = (1, 2, 3, 5, 7, 10, 14, 20, 28, 38, 47)
+"""Hours of :func:`mixed_arrays`: one in each OOD input bucket of steps observed."""
+
+
+def mixed_arrays(net: StepEnsemble, rows: int = BLOCK_ROWS) -> dict[str, npt.NDArray[np.float32]]:
+    """``rows`` requests (one closed bin each) from different stays at the hours of
+    :data:`MIXED_HOURS`, interleaved: a block of patients at every stage of their stay, as
+    a worker with many patients sends, so the OOD head's bucket products are many and
+    small."""
+    per_hour = -(-rows // len(MIXED_HOURS))
+    parts = [
+        request_arrays(net, per_hour, hour=hour, skip=k * per_hour)
+        for k, hour in enumerate(MIXED_HOURS)
+    ]
+    return {
+        name: np.stack([part[name][i] for i in range(per_hour) for part in parts])[:rows]
+        for name in parts[0]
     }
 
 
 def model_cost(
     module: torch.nn.Module,
-    requests: Mapping[int, dict[str, npt.NDArray[np.float32]]],
+    requests: Mapping[str, dict[str, npt.NDArray[np.float32]]],
     names: Sequence[str],
 ) -> dict[str, Any]:
     """Frozen TorchScript of ``module``, one thread, the inputs ``names``: ms per forward
-    and µs per row for a served block (:data:`BLOCK_ROWS` rows) of the requests of each
-    closed-bin count in ``requests`` (:func:`request_arrays`), and one 256-row forward of
-    the 1-closed-bin requests (the served measurement's)."""
+    and µs per row for a served block (:data:`BLOCK_ROWS` rows) of each set of requests in
+    ``requests``, and one 256-row forward of the ``"1_closed_bin"`` requests (the served
+    measurement's)."""
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -131,8 +155,8 @@ def model_cost(
             module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
         )
         frozen = torch.jit.freeze(scripted.eval())
-    cases = [(f"{k}_closed_bins_", arrays, BLOCK_ROWS) for k, arrays in sorted(requests.items())]
-    cases.append(("1_closed_bins_", requests[1], ROWS))
+    cases = [(label, arrays, BLOCK_ROWS) for label, arrays in requests.items()]
+    cases.append(("1_closed_bin", requests["1_closed_bin"], ROWS))
     out: dict[str, Any] = {}
     for label, source, rows in cases:
         tensors = [torch.from_numpy(source[name][:rows].copy()) for name in names]
@@ -146,8 +170,8 @@ def model_cost(
                 for _ in range(runs):
                     frozen(*tensors)
                 seconds = min(seconds, (time.perf_counter() - started) / runs)
-        out[f"{label}ms_per_forward_{rows}_rows"] = round(seconds * 1000, 3)
-        out[f"{label}us_per_row_{rows}_rows"] = round(seconds / rows * 1e6, 1)
+        out[f"{label}_ms_per_forward_{rows}_rows"] = round(seconds * 1000, 3)
+        out[f"{label}_us_per_row_{rows}_rows"] = round(seconds / rows * 1e6, 1)
     return out
 
 
@@ -215,8 +239,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args(argv)
     net, _ = load_step_checkpoint(ROOT / "models" / "weights" / "deterioration_step.pt")
-    requests = {k: request_arrays(net, closed_bins=k) for k in (0, 1, 2)}
-    arrays = requests[1]
+    requests = {
+        "open_bin_only": request_arrays(net, closed_bins=0),
+        "1_closed_bin": request_arrays(net, closed_bins=1),
+        "2_closed_bins": request_arrays(net, closed_bins=2),
+        "mixed_hours_1_closed_bin": mixed_arrays(net),
+    }
+    arrays = requests["1_closed_bin"]
     single = StepEnsemble(net.config, 1)
     single.load_state_dict(
         {k: v for k, v in net.state_dict().items() if not k.startswith("members.")}
