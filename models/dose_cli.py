@@ -173,7 +173,7 @@ def eval_registration_command(
     ] = "test",
     seed: Annotated[int, typer.Option(help="Seed of the known deformations.")] = 19,
     deformations_per_patch: Annotated[int, typer.Option(min=1)] = 1,
-    iterations: Annotated[int, typer.Option(min=1)] = 100,
+    iterations: Annotated[int | None, typer.Option(min=1, help=_DEFAULT)] = None,
     smoothness: Annotated[float | None, typer.Option(min=0.0, help=_DEFAULT)] = None,
     learning_rate: Annotated[float | None, typer.Option(min=0.0, help=_DEFAULT)] = None,
     control_stride: Annotated[int | None, typer.Option(min=1, help=_DEFAULT)] = None,
@@ -188,6 +188,7 @@ def eval_registration_command(
     if schedule not in (None, "constant", "cosine"):
         raise ConfigError(f"--schedule must be constant or cosine, got {schedule!r}")
     chosen = {
+        "iterations": iterations,
         "smoothness": smoothness,
         "learning_rate": learning_rate,
         "control_stride": control_stride,
@@ -199,7 +200,6 @@ def eval_registration_command(
         seed=seed,
         split="test" if split == "test" else "validation",
         deformations_per_patch=deformations_per_patch,
-        iterations=iterations,
         **{name: value for name, value in chosen.items() if value is not None},
     )
     out.parent.mkdir(parents=True, exist_ok=True)
