@@ -274,9 +274,11 @@ class WorkerSettings(BaseSettings):
         ge=0,
         le=2000,
         description="Optimiser steps of the registration of each study to the patient's "
-        "prior study of the same modality (100 in docs/imaging-dose-registration.md); 0, "
-        "the default, switches registration off: at 100 steps it adds 0.9-4 s of CPU per "
-        "study, and the batch holding the study waits for it (BENCHMARKS.md, issue 19).",
+        "prior study of the same modality (200, over 3 coarse-to-fine levels, is the "
+        "setting chosen in docs/imaging-dose-registration.md); 0, the default, switches "
+        "registration off: at 100 steps on one level it added 0.9-4 s per study, 200 "
+        "steps on 3 levels cost about twice the CPU, and the batch holding the study "
+        "waits for it (BENCHMARKS.md, issue 19).",
     )
     prior_dir: str | None = Field(
         default=None,

@@ -96,3 +96,31 @@ def test_prior_store_keeps_the_newest_study(tmp_path: Path) -> None:
     np.testing.assert_array_equal(kept.mask, mask)
     assert other is None
     assert all("bed-1" not in p.name for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"control_stride": 0}, "control_stride"),
+        ({"levels": 0}, "levels"),
+        ({"schedule": "linear"}, "schedule"),
+    ],
+)
+def test_bad_settings_are_refused(bad: dict[str, Any], message: str) -> None:
+    image = np.zeros((16, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match=message):
+        register_pair(image, image, iterations=1, **bad)
+
+
+def test_coarse_to_fine_levels_recover_a_known_deformation() -> None:
+    torch.set_num_threads(1)
+    prior, mask = _lesion_patch()
+    pair = make_synthetic(prior, mask, np.random.default_rng(3))
+    result = register_pair(
+        pair.new, pair.prior, iterations=60, control_stride=4, levels=2, schedule="cosine"
+    )
+    error = np.linalg.norm(result.displacement - pair.displacement, axis=0).mean()
+    truth = np.linalg.norm(pair.displacement, axis=0).mean()
+    assert error < 0.6 * truth
+    assert result.folding_fraction == 0.0
+    assert result.ncc_after > result.ncc_before
