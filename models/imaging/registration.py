@@ -292,8 +292,11 @@ def compare_with_prior(
 ) -> RegistrationNote:
     """Registers ``prior`` to the new ``image [S,S]`` and compares the lesions.
 
-    The prior's mask is carried into the new frame by the recovered diffeomorphism; the
-    change is the new area minus the warped prior area (fractions of the image).
+    The prior's mask is carried into the new frame by the recovered diffeomorphism. The
+    change since the prior is the warped prior's lesion area minus the prior's (the growth
+    the deformation implies, what ``models/registration/evaluate.py`` scores against known
+    deformations); beside it, the new segmented area minus the prior's (fractions of the
+    image).
 
     Raises:
         ValueError: The prior and the new image differ in shape.
@@ -303,12 +306,14 @@ def compare_with_prior(
     warped = result.warp_mask(prior.mask)
     new_area = float(np.asarray(mask).sum()) / pixels
     warped_area = float(warped.sum()) / pixels
+    prior_area = float(prior.mask.sum()) / pixels
     return RegistrationNote(
         prior_study_id=prior.study_id,
         prior_event_time=prior.event_time,
-        prior_lesion_area_fraction=float(prior.mask.sum()) / pixels,
+        prior_lesion_area_fraction=prior_area,
         warped_prior_lesion_area_fraction=warped_area,
-        lesion_area_change_fraction=new_area - warped_area,
+        lesion_area_change_fraction=warped_area - prior_area,
+        segmented_area_change_fraction=new_area - prior_area,
         ncc_before=float(np.clip(result.ncc_before, -1.0, 1.0)),
         ncc_after=float(np.clip(result.ncc_after, -1.0, 1.0)),
         folding_fraction=result.folding_fraction,
