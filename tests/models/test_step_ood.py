@@ -172,20 +172,6 @@ def test_a_rows_outputs_do_not_depend_on_the_other_rows_of_its_block(setup):
                 assert np.array_equal(mixed[name][position], value[0]), (trial, row, name)
 
 
-def test_the_served_module_holds_no_subnormal_numbers(setup):
-    """Products with subnormal float32 numbers run several times slower on this CPU: the
-    input whitening once held 2,837 of them and its products took 3.7x as long
-    (BENCHMARKS.md, "Subnormal numbers"). The served module keeps none."""
-    module = setup["runner"].module
-    tiny = torch.finfo(torch.float32).tiny
-    tensors = [*module.named_buffers(), *module.named_parameters()]
-    assert tensors
-    for name, tensor in tensors:
-        if tensor.dtype == torch.float32:
-            subnormal = (tensor != 0) & (tensor.abs() < tiny)
-            assert not bool(subnormal.any()), (name, int(subnormal.sum()))
-
-
 def test_a_synthetic_shift_is_flagged(setup):
     """Temperatures in °F read as °C are dropped by the artifact filter (a stay with no
     temperature at all): flagged by the input channel once the stay has data (docs/ood.md,
