@@ -27,7 +27,7 @@ def normal_float32(value: npt.ArrayLike) -> torch.Tensor:
     For a served module's fitted buffers: a subnormal entry changes no result that matters,
     but the CPU computes products with subnormal numbers several times slower (the step
     model's input whitening held 2,837 of them and its products took 3.7x as long;
-    BENCHMARKS.md, "Subnormal numbers").
+    BENCHMARKS.md, "Step model: subnormal numbers and fewer operators").
     """
     tensor = torch.tensor(np.asarray(value), dtype=torch.float32)
     return torch.where(tensor.abs() < torch.finfo(torch.float32).tiny, 0.0, tensor)
