@@ -8,12 +8,12 @@ Pairs: real MSD patches of the test patients with a lesion (the first ``--pairs`
 upsampled bilinearly from 48 x 48 to 64 x 64, each registered to a copy warped by a known
 SYNTHETIC deformation (``models.registration.evaluate.make_synthetic``). One thread; the
 settings are measured in the same run, so compare them as ratios on a shared machine.
+Writes ``bench/results/registration_cpu.json`` (with the machine, commit and load).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
+from bench.common import load_average, machine, write_result
 from models.ct_denoise.data import load_patches, patient_split
 from models.imaging.data import patient_ids
 from models.imaging.registration import register_pair
@@ -74,12 +75,20 @@ def main() -> None:
     )
     parser.add_argument("--pairs", type=int, default=10)
     args = parser.parse_args()
-    report = {
-        "pairs": args.pairs,
-        "label": "SYNTHETIC deformations of real patches",
-        "settings": measure(args.patches, args.pairs),
-    }
-    print(json.dumps(report, indent=1))
+    load_before = load_average()
+    settings = measure(args.patches, args.pairs)
+    write_result(
+        "registration_cpu",
+        {
+            "benchmark": "registration_cpu",
+            "machine": machine(),
+            "load_before": load_before,
+            "load_after": load_average(),
+            "pairs": args.pairs,
+            "label": "SYNTHETIC deformations of real patches",
+            "settings": settings,
+        },
+    )
 
 
 if __name__ == "__main__":
