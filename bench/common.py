@@ -308,7 +308,14 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-_TRITON_MODELS = ("deterioration", "deterioration_explain", "ood")
+_TRITON_MODELS = (
+    "deterioration",
+    "deterioration_explain",
+    "ood",
+    "deterioration_step",
+    "deterioration_step_explain",
+)
+"""Every model the worker calls (the window family and the step family)."""
 
 
 def triton_counters() -> dict[str, dict[str, int]]:

@@ -44,7 +44,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     states = _states(args.stays)
-    clocks = [(s.series, s.admit_ms, s.watermark_ms) for s in states]
+    clocks = [
+        (s.series, s.admit_ms, s.watermark_ms)
+        for s in states
+        if s.admit_ms is not None and s.watermark_ms is not None
+    ]
     load_before = load_average()
     per_call_us = []
     for _ in range(args.rounds):

@@ -42,7 +42,7 @@ def _throughput(lines: list[str]) -> None:
     rows = [(name, _load(name)) for name in names]
     lines += [
         "| Run | Events | Worker events/s | With start-up | Raw aiokafka rec/s | Ratio "
-        "| Worker CPU ms/event | Degraded scores | Triton `deterioration` mean request ms "
+        "| Worker CPU ms/event | Degraded scores | Triton scoring model: mean request ms "
         "| Load 1m before/after |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -50,6 +50,7 @@ def _throughput(lines: list[str]) -> None:
         if data is None:
             continue
         worker = data["worker"]
+        model = data.get("step_model") or "deterioration"  # the model that scored
         raw, mark = _raw_rate(data["raw_aiokafka"])
         lines.append(
             f"| {name} ({worker['workers']} worker{'s' if worker['workers'] > 1 else ''}) "
@@ -58,7 +59,7 @@ def _throughput(lines: list[str]) -> None:
             f"| {raw:,.0f}{mark} | {worker['events_per_second'] / raw:.5f} "
             f"| {worker.get('worker_cpu_ms_per_event')} "
             f"| {worker['degraded_scores']:,} "
-            f"| {worker['triton_during_run'].get('deterioration', {}).get('mean_request_ms')} "
+            f"| `{model}`: {worker['triton_during_run'].get(model, {}).get('mean_request_ms')} "
             f"| {_load_text(data['load_before'])} / {_load_text(data['load_after'])} |"
         )
     lines.append(

@@ -37,6 +37,7 @@ _PATCHES = Path("../shared/data/imaging/msd_lung_ct/msd_lung_ct_patches.npz")
 _CACHE = Path(".vigil/ct_dose_pairs.npz")
 Patches = Annotated[Path, typer.Option("--patches", help="MSD lung CT patches (.npz).")]
 Cache = Annotated[Path, typer.Option(help="Cache of the simulated pairs (.npz).")]
+_DEFAULT = "Default: register_pair's (models/imaging/registration.py)."
 
 
 @imaging_app.callback()
@@ -167,13 +168,40 @@ def eval_dose_command(
 def eval_registration_command(
     out: Annotated[Path, typer.Option(help="JSON report.")],
     patches: Patches = _PATCHES,
-    iterations: Annotated[int, typer.Option(min=1)] = 100,
-    seed: int = 19,
+    split: Annotated[
+        str, typer.Option(help="test (reported figures) or validation (choosing settings).")
+    ] = "test",
+    seed: Annotated[int, typer.Option(help="Seed of the known deformations.")] = 19,
+    deformations_per_patch: Annotated[int, typer.Option(min=1)] = 1,
+    iterations: Annotated[int | None, typer.Option(min=1, help=_DEFAULT)] = None,
+    smoothness: Annotated[float | None, typer.Option(min=0.0, help=_DEFAULT)] = None,
+    learning_rate: Annotated[float | None, typer.Option(min=0.0, help=_DEFAULT)] = None,
+    control_stride: Annotated[int | None, typer.Option(min=1, help=_DEFAULT)] = None,
+    levels: Annotated[int | None, typer.Option(min=1, help=_DEFAULT)] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant or cosine; " + _DEFAULT)] = None,
 ) -> None:
     """SVF registration: known deformations (synthetic) and real same-patient pairs."""
     from models.registration.evaluate import summarise_registration
 
-    report = summarise_registration(patches, iterations=iterations, seed=seed)
+    if split not in ("test", "validation"):
+        raise ConfigError(f"--split must be test or validation, got {split!r}")
+    if schedule not in (None, "constant", "cosine"):
+        raise ConfigError(f"--schedule must be constant or cosine, got {schedule!r}")
+    chosen = {
+        "iterations": iterations,
+        "smoothness": smoothness,
+        "learning_rate": learning_rate,
+        "control_stride": control_stride,
+        "levels": levels,
+        "schedule": schedule,
+    }
+    report = summarise_registration(
+        patches,
+        seed=seed,
+        split="test" if split == "test" else "validation",
+        deformations_per_patch=deformations_per_patch,
+        **{name: value for name, value in chosen.items() if value is not None},
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     typer.echo(f"wrote {out}")

@@ -74,6 +74,15 @@ class WorkerSettings(BaseSettings):
         "partitions to the others (heartbeats every 3 s from their own task; a batch "
         "yields to it at least every few hundred records).",
     )
+    kafka_admin_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How long an admin call (topic creation and checks, the consumer-lag "
+        "monitor) waits to reach the cluster and for each answer. An unreachable broker, "
+        "a wrong password or a TLS mismatch fails after this long (kafka-python's own "
+        "default is 30 s).",
+    )
 
     kafka_producer_batch_bytes: int = Field(
         default=256 * 1024,
@@ -265,9 +274,11 @@ class WorkerSettings(BaseSettings):
         ge=0,
         le=2000,
         description="Optimiser steps of the registration of each study to the patient's "
-        "prior study of the same modality (100 in docs/imaging-dose-registration.md); 0, "
-        "the default, switches registration off: at 100 steps it adds 0.9-4 s of CPU per "
-        "study, and the batch holding the study waits for it (BENCHMARKS.md, issue 19).",
+        "prior study of the same modality (200, over 3 coarse-to-fine levels, is the "
+        "setting chosen in docs/imaging-dose-registration.md); 0, the default, switches "
+        "registration off: at 100 steps on one level it added 0.9-4 s per study, 200 "
+        "steps on 3 levels cost about twice the CPU, and the batch holding the study "
+        "waits for it (BENCHMARKS.md, issue 19).",
     )
     prior_dir: str | None = Field(
         default=None,

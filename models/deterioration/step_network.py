@@ -532,18 +532,22 @@ class StepModule(nn.Module):
         # is usually 1 or 2 of L). Later bins are padding for every row and change nothing.
         positions = torch.arange(1, length + 1, device=state.device).unsqueeze(0)
         steps = int(torch.where(valid, positions, torch.zeros_like(positions)).max())
-        mask = bins_mask * valid.to(bins_mask.dtype).unsqueeze(-1)
-        x = standardise(bins_values, mask, self.value_mean, self.value_std, self.log_scaled)
-        stats_seq = running_stats(state[:, : 5 * p].view(batch, 5, p), x, mask, steps)
-        inp = gru_inputs(
-            stats_seq[:, 1:, 4], mask[:, :steps], bins_delta_hours[:, :steps], self.delta_cap
+        # Only the bins run are read: the rest of the request's L bins are padding.
+        mask = bins_mask[:, :steps] * valid[:, :steps].to(bins_mask.dtype).unsqueeze(-1)
+        x = standardise(
+            bins_values[:, :steps], mask, self.value_mean, self.value_std, self.log_scaled
         )
-        gi = torch.matmul(inp.transpose(0, 1), self.w_ih) + self.b_ih  # [steps,B,M·3H]
+        stats_seq = running_stats(state[:, : 5 * p].view(batch, 5, p), x, mask, steps)
+        inp = gru_inputs(stats_seq[:, 1:, 4], mask, bins_delta_hours[:, :steps], self.delta_cap)
+        inp = inp.transpose(0, 1).contiguous()  # [steps,B,3P]
         h = state[:, 5 * p :].view(batch, m_count, hidden).transpose(0, 1)  # [M,B,H]
         hs = [h]
         for t in range(steps):
             gh = torch.baddbmm(self.b_hh, h, self.w_hh)  # [M,B,3H]
-            g = gi[t].view(batch, m_count, 3 * hidden).transpose(0, 1)
+            # One [B,3P]x[3P,M·3H] product per step: the same rows per product whatever
+            # the other rows' step counts, so a row's gates never depend on its block.
+            gi = torch.addmm(self.b_ih, inp[t], self.w_ih)
+            g = gi.view(batch, m_count, 3 * hidden).transpose(0, 1)
             rz = torch.sigmoid(g[:, :, : 2 * hidden] + gh[:, :, : 2 * hidden])
             r, z = rz[:, :, :hidden], rz[:, :, hidden:]
             n = torch.tanh(g[:, :, 2 * hidden :] + r * gh[:, :, 2 * hidden :])

@@ -32,6 +32,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from models.common.torchscript import normal_float32
 from models.deterioration.network import DeteriorationEnsemble, NetInputs
 
 __all__ = [
@@ -175,11 +176,8 @@ class OODDetector(nn.Module):
         super().__init__()
         self.net = net
         self.input_channel = input_channel
-        whitening = torch.tensor(fit.whitening, dtype=torch.float32)
-        self.register_buffer("whitening", whitening)
-        self.register_buffer(
-            "white_means", torch.tensor(fit.means @ fit.whitening.T, dtype=torch.float32)
-        )
+        self.register_buffer("whitening", normal_float32(fit.whitening))
+        self.register_buffer("white_means", normal_float32(fit.means @ fit.whitening.T))
         self.register_buffer("threshold", torch.tensor([threshold], dtype=torch.float32))
 
     def forward(

@@ -32,6 +32,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from models.common.torchscript import normal_float32
 from models.deterioration.network import NetInputs, window_statistics
 from models.ood.detector import GaussianFit, fit_gaussians, min_distance, percentile_threshold
 
@@ -288,7 +289,7 @@ class InputChannel(nn.Module):
         white_means = np.einsum("kcd,ked->kce", means, whitening)
 
         def buffer(name: str, value: npt.ArrayLike) -> None:
-            self.register_buffer(name, torch.tensor(np.asarray(value), dtype=torch.float32))
+            self.register_buffer(name, normal_float32(value))
 
         buffer("log_scaled", log_scaled.detach().cpu().numpy())
         buffer("centre", arrays["centre"])

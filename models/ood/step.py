@@ -38,6 +38,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from models.common.torchscript import normal_float32
 from models.deterioration.step_network import StepEnsemble, StepModule
 from models.ood.detector import OUTPUT_NAMES
 
@@ -117,7 +118,7 @@ class StepOODModule(nn.Module):
         input_centre: Tensor
         input_scale: Tensor
         input_edges: Tensor
-        input_whitening: Tensor
+        input_whitening_t: Tensor
         input_white_means: Tensor
         input_thresholds: Tensor
 
@@ -133,7 +134,7 @@ class StepOODModule(nn.Module):
         )
 
         def buffer(name: str, value: npt.ArrayLike) -> None:
-            self.register_buffer(name, torch.tensor(np.asarray(value), dtype=torch.float32))
+            self.register_buffer(name, normal_float32(value))
 
         buffer("rep_whitening", rep_w)
         buffer("rep_white_means", rep_white_means)
@@ -141,7 +142,8 @@ class StepOODModule(nn.Module):
         buffer("input_centre", arrays["input_centre"])
         buffer("input_scale", arrays["input_scale"])
         buffer("input_edges", arrays["input_edges"])
-        buffer("input_whitening", in_w)
+        # Stored transposed: a row's whitened features are ``x @ input_whitening_t[k]``.
+        buffer("input_whitening_t", np.ascontiguousarray(np.transpose(in_w, (0, 2, 1))))
         buffer("input_white_means", in_white_means)
         buffer("input_thresholds", arrays["input_thresholds"])
 
@@ -185,23 +187,27 @@ class StepOODModule(nn.Module):
             torch.bucketize(steps_observed(stats), self.input_edges, right=False),
             max=self.input_edges.shape[0] - 1,
         )
-        sq = torch.zeros(batch, dtype=x.dtype, device=x.device)
-        # Rows grouped by bucket with one sort (not a scan of the block per bucket).
+        # Rows grouped by bucket with one sort; each bucket is one product over a slice of
+        # the sorted rows. A bucket with fewer than MIN_BUCKET_ROWS rows takes the rows
+        # after it (or the zero rows appended) into its product and drops their results:
+        # below that many rows, MKL's sgemm gave a row different last bits depending on
+        # how many rows shared its bucket, so replays of the same stays differed.
         order = torch.sort(bucket, stable=True).indices
         counts: list[int] = torch.bincount(bucket, minlength=self.input_edges.shape[0]).tolist()
+        width = x.shape[1]
+        spare = torch.zeros(self.min_bucket_rows, width, dtype=x.dtype, device=x.device)
+        x_sorted = torch.cat([x[order], spare])
+        white = torch.empty(batch, width, dtype=x.dtype, device=x.device)
         start = 0
         for k, count in enumerate(counts):
             if count > 0:
-                rows = order[start : start + count]
+                rows = max(count, self.min_bucket_rows)
+                product = torch.mm(x_sorted[start : start + rows], self.input_whitening_t[k])
+                white[start : start + count] = product[:count]
                 start += count
-                # At least MIN_BUCKET_ROWS rows per product (copies of the first): below
-                # that, MKL's sgemm gave a row different last bits depending on how many
-                # rows shared its bucket, so replays of the same stays differed.
-                if count < self.min_bucket_rows:
-                    rows = torch.cat([rows, rows[:1].expand(self.min_bucket_rows - count)])
-                w = x[rows] @ self.input_whitening[k].t()  # [b,D]
-                d = w.unsqueeze(1) - self.input_white_means[k].unsqueeze(0)  # [b,C,D]
-                sq[rows[:count]] = (d * d).sum(-1).min(dim=1).values[:count]
+        d = white.unsqueeze(1) - self.input_white_means[bucket[order]]  # [B,C,D], sorted
+        sq = torch.empty(batch, dtype=x.dtype, device=x.device)
+        sq[order] = (d * d).sum(-1).min(dim=1).values
         inp = torch.sqrt(sq).unsqueeze(1)
         inp_threshold = self.input_thresholds[bucket].unsqueeze(1)
         rep_ood, inp_ood = rep > self.rep_threshold, inp > inp_threshold

@@ -1,6 +1,8 @@
 """Evaluation of the SVF registration on real patches (``vigil imaging eval-registration``).
 
-Two kinds of pairs, both from the MSD patches of the held-out test patients:
+Two kinds of pairs, both from the MSD patches of one split's patients: the held-out test
+patients for the reported figures, the validation patients (another seed, several known
+deformations per patch) for choosing the registration settings:
 
 * **Known deformations (synthetic).** A real patch (the prior) is warped by a known
   diffeomorphism ``exp(v_true)``: a random smooth field (Gaussian values on a 4 x 4 grid,
@@ -17,9 +19,11 @@ Two kinds of pairs, both from the MSD patches of the held-out test patients:
 
 from __future__ import annotations
 
+import inspect
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -108,42 +112,56 @@ def evaluate_synthetic(
     *,
     seed: int,
     pixel_mm: float = 2.0,
+    deformations_per_patch: int = 1,
     **register: Any,
 ) -> list[dict[str, float]]:
-    """One row per patch with lesion: EPE, folding, NCC and area change vs the truth."""
+    """One row per (patch with lesion, known deformation): EPE, folding, NCC, area change.
+
+    ``cpu_seconds`` is the process CPU time of the registration alone (``register_pair``).
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for image, mask in zip(images, masks, strict=True):
         if not mask.any():
             continue
-        pair = make_synthetic(image, mask, rng)
-        result = register_pair(pair.new, pair.prior, **register)
-        error = np.linalg.norm(result.displacement - pair.displacement, axis=0)
-        true_area = float(pair.new_mask.sum())
-        est_area = float(result.warp_mask(pair.prior_mask).sum())
-        prior_area = float(pair.prior_mask.sum())
-        rows.append(
-            {
-                "epe_mm": float(error.mean()) * pixel_mm,
-                "epe_lesion_mm": float(error[pair.new_mask].mean()) * pixel_mm
-                if pair.new_mask.any()
-                else float("nan"),
-                "true_displacement_mm": float(
-                    np.linalg.norm(pair.displacement, axis=0).mean() * pixel_mm
-                ),
-                "folding_fraction": result.folding_fraction,
-                "min_jacobian": result.min_jacobian,
-                "attempts": float(result.attempts),
-                "ncc_before": result.ncc_before,
-                "ncc_after": result.ncc_after,
-                "prior_area_px": prior_area,
-                "true_area_px": true_area,
-                "estimated_area_px": est_area,
-                "true_change_px": true_area - prior_area,
-                "estimated_change_px": est_area - prior_area,
-            }
-        )
+        for _ in range(deformations_per_patch):
+            rows.append(_synthetic_row(image, mask, rng, pixel_mm, register))
     return rows
+
+
+def _synthetic_row(
+    image: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    rng: np.random.Generator,
+    pixel_mm: float,
+    register: dict[str, Any],
+) -> dict[str, float]:
+    pair = make_synthetic(image, mask, rng)
+    started = time.process_time()
+    result = register_pair(pair.new, pair.prior, **register)
+    cpu_seconds = time.process_time() - started
+    error = np.linalg.norm(result.displacement - pair.displacement, axis=0)
+    true_area = float(pair.new_mask.sum())
+    est_area = float(result.warp_mask(pair.prior_mask).sum())
+    prior_area = float(pair.prior_mask.sum())
+    return {
+        "epe_mm": float(error.mean()) * pixel_mm,
+        "epe_lesion_mm": float(error[pair.new_mask].mean()) * pixel_mm
+        if pair.new_mask.any()
+        else float("nan"),
+        "true_displacement_mm": float(np.linalg.norm(pair.displacement, axis=0).mean() * pixel_mm),
+        "folding_fraction": result.folding_fraction,
+        "min_jacobian": result.min_jacobian,
+        "attempts": float(result.attempts),
+        "ncc_before": result.ncc_before,
+        "ncc_after": result.ncc_after,
+        "prior_area_px": prior_area,
+        "true_area_px": true_area,
+        "estimated_area_px": est_area,
+        "true_change_px": true_area - prior_area,
+        "estimated_change_px": est_area - prior_area,
+        "cpu_seconds": cpu_seconds,
+    }
 
 
 def _dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
@@ -164,7 +182,9 @@ def evaluate_real_pairs(
         if same.size == 0:
             continue
         j = int(same[np.argmax([ncc(images[i], images[k]) for k in same])])
+        started = time.process_time()
         result = register_pair(images[i], images[j], **register)
+        cpu_seconds = time.process_time() - started
         warped_mask = result.warp_mask(masks[j])
         rows.append(
             {
@@ -177,27 +197,55 @@ def evaluate_real_pairs(
                 "lesion_dice_before": _dice(masks[j], masks[i]),
                 "lesion_dice_after": _dice(warped_mask, masks[i]),
                 "attempts": float(result.attempts),
+                "cpu_seconds": cpu_seconds,
             }
         )
     return rows
+
+
+def _settings(register: dict[str, Any]) -> dict[str, Any]:
+    """Every keyword setting of :func:`register_pair` in effect (defaults included)."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(register_pair).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    return defaults | register
 
 
 def _mean(rows: list[dict[str, float]], key: str) -> float:
     return float(np.mean([row[key] for row in rows])) if rows else float("nan")
 
 
-def summarise_registration(patches: Path, *, iterations: int, seed: int) -> dict[str, Any]:
-    """Both evaluations on the test patients, with per-pair rows and summaries."""
+def summarise_registration(
+    patches: Path,
+    *,
+    seed: int,
+    split: Literal["test", "validation"] = "test",
+    deformations_per_patch: int = 1,
+    **register: Any,
+) -> dict[str, Any]:
+    """Both evaluations on one split's patients, with per-pair rows and summaries.
+
+    Args:
+        patches: The MSD patch file.
+        seed: Seed of the known deformations.
+        split: ``"test"`` (reported figures) or ``"validation"`` (choosing settings).
+        deformations_per_patch: Known deformations drawn per patch with lesion.
+        **register: Keyword arguments of :func:`register_pair` (``iterations``, ...).
+    """
     from models.ct_denoise.data import load_patches, patient_split
     from models.imaging.data import patient_ids
 
     torch.set_num_threads(1)
     images, masks = load_patches(patches)
     patients = patient_ids(images.shape[0])
-    keep = np.isin(patients, patient_split()["test"])
+    keep = np.isin(patients, patient_split()[split])
     imgs, msks, pats = images[keep, 0], masks[keep, 0], patients[keep]
-    synthetic = evaluate_synthetic(imgs, msks, seed=seed, iterations=iterations)
-    real = evaluate_real_pairs(imgs, msks, pats, iterations=iterations)
+    synthetic = evaluate_synthetic(
+        imgs, msks, seed=seed, deformations_per_patch=deformations_per_patch, **register
+    )
+    real = evaluate_real_pairs(imgs, msks, pats, **register)
     relative = [
         abs(r["estimated_change_px"] - r["true_change_px"]) / abs(r["true_change_px"])
         for r in synthetic
@@ -210,8 +258,11 @@ def summarise_registration(patches: Path, *, iterations: int, seed: int) -> dict
     ]
     return {
         "synthetic_label": "SYNTHETIC: real patches warped by known smooth deformations",
-        "iterations": iterations,
+        "split": split,
+        "patients": [int(p) for p in patient_split()[split]],
+        "register": _settings(register),
         "seed": seed,
+        "deformations_per_patch": deformations_per_patch,
         "synthetic_summary": {
             "pairs": len(synthetic),
             "epe_mm_mean": _mean(synthetic, "epe_mm"),
@@ -235,6 +286,8 @@ def summarise_registration(patches: Path, *, iterations: int, seed: int) -> dict
             )
             / max(abs(sum(r["true_change_px"] for r in synthetic)), 1e-9),
             "area_relative_error_median": float(np.median(area_error)) if area_error else None,
+            "pairs_retried": int(sum(r["attempts"] > 1 for r in synthetic)),
+            "cpu_seconds_mean": _mean(synthetic, "cpu_seconds"),
         },
         "real_summary": {
             "pairs": len(real),
@@ -247,6 +300,7 @@ def summarise_registration(patches: Path, *, iterations: int, seed: int) -> dict
             ),
             "min_jacobian": min((r["min_jacobian"] for r in real), default=float("nan")),
             "pairs_retried": int(sum(r["attempts"] > 1 for r in real)),
+            "cpu_seconds_mean": _mean(real, "cpu_seconds"),
         },
         "synthetic": synthetic,
         "real": real,

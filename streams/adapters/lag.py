@@ -124,7 +124,8 @@ class ConsumerLagMonitor:
             self._admin = KafkaAdminClient(
                 bootstrap_servers=self.settings.kafka_bootstrap,
                 client_id=f"{self.settings.app_id}-lag",
-                request_timeout_ms=10_000,
+                request_timeout_ms=int(self.settings.kafka_admin_timeout_seconds * 1000),
+                bootstrap_timeout_ms=int(self.settings.kafka_admin_timeout_seconds * 1000),
                 **kafka_python_options(self.settings),
             )
         return self._admin

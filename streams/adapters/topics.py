@@ -38,7 +38,8 @@ def _admin(settings: WorkerSettings) -> KafkaAdminClient:
         return KafkaAdminClient(
             bootstrap_servers=settings.kafka_bootstrap,
             client_id="vigil-topics",
-            request_timeout_ms=10_000,
+            request_timeout_ms=int(settings.kafka_admin_timeout_seconds * 1000),
+            bootstrap_timeout_ms=int(settings.kafka_admin_timeout_seconds * 1000),
             **kafka_python_options(settings),
         )
     except KafkaError as exc:

@@ -469,8 +469,14 @@ class RegistrationNote(_Frozen):
         prior_event_time: When it was taken (UTC).
         prior_lesion_area_fraction: Its lesion area, fraction of the image.
         warped_prior_lesion_area_fraction: The same lesion carried into the new frame.
-        lesion_area_change_fraction: New lesion area minus the warped prior's (fraction
-            of the image; positive = growth).
+        lesion_area_change_fraction: The change in the prior's lesion area since the
+            prior that the deformation implies: warped prior area minus prior area
+            (fraction of the image; positive = growth). Registration-based, so a lesion
+            that was not in the prior adds nothing here.
+        segmented_area_change_fraction: The new study's segmented lesion area minus the
+            prior's (fraction of the image): includes lesions that are new since the prior
+            and any difference between the two segmentations. Its gap to
+            ``lesion_area_change_fraction`` is the area the deformation does not explain.
         ncc_before: Normalised cross-correlation of the two images before registration.
         ncc_after: The same after warping the prior.
         folding_fraction: Pixels whose Jacobian determinant is not positive (0 when the
@@ -483,6 +489,9 @@ class RegistrationNote(_Frozen):
     prior_lesion_area_fraction: Probability
     warped_prior_lesion_area_fraction: Probability
     lesion_area_change_fraction: Annotated[
+        float, Field(strict=True, allow_inf_nan=False, ge=-1.0, le=1.0)
+    ]
+    segmented_area_change_fraction: Annotated[
         float, Field(strict=True, allow_inf_nan=False, ge=-1.0, le=1.0)
     ]
     ncc_before: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-1.0, le=1.0)]

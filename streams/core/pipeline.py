@@ -516,7 +516,6 @@ class Processor:
         # A patient with an imaging study is scored by the window model: the step model's
         # image branch is untrained, the window model's is not (docs/worker.md).
         if self.step_model is not None and state.admit_ms is not None and not images:
-            window_ms = self.config.window // timedelta(milliseconds=1)
             step = step_request(
                 state.series,
                 admit_ms=state.admit_ms,
@@ -526,8 +525,10 @@ class Processor:
                 commit_delay_ms=self.config.step_commit_delay // timedelta(milliseconds=1),
                 seen=state.applied,
                 late=state.late_records,
-                # Nothing since admission pruned yet (prune horizon: latest - window).
-                history_complete=(state.watermark_ms or at_ms) - window_ms <= state.admit_ms,
+                # Nothing since admission pruned yet. Until 6 Dec (late) this read the
+                # watermark, which a discharge far ahead of the data moves: the final score
+                # then kept a stale vector that the last observation's score had rebuilt.
+                history_complete=state.holds_since_admission(self.config.window, at_ms),
             )
         state.mark_scored({"at_ms": at_ms}, at=at)
         return Snapshot(

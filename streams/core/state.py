@@ -355,6 +355,16 @@ class PatientState:
         marks = [ms for stream, ms in self.stream_watermarks.items() if stream != "adt"]
         return max(marks) if marks else None
 
+    def holds_since_admission(self, window: timedelta, at_ms: int) -> bool:
+        """True while :meth:`prune` has dropped nothing since admission: its horizon (the
+        latest observation, or ``at_ms`` before any, minus ``window``) is not past the
+        admission time. Like the horizon, it ignores ADT events: a discharge far ahead of
+        the data does not make the history incomplete."""
+        if self.admit_ms is None:
+            return False
+        latest = self._observation_ms()
+        return (at_ms if latest is None else latest) - _td_ms(window) <= self.admit_ms
+
     def prune(self, window: timedelta) -> None:
         """Drop observations older than the window before the latest observation.
 

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -170,7 +171,10 @@ def test_clinician_sees_alert_live_and_acts_on_it(ward: Ward) -> None:
     first = focused.text
     assert first in STAYS
     assert str(focused.get_attribute("href")).endswith(f"/patients/{first}")
-    focused.send_keys(Keys.ENTER)
+    # Enter goes to whatever has the focus, as a keyboard does: a live update may have
+    # replaced the row meanwhile (the page moves the focus to the new row's link), so the
+    # element found above can be detached by now.
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
     WebDriverWait(browser, 10).until(lambda b: b.find_elements(By.ID, "patient-id"))
     assert browser.find_element(By.ID, "patient-id").text == first
     if first != patient:

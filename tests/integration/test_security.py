@@ -70,8 +70,11 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory, redis_password: str) ->
         pytest.fail(str(exc), pytrace=False)
 
 
-def _kafka_settings(kafka: SecuredKafka, unique: str, password: str) -> WorkerSettings:
+def _kafka_settings(
+    kafka: SecuredKafka, unique: str, password: str, *, admin_timeout_seconds: float = 10.0
+) -> WorkerSettings:
     return WorkerSettings(
+        kafka_admin_timeout_seconds=admin_timeout_seconds,
         kafka_bootstrap=kafka.bootstrap,
         kafka_security_protocol="SASL_SSL",
         kafka_sasl_mechanism="SCRAM-SHA-512",
@@ -157,7 +160,8 @@ def test_wrong_password_is_refused_without_echoing_it(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = secrets.token_hex(16)
-    settings = _kafka_settings(kafka, unique, wrong)
+    # A refusal is final; the admin client gives up after its timeout (4 s here).
+    settings = _kafka_settings(kafka, unique, wrong, admin_timeout_seconds=4.0)
     with pytest.raises(TopicError) as refused:
         create_topics(settings)
     assert "over SASL_SSL" in str(refused.value)
@@ -175,7 +179,11 @@ def test_wrong_password_is_refused_without_echoing_it(
 def test_plaintext_client_gets_nothing_from_the_tls_listener(
     kafka: SecuredKafka, unique: str
 ) -> None:
-    plain = WorkerSettings(kafka_bootstrap=kafka.bootstrap, topic_prefix=f"sec{unique}")
+    plain = WorkerSettings(
+        kafka_bootstrap=kafka.bootstrap,
+        topic_prefix=f"sec{unique}",
+        kafka_admin_timeout_seconds=4.0,
+    )
     with pytest.raises(TopicError):
         missing_topics(plain)
 

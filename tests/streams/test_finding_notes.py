@@ -54,6 +54,7 @@ def test_the_finding_carries_both_notes_through_its_schema() -> None:
         prior_lesion_area_fraction=0.04,
         warped_prior_lesion_area_fraction=0.045,
         lesion_area_change_fraction=0.005,
+        segmented_area_change_fraction=0.007,
         ncc_before=0.7,
         ncc_after=0.95,
         folding_fraction=0.0,

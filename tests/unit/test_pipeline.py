@@ -26,6 +26,7 @@ from streams.core.events import (
 from streams.core.features import SERIES_CODES
 from streams.core.pipeline import IngestResult, ModelAnswer, Processor, ProcessorConfig, Snapshot
 from streams.core.state import Origin, Outcome, PatientState
+from streams.core.stepping import ModelState
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
@@ -474,3 +475,50 @@ def test_expire_snooze_publishes_at_the_snooze_end_in_event_time() -> None:
     assert alert.risk == pytest.approx(0.83)
     assert (audit.actor, audit.state, audit.reason) == ("policy", "open", "snooze_expired")
     assert feed.processor.expire_snooze(state, at(200)) == ([], [])
+
+
+# -- step requests --------------------------------------------------------------------------
+
+
+def test_a_stays_final_score_rebuilds_a_stale_step_vector_despite_a_discharge_far_ahead():
+    """A late record in a bin the stored vector committed makes the vector stale; the
+    final score of a discharge dated weeks after the last vital signs must rebuild it
+    from admission like any score within the window. It kept the stale vector while the
+    rule read the watermark (which the discharge moves), so a replay differed in one run of
+    two on stay 132599 (docs/replay.md)."""
+    processor = Processor(CONFIG, clock=lambda: T0 + timedelta(days=100))
+    processor.step_model = "deterioration_step/1"
+    states: dict[str, PatientState] = {}
+    offsets = iter(range(1, 1_000))
+
+    def send(raw: bytes, kind: TopicKind) -> None:
+        origin = Origin(f"vigil.{kind.value}", 0, next(offsets))
+        processor.ingest(states, kind, PID.encode(), raw, origin)
+
+    def adt(event_id: str, minutes: float, action: str) -> bytes:
+        return (
+            AdtEvent(
+                event_id=event_id,
+                patient_id=PID,
+                event_time=at(minutes),
+                source="adt-feed",
+                action=action,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    send(adt("adt-1", 0, "admit"), TopicKind.ADT)
+    for hour in range(10):
+        send(vitals(f"ev-{hour}", hour * 60 + 5, NORMAL), TopicKind.VITALS)
+    state = states[PID]
+    assert state.admit_ms is not None
+    state.keep_model_state(ModelState("deterioration_step/1", state.admit_ms, 8, b"\0" * 8), 10)
+    send(vitals("ev-late", 8 * 60 + 30, SICK), TopicKind.VITALS)  # in committed bin 8
+    assert state.late_records
+    send(adt("adt-9", 75 * 24 * 60, "discharge"), TopicKind.ADT)
+    final = processor.snapshot(state)
+    assert final.at == at(9 * 60 + 5)  # the last observation, not the discharge
+    assert final.step is not None
+    assert final.step.rebuilt
+    assert final.step.base is None

@@ -64,6 +64,8 @@ def test_a_known_deformation_is_recovered_without_folding() -> None:
 
 
 def test_compare_with_prior_reports_the_area_change() -> None:
+    """Same image, a larger segmented lesion: the deformation implies no change (the
+    images are identical), the segmentations differ by the added pixels."""
     prior_image, mask = _lesion_patch()
     prior = PriorStudy("s-1", T0, prior_image, mask)
     grown = mask.copy()
@@ -74,9 +76,27 @@ def test_compare_with_prior_reports_the_area_change() -> None:
     assert note.prior_event_time == T0
     assert note.folding_fraction == 0.0
     assert note.ncc_before == pytest.approx(1.0)
-    assert note.lesion_area_change_fraction == pytest.approx(
-        (grown.sum() - mask.sum()) / mask.size, abs=2.0 / mask.size
+    assert note.segmented_area_change_fraction == pytest.approx(
+        (grown.sum() - mask.sum()) / mask.size
     )
+    assert note.lesion_area_change_fraction == pytest.approx(0.0, abs=2.0 / mask.size)
+
+
+def test_compare_with_prior_measures_the_change_through_the_deformation() -> None:
+    """SYNTHETIC: the new study is the real prior patch under a known deformation that
+    changes its lesion's area; the change since the prior is the one the recovered
+    deformation implies, close to the known one."""
+    torch.set_num_threads(1)
+    prior_image, mask = _lesion_patch()
+    pair = make_synthetic(prior_image, mask, np.random.default_rng(3))
+    known = (pair.new_mask.sum() - pair.prior_mask.sum()) / mask.size
+    assert abs(known) * mask.size > 20  # pixels: a change worth measuring
+    note = compare_with_prior(
+        PriorStudy("s-1", T0, pair.prior, pair.prior_mask), pair.new, pair.new_mask, iterations=200
+    )
+    assert note.segmented_area_change_fraction == pytest.approx(known)
+    assert note.lesion_area_change_fraction == pytest.approx(known, rel=0.25)
+    assert note.folding_fraction == 0.0
 
 
 def test_prior_store_keeps_the_newest_study(tmp_path: Path) -> None:
@@ -96,3 +116,31 @@ def test_prior_store_keeps_the_newest_study(tmp_path: Path) -> None:
     np.testing.assert_array_equal(kept.mask, mask)
     assert other is None
     assert all("bed-1" not in p.name for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"control_stride": 0}, "control_stride"),
+        ({"levels": 0}, "levels"),
+        ({"schedule": "linear"}, "schedule"),
+    ],
+)
+def test_bad_settings_are_refused(bad: dict[str, Any], message: str) -> None:
+    image = np.zeros((16, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match=message):
+        register_pair(image, image, iterations=1, **bad)
+
+
+def test_coarse_to_fine_levels_recover_a_known_deformation() -> None:
+    torch.set_num_threads(1)
+    prior, mask = _lesion_patch()
+    pair = make_synthetic(prior, mask, np.random.default_rng(3))
+    result = register_pair(
+        pair.new, pair.prior, iterations=60, control_stride=4, levels=2, schedule="cosine"
+    )
+    error = np.linalg.norm(result.displacement - pair.displacement, axis=0).mean()
+    truth = np.linalg.norm(pair.displacement, axis=0).mean()
+    assert error < 0.6 * truth
+    assert result.folding_fraction == 0.0
+    assert result.ncc_after > result.ncc_before

@@ -391,6 +391,26 @@ def test_expires_on_discharge_regardless_of_time():
     assert state.expired(at(10), silence=timedelta(hours=24))
 
 
+def test_a_discharge_far_ahead_keeps_the_history_since_admission_complete():
+    """A discharge read after the last vital signs but dated weeks later moves the
+    watermark, not the prune horizon: the history since admission is still whole, so the
+    stay's final score may rebuild its step state like the score before it (a replay once
+    gave that final score a stale vector in one run and a rebuilt one in the other)."""
+    state = PatientState(PID)
+    state.apply_adt(adt("adt-1", 0), origin=None, lateness=LATENESS)
+    apply(state, "ev-1", 47 * 60, {"HR": 80.0})
+    assert state.holds_since_admission(WINDOW, ms(47 * 60))
+    state.apply_adt(adt("adt-9", 75 * 24 * 60, action="discharge"), origin=None, lateness=LATENESS)
+    assert state.watermark_ms == ms(75 * 24 * 60)
+    assert state.holds_since_admission(WINDOW, ms(47 * 60))
+    apply(state, "ev-2", 49 * 60, {"HR": 82.0})  # the data itself passes the window
+    assert not state.holds_since_admission(WINDOW, ms(49 * 60))
+
+
+def test_history_is_not_complete_without_an_admission_time():
+    assert not PatientState(PID).holds_since_admission(WINDOW, ms(0))
+
+
 def test_readmission_clears_the_discharge():
     state = PatientState(PID)
     state.apply_adt(adt("adt-1", 0, action="discharge"), origin=None, lateness=LATENESS)
