@@ -31,7 +31,7 @@ from models.ct_denoise.run import load_or_simulate_pairs
 from models.ct_denoise.simulate import DOSES
 from models.ct_denoise.train import denoise, psnr
 from models.imaging.export import load_imaging_checkpoint
-from models.imaging.metrics import lesion_counts
+from models.imaging.metrics import lesion_counts, lesion_masks
 from models.imaging.train import predict
 from streams.core.imaging_ops import preprocess_image, resize
 
@@ -86,10 +86,10 @@ def segment(net: torch.nn.Module, images: npt.NDArray[np.float32]) -> npt.NDArra
 
 
 def _recall_rows(
-    prob: npt.NDArray[np.float32], ref: npt.NDArray[np.bool_], threshold: float
+    prob: npt.NDArray[np.float32], ref: npt.NDArray[np.bool_], threshold: float, peak: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     lesions, found, inter_sum = [], [], []
-    for p, r in zip(prob >= threshold, ref, strict=True):
+    for p, r in zip(lesion_masks(prob, threshold, peak), ref, strict=True):
         n, f, _ = lesion_counts(p, r)
         lesions.append(n)
         found.append(f)
@@ -102,8 +102,9 @@ def _seg_entry(
     ref: npt.NDArray[np.bool_],
     patients: npt.NDArray[np.int64],
     threshold: float,
+    peak: float,
 ) -> dict[str, Any]:
-    lesions, found, dice_parts = _recall_rows(prob, ref, threshold)
+    lesions, found, dice_parts = _recall_rows(prob, ref, threshold, peak)
     rng = np.random.default_rng(0)
     unique = np.unique(patients)
     draws = []
@@ -161,6 +162,7 @@ def evaluate_dose(
     mse_net = load_denoiser(mse_denoiser)[0] if mse_denoiser is not None else None
     seg_net, seg_meta = load_imaging_checkpoint(segmentation)
     threshold = float(seg_meta["threshold"])
+    peak = float(seg_meta.get("lesion_peak_threshold", 0.0))
     _, masks = load_patches(patches)
     result: dict[str, Any] = {
         "simulated": True,
@@ -168,12 +170,15 @@ def evaluate_dose(
         "denoiser_loss": meta["loss"],
         "segmentation_checkpoint": str(segmentation),
         "mask_threshold": threshold,
+        "lesion_peak_threshold": peak,
         "doses": {},
     }
     first = test.where(test.dose == DOSES[0])
     reference = segment(seg_net, first.clean)
     ref_masks = masks[first.patch, 0]
-    result["segmentation_real_patch"] = _seg_entry(reference, ref_masks, first.patient, threshold)
+    result["segmentation_real_patch"] = _seg_entry(
+        reference, ref_masks, first.patient, threshold, peak
+    )
     for dose in DOSES:
         rows = test.where(test.dose == dose)
         vrows = val.where(val.dose == dose)
@@ -204,10 +209,10 @@ def evaluate_dose(
             )
         row_masks = masks[rows.patch, 0]
         entry["segmentation_raw"] = _seg_entry(
-            segment(seg_net, rows.noisy), row_masks, rows.patient, threshold
+            segment(seg_net, rows.noisy), row_masks, rows.patient, threshold, peak
         )
         entry["segmentation_denoised"] = _seg_entry(
-            segment(seg_net, denoised), row_masks, rows.patient, threshold
+            segment(seg_net, denoised), row_masks, rows.patient, threshold, peak
         )
         result["doses"][f"{dose:g}"] = entry
     return result

@@ -9,6 +9,9 @@ on nor chose anything with:
   fixed thresholds: lesion recall (all lesions and lesions of >= 2 px), pooled Dice,
   false-positive components per patch. Pooled over the folds' test patients, with 95 %
   percentile intervals from resampling **patients** with replacement.
+* Every threshold keeps only the lesion components whose peak reaches the fold's
+  ``lesion_peak_threshold`` (as the worker does); ``operating_point_no_peak_filter`` is
+  the operating point with every component kept.
 * **Flatness**: recall and false positives at 0.4, 0.5 and 0.6, and the highest lesion
   probability of every lesion patch (the segmentation ceiling of issue 17).
 * **X-rays, by image** (PneumoniaMNIST has no patient ids). Each fold's held-back tenth
@@ -28,7 +31,12 @@ import numpy.typing as npt
 
 from models.imaging.data import load_ct, load_xray
 from models.imaging.export import load_imaging_checkpoint
-from models.imaging.metrics import LARGE_LESION_PIXELS, lesion_counts, sensitivity_specificity
+from models.imaging.metrics import (
+    LARGE_LESION_PIXELS,
+    lesion_counts,
+    lesion_masks,
+    sensitivity_specificity,
+)
 from models.imaging.settings import ImagingEvalSettings
 from models.imaging.train import predict
 from streams.core.imaging_ops import resize
@@ -67,10 +75,14 @@ class PatientCounts:
 
 
 def patient_counts(
-    probability: npt.NDArray[np.float32], reference: npt.NDArray[np.bool_], threshold: float
+    probability: npt.NDArray[np.float32],
+    reference: npt.NDArray[np.bool_],
+    threshold: float,
+    peak_threshold: float = 0.0,
 ) -> PatientCounts:
-    """Counts of ``[N,H,W]`` probabilities against references at ``threshold``."""
-    pred = probability >= threshold
+    """Counts of ``[N,H,W]`` probabilities against references at ``threshold`` (lesion
+    components whose peak is below ``peak_threshold`` dropped, as served)."""
+    pred = lesion_masks(probability, threshold, peak_threshold)
     totals = np.zeros(6, dtype=np.int64)
     for p, r in zip(pred, reference, strict=True):
         n, f, fp = lesion_counts(p, r)
@@ -166,7 +178,11 @@ def evaluate_imaging(settings: ImagingEvalSettings) -> dict[str, Any]:
     if missing:
         raise ModelError(f"missing cross-validation checkpoints: {', '.join(missing)}")
     ct = None
-    keys = ["operating_point", *(str(t) for t in FIXED_THRESHOLDS)]
+    keys = [
+        "operating_point",
+        "operating_point_no_peak_filter",
+        *(str(t) for t in FIXED_THRESHOLDS),
+    ]
     counts: dict[str, list[PatientCounts]] = {key: [] for key in keys}
     folds: list[dict[str, Any]] = []
     peaks: list[float] = []
@@ -180,6 +196,7 @@ def evaluate_imaging(settings: ImagingEvalSettings) -> dict[str, Any]:
         if ct is None:
             ct = load_ct(settings.ct_path, size)
         test = tuple(int(p) for p in meta["split"]["test"])
+        peak = float(meta.get("lesion_peak_threshold", 0.0))
         entry: dict[str, Any] = {"fold": fold, "test_patients": list(test)}
         for patient in test:
             part = ct.subset((patient,))
@@ -188,11 +205,15 @@ def evaluate_imaging(settings: ImagingEvalSettings) -> dict[str, Any]:
             has = part.native_masks.reshape(len(native), -1).any(1)
             peaks.extend(float(v) for v in native[has].reshape(int(has.sum()), -1).max(1))
             counts["operating_point"].append(
+                patient_counts(native, part.native_masks, float(meta["threshold"]), peak)
+            )
+            counts["operating_point_no_peak_filter"].append(
                 patient_counts(native, part.native_masks, float(meta["threshold"]))
             )
             for t in FIXED_THRESHOLDS:
-                counts[str(t)].append(patient_counts(native, part.native_masks, t))
+                counts[str(t)].append(patient_counts(native, part.native_masks, t, peak))
         entry["threshold"] = float(meta["threshold"])
+        entry["lesion_peak_threshold"] = peak
         entry["class_threshold"] = meta.get("class_threshold")
         xray = load_xray(
             settings.xray_path, seed=int(meta["settings"]["split_seed"]), size=size, fold=fold

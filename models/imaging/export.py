@@ -81,13 +81,19 @@ def render_config(
     *,
     mask_threshold: float,
     class_threshold: float | None = None,
+    lesion_peak_threshold: float = 0.0,
     max_batch_size: int = 16,
     instance_kind: InstanceKind = "KIND_CPU",
 ) -> str:
     """The ``config.pbtxt`` text of ``imaging`` (``class_threshold``: the pneumonia
-    operating point on the calibrated ``class_probability``, when the checkpoint has one)."""
+    operating point on the calibrated ``class_probability``, when the checkpoint has one;
+    ``lesion_peak_threshold``: the peak a lesion component must reach, see
+    :func:`streams.core.imaging_ops.lesion_mask`)."""
     inputs, outputs = imaging_tensor_specs(config)
-    parameters = [("mask_threshold", repr(mask_threshold))]
+    parameters = [
+        ("mask_threshold", repr(mask_threshold)),
+        ("lesion_peak_threshold", repr(lesion_peak_threshold)),
+    ]
     if class_threshold is not None:
         parameters.append(("class_threshold", repr(class_threshold)))
     return triton_config.render_config(
@@ -141,6 +147,7 @@ def _served(
     *,
     mask_threshold: float,
     class_threshold: float | None,
+    lesion_peak_threshold: float,
     max_batch_size: int,
     instance_kind: InstanceKind,
 ) -> ServedModel:
@@ -162,6 +169,7 @@ def _served(
             config,
             mask_threshold=mask_threshold,
             class_threshold=class_threshold,
+            lesion_peak_threshold=lesion_peak_threshold,
             max_batch_size=max_batch_size,
             instance_kind=instance_kind,
         ),
@@ -185,7 +193,12 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
     rows = "\n".join(
         _scores_row(f"{part} patients, {point}", metrics[part][key])
         for part in ("test", "validation")
-        for point, key in (("operating point", "operating_point"), ("0.5", "at_0.5"))
+        for point, key in (
+            ("operating point", "operating_point"),
+            ("operating point, every component kept", "operating_point_no_peak_filter"),
+            ("0.5", "at_0.5"),
+        )
+        if key in metrics[part]
     )
     outputs = ", ".join(f"`{o['name']} {list(o['dims'])}`" for o in card["outputs"])
     return (
@@ -205,6 +218,10 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         f"recall reached) and at most {card.get('max_false_positives_per_patch')} "
         "false-positive components per patch (when no threshold meets both, the middle of "
         "those reaching the recall)\n"
+        f"- Lesion peak threshold (`lesion_peak_threshold`): "
+        f"{card.get('lesion_peak_threshold', 0.0)}; a component at `mask_threshold` is a "
+        "lesion only when its highest probability reaches it (set on the validation "
+        "patients of the four cross-validation folds; docs/imaging.md)\n"
         f"- Pneumonia threshold (`class_threshold`): {card.get('class_threshold')}, the "
         f"highest with sensitivity >= {card.get('target_sensitivity')} on the held-back "
         f"X-rays; `class_probability` is Platt-calibrated there "
@@ -266,6 +283,7 @@ def export_imaging(
         config,
         mask_threshold=float(meta["threshold"]),
         class_threshold=class_threshold_of(meta),
+        lesion_peak_threshold=float(meta.get("lesion_peak_threshold", 0.0)),
         max_batch_size=max_batch_size,
         instance_kind=instance_kind,
     )

@@ -7,6 +7,8 @@
   pixels is predicted. Predicted components that touch no lesion are false positives.
 * Lesions of a single pixel are at the limit of a 2 mm grid; the recall is also given
   for lesions of at least :data:`LARGE_LESION_PIXELS` pixels (``large_*``).
+* A predicted lesion is a component at the threshold whose highest probability reaches
+  a peak threshold (:func:`lesion_masks`, hysteresis; 0 keeps every component).
 * :func:`choose_threshold`: the operating point, chosen on validation patients: the
   middle of the thresholds whose lesion recall reaches a target (or the best recall
   reachable) and whose false-positive components per patch stay within a budget (or, when
@@ -25,7 +27,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from streams.core.imaging_ops import label_components
+from streams.core.imaging_ops import label_components, lesion_mask
 
 __all__ = [
     "LARGE_LESION_PIXELS",
@@ -33,6 +35,7 @@ __all__ = [
     "choose_threshold",
     "fit_platt",
     "lesion_counts",
+    "lesion_masks",
     "segmentation_scores",
     "sensitivity_specificity",
     "threshold_for_sensitivity",
@@ -48,6 +51,7 @@ class SegmentationScores:
 
     Attributes:
         threshold: Probability threshold.
+        peak_threshold: Components whose highest probability is below it were dropped.
         dice: Pooled Dice ``2|P∩R| / (|P| + |R|)``.
         iou: Pooled IoU ``|P∩R| / |P∪R|``.
         mean_patch_dice: Mean Dice over patches whose reference holds lesion.
@@ -63,6 +67,7 @@ class SegmentationScores:
     """
 
     threshold: float
+    peak_threshold: float
     dice: float
     iou: float
     mean_patch_dice: float
@@ -101,15 +106,32 @@ def lesion_counts(
     return int(counted.size), found, n_pred - touching
 
 
+def lesion_masks(
+    probability: npt.ArrayLike, threshold: float, peak_threshold: float = 0.0
+) -> npt.NDArray[np.bool_]:
+    """``[N,H,W]`` lesion masks: :func:`streams.core.imaging_ops.lesion_mask` per patch."""
+    prob = np.asarray(probability, dtype=np.float32)
+    if peak_threshold <= threshold:
+        return prob >= threshold
+    return np.stack([lesion_mask(p, threshold, peak_threshold) for p in prob])
+
+
 def segmentation_scores(
-    probability: npt.ArrayLike, reference: npt.ArrayLike, threshold: float
+    probability: npt.ArrayLike,
+    reference: npt.ArrayLike,
+    threshold: float,
+    peak_threshold: float = 0.0,
 ) -> SegmentationScores:
-    """Scores of ``[N,H,W]`` probabilities against ``[N,H,W]`` binary references."""
+    """Scores of ``[N,H,W]`` probabilities against ``[N,H,W]`` binary references.
+
+    The predicted lesions are the components at ``threshold`` whose highest probability
+    reaches ``peak_threshold`` (:func:`lesion_masks`; 0 keeps every component).
+    """
     prob = np.asarray(probability, dtype=np.float32)
     ref = np.asarray(reference).astype(bool)
     if prob.shape != ref.shape or prob.ndim != 3:
         raise ValueError(f"shapes differ or are not [N,H,W]: {prob.shape} vs {ref.shape}")
-    pred = prob >= threshold
+    pred = lesion_masks(prob, threshold, peak_threshold)
     inter = float((pred & ref).sum())
     total = float(pred.sum() + ref.sum())
     union = float((pred | ref).sum())
@@ -127,6 +149,7 @@ def segmentation_scores(
     n_patches = int(prob.shape[0])
     return SegmentationScores(
         threshold=float(threshold),
+        peak_threshold=float(peak_threshold),
         dice=2.0 * inter / total if total > 0 else 1.0,
         iou=inter / union if union > 0 else 1.0,
         mean_patch_dice=float(np.mean(patch_dice)) if patch_dice else float("nan"),

@@ -23,7 +23,9 @@ Pipeline (see ``docs/imaging.md``):
    ``[min_threshold, max_threshold]``, is the middle of the thresholds whose validation
    lesion recall reaches ``target_recall`` and whose false-positive components per patch
    stay within ``max_false_positives_per_patch``
-   (:func:`models.imaging.metrics.choose_threshold`); the class logit is Platt-calibrated
+   (:func:`models.imaging.metrics.choose_threshold`); a lesion is then a component at that
+   threshold whose peak reaches ``lesion_peak_threshold`` (a setting, chosen on the
+   validation patients of all four folds); the class logit is Platt-calibrated
    on the held-back X-rays and the pneumonia threshold is the highest reaching
    ``target_sensitivity`` on them.
 5. Report: Dice, IoU, lesion recall, false-positive components at the operating point and
@@ -345,9 +347,10 @@ def _validation_score(
 
 
 def _evaluate(
-    net: ImagingNet, part: CTData, threshold: float
+    net: ImagingNet, part: CTData, threshold: float, peak_threshold: float
 ) -> tuple[dict[str, Any], npt.NDArray[np.float32]]:
-    """Segmentation scores at the threshold and at 0.5, CT classification, CAM pointing."""
+    """Segmentation scores at the threshold and at 0.5 (components whose peak is below
+    ``peak_threshold`` dropped, as served), CT classification, CAM pointing."""
     mask_prob, class_prob, cams = predict(net, part.images)
     shape = part.native_masks.shape[1:]
     native = _native(mask_prob, shape)
@@ -359,8 +362,13 @@ def _evaluate(
         if has and cam.max() > 0
     ]
     result = {
-        "operating_point": segmentation_scores(native, part.native_masks, threshold).to_dict(),
-        "at_0.5": segmentation_scores(native, part.native_masks, 0.5).to_dict(),
+        "operating_point": segmentation_scores(
+            native, part.native_masks, threshold, peak_threshold
+        ).to_dict(),
+        "operating_point_no_peak_filter": segmentation_scores(
+            native, part.native_masks, threshold
+        ).to_dict(),
+        "at_0.5": segmentation_scores(native, part.native_masks, 0.5, peak_threshold).to_dict(),
         "lesion_present_auroc": round(auroc(present, class_prob), 4),
         "cam_pointing_rate": round(float(np.mean(hits)), 4) if hits else None,
         "patches": int(present.size),
@@ -484,7 +492,8 @@ def train_imaging(settings: ImagingSettings) -> ImagingTrainResult:
         6,
     )
     metrics: dict[str, Any] = {
-        name: _evaluate(net, parts[name], threshold)[0] for name in ("validation", "test")
+        name: _evaluate(net, parts[name], threshold, settings.lesion_peak_threshold)[0]
+        for name in ("validation", "test")
     }
     _, xray_val_prob, _ = predict(net, xray.val_images)
     val_sens, val_spec = sensitivity_specificity(xray_val_prob, xray.val_labels, class_threshold)
@@ -510,6 +519,7 @@ def train_imaging(settings: ImagingSettings) -> ImagingTrainResult:
         "config": config.to_dict(),
         "settings": settings.model_dump(mode="json"),
         "threshold": threshold,
+        "lesion_peak_threshold": settings.lesion_peak_threshold,
         "target_recall": settings.target_recall,
         "max_false_positives_per_patch": settings.max_false_positives_per_patch,
         "class_threshold": class_threshold,

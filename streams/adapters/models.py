@@ -31,7 +31,7 @@ from streams.core.events import (
     make_finding_id,
 )
 from streams.core.imaging import StudyAnalysis, decode_image, denoising_decision, model_input
-from streams.core.imaging_ops import heatmap_png, summarise_segmentation
+from streams.core.imaging_ops import heatmap_png, label_components, lesion_mask
 from streams.core.pipeline import ModelAnswer, Snapshot
 from streams.core.prior_study import PriorStudy
 from streams.core.step_features import BINS_PER_REQUEST, StepBin, pack_bins
@@ -388,7 +388,12 @@ class ModelCalls:
         if not (np.isfinite(embedding).all() and np.isfinite(probability)):
             raise SchemaError(DeadLetterReason.INFERENCE_FAILED, "non-finite imaging output")
         threshold = float(imager.parameters.get("mask_threshold", "0.5"))
-        count, area = summarise_segmentation(mask, threshold)
+        peak_threshold = float(imager.parameters.get("lesion_peak_threshold", "0.0"))
+        lesions = lesion_mask(
+            np.asarray(mask, dtype=np.float32).reshape(pixels.shape[-2:]), threshold, peak_threshold
+        )
+        _, count = label_components(lesions)
+        area = int(lesions.sum())
         finding_id = make_finding_id(
             study.patient_id, study.study_id, study.event_id, imager.model_version
         )
@@ -398,7 +403,6 @@ class ModelCalls:
             # The finding still goes out; its heatmap reference is empty and the log says why.
             log.warning("heatmap not stored: %s", type(exc).__name__)
             heatmap_uri = None
-        lesions = np.asarray(mask, dtype=np.float32).reshape(pixels.shape[-2:]) >= threshold
         registration = await self._register(study, pixels[0], lesions)
         return StudyAnalysis(
             embedding=tuple(float(x) for x in embedding),
@@ -406,6 +410,7 @@ class ModelCalls:
             lesion_count=count,
             lesion_area_fraction=area / float(np.asarray(mask).size),
             mask_threshold=threshold,
+            lesion_peak_threshold=peak_threshold,
             model_version=imager.model_version,
             image_shape=tuple(int(n) for n in image.shape),
             heatmap_uri=heatmap_uri,

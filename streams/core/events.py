@@ -778,9 +778,12 @@ class FindingRecord(_Record):
         model: Imaging model name.
         model_version: Imaging model version.
         class_probability: Probability that an abnormality (lesion, pneumonia) is present.
-        lesion_count: Connected lesion regions in the predicted mask at ``mask_threshold``.
+        lesion_count: Connected lesion regions in the predicted mask at ``mask_threshold``
+            whose highest probability reaches ``lesion_peak_threshold``.
         lesion_area_fraction: Fraction of the image's pixels inside a predicted lesion.
         mask_threshold: The model's lesion operating point (chosen for lesion recall).
+        lesion_peak_threshold: A region is a lesion only when its highest probability
+            reaches this (cuts false-positive regions; 0 keeps every region).
         heatmap_uri: Where the CAM heatmap (PNG) is stored; None if it could not be.
         image_shape: Height and width of the image as read, before resizing.
         provenance: Code version and the event read.
@@ -802,6 +805,7 @@ class FindingRecord(_Record):
     lesion_count: Annotated[int, Field(strict=True, ge=0)]
     lesion_area_fraction: Probability
     mask_threshold: Probability
+    lesion_peak_threshold: Probability = 0.0
     heatmap_uri: Annotated[str, StringConstraints(max_length=2048)] | None = None
     image_shape: tuple[Annotated[int, Field(strict=True, ge=1)], ...] = Field(max_length=3)
     provenance: Provenance

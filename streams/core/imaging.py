@@ -45,7 +45,8 @@ class StudyAnalysis:
     Attributes:
         embedding: ``[E]`` image embedding for the deterioration model.
         class_probability: Abnormality probability, 0-1.
-        lesion_count: Lesion regions at ``mask_threshold``.
+        lesion_count: Lesion regions at ``mask_threshold`` with a peak at or above
+            ``lesion_peak_threshold``.
         lesion_area_fraction: Fraction of pixels in a lesion, 0-1.
         mask_threshold: The model's lesion operating point.
         model_version: Imaging model version.
@@ -53,6 +54,8 @@ class StudyAnalysis:
         heatmap_uri: Where the CAM heatmap artifact was stored, if it was.
         denoising: Whether and how the image was denoised before segmentation.
         registration: Comparison with the patient's prior study, if there was one.
+        lesion_peak_threshold: A lesion region is kept when its highest probability
+            reaches this (0 keeps every region at ``mask_threshold``).
     """
 
     embedding: tuple[float, ...]
@@ -65,6 +68,7 @@ class StudyAnalysis:
     heatmap_uri: str | None
     denoising: DenoisingNote | None = None
     registration: RegistrationNote | None = None
+    lesion_peak_threshold: float = 0.0
 
 
 def denoising_decision(

@@ -7,8 +7,10 @@ No torch, no I/O: the stream can import this module to prepare a request for the
   ``[0, 1]`` (``S`` = :data:`IMAGE_SIZE`), by :func:`resize` (separable triangle filter,
   widened when shrinking, so downsampling averages instead of aliasing).
 * :func:`label_components`: 8-connected components of a binary mask.
-* :func:`summarise_segmentation`: ``mask_probability`` and a threshold -> lesion count and
-  area (pixels of the model grid).
+* :func:`lesion_mask`: ``mask_probability`` -> the lesion mask: the components at the
+  threshold whose highest probability reaches the peak threshold (a confident core).
+* :func:`summarise_segmentation`: ``mask_probability`` and the thresholds -> lesion count
+  and area (pixels of the model grid).
 * :func:`heatmap_png` / :func:`heatmap_npz`: a CAM heatmap as artifact bytes.
 """
 
@@ -28,6 +30,7 @@ __all__ = [
     "heatmap_npz",
     "heatmap_png",
     "label_components",
+    "lesion_mask",
     "preprocess_image",
     "resize",
     "summarise_segmentation",
@@ -140,7 +143,42 @@ def label_components(mask: npt.ArrayLike) -> tuple[npt.NDArray[np.int32], int]:
     return labels, count
 
 
-def summarise_segmentation(mask_probability: npt.ArrayLike, threshold: float) -> tuple[int, int]:
+def lesion_mask(
+    mask_probability: npt.ArrayLike, threshold: float, peak_threshold: float = 0.0
+) -> npt.NDArray[np.bool_]:
+    """The predicted lesions of one mask: components with a confident core.
+
+    A lesion is an 8-connected component of ``probability >= threshold`` whose highest
+    probability reaches ``peak_threshold`` (hysteresis: the threshold draws the outline,
+    the peak decides whether the component is kept). A ``peak_threshold`` at or below
+    ``threshold`` keeps every component.
+
+    Args:
+        mask_probability: ``[H,W]`` or ``[1,H,W]`` per-pixel lesion probability.
+        threshold: The outline: pixels with probability ``>= threshold``.
+        peak_threshold: A component is kept when its highest probability is
+            ``>= peak_threshold`` (the model card's ``lesion_peak_threshold``).
+
+    Returns:
+        ``[H,W]`` boolean lesion mask.
+    """
+    probability = np.asarray(mask_probability, dtype=np.float32)
+    if probability.ndim == 3 and probability.shape[0] == 1:
+        probability = probability[0]
+    foreground = probability >= threshold
+    if peak_threshold <= threshold or not foreground.any():
+        return foreground
+    labels, count = label_components(foreground)
+    peaks = np.zeros(count + 1, dtype=np.float32)
+    np.maximum.at(peaks, labels[foreground], probability[foreground])
+    keep = peaks >= peak_threshold
+    keep[0] = False
+    return np.asarray(keep[labels], dtype=np.bool_)
+
+
+def summarise_segmentation(
+    mask_probability: npt.ArrayLike, threshold: float, peak_threshold: float = 0.0
+) -> tuple[int, int]:
     """Lesion count and area of one predicted mask.
 
     Args:
@@ -148,18 +186,17 @@ def summarise_segmentation(mask_probability: npt.ArrayLike, threshold: float) ->
             model's ``mask_probability`` for one image).
         threshold: Pixels with probability ``>= threshold`` are lesion (the model card's
             ``mask_threshold`` is the operating point chosen for lesion recall).
+        peak_threshold: Components whose highest probability is below this are dropped
+            (:func:`lesion_mask`; the model card's ``lesion_peak_threshold``).
 
     Returns:
         ``(lesion_count, lesion_area_pixels)``: 8-connected components and foreground
         pixels on the model's ``IMAGE_SIZE`` grid (multiply the area by the squared
         original pixel spacing times ``(original side / IMAGE_SIZE)^2`` for mm^2).
     """
-    probability = np.asarray(mask_probability, dtype=np.float32)
-    if probability.ndim == 3 and probability.shape[0] == 1:
-        probability = probability[0]
-    foreground = probability >= threshold
-    _, count = label_components(foreground)
-    return count, int(foreground.sum())
+    lesions = lesion_mask(mask_probability, threshold, peak_threshold)
+    _, count = label_components(lesions)
+    return count, int(lesions.sum())
 
 
 def _as_heatmap(cam: npt.ArrayLike) -> npt.NDArray[np.float32]:

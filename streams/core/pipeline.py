@@ -456,6 +456,7 @@ class Processor:
             lesion_count=analysis.lesion_count,
             lesion_area_fraction=analysis.lesion_area_fraction,
             mask_threshold=analysis.mask_threshold,
+            lesion_peak_threshold=analysis.lesion_peak_threshold,
             heatmap_uri=analysis.heatmap_uri,
             image_shape=analysis.image_shape,
             denoising=analysis.denoising,

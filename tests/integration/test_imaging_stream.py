@@ -31,11 +31,11 @@ ADMIT = datetime(2025, 1, 1, tzinfo=UTC)
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "triton_repo" / "imaging" / "config.pbtxt"
 
 
-def _shipped_mask_threshold() -> float:
-    """The lesion operating point of the model repository Triton serves."""
+def _shipped_parameter(name: str) -> float:
+    """A parameter (lesion operating point, peak threshold) of the repository Triton serves."""
     text = SHIPPED_CONFIG.read_text()
-    found = re.search(r'key: "mask_threshold"\s+value: \{ string_value: "([\d.e-]+)" \}', text)
-    assert found is not None
+    found = re.search(rf'key: "{name}"\s+value: \{{ string_value: "([\d.e-]+)" \}}', text)
+    assert found is not None, name
     return float(found.group(1))
 
 
@@ -182,7 +182,8 @@ def test_studies_become_findings_and_change_the_score(
         assert heatmap.name == f"{finding['finding_id']}.png"
         assert heatmap.read_bytes().startswith(b"\x89PNG")
         assert finding["model"] == "imaging"
-        assert finding["mask_threshold"] == _shipped_mask_threshold()
+        assert finding["mask_threshold"] == _shipped_parameter("mask_threshold")
+        assert finding["lesion_peak_threshold"] == _shipped_parameter("lesion_peak_threshold")
     assert findings["ct-1"]["image_shape"] == [48, 48]
     assert findings["cr-1"]["image_shape"] == [28, 28]
     # The model's operating point was chosen for lesion recall on held-out patients

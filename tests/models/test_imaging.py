@@ -29,6 +29,7 @@ from streams.core.imaging_ops import (
     heatmap_npz,
     heatmap_png,
     label_components,
+    lesion_mask,
     preprocess_image,
     resize,
     summarise_segmentation,
@@ -94,6 +95,43 @@ def test_summarise_segmentation_counts_lesions_and_area():
     assert summarise_segmentation(probability, 0.5) == (2, 31)
     assert summarise_segmentation(probability[0], 0.95) == (0, 0)
     assert summarise_segmentation(probability, 0.4) == (3, 32)
+
+
+def test_lesion_mask_keeps_components_with_a_confident_peak():
+    probability = np.zeros((16, 16), dtype=np.float32)
+    probability[1:4, 1:4] = 0.6
+    probability[2, 2] = 0.95  # a confident core: the whole component is kept
+    probability[8:10, 8:10] = 0.85  # outlined at 0.5 but never confident: dropped
+    probability[12, 12:15] = [0.5, 0.9, 0.5]  # peak exactly at the peak threshold: kept
+    kept = lesion_mask(probability, 0.5, 0.9)
+    assert kept.dtype == np.bool_
+    assert kept.shape == (16, 16)
+    assert kept[1:4, 1:4].all()
+    assert kept[12, 12:15].all()
+    assert not kept[8:10, 8:10].any()
+    assert int(kept.sum()) == 9 + 3
+    # A peak threshold at or below the outline keeps every component, [1,H,W] is accepted.
+    assert (lesion_mask(probability[None], 0.5, 0.0) == (probability >= 0.5)).all()
+    assert (lesion_mask(probability, 0.5, 0.5) == (probability >= 0.5)).all()
+    assert summarise_segmentation(probability, 0.5, 0.9) == (2, 12)
+    assert summarise_segmentation(probability, 0.5) == (3, 16)
+    assert not lesion_mask(np.zeros((4, 4), np.float32), 0.5, 0.9).any()
+
+
+def test_segmentation_scores_apply_the_peak_filter():
+    reference = np.zeros((1, 16, 16), dtype=bool)
+    reference[0, 1:4, 1:4] = True
+    prob = np.zeros((1, 16, 16), dtype=np.float32)
+    prob[0, 1:4, 1:4] = 0.97
+    prob[0, 10:12, 10:12] = 0.7  # a false positive that never gets confident
+    unfiltered = segmentation_scores(prob, reference, 0.5)
+    filtered = segmentation_scores(prob, reference, 0.5, 0.9)
+    assert unfiltered.false_positive_components == 1
+    assert unfiltered.lesions_found == 1
+    assert filtered.false_positive_components == 0
+    assert filtered.lesions_found == 1
+    assert filtered.peak_threshold == 0.9
+    assert filtered.dice == 1.0
 
 
 def test_segmentation_scores_and_lesion_recall():

@@ -244,6 +244,7 @@ def test_shipped_artifacts_match_the_exporter():
         config,
         mask_threshold=float(meta["threshold"]),
         class_threshold=class_threshold_of(meta),
+        lesion_peak_threshold=float(meta["lesion_peak_threshold"]),
         max_batch_size=card["max_batch_size"],
     )
     assert (SHIPPED / "config.pbtxt").read_text() == expected

@@ -95,9 +95,10 @@ def test_no_ceiling_on_the_lesion_probability(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 17 target NOT met by the shipped model: 6 of 25 held-out lesion patches "
-    "peak below 0.9 (lowest 0.08); recall 0.96 at 0.4, 0.88 at 0.6; threshold 0.15 "
-    "(docs/imaging.md). Strict: remove this mark when a model meets it.",
+    reason="issue 17 target NOT met by the shipped model: 24 of 25 held-out lesion patches "
+    "peak >= 0.9, one faint lesion peaks at 0.178 (recall at 0.4 / 0.6 is 0.96 / 0.92, "
+    "threshold 0.5: those parts are met; docs/imaging.md, fourth round). Strict: remove "
+    "this mark when a model meets it.",
 )
 def test_issue_17_target_confident_and_flat(
     patches: tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]],
@@ -116,10 +117,15 @@ def test_operating_point_figures_on_the_held_out_patients(
     patches: tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]],
     probability: npt.NDArray[np.float32],
 ):
-    """What the shipped model reaches at its served threshold (docs/imaging.md)."""
-    at_point = segmentation_scores(probability, patches[1], _parameter("mask_threshold"))
+    """What the shipped model reaches at its served operating point (docs/imaging.md)."""
+    threshold, peak = _parameter("mask_threshold"), _parameter("lesion_peak_threshold")
+    at_point = segmentation_scores(probability, patches[1], threshold, peak)
+    every_component = segmentation_scores(probability, patches[1], threshold)
     assert at_point.large_lesion_recall >= 0.9
-    assert at_point.false_positives_per_patch <= 0.5
+    assert at_point.false_positives_per_patch <= 0.2
+    # The peak filter drops false positives, never a lesion the outline found here.
+    assert at_point.false_positive_components < every_component.false_positive_components
+    assert at_point.lesions_found == every_component.lesions_found
 
 
 def test_served_module_equals_the_checkpoint_on_real_images(
@@ -133,6 +139,8 @@ def test_served_module_equals_the_checkpoint_on_real_images(
         for a, b in zip(net(batch), served(batch), strict=True):
             assert float((a - b).abs().max()) <= PARITY_TOLERANCE
     assert _parameter("class_threshold") == pytest.approx(meta["class_threshold"])
+    assert _parameter("mask_threshold") == pytest.approx(meta["threshold"])
+    assert _parameter("lesion_peak_threshold") == pytest.approx(meta["lesion_peak_threshold"])
 
 
 def test_calibrated_pneumonia_probability_orders_the_validation_xrays(

@@ -41,6 +41,7 @@ import torch
 
 __all__ = [
     "BLOCK_ROWS",
+    "BLOCK_ROWS_MULTIPLE",
     "DEFAULT_NUM_THREADS",
     "WARMUP_BLOCKS",
     "RequestError",
@@ -60,9 +61,16 @@ the same row gave outputs up to 1.2e-7 apart in batches of different sizes, and
 bit-identical outputs at one fixed shape whatever the other rows and its position
 (docs/replay.md, "Determinism"). Cost measured on the 2-core CI machine for the
 deterioration model: one row 10 ms alone, 20 ms padded to 16; 64 rows 51 ms in one
-forward, about 80 ms as four blocks. A model's block size is one fixed shape, so the
-guarantee holds for any value; changing a model's value may change its outputs in the
-last bits."""
+forward, about 80 ms as four blocks. A model's block size is one fixed shape; changing a
+model's value may change its outputs in the last bits. The shape alone is not enough:
+the matrix kernels may compute the last rows of a block another way. Measured on this CPU
+(6 Dec 2026, the ``deterioration`` window model, one thread): in blocks of 5 and 6 the
+last row came out 1 ulp apart from the same row at other positions; blocks of 1, 3, 4, 8,
+12, 16, 24 and 40 gave the same bits at every position. So ``block_rows`` must be 1 or a
+multiple of :data:`BLOCK_ROWS_MULTIPLE` (:func:`block_rows_parameter` refuses others)."""
+
+BLOCK_ROWS_MULTIPLE = 8
+"""A configured ``block_rows`` other than 1 must be a multiple of this (see :data:`BLOCK_ROWS`)."""
 
 
 DEFAULT_NUM_THREADS = 1
@@ -170,7 +178,8 @@ def block_rows_parameter(parameters: Mapping[str, Any]) -> int:
     """The ``block_rows`` of a model config's ``parameters`` (:data:`BLOCK_ROWS` if absent).
 
     Raises:
-        ValueError: The value is not a positive integer (the model does not load).
+        ValueError: The value is not a positive integer, or is neither 1 nor a multiple of
+            :data:`BLOCK_ROWS_MULTIPLE` (the model does not load).
     """
     text = str(parameters.get("block_rows", {}).get("string_value", "")).strip()
     if not text:
@@ -181,6 +190,11 @@ def block_rows_parameter(parameters: Mapping[str, Any]) -> int:
         value = 0
     if value < 1:
         raise ValueError(f"block_rows must be a positive integer, got {text!r}")
+    if value != 1 and value % BLOCK_ROWS_MULTIPLE:
+        raise ValueError(
+            f"block_rows must be 1 or a multiple of {BLOCK_ROWS_MULTIPLE} (a row's outputs "
+            f"may then depend on its position in the block), got {value}"
+        )
     return value
 
 
