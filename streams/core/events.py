@@ -468,7 +468,8 @@ class RegistrationNote(_Frozen):
         prior_study_id: The prior study.
         prior_event_time: When it was taken (UTC).
         prior_lesion_area_fraction: Its lesion area, fraction of the image.
-        warped_prior_lesion_area_fraction: The same lesion carried into the new frame.
+        warped_prior_lesion_area_fraction: The same lesion carried into the new frame
+            (bilinear warp summed, not thresholded: boundary pixels count in part).
         lesion_area_change_fraction: The change in the prior's lesion area since the
             prior that the deformation implies: warped prior area minus prior area
             (fraction of the image; positive = growth). Registration-based, so a lesion
