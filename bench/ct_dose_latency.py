@@ -122,11 +122,19 @@ def main() -> None:
         "--iterations", type=int, default=200, help="registration steps (the chosen setting)"
     )
     parser.add_argument("--ready-seconds", type=float, default=600.0, help="Triton start limit")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=Path("triton_repo"),
+        help="model repository to serve (another checkout's, for a before/after pair)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         models = ("ct_denoise", "imaging")
-        with running_triton(models, root, ready_seconds=args.ready_seconds) as url:
+        with running_triton(
+            models, root, source=args.source, ready_seconds=args.ready_seconds
+        ) as url:
             report = asyncio.run(_measure(url, root, args.events, args.iterations))
     print(json.dumps(report, indent=1))
 

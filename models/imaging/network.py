@@ -46,6 +46,10 @@ class ImagingConfig:
         embedding_dim: ``E``, bottleneck width and embedding size.
         decoder_dropout: Channel dropout on each decoder level's input (training only;
             the served model in eval mode is unaffected).
+        flip_average: ``forward`` returns the lesion probability averaged over the image
+            and its left-right mirror (test-time augmentation; the other outputs come from
+            the image alone). Training never uses ``forward``; the trainer switches this on
+            after choosing the epoch (``--flip-average``, issue 17's fifth round).
     """
 
     image_size: int = 64
@@ -53,6 +57,7 @@ class ImagingConfig:
     depth: int = 3
     embedding_dim: int = 64
     decoder_dropout: float = 0.0
+    flip_average: bool = False
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.base_channels < 1 or self.embedding_dim < 1:
@@ -62,7 +67,7 @@ class ImagingConfig:
         if self.image_size % (2**self.depth):
             raise ValueError("image_size must be divisible by 2 ** depth")
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | float | bool]:
         """The configuration as plain JSON-ready values."""
         return asdict(self)
 
@@ -119,6 +124,7 @@ class ImagingNet(nn.Module):
         super().__init__()
         widths = [config.base_channels * 2**i for i in range(config.depth)]
         self.image_size = config.image_size
+        self.flip_average = config.flip_average
         self.downs = nn.ModuleList(
             _Block(c_in, c_out) for c_in, c_out in zip([1, *widths[:-1]], widths, strict=True)
         )
@@ -188,12 +194,17 @@ class ImagingNet(nn.Module):
             ``embedding [B,E]`` and ``cam [B,1,S,S]``.
         """
         skips, features = self.encode(image)
-        mask_logit = self.decode(skips, features)
+        mask = torch.sigmoid(self.decode(skips, features))
+        if self.flip_average:
+            mirrored = torch.flip(image, [3])
+            mirror_skips, mirror_features = self.encode(mirrored)
+            mirror_mask = torch.sigmoid(self.decode(mirror_skips, mirror_features))
+            mask = 0.5 * (mask + torch.flip(mirror_mask, [3]))
         embedding, logit = self.classify(features)
         calibration: Tensor = self.calibration  # type: ignore[assignment]
         calibrated = calibration[0] * logit + calibration[1]
         return (
-            torch.sigmoid(mask_logit),
+            mask,
             torch.sigmoid(calibrated).unsqueeze(1),
             embedding,
             self.cam(features),

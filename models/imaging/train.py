@@ -25,9 +25,10 @@ Pipeline (see ``docs/imaging.md``):
    stay within ``max_false_positives_per_patch``
    (:func:`models.imaging.metrics.choose_threshold`); a lesion is then a component at that
    threshold whose peak reaches ``lesion_peak_threshold`` (a setting, chosen on the
-   validation patients of all four folds); the class logit is Platt-calibrated
-   on the held-back X-rays and the pneumonia threshold is the highest reaching
-   ``target_sensitivity`` on them.
+   validation patients of all four folds); from here on the network serves the lesion
+   probability averaged over the image and its mirror (``flip_average``); the class
+   logit is Platt-calibrated on the held-back X-rays and the pneumonia threshold is the
+   highest reaching ``target_sensitivity`` on them.
 5. Report: Dice, IoU, lesion recall, false-positive components at the operating point and
    at 0.5 on the test patients (never tuned on); AUROC, sensitivity and specificity on the
    official PneumoniaMNIST validation split (never tuned on) and on the held-back X-rays;
@@ -40,6 +41,7 @@ Determinism: seeded generators for initialisation, sampling and augmentation,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -473,6 +475,10 @@ def train_imaging(settings: ImagingSettings) -> ImagingTrainResult:
             best_state = copy.deepcopy(averaged.state_dict())
     net.load_state_dict(best_state)
     net.eval()
+    # Test-time mirror averaging is part of serving, not of training: the epoch was chosen
+    # on the single view; the threshold and every reported figure use what is served.
+    net.flip_average = settings.flip_average
+    config = dataclasses.replace(config, flip_average=settings.flip_average)
 
     val_prob, _, _ = predict(net, parts["validation"].images)
     val_native = _native(val_prob, parts["validation"].native_masks.shape[1:])

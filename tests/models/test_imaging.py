@@ -7,6 +7,7 @@ import io
 import re
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -328,7 +329,7 @@ def test_lesion_threshold_candidates_stay_in_the_band():
 
 def test_decoder_dropout_acts_in_training_only_and_keeps_the_weights():
     torch.manual_seed(2)
-    small = {"base_channels": 2, "depth": 2, "embedding_dim": 8, "image_size": 16}
+    small: dict[str, Any] = {"base_channels": 2, "depth": 2, "embedding_dim": 8, "image_size": 16}
     plain = ImagingNet(ImagingConfig(**small))
     dropped = ImagingNet(ImagingConfig(**small, decoder_dropout=0.5))
     dropped.load_state_dict(plain.state_dict())  # same keys: dropout has no parameters
@@ -340,6 +341,31 @@ def test_decoder_dropout_acts_in_training_only_and_keeps_the_weights():
         assert not torch.equal(dropped.decode(skips, features), plain.decode(skips, features))
     with pytest.raises(ValueError, match="decoder_dropout"):
         ImagingConfig(decoder_dropout=1.0)
+
+
+def test_flip_average_serves_the_mean_of_the_image_and_its_mirror():
+    torch.manual_seed(3)
+    small: dict[str, Any] = {"base_channels": 2, "depth": 2, "embedding_dim": 8, "image_size": 16}
+    plain = ImagingNet(ImagingConfig(**small)).eval()
+    averaged = ImagingNet(ImagingConfig(**small, flip_average=True)).eval()
+    averaged.load_state_dict(plain.state_dict())  # same weights: only serving differs
+    images = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        single = plain(images)
+        mirrored = plain(torch.flip(images, [3]))
+        served = averaged(images)
+    expected = 0.5 * (single[0] + torch.flip(mirrored[0], [3]))
+    assert torch.allclose(served[0], expected, atol=1e-7)
+    assert not torch.allclose(served[0], single[0])  # the mirror really counts
+    # Class probability, embedding and CAM come from the image alone, bit for bit.
+    for a, b in zip(served[1:], single[1:], strict=True):
+        assert torch.equal(a, b)
+    # The served mask of a left-right symmetric image is itself symmetric.
+    symmetric = 0.5 * (images + torch.flip(images, [3]))
+    with torch.no_grad():
+        mask = averaged(symmetric)[0]
+    assert torch.allclose(mask, torch.flip(mask, [3]), atol=1e-6)
+    assert ImagingConfig(**small, flip_average=True).to_dict()["flip_average"] is True
 
 
 def test_weight_average_moves_towards_the_trained_weights():
