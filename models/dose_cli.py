@@ -84,10 +84,18 @@ def train_denoiser_command(
     out: Annotated[Path, typer.Option(help="Checkpoint written.")] = Path(
         "models/weights/ct_denoise.pt"
     ),
-    epochs: Annotated[int, typer.Option(min=1)] = 300,
+    epochs: Annotated[int, typer.Option(min=1)] = 75,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per Adam step.")] = 8,
     channels: Annotated[int, typer.Option(min=1)] = 32,
     levels: Annotated[int, typer.Option(min=0, max=4, help="U-Net levels; 0 plain.")] = 0,
+    realisations: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Noise realisations per training patch and dose (the first is the cached one).",
+        ),
+    ] = 4,
     patches: Patches = _PATCHES,
     cache: Cache = _CACHE,
     seed: int = 7,
@@ -108,6 +116,7 @@ def train_denoiser_command(
         cache=cache,
         config=DenoiseConfig(channels=channels, levels=levels),
         seed=seed,
+        realisations=realisations,
     )
     typer.echo(f"{out}: best epoch {meta['best_epoch']}, {meta['train_seconds']} s")
 

@@ -118,3 +118,32 @@ def test_the_wrapper_runs_each_image_alone() -> None:
     together = runner.run(batch, dose)
     alone = runner.run(batch[1:2], dose[1:2])
     np.testing.assert_array_equal(together[1:2], alone)
+
+
+def test_more_noise_realisations_keep_the_cached_one_first(tmp_path: Path) -> None:
+    """Realisation 0 of the training pairs is the cached single realisation (same seeds);
+    the others are new draws of the same noise; the set is cached beside the single one."""
+    from models.ct_denoise.run import load_or_simulate_pairs, training_pairs
+    from models.ct_denoise.simulate import DOSES
+
+    images, masks = ct_patches()
+    patches = tmp_path / "patches.npz"
+    np.savez(patches, images=images[:2, None], masks=masks[:2, None])
+    cache = tmp_path / "pairs.npz"
+    single = load_or_simulate_pairs(patches, cache)
+    assert training_pairs(patches, cache, 1, single) is single
+    many = training_pairs(patches, cache, 2, single)
+    assert (tmp_path / "pairs_r2.npz").is_file()
+    n = 2
+    assert many.noisy.shape[0] == len(DOSES) * 2 * n
+    for j in range(len(DOSES)):
+        # Rows are ordered dose, realisation, patch.
+        first = many.noisy[j * 2 * n : j * 2 * n + n]
+        second = many.noisy[j * 2 * n + n : (j + 1) * 2 * n]
+        np.testing.assert_array_equal(first, single.noisy[j * n : (j + 1) * n])
+        assert not np.array_equal(first, second)
+        np.testing.assert_array_equal(
+            many.clean[j * 2 * n : (j + 1) * 2 * n, :, :, :][:n], images[:2, None]
+        )
+    again = training_pairs(patches, cache, 2, single)  # read back from its cache
+    np.testing.assert_array_equal(again.noisy, many.noisy)
