@@ -188,6 +188,12 @@ def _scores_row(label: str, entry: dict[str, Any]) -> str:
     )
 
 
+def _served_mask_text(card: dict[str, Any]) -> str:
+    if card["config"].get("flip_average"):
+        return "the mean over the image and its left-right mirror (two passes; `flip_average`)"
+    return "the image alone"
+
+
 def _model_card_markdown(card: dict[str, Any]) -> str:
     metrics = card["metrics"]
     rows = "\n".join(
@@ -222,6 +228,8 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         f"{card.get('lesion_peak_threshold', 0.0)}; a component at `mask_threshold` is a "
         "lesion only when its highest probability reaches it (set on the validation "
         "patients of the four cross-validation folds; docs/imaging.md)\n"
+        f"- Served `mask_probability`: {_served_mask_text(card)}; the other outputs come "
+        "from the image alone\n"
         f"- Pneumonia threshold (`class_threshold`): {card.get('class_threshold')}, the "
         f"highest with sensitivity >= {card.get('target_sensitivity')} on the held-back "
         f"X-rays; `class_probability` is Platt-calibrated there "
