@@ -378,3 +378,26 @@ def test_weight_average_moves_towards_the_trained_weights():
     _update_average(averaged, net, 0.75)
     for mean, start, value in zip(averaged.parameters(), before, net.parameters(), strict=True):
         assert torch.allclose(mean, 0.75 * start + 0.25 * value)
+
+
+def test_validation_study_pools_folds_at_their_own_thresholds():
+    from models.imaging.validation_study import ValidationFold, pool
+
+    reference = np.zeros((2, 12, 12), dtype=bool)
+    reference[0, 1:4, 1:4] = True
+    probability = np.zeros((2, 12, 12), dtype=np.float32)
+    probability[0, 1:4, 1:4] = 0.95  # the lesion, confident
+    probability[1, 6:8, 6:8] = 0.6  # a false positive that never gets confident
+    folds = [
+        ValidationFold(probability[:1], reference[:1], 0.5),
+        ValidationFold(probability[1:], reference[1:], 0.5),
+    ]
+    every = pool(folds, 0.0)
+    assert (every.found, every.lesions) == (1, 1)
+    assert every.false_positives_per_patch == 0.5
+    assert every.dice == pytest.approx(2 * 9 / (9 + 4 + 9))
+    filtered = pool(folds, 0.9)
+    assert filtered.false_positives_per_patch == 0.0
+    assert filtered.dice == 1.0
+    # A fold's own threshold counts: at 0.7 the false positive is gone without a filter.
+    assert pool([folds[0], ValidationFold(probability[1:], reference[1:], 0.7)], 0.0).dice == 1.0
