@@ -175,14 +175,8 @@ def _augment_ct(
     warped_mask = F.grid_sample(
         torch.from_numpy(masks), grid, mode="bilinear", padding_mode="zeros", align_corners=False
     )
-    mean = warped.mean(dim=(1, 2, 3), keepdim=True)
-    gain = torch.from_numpy(contrast.astype(np.float32)).view(n, 1, 1, 1)
-    offset = torch.from_numpy(brightness.astype(np.float32)).view(n, 1, 1, 1)
-    out_x: npt.NDArray[np.float32] = torch.clamp(
-        (warped - mean) * gain + mean + offset, 0.0, 1.0
-    ).numpy()
     out_m: npt.NDArray[np.float32] = (warped_mask >= 0.5).to(torch.float32).numpy()
-    return out_x, out_m
+    return _contrast(warped, contrast, brightness), out_m
 
 
 def _augment_xray(
@@ -204,11 +198,20 @@ def _augment_xray(
     x = torch.from_numpy(images)
     grid = F.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mean = warped.mean(dim=(1, 2, 3), keepdim=True)
+    return _contrast(warped, contrast, brightness)
+
+
+def _contrast(
+    images: torch.Tensor, contrast: npt.NDArray[np.float64], brightness: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float32]:
+    """``[B,1,S,S]`` images scaled by ``contrast`` about each image's mean and shifted by
+    ``brightness`` (one value per image), clipped to [0, 1]."""
+    n = images.shape[0]
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
     gain = torch.from_numpy(contrast.astype(np.float32)).view(n, 1, 1, 1)
     offset = torch.from_numpy(brightness.astype(np.float32)).view(n, 1, 1, 1)
     out: npt.NDArray[np.float32] = torch.clamp(
-        (warped - mean) * gain + mean + offset, 0.0, 1.0
+        (images - mean) * gain + mean + offset, 0.0, 1.0
     ).numpy()
     return out
 
