@@ -12,7 +12,8 @@ This module reruns those studies from the fold checkpoints::
 ``peak`` sweeps the peak threshold at each fold's ``mask_threshold``; ``mirror`` compares
 the single view with the mirror average, each fold's threshold re-chosen by the training
 rule on the served probabilities. Both print one line per candidate and never read a test
-patient.
+patient. ``figure --out PNG`` draws the validation patch of fold 0 where the peak filter
+drops the most components (docs/imaging.md).
 """
 
 from __future__ import annotations
@@ -134,6 +135,54 @@ def validation_folds(
     return out
 
 
+def draw_peak_filter(cv_dir: Path, ct_path: Path, out: Path) -> None:
+    """A picture of the peak filter on two of fold 0's validation patches: the one where
+    it drops the most components and the one with the largest lesion. Per row: the
+    image, the served probability, the outline at ``mask_threshold`` with the kept and
+    dropped components, and the reference."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from streams.core.imaging_ops import label_components
+
+    fold = validation_folds(cv_dir, 1, ct_path)[0]
+    _, meta = load_imaging_checkpoint(cv_dir / "imaging_fold0.pt")
+    peak = float(meta.get("lesion_peak_threshold", 0.9)) or 0.9
+    outlines = fold.probability >= fold.threshold
+    kept = lesion_masks(fold.probability, fold.threshold, peak)
+    dropped = [label_components(o & ~k)[1] for o, k in zip(outlines, kept, strict=True)]
+    rows = [int(np.argmax(dropped)), int(np.argmax(fold.reference.sum(axis=(1, 2))))]
+    ct = load_ct(ct_path, int(meta["config"]["image_size"]))
+    part = ct.subset(tuple(int(p) for p in meta["split"]["validation"]))
+    figure = Figure(figsize=(10, 5.6), dpi=100)
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(2, 4)
+    titles = (
+        "CT patch (validation patient)",
+        "served lesion probability",
+        f"outline at {fold.threshold:.2f}: kept (peak >= {peak:g})\ngreen, dropped red",
+        "reference lesion mask",
+    )
+    for axes, index in zip(grid, rows, strict=True):
+        overlay = np.zeros((*fold.probability[index].shape, 3), dtype=np.float32)
+        overlay[outlines[index] & ~kept[index]] = (0.9, 0.2, 0.2)
+        overlay[kept[index]] = (0.2, 0.8, 0.3)
+        axes[0].imshow(part.native_images[index], cmap="gray", vmin=0.0, vmax=1.0)
+        axes[1].imshow(fold.probability[index], cmap="magma", vmin=0.0, vmax=1.0)
+        axes[2].imshow(overlay)
+        axes[3].imshow(fold.reference[index], cmap="gray", vmin=0, vmax=1)
+        for axis, title in zip(axes, titles, strict=True):
+            axis.set_title(title, fontsize=8)
+            axis.set_axis_off()
+    figure.suptitle(
+        "Lesion peak threshold: a component counts only if its highest probability reaches "
+        f"{peak:g} (fold 0, validation patients only)",
+        fontsize=9,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, bbox_inches="tight")
+
+
 def _line(label: str, figures: Pooled) -> str:
     return (
         f"{label}: Dice {figures.dice:.3f}, lesions found {figures.found}/{figures.lesions}, "
@@ -143,7 +192,8 @@ def _line(label: str, figures: Pooled) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=("peak", "mirror"))
+    parser.add_argument("study", choices=("peak", "mirror", "figure"))
+    parser.add_argument("--out", type=Path, default=Path("docs/imaging_peak_filter.png"))
     parser.add_argument("--cv-dir", type=Path, required=True)
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument(
@@ -153,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
+        if args.study == "figure":
+            draw_peak_filter(args.cv_dir, args.ct_path, args.out)
+            typer.echo(f"wrote {args.out}")
+            return
         _run(args.study, args.cv_dir, args.folds, args.ct_path)
     except ModelError as exc:
         raise SystemExit(f"validation_study: {exc}") from exc
