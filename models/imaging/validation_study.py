@@ -29,8 +29,9 @@ import numpy.typing as npt
 import typer
 
 from models.imaging.data import load_ct
+from models.imaging.evaluate import patient_counts
 from models.imaging.export import load_imaging_checkpoint
-from models.imaging.metrics import choose_threshold, lesion_counts, lesion_masks
+from models.imaging.metrics import choose_threshold, lesion_masks
 from models.imaging.settings import ImagingSettings
 from models.imaging.train import _native, _threshold_grid, predict
 from vigil.errors import ModelError
@@ -55,11 +56,14 @@ PEAK_CANDIDATES: Final[tuple[float, ...]] = (
 
 @dataclass(frozen=True, slots=True)
 class ValidationFold:
-    """One fold's validation patches: served probabilities, references, operating point."""
+    """One fold's validation patches: native images, served probabilities, references,
+    and the checkpoint's operating point and peak threshold."""
 
+    images: npt.NDArray[np.float32]
     probability: npt.NDArray[np.float32]
     reference: npt.NDArray[np.bool_]
     threshold: float
+    peak_threshold: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,21 +77,22 @@ class Pooled:
 
 
 def pool(folds: Sequence[ValidationFold], peak_threshold: float) -> Pooled:
-    """Pooled figures of ``folds`` at their own thresholds with ``peak_threshold``."""
-    intersection = total = found = lesions = false_pos = patches = 0
-    for fold in folds:
-        masks = lesion_masks(fold.probability, fold.threshold, peak_threshold)
-        intersection += int((masks & fold.reference).sum())
-        total += int(masks.sum() + fold.reference.sum())
-        for mask, ref in zip(masks, fold.reference, strict=True):
-            n, f, fp = lesion_counts(mask, ref)
-            lesions, found, false_pos = lesions + n, found + f, false_pos + fp
-        patches += int(fold.reference.shape[0])
+    """Pooled figures of ``folds`` at their own thresholds with ``peak_threshold``
+    (:func:`models.imaging.evaluate.patient_counts` per fold, summed)."""
+    counts = [
+        patient_counts(fold.probability, fold.reference, fold.threshold, peak_threshold)
+        for fold in folds
+    ]
+    intersection = sum(c.intersection for c in counts)
+    total = sum(c.predicted + c.reference for c in counts)
+    patches = sum(c.patches for c in counts)
     return Pooled(
         dice=2.0 * intersection / total if total else 1.0,
-        found=found,
-        lesions=lesions,
-        false_positives_per_patch=false_pos / patches if patches else float("nan"),
+        found=sum(c.found for c in counts),
+        lesions=sum(c.lesions for c in counts),
+        false_positives_per_patch=(
+            sum(c.false_positives for c in counts) / patches if patches else float("nan")
+        ),
     )
 
 
@@ -131,7 +136,8 @@ def validation_folds(
                     meta.get("max_false_positives_per_patch", 0.15)
                 ),
             )
-        out.append(ValidationFold(probability, reference, threshold))
+        peak = float(meta.get("lesion_peak_threshold", 0.0))
+        out.append(ValidationFold(part.native_images, probability, reference, threshold, peak))
     return out
 
 
@@ -146,14 +152,11 @@ def draw_peak_filter(cv_dir: Path, ct_path: Path, out: Path) -> None:
     from streams.core.imaging_ops import label_components
 
     fold = validation_folds(cv_dir, 1, ct_path)[0]
-    _, meta = load_imaging_checkpoint(cv_dir / "imaging_fold0.pt")
-    peak = float(meta.get("lesion_peak_threshold", 0.9)) or 0.9
+    peak = fold.peak_threshold
     outlines = fold.probability >= fold.threshold
     kept = lesion_masks(fold.probability, fold.threshold, peak)
     dropped = [label_components(o & ~k)[1] for o, k in zip(outlines, kept, strict=True)]
     rows = [int(np.argmax(dropped)), int(np.argmax(fold.reference.sum(axis=(1, 2))))]
-    ct = load_ct(ct_path, int(meta["config"]["image_size"]))
-    part = ct.subset(tuple(int(p) for p in meta["split"]["validation"]))
     figure = Figure(figsize=(10, 5.6), dpi=100)
     FigureCanvasAgg(figure)
     grid = figure.subplots(2, 4)
@@ -167,7 +170,7 @@ def draw_peak_filter(cv_dir: Path, ct_path: Path, out: Path) -> None:
         overlay = np.zeros((*fold.probability[index].shape, 3), dtype=np.float32)
         overlay[outlines[index] & ~kept[index]] = (0.9, 0.2, 0.2)
         overlay[kept[index]] = (0.2, 0.8, 0.3)
-        axes[0].imshow(part.native_images[index], cmap="gray", vmin=0.0, vmax=1.0)
+        axes[0].imshow(fold.images[index], cmap="gray", vmin=0.0, vmax=1.0)
         axes[1].imshow(fold.probability[index], cmap="magma", vmin=0.0, vmax=1.0)
         axes[2].imshow(overlay)
         axes[3].imshow(fold.reference[index], cmap="gray", vmin=0, vmax=1)

@@ -31,7 +31,7 @@ from streams.core.events import (
     make_finding_id,
 )
 from streams.core.imaging import StudyAnalysis, decode_image, denoising_decision, model_input
-from streams.core.imaging_ops import heatmap_png, label_components, lesion_mask
+from streams.core.imaging_ops import heatmap_png, lesion_mask, lesion_summary
 from streams.core.pipeline import ModelAnswer, Snapshot
 from streams.core.prior_study import PriorStudy
 from streams.core.step_features import BINS_PER_REQUEST, StepBin, pack_bins
@@ -392,8 +392,7 @@ class ModelCalls:
         lesions = lesion_mask(
             np.asarray(mask, dtype=np.float32).reshape(pixels.shape[-2:]), threshold, peak_threshold
         )
-        _, count = label_components(lesions)
-        area = int(lesions.sum())
+        count, area = lesion_summary(lesions)
         finding_id = make_finding_id(
             study.patient_id, study.study_id, study.event_id, imager.model_version
         )

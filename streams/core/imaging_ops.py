@@ -31,6 +31,7 @@ __all__ = [
     "heatmap_png",
     "label_components",
     "lesion_mask",
+    "lesion_summary",
     "preprocess_image",
     "resize",
     "summarise_segmentation",
@@ -194,9 +195,15 @@ def summarise_segmentation(
         pixels on the model's ``IMAGE_SIZE`` grid (multiply the area by the squared
         original pixel spacing times ``(original side / IMAGE_SIZE)^2`` for mm^2).
     """
-    lesions = lesion_mask(mask_probability, threshold, peak_threshold)
-    _, count = label_components(lesions)
-    return count, int(lesions.sum())
+    return lesion_summary(lesion_mask(mask_probability, threshold, peak_threshold))
+
+
+def lesion_summary(lesions: npt.ArrayLike) -> tuple[int, int]:
+    """``(lesion_count, lesion_area_pixels)`` of a ``[H,W]`` lesion mask (:func:`lesion_mask`):
+    its 8-connected components and its foreground pixels."""
+    mask = np.asarray(lesions, dtype=bool)
+    _, count = label_components(mask)
+    return count, int(mask.sum())
 
 
 def _as_heatmap(cam: npt.ArrayLike) -> npt.NDArray[np.float32]:

@@ -388,9 +388,10 @@ def test_validation_study_pools_folds_at_their_own_thresholds():
     probability = np.zeros((2, 12, 12), dtype=np.float32)
     probability[0, 1:4, 1:4] = 0.95  # the lesion, confident
     probability[1, 6:8, 6:8] = 0.6  # a false positive that never gets confident
+    images = np.zeros((1, 12, 12), dtype=np.float32)
     folds = [
-        ValidationFold(probability[:1], reference[:1], 0.5),
-        ValidationFold(probability[1:], reference[1:], 0.5),
+        ValidationFold(images, probability[:1], reference[:1], 0.5, 0.9),
+        ValidationFold(images, probability[1:], reference[1:], 0.5, 0.9),
     ]
     every = pool(folds, 0.0)
     assert (every.found, every.lesions) == (1, 1)
@@ -400,4 +401,5 @@ def test_validation_study_pools_folds_at_their_own_thresholds():
     assert filtered.false_positives_per_patch == 0.0
     assert filtered.dice == 1.0
     # A fold's own threshold counts: at 0.7 the false positive is gone without a filter.
-    assert pool([folds[0], ValidationFold(probability[1:], reference[1:], 0.7)], 0.0).dice == 1.0
+    other = ValidationFold(images, probability[1:], reference[1:], 0.7, 0.9)
+    assert pool([folds[0], other], 0.0).dice == 1.0
