@@ -14,6 +14,7 @@ import torch
 
 from models.imaging.registration import (
     PriorStudy,
+    Registration,
     compare_with_prior,
     folding_fraction,
     integrate_velocity,
@@ -147,3 +148,27 @@ def test_coarse_to_fine_levels_recover_a_known_deformation() -> None:
     assert error < 0.6 * truth
     assert result.folding_fraction == 0.0
     assert result.ncc_after > result.ncc_before
+
+
+def test_warped_mask_area_counts_boundary_pixels_in_part() -> None:
+    """A 4 x 4 lesion moved by a quarter or a half pixel keeps its 16 pixels of area in
+    the fractional measure (boundary columns count in part); the re-binarised mask
+    counts 20 after the half-pixel move (both boundary columns sit at exactly 0.5)."""
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[4:8, 4:8] = True
+    for shift, thresholded in ((0.25, 16), (0.5, 20)):
+        displacement = np.zeros((2, 12, 12), dtype=np.float32)
+        displacement[1] = shift  # x + u(x): sample a quarter / half pixel to the right
+        result = Registration(
+            displacement=displacement,
+            velocity=displacement,
+            warped=np.zeros((12, 12), dtype=np.float32),
+            ncc_before=0.0,
+            ncc_after=0.0,
+            min_jacobian=1.0,
+            folding_fraction=0.0,
+            iterations=0,
+            attempts=1,
+        )
+        assert result.warped_mask_area(mask) == pytest.approx(16.0, abs=1e-5)
+        assert int(result.warp_mask(mask).sum()) == thresholded
