@@ -38,8 +38,7 @@ from models.imaging.metrics import (
     sensitivity_specificity,
 )
 from models.imaging.settings import ImagingEvalSettings
-from models.imaging.train import predict
-from streams.core.imaging_ops import resize
+from models.imaging.train import native_maps, predict
 from streams.core.risk_metrics import auroc
 from vigil.errors import ModelError
 
@@ -163,10 +162,6 @@ def _image_bootstrap(
     return out
 
 
-def _native(maps: npt.NDArray[np.float32], shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
-    return np.stack([resize(m, shape[0], shape[1]) for m in maps])
-
-
 def evaluate_imaging(settings: ImagingEvalSettings) -> dict[str, Any]:
     """The cross-validated report (JSON-ready); also written to ``settings.report``.
 
@@ -201,7 +196,7 @@ def evaluate_imaging(settings: ImagingEvalSettings) -> dict[str, Any]:
         for patient in test:
             part = ct.subset((patient,))
             prob, _, _ = predict(net, part.images)
-            native = _native(prob, part.native_masks.shape[1:])
+            native = native_maps(prob, part.native_masks.shape[1:])
             has = part.native_masks.reshape(len(native), -1).any(1)
             peaks.extend(float(v) for v in native[has].reshape(int(has.sum()), -1).max(1))
             counts["operating_point"].append(

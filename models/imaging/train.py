@@ -78,6 +78,7 @@ __all__ = [
     "IMAGING_SOURCES",
     "ImagingSettings",
     "ImagingTrainResult",
+    "native_maps",
     "predict",
     "train_imaging",
 ]
@@ -128,7 +129,7 @@ def predict(
     return np.concatenate(masks), np.concatenate(classes), np.concatenate(cams)
 
 
-def _native(maps: npt.NDArray[np.float32], shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+def native_maps(maps: npt.NDArray[np.float32], shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
     """``[N,S,S]`` maps resized to the native ``[H,W]`` of the reference masks."""
     return np.stack([resize(m, shape[0], shape[1]) for m in maps])
 
@@ -340,7 +341,7 @@ def _validation_score(
     net: ImagingNet, val: CTData, xray: XRayData, use_xray: bool
 ) -> tuple[float, dict[str, float]]:
     mask_prob, _, _ = predict(net, val.images)
-    native = _native(mask_prob, val.native_masks.shape[1:])
+    native = native_maps(mask_prob, val.native_masks.shape[1:])
     dice = segmentation_scores(native, val.native_masks, 0.5).dice
     entry = {"val_dice": round(dice, 4)}
     if not use_xray:
@@ -358,9 +359,9 @@ def _evaluate(
     ``peak_threshold`` dropped, as served), CT classification, CAM pointing."""
     mask_prob, class_prob, cams = predict(net, part.images)
     shape = part.native_masks.shape[1:]
-    native = _native(mask_prob, shape)
+    native = native_maps(mask_prob, shape)
     present = part.native_masks.reshape(part.native_masks.shape[0], -1).any(1)
-    native_cams = _native(cams, shape)
+    native_cams = native_maps(cams, shape)
     hits = [
         bool(ref.flat[int(np.argmax(cam))])
         for cam, ref, has in zip(native_cams, part.native_masks, present, strict=True)
@@ -484,7 +485,7 @@ def train_imaging(settings: ImagingSettings) -> ImagingTrainResult:
     config = dataclasses.replace(config, flip_average=settings.flip_average)
 
     val_prob, _, _ = predict(net, parts["validation"].images)
-    val_native = _native(val_prob, parts["validation"].native_masks.shape[1:])
+    val_native = native_maps(val_prob, parts["validation"].native_masks.shape[1:])
     threshold = choose_threshold(
         val_native,
         parts["validation"].native_masks,

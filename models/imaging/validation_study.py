@@ -33,7 +33,7 @@ from models.imaging.evaluate import patient_counts
 from models.imaging.export import load_imaging_checkpoint
 from models.imaging.metrics import choose_threshold, lesion_masks
 from models.imaging.settings import ImagingSettings
-from models.imaging.train import _native, _threshold_grid, predict
+from models.imaging.train import _threshold_grid, native_maps, predict
 from vigil.errors import ModelError
 
 __all__ = ["PEAK_CANDIDATES", "Pooled", "ValidationFold", "pool", "validation_folds"]
@@ -120,7 +120,7 @@ def validation_folds(
         threshold = float(meta["threshold"])
         if flip_average is not None:
             net.flip_average = flip_average
-        probability = _native(predict(net, part.images)[0], part.native_masks.shape[1:])
+        probability = native_maps(predict(net, part.images)[0], part.native_masks.shape[1:])
         reference = part.native_masks.astype(bool)
         if flip_average is not None:
             band = ImagingSettings(
