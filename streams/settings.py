@@ -74,6 +74,22 @@ class WorkerSettings(BaseSettings):
         "partitions to the others (heartbeats every 3 s from their own task; a batch "
         "yields to it at least every few hundred records).",
     )
+    recovery_stall_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="Table recovery: seconds without a record on an active changelog "
+        "partition that has records left before the worker resumes and seeks it again "
+        "(streams/adapters/faust_recovery.py, the recovery watchdog).",
+    )
+    recovery_stall_kicks: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Table recovery: attempts to restart a stalled changelog partition "
+        "(each answered by the broker) before the worker stops, so that a fresh member "
+        "takes its partitions.",
+    )
     kafka_admin_timeout_seconds: float = Field(
         default=10.0,
         gt=0,

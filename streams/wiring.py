@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import faust
 import redis.asyncio as aioredis
 
-from streams.adapters.faust_recovery import SeekFirstTableManager, settling_consumer
+from streams.adapters.faust_recovery import settling_consumer, watched_table_manager
 from streams.adapters.image_source import HeatmapStore, ImageSource
 from streams.adapters.input_order import OrderedIngest
 from streams.adapters.lag import ConsumerLagMonitor
@@ -89,7 +89,9 @@ def create_worker(
         # (Faust's default is 16 KiB, about ten scores) mean fewer, larger produce requests.
         producer_max_batch_size=settings.kafka_producer_batch_bytes,
         producer_linger_ms=settings.kafka_producer_linger_ms,
-        TableManager=SeekFirstTableManager,
+        TableManager=watched_table_manager(
+            stall_seconds=settings.recovery_stall_seconds, kicks=settings.recovery_stall_kicks
+        ),
     )
     kinds = {settings.topic(kind.value): kind for kind in _INPUT_ORDER}
     inputs = {

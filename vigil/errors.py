@@ -13,6 +13,7 @@ standard exception it specialises so callers can catch either::
     ├── StateError(VigilError, ValueError)         a stored patient state cannot be decoded
     ├── StackError(VigilError, RuntimeError)       a local service failed to start or stop
     ├── TopicError(VigilError, RuntimeError)       Kafka topics missing or misconfigured
+    ├── RecoveryError(VigilError, RuntimeError)    table recovery gets no changelog records
     ├── InferenceError(VigilError, RuntimeError)   a model request failed
     │   └── CircuitOpenError                       the circuit breaker refuses calls
     └── ModelError(VigilError, RuntimeError)       training, export or artifact problems
@@ -29,6 +30,7 @@ __all__ = [
     "InferenceError",
     "MessageError",
     "ModelError",
+    "RecoveryError",
     "SchemaError",
     "StackError",
     "StateError",
@@ -92,6 +94,11 @@ class StackError(VigilError, RuntimeError):
 
 class TopicError(VigilError, RuntimeError):
     """Kafka topics are missing or misconfigured."""
+
+
+class RecoveryError(VigilError, RuntimeError):
+    """A worker's table recovery stopped receiving its changelog records (the worker
+    stops, so that a fresh member takes its partitions)."""
 
 
 class InferenceError(VigilError, RuntimeError):

@@ -21,16 +21,36 @@ committed past them (with no committed offset it does not check for a gap at the
 In the two-worker fault case a worker killed before its first commit handed its
 partitions over that way: the survivor started at the offsets the fetcher had reached
 during its recovery and committed them, and every record before went uncited.
+
+The recovery watchdog (:func:`watched_table_manager`) handles the recovery that stops
+receiving records. Faust waits for every active changelog partition to reach its
+highwater and only logs "No event received for active tp" while it waits; a worker whose
+fetcher no longer delivers a partition's records (paused, flow stopped, or records fetched
+and then dropped by a rebalance) holds its partitions and scores nothing, indefinitely.
+This was seen in the two-worker fault case (the survivor's recovery of the killed
+worker's changelog partitions; docs/reliability.md). When an active partition with
+records left has received none for ``stall_seconds``, the watchdog logs where it stands,
+resumes it and the flow, and seeks it again to the last offset read. After ``kicks``
+such attempts in a row, with no record from any active partition in between, it stops
+the worker (:class:`~vigil.errors.RecoveryError`), so that whatever supervises it starts
+a fresh member rather than leave the partitions held. Attempts made while the broker does
+not answer are not counted: waiting out an outage is the consumer's job.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from mode import Service
+
+from vigil.errors import RecoveryError
 
 __all__ = [
     "RewindingConsumer",
@@ -38,7 +58,11 @@ __all__ = [
     "SeekFirstTableManager",
     "rewind_uncommitted",
     "settling_consumer",
+    "stalled_partitions",
+    "watched_table_manager",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class SeekFirstRecovery(Recovery):
@@ -56,11 +80,144 @@ class SeekFirstRecovery(Recovery):
 class SeekFirstTableManager(TableManager):
     """Table manager whose recovery is :class:`SeekFirstRecovery`."""
 
+    recovery_class: type[Recovery] = SeekFirstRecovery
+
     @property
     def recovery(self) -> Recovery:
         if self._recovery is None:
-            self._recovery = SeekFirstRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+            self._recovery = self.recovery_class(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
+
+
+def stalled_partitions(
+    remaining: Mapping[Any, int],
+    last_record_at: Mapping[Any, float],
+    *,
+    started_at: float,
+    now: float,
+    stall_seconds: float,
+) -> list[Any]:
+    """The partitions with records still to read (``remaining`` > 0) that have received
+    none for ``stall_seconds``, counted from the later of the recovery's start and their
+    last record (monotonic seconds); in the order of ``remaining``."""
+    return [
+        tp
+        for tp, left in remaining.items()
+        if left > 0 and now - max(started_at, last_record_at.get(tp, started_at)) >= stall_seconds
+    ]
+
+
+def watched_table_manager(
+    *, stall_seconds: float, kicks: int, check_seconds: float = 1.0
+) -> type[SeekFirstTableManager]:
+    """A :class:`SeekFirstTableManager` whose recovery has the watchdog of the module
+    docstring: ``stall_seconds`` without a record on an active partition that has some
+    left starts an attempt; ``kicks`` attempts that the broker answered, each followed by
+    ``stall_seconds`` without a record from any active partition, stop the worker."""
+
+    class WatchedRecovery(SeekFirstRecovery):
+        _kicks_made = 0
+        _kicked_at: float | None = None
+        _watched_start: float | None = None
+        _reading_since: float | None = None
+
+        async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+            await super()._seek_offsets(consumer, tps, offsets, title)
+            if title == "active":
+                # Faust resumes the active changelog partitions and the flow right after
+                # (nothing awaited in between): from here records should arrive. Before,
+                # the partitions are still paused and the flow may be stopped on purpose.
+                self._reading_since = time.monotonic()
+
+        async def on_rebalance(self, *args: Any, **kwargs: Any) -> None:
+            self._reading_since = None  # a new recovery starts: wait for its seek
+            await super().on_rebalance(*args, **kwargs)
+
+        def _set_recovery_ended(self) -> None:
+            self._reading_since = None
+            super()._set_recovery_ended()
+
+        @Service.task
+        async def _watch_stalls(self) -> None:
+            while not self.should_stop:
+                await self.sleep(check_seconds)
+                try:
+                    await self._check_stall(time.monotonic())
+                except RecoveryError as exc:
+                    await self.app.crash(exc)
+                    return
+                except Exception:  # a failed check must not end the watch
+                    log.exception("the recovery watchdog's check failed")
+
+        async def _check_stall(self, now: float) -> None:
+            reading_since = self._reading_since
+            if not self.in_recovery or reading_since is None:
+                return
+            received = self._active_events_received_at
+            if reading_since != self._watched_start:  # a new recovery: a new count
+                self._watched_start, self._kicks_made, self._kicked_at = reading_since, 0, None
+            elif self._kicked_at is not None and any(
+                t > self._kicked_at for t in received.values()
+            ):
+                # The recovery read something since the last attempt: a partition that is
+                # merely slow while others are read (a large changelog) never stops it.
+                self._kicks_made = 0
+            stalled = stalled_partitions(
+                self.active_remaining(),
+                received,
+                started_at=max(reading_since, self._kicked_at or reading_since),
+                now=now,
+                stall_seconds=stall_seconds,
+            )
+            if not stalled:
+                return
+            if self._kicks_made >= kicks:
+                raise RecoveryError(
+                    f"table recovery: no record for {stall_seconds:g} s from "
+                    f"{_names(stalled)} (records left) after {kicks} attempt(s) to "
+                    "restart them; stopping the worker"
+                )
+            await self._kick(stalled, now)
+
+        async def _kick(self, stalled: list[Any], now: float) -> None:
+            consumer: Any = self.app.consumer  # Faust's Consumer (ConsumerT lacks flow_active)
+            state = ", ".join(
+                f"{tp.topic}[{tp.partition}] at {self.active_offsets.get(tp)} of "
+                f"{self.active_highwaters.get(tp)}"
+                for tp in stalled
+            )
+            log.warning(
+                "table recovery: no record for %.0f s from %s (flow %s); resuming and "
+                "seeking them again (attempt %d of %d)",
+                stall_seconds,
+                state,
+                "active" if consumer.flow_active else "stopped",
+                self._kicks_made + 1,
+                kicks,
+            )
+            self._kicked_at = now
+            # Nothing awaited between the check and these (no recovery step can run in
+            # between): the stream partitions stay paused, only the flow is resumed.
+            consumer.resume_partitions(set(stalled))
+            self.app.flow_control.resume()
+            consumer.resume_flow()
+            try:
+                await consumer.seek_wait(
+                    {tp: max(self.active_offsets.get(tp) or 0, 0) for tp in stalled}
+                )
+            except (TimeoutError, KafkaError) as exc:  # the broker did not answer: not counted
+                log.warning("table recovery: the seek was not answered (%s)", type(exc).__name__)
+                return
+            self._kicks_made += 1
+
+    class WatchedTableManager(SeekFirstTableManager):
+        recovery_class = WatchedRecovery
+
+    return WatchedTableManager
+
+
+def _names(tps: list[Any]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps)
 
 
 async def rewind_uncommitted(
