@@ -39,6 +39,7 @@ not answer are not counted: waiting out an outage is the consumer's job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -201,12 +202,18 @@ def watched_table_manager(
             consumer.resume_partitions(set(stalled))
             self.app.flow_control.resume()
             consumer.resume_flow()
+            await consumer.seek_wait(
+                {tp: max(self.active_offsets.get(tp) or 0, 0) for tp in stalled}
+            )
+            # The seek is local to the client; only an attempt made while the broker
+            # answers counts towards stopping the worker (an outage is waited out).
             try:
-                await consumer.seek_wait(
-                    {tp: max(self.active_offsets.get(tp) or 0, 0) for tp in stalled}
+                await asyncio.wait_for(consumer.highwaters(*stalled), timeout=stall_seconds)
+            except (TimeoutError, KafkaError) as exc:
+                log.warning(
+                    "table recovery: the broker did not answer (%s); attempt not counted",
+                    type(exc).__name__,
                 )
-            except (TimeoutError, KafkaError) as exc:  # the broker did not answer: not counted
-                log.warning("table recovery: the seek was not answered (%s)", type(exc).__name__)
                 return
             self._kicks_made += 1
 
