@@ -237,6 +237,12 @@ class WorkerMetrics:
             "Failed Redis writes (retried when Redis returns).",
             registry=registry,
         )
+        self.recovery_restarts = Counter(
+            "vigil_recovery_restarts_total",
+            "Changelog partitions the recovery watchdog resumed and sought again because "
+            "table recovery received no record from them for VIGIL_RECOVERY_STALL_SECONDS.",
+            registry=registry,
+        )
         self._prime_closed_sets()
 
     def _prime_closed_sets(self) -> None:

@@ -86,9 +86,9 @@ class WorkerSettings(BaseSettings):
         default=3,
         ge=0,
         le=100,
-        description="Table recovery: attempts to restart a stalled changelog partition "
-        "(each answered by the broker) before the worker stops, so that a fresh member "
-        "takes its partitions.",
+        description="Table recovery: attempts in a row to restart stalled changelog "
+        "partitions (each answered by the broker, with no record from any active partition "
+        "in between) before the worker stops, so that a fresh member takes its partitions.",
     )
     kafka_admin_timeout_seconds: float = Field(
         default=10.0,

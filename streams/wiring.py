@@ -90,7 +90,9 @@ def create_worker(
         producer_max_batch_size=settings.kafka_producer_batch_bytes,
         producer_linger_ms=settings.kafka_producer_linger_ms,
         TableManager=watched_table_manager(
-            stall_seconds=settings.recovery_stall_seconds, kicks=settings.recovery_stall_kicks
+            stall_seconds=settings.recovery_stall_seconds,
+            kicks=settings.recovery_stall_kicks,
+            on_restart=worker_metrics.recovery_restarts.inc,
         ),
     )
     kinds = {settings.topic(kind.value): kind for kind in _INPUT_ORDER}

@@ -109,12 +109,17 @@ def stalled_partitions(
 
 
 def watched_table_manager(
-    *, stall_seconds: float, kicks: int, check_seconds: float = 1.0
+    *,
+    stall_seconds: float,
+    kicks: int,
+    check_seconds: float = 1.0,
+    on_restart: Callable[[int], None] | None = None,
 ) -> type[SeekFirstTableManager]:
     """A :class:`SeekFirstTableManager` whose recovery has the watchdog of the module
     docstring: ``stall_seconds`` without a record on an active partition that has some
     left starts an attempt; ``kicks`` attempts that the broker answered, each followed by
-    ``stall_seconds`` without a record from any active partition, stop the worker."""
+    ``stall_seconds`` without a record from any active partition, stop the worker.
+    ``on_restart`` is called with the number of partitions of each attempt (a metric)."""
 
     class WatchedRecovery(SeekFirstRecovery):
         _kicks_made = 0
@@ -197,6 +202,8 @@ def watched_table_manager(
                 kicks,
             )
             self._kicked_at = now
+            if on_restart is not None:
+                on_restart(len(stalled))
             # Nothing awaited between the check and these (no recovery step can run in
             # between): the stream partitions stay paused, only the flow is resumed.
             consumer.resume_partitions(set(stalled))

@@ -48,7 +48,10 @@ async def _recover(bootstrap: str, name: str, kicks: int) -> dict[str, Any]:
     """Recover the table with the stall made; what came of it within 30 s (Faust alone
     would still be waiting)."""
     await _changelog(bootstrap, name)
-    manager = watched_table_manager(stall_seconds=STALL_SECONDS, kicks=kicks, check_seconds=0.2)
+    restarts: list[int] = []
+    manager = watched_table_manager(
+        stall_seconds=STALL_SECONDS, kicks=kicks, check_seconds=0.2, on_restart=restarts.append
+    )
 
     class Stalled(manager.recovery_class):  # type: ignore[name-defined,misc]
         async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
@@ -87,6 +90,7 @@ async def _recover(bootstrap: str, name: str, kicks: int) -> dict[str, Any]:
             "completed": recovery.completed.is_set(),
             "crash": app.crash_reason,
             "values": sorted(table.values()) if recovery.completed.is_set() else [],
+            "restarts": restarts,
         }
     finally:
         await app.stop()
@@ -99,6 +103,7 @@ def test_a_stalled_recovery_is_restarted_and_reads_every_record(
     assert result["crash"] is None
     assert result["completed"]
     assert result["values"] == list(range(N_RECORDS))
+    assert result["restarts"] == [1]  # one partition, once (the worker's metric counts it)
     restarts = [r for r in caplog.records if "resuming and seeking them again" in r.message]
     assert len(restarts) == 1
     assert f"wd{unique}-t-changelog[0] at -1 of {N_RECORDS - 1}" in restarts[0].message
@@ -109,3 +114,4 @@ def test_a_recovery_that_stays_stalled_stops_the_worker(stack: StackSettings, un
     assert not result["completed"]
     assert isinstance(result["crash"], RecoveryError)
     assert f"wd{unique}-t-changelog[0]" in str(result["crash"])
+    assert result["restarts"] == []

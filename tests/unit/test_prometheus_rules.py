@@ -36,6 +36,7 @@ EXPECTED_ALERTS = {
     "VigilDegradedMode",
     "VigilDeadletterSurge",
     "VigilOODSurge",
+    "VigilRecoveryStalled",
     "VigilAlertStorm",
 }
 
