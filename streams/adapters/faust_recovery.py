@@ -65,9 +65,32 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Longest wait for an outstanding fetch before recovery seeks (a fetch waits at most
+#: about a second for records once the group has its new assignment).
+FETCH_IDLE_TIMEOUT_SECONDS = 10.0
+
 
 class SeekFirstRecovery(Recovery):
-    """Recovery that keeps the flow stopped until the stream partitions are seeked."""
+    """Recovery that keeps the flow stopped until the stream partitions are seeked, and
+    that seeks the active changelog partitions only once no fetch is outstanding."""
+
+    async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+        idle = getattr(consumer, "fetch_idle", None)
+        if title == "active" and idle is not None:
+            # A fetch issued before the flow stopped can still be running (aiokafka holds
+            # it while the group reassigns, then lets it drain every assigned partition).
+            # Its records are dropped, the flow being stopped, but the fetch position has
+            # moved past them: a changelog partition sought before that happens is left
+            # past its records, and recovery waits for them for ever. No new fetch starts
+            # while the flow is stopped, so once this one is over the seek holds.
+            try:
+                await asyncio.wait_for(idle.wait(), timeout=FETCH_IDLE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                log.warning(
+                    "table recovery: a fetch was still outstanding after %.0f s; seeking anyway",
+                    FETCH_IDLE_TIMEOUT_SECONDS,
+                )
+        await super()._seek_offsets(consumer, tps, offsets, title)
 
     async def _resume_streams(self, generation_id: int = 0) -> None:
         self.app.consumer.stop_flow()
@@ -187,9 +210,13 @@ def watched_table_manager(
 
         async def _kick(self, stalled: list[Any], now: float) -> None:
             consumer: Any = self.app.consumer  # Faust's Consumer (ConsumerT lacks flow_active)
+            reading_since = self._reading_since
+            positions = await _positions(consumer, stalled)
+            if not self.in_recovery or self._reading_since != reading_since:
+                return  # the recovery ended or restarted while the positions were read
             state = ", ".join(
-                f"{tp.topic}[{tp.partition}] at {self.active_offsets.get(tp)} of "
-                f"{self.active_highwaters.get(tp)}"
+                f"{tp.topic}[{tp.partition}] read to {self.active_offsets.get(tp)} of "
+                f"{self.active_highwaters.get(tp)}, fetch position {positions.get(tp)}"
                 for tp in stalled
             )
             log.warning(
@@ -204,8 +231,8 @@ def watched_table_manager(
             self._kicked_at = now
             if on_restart is not None:
                 on_restart(len(stalled))
-            # Nothing awaited between the check and these (no recovery step can run in
-            # between): the stream partitions stay paused, only the flow is resumed.
+            # Nothing awaited between the check above and these (no recovery step can run
+            # in between): the stream partitions stay paused, only the flow is resumed.
             consumer.resume_partitions(set(stalled))
             self.app.flow_control.resume()
             consumer.resume_flow()
@@ -230,6 +257,19 @@ def watched_table_manager(
     return WatchedTableManager
 
 
+async def _positions(consumer: Any, tps: list[Any]) -> dict[Any, int | None]:
+    """The client's fetch position of each partition (None if it did not say within 2 s):
+    a position past the highwater with nothing read means records were fetched and
+    dropped."""
+    out: dict[Any, int | None] = {}
+    for tp in tps:
+        try:
+            out[tp] = await asyncio.wait_for(consumer.position(tp), timeout=2.0)
+        except (TimeoutError, KafkaError):
+            out[tp] = None
+    return out
+
+
 def _names(tps: list[Any]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps)
 
@@ -249,7 +289,22 @@ async def rewind_uncommitted(
 
 class RewindingConsumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer whose seek to the committed offsets also rewinds input
-    partitions that have none (see the module docstring)."""
+    partitions that have none (see the module docstring), and which says when no fetch is
+    outstanding (``fetch_idle``, for :class:`SeekFirstRecovery`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetch_idle = asyncio.Event()
+        self.fetch_idle.set()
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        self.fetch_idle.clear()
+        try:
+            return await super()._getmany(active_partitions, timeout)
+        finally:
+            # Faust's getmany decides (deliver or drop) before anything else runs: there
+            # is no await between this return and its check of the flow.
+            self.fetch_idle.set()
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
         committed = await self._thread.seek_to_committed()

@@ -106,7 +106,10 @@ def test_a_stalled_recovery_is_restarted_and_reads_every_record(
     assert result["restarts"] == [1]  # one partition, once (the worker's metric counts it)
     restarts = [r for r in caplog.records if "resuming and seeking them again" in r.message]
     assert len(restarts) == 1
-    assert f"wd{unique}-t-changelog[0] at -1 of {N_RECORDS - 1}" in restarts[0].message
+    assert (
+        f"wd{unique}-t-changelog[0] read to -1 of {N_RECORDS - 1}, fetch position {N_RECORDS}"
+        in restarts[0].message
+    )
 
 
 def test_a_recovery_that_stays_stalled_stops_the_worker(stack: StackSettings, unique: str) -> None:
