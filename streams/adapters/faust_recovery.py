@@ -11,6 +11,10 @@ that way (docs/worker.md, "Restarts").
 
 :class:`SeekFirstRecovery` stops the flow before the stream partitions are resumed, so
 nothing is delivered until the seek is done; Faust resumes the flow itself afterwards.
+It also seeks the active changelog partitions only once no fetch is outstanding
+(``RewindingConsumer.fetch_idle``): a fetch issued before a rebalance stopped the flow
+can finish after the seek, draining the changelog partitions past their records, which
+Faust then drops because the flow is stopped. Recovery then waited for them for ever.
 
 :class:`RewindingConsumer` closes the same kind of hole for input partitions that have no
 committed offset yet. Faust drops records it fetched while its flow was stopped or its
