@@ -108,8 +108,8 @@ async def _consume(topic: str, bootstrap: str, options: dict[str, object], n: in
         await consumer.stop()  # also after a refused start
         # A TLS transport closes its socket a few loop iterations after close(): give it
         # them before asyncio.run closes the loop, or the socket is left to the garbage
-        # collector, whose ResourceWarning fails whichever later test it runs in (a CI
-        # run failed so in test_plaintext_client_gets_nothing_from_the_tls_listener).
+        # collector, whose ResourceWarning fails whichever later test it runs in (a full
+        # run on 6 Dec failed so in test_plaintext_client_gets_nothing_from_the_tls_listener).
         await asyncio.sleep(0.5)
     return values
 
