@@ -96,6 +96,13 @@ def train_denoiser_command(
             help="Noise realisations per training patch and dose (the first is the cached one).",
         ),
     ] = 4,
+    noise_map: Annotated[
+        bool,
+        typer.Option(
+            "--noise-map/--no-noise-map",
+            help="Give the network each pixel's Poisson noise level as a third channel.",
+        ),
+    ] = False,
     patches: Patches = _PATCHES,
     cache: Cache = _CACHE,
     seed: int = 7,
@@ -114,7 +121,7 @@ def train_denoiser_command(
         epochs=epochs,
         batch_size=batch_size,
         cache=cache,
-        config=DenoiseConfig(channels=channels, levels=levels),
+        config=DenoiseConfig(channels=channels, levels=levels, noise_map=noise_map),
         seed=seed,
         realisations=realisations,
     )
@@ -221,9 +228,10 @@ def figures_command(
     out_dir: Annotated[Path, typer.Option(help="Where the PNGs go.")] = Path("docs"),
     denoiser: Annotated[Path, typer.Option()] = Path("models/weights/ct_denoise.pt"),
     patches: Patches = _PATCHES,
+    cache: Cache = _CACHE,
 ) -> None:
     """The pictures of docs/imaging-dose-registration.md (noise per dose, denoised, grid)."""
     from models.ct_denoise.figures import write_figures
 
-    for path in write_figures(patches, denoiser, out_dir):
+    for path in write_figures(patches, denoiser, out_dir, cache):
         typer.echo(f"wrote {path}")

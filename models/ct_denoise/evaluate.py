@@ -6,7 +6,8 @@ On the test patients only (never used for training or any choice):
 * PSNR and SSIM against the real patch, per dose, for the low-dose input, the classical
   baseline (scikit-image non-local means, strength chosen per dose on the validation
   patients), the network trained on the Poisson-aware loss and the same network trained on
-  MSE; means with 95 % patient-bootstrap intervals (patients resampled with replacement).
+  MSE, both as served (self-ensemble of ``SELF_ENSEMBLE_TURNS`` quarter turns); means
+  with 95 % patient-bootstrap intervals (patients resampled with replacement).
 * The shipped segmentation (its checkpoint and lesion threshold) on the real patch and on
   each dose with and without the denoiser: pooled Dice and lesion recall, with
   patient-bootstrap intervals of the recall.
@@ -27,6 +28,7 @@ from skimage.restoration import denoise_nl_means
 
 from models.ct_denoise.data import DosePairs, load_patches, patient_split
 from models.ct_denoise.export import load_denoiser
+from models.ct_denoise.network import SELF_ENSEMBLE_TURNS
 from models.ct_denoise.run import load_or_simulate_pairs
 from models.ct_denoise.simulate import DOSES
 from models.ct_denoise.train import denoise, psnr
@@ -35,7 +37,15 @@ from models.imaging.metrics import lesion_counts, lesion_masks
 from models.imaging.train import predict
 from streams.core.imaging_ops import preprocess_image, resize
 
-__all__ = ["NLM_STRENGTHS", "bootstrap_mean", "evaluate_dose", "nlm", "noise_sigma", "segment"]
+__all__ = [
+    "NLM_STRENGTHS",
+    "bootstrap_mean",
+    "evaluate_dose",
+    "nlm",
+    "nlm_strength",
+    "noise_sigma",
+    "segment",
+]
 
 NLM_STRENGTHS: Final[tuple[float, ...]] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5)
 _BOOTSTRAP: Final[int] = 2000
@@ -58,6 +68,22 @@ def nlm(image: npt.NDArray[np.float32], strength: float) -> npt.NDArray[np.float
     )
     clipped: npt.NDArray[np.float32] = np.clip(out, 0.0, 1.0).astype(np.float32)
     return clipped
+
+
+def nlm_strength(validation: DosePairs) -> float:
+    """The :data:`NLM_STRENGTHS` entry with the best mean PSNR on ``validation`` (one
+    dose's validation pairs)."""
+    return max(
+        NLM_STRENGTHS,
+        key=lambda k: float(
+            np.mean(
+                [
+                    psnr(nlm(n[0], k), c[0])
+                    for n, c in zip(validation.noisy, validation.clean, strict=True)
+                ]
+            )
+        ),
+    )
 
 
 def bootstrap_mean(
@@ -168,6 +194,7 @@ def evaluate_dose(
         "simulated": True,
         "test_patients": list(split["test"]),
         "denoiser_loss": meta["loss"],
+        "self_ensemble_turns": SELF_ENSEMBLE_TURNS,
         "segmentation_checkpoint": str(segmentation),
         "mask_threshold": threshold,
         "lesion_peak_threshold": peak,
@@ -184,19 +211,9 @@ def evaluate_dose(
         vrows = val.where(val.dose == dose)
         log(f"dose {dose}")
         base = np.array([psnr(n[0], c[0]) for n, c in zip(rows.noisy, rows.clean, strict=True)])
-        strength = max(
-            NLM_STRENGTHS,
-            key=lambda k: float(
-                np.mean(
-                    [
-                        psnr(nlm(n[0], k), c[0])
-                        for n, c in zip(vrows.noisy, vrows.clean, strict=True)
-                    ]
-                )
-            ),
-        )
+        strength = nlm_strength(vrows)
         classical = np.stack([nlm(n[0], strength)[None] for n in rows.noisy])
-        denoised = denoise(net, rows.noisy, rows.dose)
+        denoised = denoise(net, rows.noisy, rows.dose, SELF_ENSEMBLE_TURNS)
         entry: dict[str, Any] = {
             "patches": int(rows.noisy.shape[0]),
             "input": _metric_block(rows.noisy, rows, base),
@@ -205,7 +222,7 @@ def evaluate_dose(
         }
         if mse_net is not None:
             entry["mse_denoiser"] = _metric_block(
-                denoise(mse_net, rows.noisy, rows.dose), rows, base
+                denoise(mse_net, rows.noisy, rows.dose, SELF_ENSEMBLE_TURNS), rows, base
             )
         row_masks = masks[rows.patch, 0]
         entry["segmentation_raw"] = _seg_entry(

@@ -27,7 +27,12 @@ from models.common.export import COMMON_EXPORT_SOURCES, ExportResult, ServedMode
 from models.common.provenance import code_version
 from models.common.torchscript import max_abs_gap, script, scripted_bytes
 from models.common.triton_config import InstanceKind, TensorSpec
-from models.ct_denoise.network import DenoiseConfig, DenoiseNet, ServedDenoiser
+from models.ct_denoise.network import (
+    SELF_ENSEMBLE_TURNS,
+    DenoiseConfig,
+    DenoiseNet,
+    ServedDenoiser,
+)
 from models.ct_denoise.run import CT_DENOISE_SOURCES
 from vigil.errors import ModelError
 
@@ -133,6 +138,8 @@ def _markdown(card: dict[str, Any]) -> str:
         "decision support only; see docs/imaging-dose-registration.md.\n\n"
         f"- Loss: `{card['loss']}`; configuration {card['config']}; best epoch "
         f"{card['best_epoch']} of {card['epochs']}; training {card['train_seconds']} s\n"
+        f"- Served as the mean over {card['self_ensemble_turns']} quarter turns of the image "
+        "(self-ensemble, chosen on the validation patients)\n"
         f"- Split: {card['split_method']}; patients {card['split']}\n"
         f"- Simulation constants: {card['simulation']}\n"
         f"- Data SHA-256: {card['data_sha256']}; `model.pt` SHA-256 `{card['model_pt_sha256']}`\n"
@@ -170,6 +177,7 @@ def export_ct_denoise(
         **served.card_entry(),
         "training_code_version": meta["code_version"],
         "code_version": code_version(_EXPORT_SOURCES),
+        "self_ensemble_turns": SELF_ENSEMBLE_TURNS,
         "test_metrics": test_metrics or [],
     }
     result = export_family(

@@ -20,8 +20,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from models.ct_denoise.data import load_patches, patient_split
-from models.ct_denoise.evaluate import nlm
+from models.ct_denoise.evaluate import nlm, nlm_strength
 from models.ct_denoise.export import load_denoiser
+from models.ct_denoise.network import SELF_ENSEMBLE_TURNS
+from models.ct_denoise.run import load_or_simulate_pairs
 from models.ct_denoise.simulate import DOSES, simulate_dose
 from models.ct_denoise.train import denoise, psnr
 from models.imaging.data import patient_ids
@@ -47,8 +49,10 @@ def _grid(ax: Axes, displacement: npt.NDArray[np.float32], step: int = 3) -> Non
         ax.plot(px[:, j], py[:, j], color="tab:orange", linewidth=0.5)
 
 
-def _dose_figure(patches: Path, denoiser: Path, target: Path) -> Path:
+def _dose_figure(patches: Path, denoiser: Path, target: Path, cache: Path | None) -> Path:
     images, _ = load_patches(patches)
+    pairs = load_or_simulate_pairs(patches, cache)
+    validation = pairs.where(np.isin(pairs.patient, patient_split()["validation"]))
     index = int(np.flatnonzero(np.isin(patient_ids(images.shape[0]), patient_split()["test"]))[3])
     patch = images[index : index + 1]
     net, _ = load_denoiser(denoiser)
@@ -59,15 +63,22 @@ def _dose_figure(patches: Path, denoiser: Path, target: Path) -> Path:
     axes[2, 0].set_axis_off()
     for j, dose in enumerate(DOSES, start=1):
         noisy = simulate_dose(patch, dose, seed=19)
-        clean = denoise(net, noisy, np.array([dose], dtype=np.float32))
-        classical = nlm(noisy[0, 0], 1.0)
+        clean = denoise(net, noisy, np.array([dose], dtype=np.float32), SELF_ENSEMBLE_TURNS)
+        strength = nlm_strength(validation.where(validation.dose == dose))
+        classical = nlm(noisy[0, 0], strength)
         _show(
             axes[0, j],
             noisy[0, 0],
             f"SIMULATED {dose:.0%} dose\n{psnr(noisy[0, 0], patch[0, 0]):.1f} dB",
         )
-        _show(axes[1, j], classical, f"non-local means\n{psnr(classical, patch[0, 0]):.1f} dB")
-        _show(axes[2, j], clean[0, 0], f"denoiser\n{psnr(clean[0, 0], patch[0, 0]):.1f} dB")
+        _show(
+            axes[1, j],
+            classical,
+            f"non-local means (k {strength:g})\n{psnr(classical, patch[0, 0]):.1f} dB",
+        )
+        _show(
+            axes[2, j], clean[0, 0], f"denoiser (shipped)\n{psnr(clean[0, 0], patch[0, 0]):.1f} dB"
+        )
     figure.suptitle(
         "Low-dose CT (SIMULATED), held-out test patient; PSNR vs the real patch", fontsize=8
     )
@@ -104,10 +115,14 @@ def _registration_figure(patches: Path, target: Path) -> Path:
     return target
 
 
-def write_figures(patches: Path, denoiser: Path, out_dir: Path) -> list[Path]:
-    """Writes both PNGs into ``out_dir``; returns their paths."""
+def write_figures(
+    patches: Path, denoiser: Path, out_dir: Path, cache: Path | None = None
+) -> list[Path]:
+    """Writes both PNGs into ``out_dir``; returns their paths. ``cache``: the simulated
+    pairs (:func:`models.ct_denoise.run.load_or_simulate_pairs`), whose validation
+    patients choose the non-local-means strength at each dose as the evaluation does."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        _dose_figure(patches, denoiser, out_dir / "ct_dose_noise.png"),
+        _dose_figure(patches, denoiser, out_dir / "ct_dose_noise.png", cache),
         _registration_figure(patches, out_dir / "ct_registration_grid.png"),
     ]

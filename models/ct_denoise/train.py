@@ -24,7 +24,12 @@ import numpy.typing as npt
 import torch
 
 from models.ct_denoise.data import DosePairs
-from models.ct_denoise.network import DenoiseConfig, DenoiseNet
+from models.ct_denoise.network import (
+    DenoiseConfig,
+    DenoiseNet,
+    SelfEnsemble,
+    poisson_noise_std,
+)
 
 __all__ = ["LossKind", "TrainResult", "denoise", "psnr", "train_denoiser"]
 
@@ -56,22 +61,37 @@ def psnr(estimate: npt.NDArray[np.float32], reference: npt.NDArray[np.float32]) 
 
 
 def denoise(
-    net: DenoiseNet, noisy: npt.NDArray[np.float32], dose: npt.NDArray[np.float32]
+    net: DenoiseNet,
+    noisy: npt.NDArray[np.float32],
+    dose: npt.NDArray[np.float32],
+    turns: int = 1,
 ) -> npt.NDArray[np.float32]:
-    """Eval-mode outputs ``[M,1,H,W]`` for ``noisy [M,1,H,W]`` at ``dose [M]``."""
+    """Eval-mode outputs ``[M,1,H,W]`` for ``noisy [M,1,H,W]`` at ``dose [M]``, averaged
+    over ``turns`` quarter turns (:class:`SelfEnsemble`; 1, the network alone, while
+    training)."""
     net.eval()
+    ensemble = SelfEnsemble(net, turns).eval()
     out = []
     with torch.no_grad():
         for start in range(0, noisy.shape[0], 64):
             image = torch.from_numpy(noisy[start : start + 64])
             level = torch.from_numpy(dose[start : start + 64, None].astype(np.float32))
-            out.append(net(image, level).numpy())
+            out.append(ensemble(image, level).numpy())
     return np.concatenate(out)
 
 
 def _augment(batch: npt.NDArray[np.float32], k: int, flip: bool) -> npt.NDArray[np.float32]:
     out = np.rot90(batch, k, axes=(2, 3))
     return np.ascontiguousarray(out[:, :, :, ::-1] if flip else out)
+
+
+def _noise_maps(images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    with torch.no_grad():
+        maps = [
+            poisson_noise_std(torch.from_numpy(images[start : start + 64])).numpy()
+            for start in range(0, images.shape[0], 64)
+        ]
+    return np.concatenate(maps)
 
 
 def _validation_psnr(net: DenoiseNet, pairs: DosePairs) -> float:
@@ -110,6 +130,9 @@ def train_denoiser(
     best_state: dict[str, Any] = {k: v.clone() for k, v in net.state_dict().items()}
     best, best_epoch, history = -np.inf, 0, []
     started = time.perf_counter()
+    # the noise map of each training input, once (a quarter turn or flip of the image
+    # turns its map the same way: the projection angles are symmetric under both)
+    std = _noise_maps(train.noisy) if config.noise_map else None
     for epoch in range(1, epochs + 1):
         net.train()
         order = rng.permutation(train.noisy.shape[0])
@@ -121,7 +144,8 @@ def train_denoiser(
             clean = torch.from_numpy(_augment(train.clean[rows], k, flip))
             weight = torch.from_numpy(_augment(train.weight[rows], k, flip))
             level = torch.from_numpy(train.dose[rows, None].astype(np.float32))
-            error = (net(noisy, level) - clean) ** 2
+            noise_std = None if std is None else torch.from_numpy(_augment(std[rows], k, flip))
+            error = (net(noisy, level, noise_std) - clean) ** 2
             value = (weight * error).mean() if loss == "poisson" else error.mean()
             optimiser.zero_grad()
             value.backward()

@@ -4,6 +4,7 @@ and the Triton wrapper's request checks (no server; see
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 from models.common.torchscript import script
-from models.ct_denoise.data import simulate_pairs
+from models.ct_denoise import network
+from models.ct_denoise.data import poisson_weight, simulate_pairs
 from models.ct_denoise.export import (
     ct_denoise_tensor_specs,
     example_inputs,
@@ -21,7 +23,15 @@ from models.ct_denoise.export import (
     load_denoiser,
     render_config,
 )
-from models.ct_denoise.network import DenoiseConfig, DenoiseNet, ServedDenoiser
+from models.ct_denoise.network import (
+    SELF_ENSEMBLE_TURNS,
+    DenoiseConfig,
+    DenoiseNet,
+    SelfEnsemble,
+    ServedDenoiser,
+    poisson_noise_std,
+)
+from models.ct_denoise.simulate import MU_WATER_PER_MM, PIXEL_MM
 from models.ct_denoise.train import train_denoiser
 from models.ct_denoise.triton_model import DenoiseRunner, RequestError
 from tests.imaging_files import ct_patches
@@ -40,6 +50,78 @@ def test_any_image_size_comes_back_in_its_shape(side: int) -> None:
     assert out.shape == image.shape
     assert float(out.min()) >= 0.0
     assert float(out.max()) <= 1.0
+
+
+def test_the_self_ensemble_averages_the_turned_network_and_commutes_with_turns() -> None:
+    torch.manual_seed(0)
+    net = DenoiseNet(DenoiseConfig(channels=4)).eval()
+    image = torch.rand(2, 1, 40, 56)  # not square: turned images are 56 x 40
+    dose = torch.tensor([[0.1], [0.5]])
+    ensemble = SelfEnsemble(net, 4).eval()
+    with torch.no_grad():
+        out = ensemble(image, dose)
+        by_hand = sum(
+            torch.rot90(net(torch.rot90(image, k, [2, 3]), dose), -k, [2, 3]) for k in range(4)
+        )
+        turned_out = ensemble(torch.rot90(image, 1, [2, 3]), dose)
+        alone = SelfEnsemble(net, 1)(image, dose)
+    assert out.shape == image.shape
+    torch.testing.assert_close(out, by_hand / 4)
+    # averaging over all four turns makes the result equivariant: turn in, turn out
+    torch.testing.assert_close(turned_out, torch.rot90(out, 1, [2, 3]))
+    torch.testing.assert_close(alone, net(image, dose))
+    assert not torch.allclose(alone, out)  # the turns change the answer
+    with pytest.raises(ValueError, match="1-4"):
+        SelfEnsemble(net, 5)
+
+
+def test_the_shipped_model_serves_the_chosen_self_ensemble() -> None:
+    net, _ = load_denoiser(CHECKPOINT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+        shipped = torch.jit.load(str(SHIPPED / "1" / "model.pt"))  # type: ignore[no-untyped-call]
+    inputs = example_inputs(48)
+    with torch.no_grad():
+        (got,) = shipped(*inputs)
+        single = net(*inputs)
+        ensemble = SelfEnsemble(net, SELF_ENSEMBLE_TURNS)(*inputs)
+    torch.testing.assert_close(got, ensemble, atol=1e-5, rtol=0.0)
+    assert float((got - single).abs().max()) > 1e-3
+    card = json.loads((SHIPPED / "model_card.json").read_text())
+    assert card["self_ensemble_turns"] == SELF_ENSEMBLE_TURNS
+
+
+def test_the_noise_map_follows_the_poisson_model() -> None:
+    assert (network._PIXEL_MM, network._MU_WATER_PER_MM) == (PIXEL_MM, MU_WATER_PER_MM)
+    air = poisson_noise_std(torch.zeros(1, 1, 48, 48))
+    torch.testing.assert_close(air, torch.ones_like(air))  # no attenuation: exp(0)
+    disc = torch.zeros(1, 1, 48, 48)
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    disc[0, 0][(yy - 23.5) ** 2 + (xx - 23.5) ** 2 < 15**2] = 1.0
+    std = poisson_noise_std(disc)[0, 0]
+    # rays through the centre cross the most tissue, so it is the noisiest pixel
+    assert float(std[24, 24]) > float(std[24, 12]) > float(std[2, 2]) > 1.0
+    # against the loss weight computed with scikit-image's Radon transform, on real patches
+    images, _ = ct_patches()
+    maps = poisson_noise_std(torch.from_numpy(images[:4, None].astype(np.float32)))
+    for image, std_map in zip(images[:4], maps, strict=True):
+        variance = 1.0 / poisson_weight(image)
+        assert np.corrcoef(variance.ravel(), std_map[0].numpy().ravel() ** 2)[0, 1] > 0.99
+
+
+def test_a_noise_map_network_scripts_and_takes_a_precomputed_map() -> None:
+    torch.manual_seed(0)
+    net = DenoiseNet(DenoiseConfig(channels=4, noise_map=True)).eval()
+    image, dose = torch.rand(2, 1, 48, 48), torch.tensor([[0.1], [1.0]])
+    with torch.no_grad():
+        computed = net(image, dose)
+        given = net(image, dose, poisson_noise_std(image))
+        (scripted,) = script(ServedDenoiser(net).eval())(image, dose)
+        (eager,) = ServedDenoiser(net).eval()(image, dose)
+        other = net(image, dose, torch.ones_like(image))
+    torch.testing.assert_close(given, computed)
+    torch.testing.assert_close(scripted, eager)
+    assert not torch.allclose(other, computed)  # the map is an input that matters
 
 
 def test_training_is_seeded_and_reproducible() -> None:
