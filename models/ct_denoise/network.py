@@ -233,10 +233,15 @@ class SelfEnsemble(nn.Module):
 
     def forward(self, image: Tensor, dose_fraction: Tensor) -> Tensor:
         """``[B,1,H,W]`` and ``[B,1]`` to the mean denoised ``[B,1,H,W]``."""
-        total: Tensor = self.net(image, dose_fraction)
+        std: Tensor | None = None
+        if self.net.noise_map:
+            with torch.no_grad():  # once: a turn of the image turns its map the same way
+                std = poisson_noise_std(image)
+        total: Tensor = self.net(image, dose_fraction, std)
         for k in range(1, self.turns):
             turned = torch.rot90(image, k, [2, 3])
-            total = total + torch.rot90(self.net(turned, dose_fraction), -k, [2, 3])
+            turned_std = None if std is None else torch.rot90(std, k, [2, 3])
+            total = total + torch.rot90(self.net(turned, dose_fraction, turned_std), -k, [2, 3])
         return total / float(self.turns)
 
 

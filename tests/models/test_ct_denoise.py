@@ -119,6 +119,11 @@ def test_a_noise_map_network_scripts_and_takes_a_precomputed_map() -> None:
         (scripted,) = script(ServedDenoiser(net).eval())(image, dose)
         (eager,) = ServedDenoiser(net).eval()(image, dose)
         other = net(image, dose, torch.ones_like(image))
+        ensemble = SelfEnsemble(net, 4)(image, dose)  # one map, turned with the image
+        by_hand = sum(
+            torch.rot90(net(torch.rot90(image, k, [2, 3]), dose), -k, [2, 3]) for k in range(4)
+        )
+    torch.testing.assert_close(ensemble, by_hand / 4)
     torch.testing.assert_close(given, computed)
     torch.testing.assert_close(scripted, eager)
     assert not torch.allclose(other, computed)  # the map is an input that matters
