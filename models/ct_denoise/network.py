@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from torch import Tensor, nn
 
+from models.ct_denoise.simulate import MU_WATER_PER_MM, PIXEL_MM
+
 __all__ = [
     "NOISE_MAP_ANGLES",
     "SELF_ENSEMBLE_TURNS",
@@ -43,10 +45,6 @@ SELF_ENSEMBLE_TURNS: Final[int] = 4
 """Quarter turns averaged when serving and evaluating (1 = the network alone)."""
 NOISE_MAP_ANGLES: Final[int] = 32
 """Projection angles of :func:`poisson_noise_std`."""
-# the simulator's PIXEL_MM and MU_WATER_PER_MM (models/ct_denoise/simulate.py; a test
-# checks they agree), kept here so that the served TorchScript needs no other module
-_PIXEL_MM: Final[float] = 2.0
-_MU_WATER_PER_MM: Final[float] = 0.0206
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +86,8 @@ def _pair(c_in: int, c_out: int) -> nn.Sequential:
 def poisson_noise_std(
     image: Tensor,
     angles: int = NOISE_MAP_ANGLES,
-    mm_per_pixel: float = _PIXEL_MM,
-    mu_water_per_mm: float = _MU_WATER_PER_MM,
+    mm_per_pixel: float = PIXEL_MM,
+    mu_water_per_mm: float = MU_WATER_PER_MM,
 ) -> Tensor:
     """Relative noise standard deviation of each pixel of ``image [B,1,H,W]`` under the
     simulator's Poisson model, ``[B,1,H,W]``.
