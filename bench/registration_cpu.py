@@ -28,10 +28,17 @@ from models.imaging.data import patient_ids
 from models.imaging.registration import register_pair
 from models.registration.evaluate import make_synthetic
 
+_FIRST = {"smoothness": 0.01, "learning_rate": 0.1}  # before 6 December, evening
 SETTINGS: dict[str, dict[str, Any]] = {
-    "old: 1 level, 100 steps": {"iterations": 100, "levels": 1},
-    "new: 3 levels, 200 steps": {"iterations": 200, "levels": 3},
-    "3 levels, 100 steps": {"iterations": 100, "levels": 3},
+    "old: 1 level, 100 steps": {"iterations": 100, "levels": 1, **_FIRST},
+    "3 levels, 200 steps": {"iterations": 200, "levels": 3, **_FIRST},
+    "3 levels, 100 steps": {"iterations": 100, "levels": 3, **_FIRST},
+    "chosen: 3 levels, 200 steps, smoothness 0.003, step 0.2": {
+        "iterations": 200,
+        "levels": 3,
+        "smoothness": 0.003,
+        "learning_rate": 0.2,
+    },
 }
 
 

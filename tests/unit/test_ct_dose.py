@@ -112,3 +112,15 @@ def test_denoising_decision(modality: str, dose: float | None, expected: tuple[b
 
 def test_no_denoiser_means_no_denoising() -> None:
     assert denoising_decision("CT", 0.1, below=0.5, enabled=False) == (False, "denoiser_off")
+
+
+def test_eval_registration_command_refuses_an_unknown_split_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "r.json")
+    argv = ["imaging", "eval-registration", "--out", out, "--split", "everything"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "test, validation or train" in err
+    assert not Path(out).exists()
