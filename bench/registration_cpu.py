@@ -38,6 +38,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "levels": 3,
         "smoothness": 0.003,
         "learning_rate": 0.2,
+        "pyramid": False,
+    },
+    "the same with the image pyramid": {
+        "iterations": 200,
+        "levels": 3,
+        "smoothness": 0.003,
+        "learning_rate": 0.2,
+        "pyramid": True,
     },
 }
 

@@ -199,6 +199,10 @@ def eval_registration_command(
     control_stride: Annotated[int | None, typer.Option(min=1, help=_DEFAULT)] = None,
     levels: Annotated[int | None, typer.Option(min=1, help=_DEFAULT)] = None,
     schedule: Annotated[str | None, typer.Option(help="constant or cosine; " + _DEFAULT)] = None,
+    pyramid: Annotated[
+        bool | None,
+        typer.Option("--pyramid/--no-pyramid", help="Coarse levels on smaller images; " + _DEFAULT),
+    ] = None,
 ) -> None:
     """SVF registration: known deformations (synthetic) and real same-patient pairs."""
     from models.registration.evaluate import summarise_registration
@@ -219,6 +223,7 @@ def eval_registration_command(
         "control_stride": control_stride,
         "levels": levels,
         "schedule": schedule,
+        "pyramid": pyramid,
     }
     report = summarise_registration(
         patches,

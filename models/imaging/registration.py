@@ -191,6 +191,7 @@ def register_pair(
     control_stride: int = CONTROL_STRIDE,
     schedule: Schedule = "constant",
     levels: int = 3,
+    pyramid: bool = False,
 ) -> Registration:
     """Registers ``moving [H,W]`` to ``fixed [H,W]`` (both in ``[0, 1]``) by an SVF.
 
@@ -211,6 +212,9 @@ def register_pair(
             to 0 over each level's steps (the last steps refine instead of jittering).
         levels: Coarse-to-fine levels; level ``k`` of ``L`` has control points
             ``control_stride * 2^(L-1-k)`` apart and ``iterations / L`` of the steps.
+        pyramid: Run level ``k`` on the two images averaged down by ``2^(L-1-k)`` (the
+            control points stay where they are on the full image), so the coarse levels
+            cost a fraction of the full-size steps; the last level runs at full size.
 
     Raises:
         ValueError: Images of different or non-2-D shapes, or smaller than 8 x 8; a
@@ -223,7 +227,7 @@ def register_pair(
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown schedule: {schedule!r}")
     options = _Options(
-        iterations, smoothness, learning_rate, steps, control_stride, schedule, levels
+        iterations, smoothness, learning_rate, steps, control_stride, schedule, levels, pyramid
     )
     result = _register_once(fixed, moving, options)
     attempts = 1
@@ -243,6 +247,7 @@ class _Options:
     control_stride: int
     schedule: Schedule
     levels: int
+    pyramid: bool = False
 
 
 def _register_once(fixed: npt.ArrayLike, moving: npt.ArrayLike, options: _Options) -> Registration:
@@ -258,10 +263,23 @@ def _register_once(fixed: npt.ArrayLike, moving: npt.ArrayLike, options: _Option
     for level in range(levels):
         # Coarse to fine: each level starts from the previous level's field, sampled at
         # its own (twice finer) control points, and gets an equal share of the steps.
-        stride = options.control_stride * 2 ** (levels - 1 - level)
+        factor = 2 ** (levels - 1 - level)
+        stride = options.control_stride * factor
         grid_shape = (-(-height // stride) + 1, -(-width // stride) + 1)
+        size = (height, width)
+        if options.pyramid and factor > 1:
+            size = (max(-(-height // factor), 4), max(-(-width // factor), 4))
+        # pixels of this level's images per pixel of the full image, per axis (corners
+        # aligned), to carry velocities between the two
+        scale = torch.tensor([(height - 1) / (size[0] - 1), (width - 1) / (size[1] - 1)]).view(
+            1, 2, 1, 1
+        )
+        fixed_l, moving_l = fixed_t, moving_t
+        if size != (height, width):
+            fixed_l = F.interpolate(fixed_t, size=size, mode="area")
+            moving_l = F.interpolate(moving_t, size=size, mode="area")
         start = F.interpolate(velocity, size=grid_shape, mode="bilinear", align_corners=True)
-        control = start.detach().clone().requires_grad_(True)
+        control = (start / scale).detach().clone().requires_grad_(True)
         level_steps = iterations // levels + (1 if level < iterations % levels else 0)
         adam = _Adam(control, options.learning_rate)
         for step in range(level_steps):
@@ -269,15 +287,15 @@ def _register_once(fixed: npt.ArrayLike, moving: npt.ArrayLike, options: _Option
                 adam.lr = (
                     options.learning_rate * 0.5 * (1.0 + math.cos(math.pi * step / level_steps))
                 )
-            velocity = _upsample(control, height, width)
-            displacement = integrate_velocity(velocity, steps)
-            similarity = ((warp(moving_t, displacement) - fixed_t) ** 2).mean()
-            dy = velocity[:, :, 1:, :] - velocity[:, :, :-1, :]
-            dx = velocity[:, :, :, 1:] - velocity[:, :, :, :-1]
+            field = _upsample(control, size[0], size[1])
+            displacement = integrate_velocity(field, steps)
+            similarity = ((warp(moving_l, displacement) - fixed_l) ** 2).mean()
+            dy = field[:, :, 1:, :] - field[:, :, :-1, :]
+            dx = field[:, :, :, 1:] - field[:, :, :, :-1]
             loss = similarity + options.smoothness * ((dy**2).mean() + (dx**2).mean())
             (gradient,) = torch.autograd.grad(loss, control)
             adam.step(gradient)
-        velocity = _upsample(control, height, width).detach()
+        velocity = (_upsample(control, height, width) * scale).detach()
     with torch.no_grad():
         velocity = _upsample(control, height, width)
         displacement = integrate_velocity(velocity, steps)

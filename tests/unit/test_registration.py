@@ -64,6 +64,26 @@ def test_a_known_deformation_is_recovered_without_folding() -> None:
     assert overlap_after > overlap_before
 
 
+def test_the_pyramid_recovers_a_known_deformation_on_smaller_images() -> None:
+    """Coarse levels on images averaged down: the field comes back in full-size pixels
+    (scaled between levels), about as well as at full size, without folding."""
+    torch.set_num_threads(1)
+    prior, mask = _lesion_patch()
+    pair = make_synthetic(prior, mask, np.random.default_rng(3))
+    full = register_pair(pair.new, pair.prior, iterations=90)
+    small = register_pair(pair.new, pair.prior, iterations=90, pyramid=True)
+    truth = np.linalg.norm(pair.displacement, axis=0).mean()
+    error_full = np.linalg.norm(full.displacement - pair.displacement, axis=0).mean()
+    error_small = np.linalg.norm(small.displacement - pair.displacement, axis=0).mean()
+    assert error_small < 0.3 * truth
+    assert error_small < error_full + 0.1  # pixels
+    assert small.folding_fraction == 0.0
+    assert small.displacement.shape == full.displacement.shape
+    # a field left in coarse pixels would be about half or a quarter the true size
+    ratio = np.linalg.norm(small.displacement, axis=0).mean() / truth
+    assert 0.8 < ratio < 1.2
+
+
 def test_compare_with_prior_reports_the_area_change() -> None:
     """Same image, a larger segmented lesion: the deformation implies no change (the
     images are identical), the segmentations differ by the added pixels."""
