@@ -8,6 +8,7 @@ Commands (docs/imaging-dose-registration.md):
 * ``export-denoiser``: write ``triton_repo/ct_denoise/``;
 * ``eval-dose``: PSNR/SSIM per dose and the shipped segmentation with and without it;
 * ``eval-registration``: SVF registration on known deformations and real pairs;
+* ``registration-card``: the registration's model card;
 * ``figures``: the doc's pictures.
 
 Bad arguments print one line and exit 2 (``ConfigError``); failures exit 1. Torch and
@@ -235,6 +236,31 @@ def eval_registration_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     typer.echo(f"wrote {out}")
+
+
+@imaging_app.command("registration-card")
+def registration_card_command(
+    report: Annotated[
+        Path, typer.Option(help="Test-split eval-registration report with the default settings.")
+    ] = Path(".vigil/ct_registration.json"),
+    out_dir: Annotated[Path, typer.Option(help="Where model_card.json/.md go.")] = Path(
+        "models/registration"
+    ),
+    patches: Patches = _PATCHES,
+) -> None:
+    """Write the registration's model card (settings, code, data, test figures, a check)."""
+    from models.registration.card import write_registration_card
+
+    try:
+        loaded = json.loads(report.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the report {report}: {exc}") from exc
+    try:
+        paths = write_registration_card(loaded, patches, out_dir)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    for path in paths:
+        typer.echo(f"wrote {path}")
 
 
 @imaging_app.command("figures")

@@ -38,6 +38,7 @@ __all__ = [
     "evaluate_synthetic",
     "known_velocity",
     "make_synthetic",
+    "register_settings",
     "summarise_registration",
 ]
 
@@ -223,7 +224,7 @@ def evaluate_real_pairs(
     return rows
 
 
-def _settings(register: dict[str, Any]) -> dict[str, Any]:
+def register_settings(register: dict[str, Any]) -> dict[str, Any]:
     """Every keyword setting of :func:`register_pair` in effect (defaults included)."""
     defaults = {
         name: parameter.default
@@ -279,7 +280,7 @@ def summarise_registration(
         "synthetic_label": "SYNTHETIC: real patches warped by known smooth deformations",
         "split": split,
         "patients": [int(p) for p in patient_split()[split]],
-        "register": _settings(register),
+        "register": register_settings(register),
         "seed": seed,
         "deformations_per_patch": deformations_per_patch,
         "synthetic_summary": {
