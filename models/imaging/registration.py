@@ -269,8 +269,8 @@ def _register_once(fixed: npt.ArrayLike, moving: npt.ArrayLike, options: _Option
         size = (height, width)
         if options.pyramid and factor > 1:
             size = (max(-(-height // factor), 4), max(-(-width // factor), 4))
-        # pixels of this level's images per pixel of the full image, per axis (corners
-        # aligned), to carry velocities between the two
+        # full-image pixels per pixel of this level's images, per axis (corners aligned),
+        # to carry velocities between the two
         scale = torch.tensor([(height - 1) / (size[0] - 1), (width - 1) / (size[1] - 1)]).view(
             1, 2, 1, 1
         )
