@@ -7,6 +7,7 @@ Commands (docs/imaging-dose-registration.md):
 * ``train-denoiser``: train the denoiser on the training patients' simulated pairs;
 * ``export-denoiser``: write ``triton_repo/ct_denoise/``;
 * ``eval-dose``: PSNR/SSIM per dose and the shipped segmentation with and without it;
+* ``eval-self-ensemble``: validation PSNR of the self-ensembles (the served size's choice);
 * ``eval-registration``: SVF registration on known deformations and real pairs;
 * ``registration-card``: the registration's model card;
 * ``figures``: the doc's pictures.
@@ -233,6 +234,23 @@ def eval_registration_command(
         deformations_per_patch=deformations_per_patch,
         **{name: value for name, value in chosen.items() if value is not None},
     )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    typer.echo(f"wrote {out}")
+
+
+@imaging_app.command("eval-self-ensemble")
+def eval_self_ensemble_command(
+    out: Annotated[Path, typer.Option(help="JSON report.")],
+    denoiser: Annotated[Path, typer.Option()] = Path("models/weights/ct_denoise.pt"),
+    mse_denoiser: Annotated[Path, typer.Option()] = Path("models/weights/ct_denoise_mse.pt"),
+    patches: Patches = _PATCHES,
+    cache: Cache = _CACHE,
+) -> None:
+    """Validation PSNR of each denoiser as a self-ensemble of 1, 2, 4 and 8 transforms."""
+    from models.ct_denoise.evaluate import ensemble_validation
+
+    report = ensemble_validation(patches, cache, {"poisson": denoiser, "mse": mse_denoiser})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     typer.echo(f"wrote {out}")

@@ -38,8 +38,10 @@ from models.imaging.train import predict
 from streams.core.imaging_ops import preprocess_image, resize
 
 __all__ = [
+    "ENSEMBLE_SIZES",
     "NLM_STRENGTHS",
     "bootstrap_mean",
+    "ensemble_validation",
     "evaluate_dose",
     "nlm",
     "nlm_strength",
@@ -49,6 +51,14 @@ __all__ = [
 
 NLM_STRENGTHS: Final[tuple[float, ...]] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5)
 _BOOTSTRAP: Final[int] = 2000
+#: The self-ensembles compared on the validation patients (docs/imaging-dose-registration.md,
+#: "Self-ensemble"): by size, the (quarter turns, flips) of :class:`SelfEnsemble`.
+ENSEMBLE_SIZES: Final[dict[int, tuple[int, bool]]] = {
+    1: (1, False),
+    2: (1, True),
+    4: (4, False),
+    8: (4, True),
+}
 
 
 def noise_sigma(image: npt.NDArray[np.float32]) -> float:
@@ -84,6 +94,35 @@ def nlm_strength(validation: DosePairs) -> float:
             )
         ),
     )
+
+
+def ensemble_validation(
+    patches: Path, cache: Path | None, denoisers: dict[str, Path]
+) -> dict[str, dict[str, float]]:
+    """Mean PSNR (dB) over the validation patients' low doses of each denoiser as each
+    self-ensemble of :data:`ENSEMBLE_SIZES` (the choice of the served size)."""
+    torch.set_num_threads(1)
+    pairs = load_or_simulate_pairs(patches, cache)
+    low = pairs.where(np.isin(pairs.patient, patient_split()["validation"]) & (pairs.dose < 1.0))
+    result: dict[str, dict[str, float]] = {}
+    for name, path in denoisers.items():
+        net, _ = load_denoiser(path)
+        result[name] = {
+            str(size): float(
+                np.mean(
+                    [
+                        psnr(o[0], c[0])
+                        for o, c in zip(
+                            denoise(net, low.noisy, low.dose, turns, flips),
+                            low.clean,
+                            strict=True,
+                        )
+                    ]
+                )
+            )
+            for size, (turns, flips) in ENSEMBLE_SIZES.items()
+        }
+    return result
 
 
 def bootstrap_mean(

@@ -210,24 +210,29 @@ class DenoiseNet(nn.Module):
 
 
 class SelfEnsemble(nn.Module):
-    """The mean of ``net`` over the first ``turns`` quarter turns of the image.
+    """The mean of ``net`` over the first ``turns`` quarter turns of the image, and over
+    each turn's mirror image too when ``flips``.
 
-    Each turned image is denoised and turned back, so the output keeps the input's shape
-    (a non-square image is denoised turned on its side too: the network is fully
-    convolutional). Noise patterns the network would map to structure in one orientation
-    average out; structure does not.
+    Each transformed image is denoised and transformed back, so the output keeps the
+    input's shape (a non-square image is denoised turned on its side too: the network is
+    fully convolutional). Noise patterns the network would map to structure in one
+    orientation average out; structure does not.
 
     Args:
         net: The trained network.
         turns: 1 (the network alone) to 4.
+        flips: Also average each turn's horizontally flipped image (twice the members).
     """
 
-    def __init__(self, net: DenoiseNet, turns: int = SELF_ENSEMBLE_TURNS) -> None:
+    def __init__(
+        self, net: DenoiseNet, turns: int = SELF_ENSEMBLE_TURNS, flips: bool = False
+    ) -> None:
         super().__init__()
         if not 1 <= turns <= 4:
             raise ValueError("turns must be 1-4")
         self.net = net
         self.turns = turns
+        self.flips = flips
 
     def forward(self, image: Tensor, dose_fraction: Tensor) -> Tensor:
         """``[B,1,H,W]`` and ``[B,1]`` to the mean denoised ``[B,1,H,W]``."""
@@ -235,12 +240,29 @@ class SelfEnsemble(nn.Module):
         if self.net.noise_map:
             with torch.no_grad():  # once: a turn of the image turns its map the same way
                 std = poisson_noise_std(image)
-        total: Tensor = self.net(image, dose_fraction, std)
-        for k in range(1, self.turns):
-            turned = torch.rot90(image, k, [2, 3])
-            turned_std = None if std is None else torch.rot90(std, k, [2, 3])
-            total = total + torch.rot90(self.net(turned, dose_fraction, turned_std), -k, [2, 3])
-        return total / float(self.turns)
+        total = torch.zeros_like(image)
+        members = 0
+        for k in range(self.turns):
+            total = total + self._member(image, dose_fraction, std, k, False)
+            members += 1
+            if self.flips:
+                total = total + self._member(image, dose_fraction, std, k, True)
+                members += 1
+        return total / float(members)
+
+    def _member(
+        self, image: Tensor, dose_fraction: Tensor, std: Tensor | None, turns: int, flip: bool
+    ) -> Tensor:
+        """The network on ``image`` turned ``turns`` times (then flipped), turned back."""
+        moved = torch.rot90(image, turns, [2, 3])
+        moved_std = None if std is None else torch.rot90(std, turns, [2, 3])
+        if flip:
+            moved = torch.flip(moved, [3])
+            moved_std = None if moved_std is None else torch.flip(moved_std, [3])
+        out = self.net(moved, dose_fraction, moved_std)
+        if flip:
+            out = torch.flip(out, [3])
+        return torch.rot90(out, -turns, [2, 3])
 
 
 class ServedDenoiser(nn.Module):

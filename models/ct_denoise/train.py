@@ -65,12 +65,13 @@ def denoise(
     noisy: npt.NDArray[np.float32],
     dose: npt.NDArray[np.float32],
     turns: int = 1,
+    flips: bool = False,
 ) -> npt.NDArray[np.float32]:
     """Eval-mode outputs ``[M,1,H,W]`` for ``noisy [M,1,H,W]`` at ``dose [M]``, averaged
-    over ``turns`` quarter turns (:class:`SelfEnsemble`; 1, the network alone, while
-    training)."""
+    over ``turns`` quarter turns and, with ``flips``, their mirror images
+    (:class:`SelfEnsemble`; 1 turn, the network alone, while training)."""
     net.eval()
-    ensemble = SelfEnsemble(net, turns).eval()
+    ensemble = SelfEnsemble(net, turns, flips).eval()
     out = []
     with torch.no_grad():
         for start in range(0, noisy.shape[0], 64):

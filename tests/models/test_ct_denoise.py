@@ -73,6 +73,30 @@ def test_the_self_ensemble_averages_the_turned_network_and_commutes_with_turns()
         SelfEnsemble(net, 5)
 
 
+def test_the_flipped_self_ensemble_averages_all_eight_turns_and_mirrors() -> None:
+    torch.manual_seed(0)
+    net = DenoiseNet(DenoiseConfig(channels=4)).eval()
+    image, dose = torch.rand(2, 1, 40, 56), torch.tensor([[0.1], [0.5]])
+    with torch.no_grad():
+        eight = SelfEnsemble(net, 4, flips=True)(image, dose)
+        by_hand = sum(
+            torch.rot90(
+                torch.flip(net(torch.flip(torch.rot90(image, k, [2, 3]), [3]), dose), [3]),
+                -k,
+                [2, 3],
+            )
+            + torch.rot90(net(torch.rot90(image, k, [2, 3]), dose), -k, [2, 3])
+            for k in range(4)
+        )
+        mirrored = SelfEnsemble(net, 4, flips=True)(torch.flip(image, [3]), dose)
+        two = SelfEnsemble(net, 1, flips=True)(image, dose)
+        pair = (net(image, dose) + torch.flip(net(torch.flip(image, [3]), dose), [3])) / 2
+    torch.testing.assert_close(eight, by_hand / 8)
+    # all eight turns and mirrors: the result mirrors with its input
+    torch.testing.assert_close(mirrored, torch.flip(eight, [3]))
+    torch.testing.assert_close(two, pair)
+
+
 def test_the_shipped_model_serves_the_chosen_self_ensemble() -> None:
     net, _ = load_denoiser(CHECKPOINT)
     with warnings.catch_warnings():
